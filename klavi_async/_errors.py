@@ -1,0 +1,293 @@
+"""
+Error kinds and the exception tree.
+
+A cancel never raises for an outcome: it returns `Cancelled` or `CancelFailed`, and
+`CancelFailed.kind` is one of the `ErrorKind` members below.  Exceptions appear only
+when you ask for them (`result.unwrap()`), from `get_payment_status()`, and for misuse.
+
+```
+KlaviError                          root of every outcome error; .kind, .result, ...
+├── InvalidRequestError             INVALID_REQUEST: rejected locally, nothing sent
+├── AuthenticationFailedError       AUTHENTICATION_FAILED: the token provider failed
+├── APIStatusError                  Klavi answered with an error status
+│   ├── BadRequestError             BAD_REQUEST: 400 / 422
+│   ├── UnauthorizedError           UNAUTHORIZED: 401 after one token refresh
+│   ├── ForbiddenError              FORBIDDEN: 403
+│   ├── NotFoundError               NOT_FOUND: 404
+│   ├── ConflictError               CONFLICT: 409 (idempotency key reused)
+│   ├── NotCancellableError         NOT_CANCELLABLE: 416 or a refusal code
+│   ├── RateLimitedError            RATE_LIMITED: 429 / 529
+│   ├── ServerError                 SERVER_ERROR: 5xx
+│   └── UnexpectedResponseError     UNEXPECTED_RESPONSE: a status or body we cannot use
+└── TransportError                  no usable HTTP response
+    ├── KlaviTimeoutError           TIMEOUT (also a builtin TimeoutError)
+    └── NetworkError                NETWORK: connect, reset, disconnect (also a ConnectionError)
+
+ClientClosedError(RuntimeError)     misuse: the client was used after aclose()
+```
+
+Misuse (wrong argument types, a closed client, bad configuration) raises `TypeError`,
+`ValueError` or `ClientClosedError`, never a `KlaviError`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._results import CancelFailed
+
+__all__ = [
+    "ErrorKind",
+    "KlaviError",
+    "InvalidRequestError",
+    "AuthenticationFailedError",
+    "APIStatusError",
+    "BadRequestError",
+    "UnauthorizedError",
+    "ForbiddenError",
+    "NotFoundError",
+    "ConflictError",
+    "NotCancellableError",
+    "RateLimitedError",
+    "ServerError",
+    "UnexpectedResponseError",
+    "TransportError",
+    "KlaviTimeoutError",
+    "NetworkError",
+    "ClientClosedError",
+    "error_class",
+]
+
+
+class ErrorKind(enum.StrEnum):
+    """Why a call failed.  The value is the lowercase name, as written to result files."""
+
+    INVALID_REQUEST = "invalid_request"
+    """Rejected locally before sending: bad document, payment id or idempotency key."""
+    BAD_REQUEST = "bad_request"
+    """Klavi answered 400 or 422."""
+    UNAUTHORIZED = "unauthorized"
+    """Klavi answered 401 even after one token refresh."""
+    FORBIDDEN = "forbidden"
+    """Klavi answered 403: the token lacks permission."""
+    NOT_FOUND = "not_found"
+    """Klavi answered 404: no such payment."""
+    CONFLICT = "conflict"
+    """Klavi answered 409: usually the idempotency key was used with another request."""
+    NOT_CANCELLABLE = "not_cancellable"
+    """Klavi refused: 416, or a body carrying `PAGAMENTO_NAO_PERMITE_CANCELAMENTO`."""
+    RATE_LIMITED = "rate_limited"
+    """Klavi answered 429 (or 529, overloaded) on every attempt."""
+    SERVER_ERROR = "server_error"
+    """Klavi answered 5xx on every attempt."""
+    TIMEOUT = "timeout"
+    """No answer within the timeout (or a 408)."""
+    NETWORK = "network"
+    """The connection failed, was reset or closed."""
+    AUTHENTICATION_FAILED = "authentication_failed"
+    """The token provider could not produce a token."""
+    UNEXPECTED_RESPONSE = "unexpected_response"
+    """A status or body the SDK cannot interpret (e.g. a redirect)."""
+
+    @property
+    def retryable(self) -> bool:
+        """
+        Whether the same call may succeed later, by kind alone.
+
+        `AUTHENTICATION_FAILED` is decided per failure (transient or rejected keys), so
+        this property says False for it; `CancelFailed.retryable` has the real answer.
+        """
+        return self in _RETRYABLE_KINDS
+
+
+_RETRYABLE_KINDS = frozenset(
+    {ErrorKind.RATE_LIMITED, ErrorKind.SERVER_ERROR, ErrorKind.TIMEOUT, ErrorKind.NETWORK}
+)
+
+
+class KlaviError(Exception):
+    """
+    Root of the outcome errors.
+
+    Attributes mirror `CancelFailed`; `result` is the `CancelFailed` that
+    `unwrap()` turned into this exception (None for `get_payment_status()`).
+    """
+
+    kind: ErrorKind = ErrorKind.UNEXPECTED_RESPONSE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: ErrorKind | None = None,
+        payment_id: str | None = None,
+        http_status: int | None = None,
+        code: str | None = None,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+        outcome_unknown: bool = False,
+        payment_status: str | None = None,
+        body: Any = None,
+        result: CancelFailed | None = None,
+    ) -> None:
+        if kind is not None:
+            self.kind = kind
+        self.message = message
+        self.payment_id = payment_id
+        self.http_status = http_status
+        self.code = code
+        self.retryable = self.kind.retryable if retryable is None else retryable
+        self.retry_after = retry_after
+        self.outcome_unknown = outcome_unknown
+        self.payment_status = payment_status
+        self.body = body
+        self.result = result
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        parts = [f"{self.kind.value}: {self.message}"]
+        details = []
+        if self.payment_id is not None:
+            details.append(f"payment {self.payment_id}")
+        if self.http_status is not None:
+            details.append(f"HTTP {self.http_status}")
+        if self.code is not None:
+            details.append(f"code {self.code}")
+        if self.payment_status is not None:
+            details.append(f"status {self.payment_status}")
+        if self.outcome_unknown:
+            details.append("outcome unknown")
+        if details:
+            parts.append(f"({', '.join(details)})")
+        return " ".join(parts)
+
+    @classmethod
+    def from_result(cls, result: CancelFailed) -> KlaviError:
+        """Build the exception matching `result.kind`, carrying every field of the result."""
+        return error_class(result.kind)(
+            result.message,
+            kind=result.kind,
+            payment_id=result.payment_id,
+            http_status=result.http_status,
+            code=result.code,
+            retryable=result.retryable,
+            retry_after=result.retry_after,
+            outcome_unknown=result.outcome_unknown,
+            payment_status=result.payment_status,
+            body=result.body,
+            result=result,
+        )
+
+
+class InvalidRequestError(KlaviError):
+    """The arguments were rejected locally; nothing was sent."""
+
+    kind = ErrorKind.INVALID_REQUEST
+
+
+class AuthenticationFailedError(KlaviError):
+    """The token provider could not produce a token (rejected keys, auth endpoint down)."""
+
+    kind = ErrorKind.AUTHENTICATION_FAILED
+
+
+class APIStatusError(KlaviError):
+    """Klavi answered with a status that is not a success; `http_status` says which."""
+
+
+class BadRequestError(APIStatusError):
+    """400 or 422: Klavi says the request is malformed."""
+
+    kind = ErrorKind.BAD_REQUEST
+
+
+class UnauthorizedError(APIStatusError):
+    """401 even after the token was refreshed once."""
+
+    kind = ErrorKind.UNAUTHORIZED
+
+
+class ForbiddenError(APIStatusError):
+    """403: the token lacks permission for this payment."""
+
+    kind = ErrorKind.FORBIDDEN
+
+
+class NotFoundError(APIStatusError):
+    """404: Klavi knows no such payment."""
+
+    kind = ErrorKind.NOT_FOUND
+
+
+class ConflictError(APIStatusError):
+    """409: the idempotency key was already used, usually with another request."""
+
+    kind = ErrorKind.CONFLICT
+
+
+class NotCancellableError(APIStatusError):
+    """The payment cannot be cancelled; `payment_status` tells its current status if read."""
+
+    kind = ErrorKind.NOT_CANCELLABLE
+
+
+class RateLimitedError(APIStatusError):
+    """429 (or 529) on every attempt; `retry_after` holds the server's hint in seconds."""
+
+    kind = ErrorKind.RATE_LIMITED
+
+
+class ServerError(APIStatusError):
+    """A 5xx on every attempt."""
+
+    kind = ErrorKind.SERVER_ERROR
+
+
+class UnexpectedResponseError(APIStatusError):
+    """A status or body the SDK cannot use, such as a redirect or a malformed status body."""
+
+    kind = ErrorKind.UNEXPECTED_RESPONSE
+
+
+class TransportError(KlaviError):
+    """No usable HTTP response arrived."""
+
+
+class KlaviTimeoutError(TransportError, TimeoutError):
+    """No answer within the timeout; `except TimeoutError` catches it too."""
+
+    kind = ErrorKind.TIMEOUT
+
+
+class NetworkError(TransportError, ConnectionError):
+    """The connection failed, was reset or closed; `except ConnectionError` catches it too."""
+
+    kind = ErrorKind.NETWORK
+
+
+class ClientClosedError(RuntimeError):
+    """The client was used after `aclose()`; create a new `KlaviClient`."""
+
+
+_BY_KIND: dict[ErrorKind, type[KlaviError]] = {
+    ErrorKind.INVALID_REQUEST: InvalidRequestError,
+    ErrorKind.BAD_REQUEST: BadRequestError,
+    ErrorKind.UNAUTHORIZED: UnauthorizedError,
+    ErrorKind.FORBIDDEN: ForbiddenError,
+    ErrorKind.NOT_FOUND: NotFoundError,
+    ErrorKind.CONFLICT: ConflictError,
+    ErrorKind.NOT_CANCELLABLE: NotCancellableError,
+    ErrorKind.RATE_LIMITED: RateLimitedError,
+    ErrorKind.SERVER_ERROR: ServerError,
+    ErrorKind.TIMEOUT: KlaviTimeoutError,
+    ErrorKind.NETWORK: NetworkError,
+    ErrorKind.AUTHENTICATION_FAILED: AuthenticationFailedError,
+    ErrorKind.UNEXPECTED_RESPONSE: UnexpectedResponseError,
+}
+
+
+def error_class(kind: ErrorKind) -> type[KlaviError]:
+    """The exception class raised for *kind*."""
+    return _BY_KIND[kind]

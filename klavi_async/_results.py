@@ -1,0 +1,244 @@
+"""
+Requests and results: the values users pass in and get back.
+
+All are frozen attrs classes.  Reprs never show a full document (it is masked) nor a
+response body (which may echo personal data); the body is still there as an attribute.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from attrs import field, frozen
+
+from ._documents import mask_document, scrub_documents
+from ._errors import ErrorKind, KlaviError
+
+__all__ = [
+    "Attempt",
+    "CancelFailed",
+    "CancelRequest",
+    "CancelResult",
+    "Cancelled",
+    "PaymentStatus",
+]
+
+CANCELED_STATUSES = frozenset({"CANCELED", "CANCELLED"})
+
+
+@frozen
+class CancelRequest:
+    """
+    One cancel to run through `KlaviClient.cancel_many()`.
+
+    Nothing is validated when it is built: an invalid request becomes a
+    `CancelFailed(kind=INVALID_REQUEST)` result, so a batch yields one result per input.
+    Give `consent_id` to cancel an Automatic Pix payment.
+    """
+
+    payment_id: str
+    cancelled_by: str = field(repr=mask_document)
+    identifier_type: str | None = None
+    idempotency_key: str | None = None
+    consent_id: str | None = field(default=None, kw_only=True)
+
+
+@frozen(kw_only=True)
+class Attempt:
+    """One HTTP request of a cancel, as it happened."""
+
+    number: int
+    """1 for the first request of the call, then 2, 3, ..."""
+    http_status: int | None
+    """The status Klavi answered, or None when no response arrived."""
+    kind: ErrorKind | None
+    """Why the attempt failed, or None when it succeeded."""
+    code: str | None = None
+    """Business or Open Finance code from the error body, if any."""
+    ambiguous: bool = False
+    """It may have taken effect without our knowing (timeout after sending, 500/502/504)."""
+    duration: float = 0.0
+    """Seconds from sending to the end of the response."""
+    delay: float | None = None
+    """Seconds waited before the next attempt; None for the last one."""
+    retry_after: float | None = None
+    """The server's Retry-After hint in seconds, if it sent one."""
+    request_id: str | None = None
+    """A correlation id the server echoed (`x-fapi-interaction-id` or `x-request-id`)."""
+    token_refreshed: bool = False
+    """This attempt replayed the previous one with a fresh token after a 401."""
+
+
+@frozen(kw_only=True)
+class _ResultBase:
+    payment_id: str
+    """The payment the call was about."""
+    idempotency_key: str | None
+    """The key sent on every attempt (None when the client sends none)."""
+    interaction_id: str
+    """The `x-fapi-interaction-id` sent on every attempt; quote it to Klavi's support."""
+    attempts: int
+    """How many HTTP requests the call sent (0 when rejected locally)."""
+    history: tuple[Attempt, ...]
+    """Every attempt, in order."""
+    elapsed: float
+    """Seconds from the call's start to its result."""
+    consent_id: str | None = None
+    """The Automatic Pix consent, for `cancel_automatic_payment()`."""
+
+
+@frozen(kw_only=True)
+class Cancelled(_ResultBase):
+    """The payment is cancelled: Klavi said so, or a status read confirmed it."""
+
+    http_status: int | None
+    """Status of the last cancel attempt (a refusal such as 409 or 416 when reconciled)."""
+    body: Any = field(default=None, repr=False)
+    """The parsed JSON of the successful response, or None (empty, HTML, invalid JSON)."""
+    already_cancelled: bool = False
+    """Klavi refused the cancel and a status read found the payment already CANCELED."""
+    reconciled: bool = False
+    """The outcome was confirmed by reading the payment's status."""
+
+    @property
+    def ok(self) -> Literal[True]:
+        """Always True: the payment ends cancelled."""
+        return True
+
+    def unwrap(self) -> Cancelled:
+        """Return this result (the matching call on `CancelFailed` raises)."""
+        return self
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-ready dict with the fields of a `klavi-async` result line."""
+        return {
+            "payment_id": self.payment_id,
+            "ok": True,
+            "kind": None,
+            "retryable": False,
+            "http_status": self.http_status,
+            "code": None,
+            "message": None,
+            "idempotency_key": self.idempotency_key,
+            "interaction_id": self.interaction_id,
+            "attempts": self.attempts,
+            "already_cancelled": self.already_cancelled,
+            "reconciled": self.reconciled,
+            "outcome_unknown": False,
+            "payment_status": "CANCELED" if self.reconciled else None,
+            "retry_after": None,
+            "elapsed": round(self.elapsed, 6),
+        }
+
+
+@frozen(kw_only=True)
+class CancelFailed(_ResultBase):
+    """The call ended without the payment being known to be cancelled."""
+
+    kind: ErrorKind
+    """Why it failed; the last attempt's kind when retries ran out."""
+    http_status: int | None
+    """Status of the last attempt, or None when no response arrived."""
+    code: str | None
+    """Business or Open Finance code from the error body, if any."""
+    message: str
+    """A readable reason; never holds the token, the secret key or a full document."""
+    retryable: bool
+    """Whether the same call later may succeed."""
+    outcome_unknown: bool = False
+    """The cancel may have taken effect and no status read could tell."""
+    payment_status: str | None = None
+    """The payment's status when a reconciliation read found it, e.g. `PAYMENT_COMPLETED`."""
+    retry_after: float | None = None
+    """Seconds the server asked to wait, or the wait the deadline did not allow."""
+    body: Any = field(default=None, repr=False)
+    """The parsed JSON error body, or None."""
+
+    @property
+    def ok(self) -> Literal[False]:
+        """Always False."""
+        return False
+
+    def unwrap(self) -> Cancelled:
+        """Raise the `KlaviError` subclass matching `kind`, carrying this result."""
+        raise KlaviError.from_result(self)
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-ready dict with the fields of a `klavi-async` result line."""
+        return {
+            "payment_id": self.payment_id,
+            "ok": False,
+            "kind": self.kind.value,
+            "retryable": self.retryable,
+            "http_status": self.http_status,
+            "code": self.code,
+            "message": self.message,
+            "idempotency_key": self.idempotency_key,
+            "interaction_id": self.interaction_id,
+            "attempts": self.attempts,
+            "already_cancelled": False,
+            "reconciled": False,
+            "outcome_unknown": self.outcome_unknown,
+            "payment_status": self.payment_status,
+            "retry_after": self.retry_after,
+            "elapsed": round(self.elapsed, 6),
+        }
+
+
+CancelResult = Cancelled | CancelFailed
+"""What every cancel returns."""
+
+
+@frozen(kw_only=True)
+class PaymentStatus:
+    """A payment's status as Klavi reports it (`GET .../instant/payments/{id}/status`)."""
+
+    payment_id: str
+    """The payment's id (`id` in the response; the requested id if absent)."""
+    status: str
+    """Klavi's status string as sent, e.g. `PAYMENT_PENDING`, `CANCELED`; unknown values kept."""
+    client_request_id: str | None = None
+    amount: str | None = None
+    currency: str | None = None
+    status_reason_code: str | None = None
+    status_reason_message: str | None = None
+    status_update_at: str | None = None
+    body: Any = field(default=None, repr=False)
+    """The parsed JSON response."""
+
+    @property
+    def cancelled(self) -> bool:
+        """True when the status is `CANCELED` (or the spelling `CANCELLED`)."""
+        return self.status.upper() in CANCELED_STATUSES
+
+    @classmethod
+    def from_body(cls, payment_id: str, body: dict[str, Any]) -> PaymentStatus | None:
+        """Build from a status response body; None when it carries no usable `status`."""
+        status = body.get("status")
+        if not isinstance(status, str) or not status.strip():
+            return None
+        reason = body.get("statusReason")
+        reason = reason if isinstance(reason, dict) else {}
+        return cls(
+            payment_id=_text(body.get("id")) or payment_id,
+            status=status.strip(),
+            client_request_id=_text(body.get("clientRequestId")),
+            amount=_text(body.get("amount")),
+            currency=_text(body.get("currency")),
+            status_reason_code=_text(reason.get("code")),
+            status_reason_message=_scrubbed(_text(reason.get("message"))),
+            status_update_at=_text(body.get("statusUpdateAt")),
+            body=body,
+        )
+
+
+def _scrubbed(value: str | None) -> str | None:
+    return None if value is None else scrub_documents(value)
+
+
+def _text(value: object) -> str | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, str | int | float):
+        return str(value)
+    return None

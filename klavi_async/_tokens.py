@@ -1,0 +1,350 @@
+"""
+Token providers and the token cache in front of them.
+
+A provider produces bearer tokens; the cache decides when to ask it.  The cache:
+
+- serves the cached token while it is fresh (checked on a monotonic clock, on demand:
+  no background timer);
+- inside the refresh margin (`min(300 s, lifetime / 2)` before expiry) it starts one
+  refresh in the background and keeps serving the still-valid token;
+- past that (the last `min(10 s, lifetime / 10)`), callers wait for the refresh;
+- runs at most one provider call at a time, however many callers wait (single flight);
+  a failure fails the callers waiting on it, once, and the next call tries again;
+- on a 401, `invalidate(token)` drops the token only if it is still the cached one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
+
+from attrs import field, frozen
+
+__all__ = [
+    "AccessToken",
+    "ClientCredentials",
+    "StaticToken",
+    "TokenCache",
+    "TokenError",
+    "TokenProvider",
+    "as_provider",
+    "jwt_expiry",
+    "parse_auth_response",
+]
+
+logger = logging.getLogger("klavi_async")
+
+DEFAULT_LIFETIME = 60.0
+"""Seconds a token is trusted when neither the provider nor the JWT says otherwise."""
+MAX_REFRESH_MARGIN = 300.0
+MAX_MANDATORY_MARGIN = 10.0
+ADVISORY_RETRY_DELAY = 5.0
+"""After a failed background refresh, wait this long before trying another one."""
+
+
+def _non_empty(_: object, __: object, value: str) -> None:
+    given: object = value
+    if not isinstance(given, str) or not value.strip():
+        raise ValueError("a token must be a non-empty string")
+    if any(c in value for c in "\r\n\x00"):
+        raise ValueError("a token must not contain line breaks or NUL characters")
+
+
+@frozen
+class AccessToken:
+    """
+    A bearer token and how long it lives.
+
+    Give `expires_in` (seconds from now) or `expires_at` (an aware datetime); with
+    neither, the JWT's `exp` claim is used, else a short default lifetime (60 s).
+    """
+
+    token: str = field(repr=False, validator=_non_empty)
+    expires_in: float | None = None
+    expires_at: datetime | None = None
+
+
+@runtime_checkable
+class TokenProvider(Protocol):
+    """Anything with `async get_token()` returning a token string or an `AccessToken`."""
+
+    async def get_token(self) -> AccessToken | str:
+        """Produce a token; raise on failure (the cancel then ends AUTHENTICATION_FAILED)."""
+        ...
+
+
+@frozen
+class StaticToken:
+    """A fixed token that never expires by itself (a 401 still ends the call UNAUTHORIZED)."""
+
+    token: str = field(repr=False, validator=_non_empty)
+
+    async def get_token(self) -> AccessToken:
+        """Return the token with an infinite lifetime."""
+        return AccessToken(self.token, expires_in=math.inf)
+
+
+def _show_key(key: str) -> str:
+    return f"{key[:4]}..." if len(key) > 8 else "***"
+
+
+@frozen
+class ClientCredentials:
+    """
+    Klavi's access key and secret key, exchanged for tokens at `{base}/payment/customer/v1/auth`.
+
+    The client that receives it posts to its own base URL over its own session, through
+    its retry policy and budget.  The secret key never appears in a repr, log or message.
+    """
+
+    access_key: str = field(repr=_show_key, validator=_non_empty)
+    secret_key: str = field(repr=False, validator=_non_empty)
+    path: str = field(default="/payment/customer/v1/auth", kw_only=True)
+
+
+class TokenError(Exception):
+    """
+    A provider could not produce a token.  Strictly private.
+
+    `retryable` is True when the auth endpoint failed transiently (5xx, timeout), False
+    when it rejected the keys or answered nonsense.
+    """
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+class _CallableProvider:
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Callable[[], Awaitable[AccessToken | str]]) -> None:
+        self._fn = fn
+
+    async def get_token(self) -> AccessToken | str:
+        return await self._fn()
+
+    def __repr__(self) -> str:
+        return f"<token callable {getattr(self._fn, '__qualname__', type(self._fn).__name__)}>"
+
+
+def as_provider(value: object) -> TokenProvider | ClientCredentials:
+    """Accept a provider, `ClientCredentials`, a token string or an async callable."""
+    if isinstance(value, ClientCredentials | StaticToken):
+        return value
+    if isinstance(value, str):
+        return StaticToken(value)
+    if isinstance(value, TokenProvider):
+        return value
+    if callable(value):
+        return _CallableProvider(value)
+    raise TypeError(
+        "token_provider must be a TokenProvider, ClientCredentials, a token string "
+        f"or an async callable, got {type(value).__name__}"
+    )
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The `exp` claim (epoch seconds) of a JWT, or None if it is not a JWT with one."""
+    parts = token.split(".")
+    if len(parts) != 3 or len(parts[1]) > 8192:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, binascii.Error, RecursionError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    if isinstance(exp, int | float) and not isinstance(exp, bool) and math.isfinite(exp):
+        return float(exp)
+    return None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _parse_expire(value: object) -> datetime | None:
+    number = _number(value)
+    if number is not None:
+        if number > 1e11:  # epoch milliseconds
+            number /= 1000.0
+        try:
+            return datetime.fromtimestamp(number, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    return None
+
+
+def parse_auth_response(body: Any) -> AccessToken:
+    """
+    Read Klavi's auth response: `accessToken` plus `expireIn` or `expire`.
+
+    `expireIn` is seconds (a number or a numeric string); `expire` an ISO time or epoch
+    seconds (or milliseconds).  Raises `ValueError` when no usable token is present; the
+    message never holds the token.
+    """
+    if not isinstance(body, dict):
+        raise ValueError("the auth response is not a JSON object")
+    token = body.get("accessToken")
+    if not isinstance(token, str) or not token.strip():
+        raise ValueError("the auth response has no accessToken")
+    try:
+        expire_in = _number(body.get("expireIn"))
+        if expire_in is not None:
+            return AccessToken(token.strip(), expires_in=expire_in)
+        return AccessToken(token.strip(), expires_at=_parse_expire(body.get("expire")))
+    except ValueError:
+        raise ValueError("the auth response's accessToken is not a usable token") from None
+
+
+class TokenCache:
+    """
+    The cache in front of one provider, shared by every call of one client.  Strictly private.
+
+    `fetches` counts provider calls.  Not thread-safe: one cache per event loop.
+    """
+
+    __slots__ = (
+        "_advisory_after",
+        "_clock",
+        "_expires_at",
+        "_inflight",
+        "_provider",
+        "_refresh_at",
+        "_token",
+        "_wall",
+        "fetches",
+    )
+
+    def __init__(
+        self,
+        provider: TokenProvider,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._provider = provider
+        self._clock = clock
+        self._wall = wall
+        self._token: str | None = None
+        self._refresh_at = 0.0
+        self._expires_at = 0.0
+        self._advisory_after = 0.0
+        self._inflight: asyncio.Task[str] | None = None
+        self.fetches = 0
+
+    def peek(self) -> str | None:
+        """The cached token if it may still be used, without waiting; None otherwise."""
+        token = self._token
+        if token is None:
+            return None
+        now = self._clock()
+        if now < self._refresh_at:
+            return token
+        if now < self._expires_at:
+            if self._inflight is None and now >= self._advisory_after:
+                self._start()
+            return token
+        return None
+
+    async def get(self) -> str:
+        """A usable token, fetching one (single flight) when needed."""
+        token = self.peek()
+        if token is not None:
+            return token
+        task = self._inflight or self._start()
+        return await asyncio.shield(task)
+
+    def invalidate(self, token: str) -> None:
+        """Drop *token* if it is still the cached one (after a 401)."""
+        if self._token == token:
+            self._token = None
+
+    async def aclose(self) -> None:
+        """Cancel a fetch in flight and wait for it to end."""
+        task = self._inflight
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def _start(self) -> asyncio.Task[str]:
+        task = asyncio.get_running_loop().create_task(self._fetch())
+        self._inflight = task
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[str]) -> None:
+        if self._inflight is task:
+            self._inflight = None
+        if task.cancelled():
+            return
+        error = task.exception()  # also marks it retrieved when nobody waited
+        if error is not None:
+            self._advisory_after = self._clock() + ADVISORY_RETRY_DELAY
+            logger.warning(
+                "token provider failed: %s",
+                error.message if isinstance(error, TokenError) else type(error).__name__,
+                extra={"klavi_event": "token_failed"},
+            )
+
+    async def _fetch(self) -> str:
+        self.fetches += 1
+        produced = await self._provider.get_token()
+        access = AccessToken(produced) if isinstance(produced, str) else produced
+        if not isinstance(access, AccessToken):
+            raise TokenError(
+                f"the token provider returned {type(produced).__name__}, not a str or AccessToken",
+                retryable=False,
+            )
+        lifetime = self._lifetime(access)
+        now = self._clock()
+        self._token = access.token
+        self._refresh_at = now + lifetime - min(MAX_REFRESH_MARGIN, lifetime / 2)
+        self._expires_at = now + lifetime - min(MAX_MANDATORY_MARGIN, lifetime / 10)
+        self._advisory_after = 0.0
+        logger.debug(
+            "token refreshed; valid for %.0f s", lifetime, extra={"klavi_event": "token_refreshed"}
+        )
+        return access.token
+
+    def _lifetime(self, access: AccessToken) -> float:
+        if access.expires_in is not None:
+            lifetime = access.expires_in
+        else:
+            expiry = access.expires_at.timestamp() if access.expires_at else None
+            if expiry is None:
+                expiry = jwt_expiry(access.token)
+            lifetime = DEFAULT_LIFETIME if expiry is None else expiry - self._wall()
+        if math.isnan(lifetime):
+            return DEFAULT_LIFETIME
+        return max(lifetime, 1.0)
