@@ -1,0 +1,92 @@
+"""
+Shared fixtures: loopback servers and the secret-leak guard.
+
+Every test runs with the `klavi_async` logger at DEBUG and a handler that keeps every
+record; at teardown the guard fails the test if any record (message or `extra` value)
+holds a registered secret: a token, a secret key or a full CPF/CNPJ.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from klavi_async._documents import normalize_document
+
+# Documents used across the suite (valid ones from reference/openfinance-brasil.md).
+CPF = "529.982.247-25"
+CPF_BARE = "52998224725"
+CNPJ = "11.222.333/0001-81"
+CNPJ_BARE = "11222333000181"
+CNPJ_ALNUM = "12.ABC.345/01DE-35"
+TOKEN = "tok-0123456789abcdef-secret"
+ACCESS_KEY = "ak-test-0001"
+SECRET_KEY = "sk-test-very-secret-0001"
+
+_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({})))
+
+
+class LeakGuard(logging.Handler):
+    """Keeps every `klavi_async` record and checks them for secrets."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.secrets: set[str] = {TOKEN, SECRET_KEY, CPF_BARE, CNPJ_BARE, CPF, CNPJ}
+        self.secrets.add(normalize_document(CNPJ_ALNUM))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def add(self, *secrets: str) -> None:
+        """Register more strings that must never be logged."""
+        self.secrets.update(s for s in secrets if s)
+
+    def texts(self) -> Iterator[str]:
+        for record in self.records:
+            yield record.getMessage()
+            for name, value in vars(record).items():
+                if name not in _RECORD_ATTRS:
+                    yield f"{name}={value!r}"
+
+    def leaks(self) -> list[str]:
+        return [t for t in self.texts() for s in self.secrets if s in t]
+
+
+@pytest.fixture(autouse=True)
+def leak_guard() -> Iterator[LeakGuard]:
+    guard = LeakGuard()
+    logger = logging.getLogger("klavi_async")
+    old_level = logger.level
+    logger.addHandler(guard)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield guard
+    finally:
+        logger.removeHandler(guard)
+        logger.setLevel(old_level)
+    leaked = guard.leaks()
+    assert not leaked, f"a secret reached the logs: {leaked[:3]}"
+
+
+ServerFactory = Callable[[web.Application], Awaitable[str]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[ServerFactory]:
+    """`base_url = await serve(app)`: run *app* on 127.0.0.1, port 0, until the test ends."""
+    servers: list[TestServer] = []
+
+    async def start(app: web.Application) -> str:
+        server = TestServer(app, host="127.0.0.1", port=0)
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("")).rstrip("/")
+
+    yield start
+    for server in servers:
+        await server.close()
