@@ -8,8 +8,6 @@ same message twice (`deterministic_idempotency_key`).
 
 from __future__ import annotations
 
-from typing import Any
-
 from ._budget import RetryBudget, RetryBudgetStats
 from ._client import KlaviClient
 from ._config import Environment
@@ -77,7 +75,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> str:
     if name == "__version__":
         from ._version import version
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
+import aioresponses.core
 import pytest
-from aiohttp import web
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestServer
 
 from klavi_async._documents import normalize_document
@@ -90,3 +91,23 @@ async def serve() -> AsyncIterator[ServerFactory]:
     yield start
     for server in servers:
         await server.close()
+
+
+class _StreamWriterStub:
+    output_size = 0
+
+
+class _CompatResponse(ClientResponse):
+    """aiohttp 3.14 added a required `stream_writer`; aioresponses 0.7.9 does not pass it."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("stream_writer", _StreamWriterStub())
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def aiomock(monkeypatch: pytest.MonkeyPatch) -> Iterator[aioresponses.aioresponses]:
+    """`aioresponses` patched for aiohttp 3.14 (pnuckowski/aioresponses#289)."""
+    monkeypatch.setattr(aioresponses.core, "ClientResponse", _CompatResponse)
+    with aioresponses.aioresponses() as mocked:
+        yield mocked

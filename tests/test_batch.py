@@ -1,0 +1,237 @@
+"""cancel_many: bounded concurrency, one result per input, lazy input, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+
+import klavi_async
+from klavi_async import (
+    CancelFailed,
+    CancelRequest,
+    ErrorKind,
+    KlaviClient,
+    RetryPolicy,
+)
+
+from .conftest import CNPJ, CPF, TOKEN, ServerFactory
+from .fakes import CANCEL, Reply, ScriptedKlavi
+
+FAST = RetryPolicy(initial_backoff=0.001, max_backoff=0.002, jitter=False)
+
+
+def client_for(base: str, **kwargs: object) -> KlaviClient:
+    kwargs.setdefault("retry", FAST)
+    return KlaviClient(TOKEN, base_url=base, **kwargs)  # type: ignore[arg-type]
+
+
+def no_other_tasks() -> bool:
+    """No task running SDK code is left (the loopback server's own tasks don't count)."""
+    package = os.path.dirname(klavi_async.__file__)
+    for task in asyncio.all_tasks() - {asyncio.current_task()}:
+        code = getattr(task.get_coro(), "cr_code", None)
+        if code is not None and code.co_filename.startswith(package):
+            return False
+    return True
+
+
+async def test_one_result_per_input_including_invalid(serve: ServerFactory) -> None:
+    fake = ScriptedKlavi(default={CANCEL: Reply(200, {}, delay=0.005)})
+    base = await fake.start(serve)
+    requests = [CancelRequest(f"p{i}", CPF if i % 2 else CNPJ) for i in range(40)]
+    requests += [
+        CancelRequest("bad id!", CPF),
+        CancelRequest("p-bad-doc", "529.982.247-26"),
+        CancelRequest("p-bad-type", CPF, identifier_type="CNPJ"),
+        CancelRequest("p-bad-key", CPF, idempotency_key=" spaced "),
+    ]
+    async with client_for(base) as client:
+        results = [r async for r in client.cancel_many(requests, concurrency=8)]
+    assert Counter(r.payment_id for r in results) == Counter(r.payment_id for r in requests)
+    invalid = [r for r in results if isinstance(r, CancelFailed)]
+    assert {r.payment_id for r in invalid} == {"bad id!", "p-bad-doc", "p-bad-type", "p-bad-key"}
+    assert all(r.kind is ErrorKind.INVALID_REQUEST and r.attempts == 0 for r in invalid)
+    assert len(fake.cancels()) == 40
+    assert fake.max_in_flight <= 8
+    assert no_other_tasks()
+
+
+async def test_results_come_in_completion_order(serve: ServerFactory) -> None:
+    fake = ScriptedKlavi().on(CANCEL, Reply(200, delay=0.2), Reply(200, delay=0.01))
+    base = await fake.start(serve)
+    async with client_for(base) as client:
+        order = [
+            r.payment_id
+            async for r in client.cancel_many(
+                [CancelRequest("slow", CPF), CancelRequest("fast", CPF)], concurrency=2
+            )
+        ]
+    assert order == ["fast", "slow"]
+
+
+async def test_async_input_is_pulled_lazily(serve: ServerFactory) -> None:
+    fake = ScriptedKlavi(default={CANCEL: Reply(200, {}, delay=0.01)})
+    base = await fake.start(serve)
+    pulled = 0
+
+    async def source() -> AsyncIterator[CancelRequest]:
+        nonlocal pulled
+        for i in range(10_000):
+            pulled += 1
+            yield CancelRequest(f"p{i}", CPF)
+
+    async with client_for(base) as client:
+        batch = client.cancel_many(source(), concurrency=4)
+        first = await anext(batch)
+        assert first.ok
+        assert pulled <= 4 + 1
+        await batch.aclose()
+    assert pulled <= 6
+    assert no_other_tasks()
+
+
+async def test_aclose_cancels_work_in_flight_and_leaves_no_task(serve: ServerFactory) -> None:
+    fake = ScriptedKlavi(default={CANCEL: Reply(200, {}, delay=1.0)})
+    fake.on(CANCEL, Reply(200, {}))
+    base = await fake.start(serve)
+    async with client_for(base) as client:
+        batch = client.cancel_many((CancelRequest(f"p{i}", CPF) for i in range(100)), concurrency=5)
+        first = await anext(batch)
+        assert first.ok
+        while len(fake.seen) < 5:
+            await asyncio.sleep(0.005)
+        await batch.aclose()
+        assert no_other_tasks()
+        assert (await client.cancel_payment("after", cancelled_by=CPF)).payment_id == "after"
+
+
+async def test_breaking_out_with_aclosing_cleans_up(serve: ServerFactory) -> None:
+    fake = ScriptedKlavi(default={CANCEL: Reply(200, {}, delay=0.01)})
+    base = await fake.start(serve)
+    seen = 0
+    async with client_for(base) as client:
+        async with contextlib.aclosing(
+            client.cancel_many([CancelRequest(f"p{i}", CPF) for i in range(50)], concurrency=10)
+        ) as batch:
+            async for _ in batch:
+                seen += 1
+                if seen == 3:
+                    break
+        assert no_other_tasks()
+    assert seen == 3
+
+
+async def test_breaking_out_without_aclosing_cleans_up_when_dropped(serve: ServerFactory) -> None:
+    fake = ScriptedKlavi(default={CANCEL: Reply(200, {}, delay=0.05)})
+    base = await fake.start(serve)
+    async with client_for(base) as client:
+        async for _ in client.cancel_many(
+            [CancelRequest(f"p{i}", CPF) for i in range(50)], concurrency=10
+        ):
+            break
+        for _ in range(50):  # the loop's async-generator finaliser runs aclose() soon
+            if no_other_tasks():
+                break
+            await asyncio.sleep(0.01)
+        assert no_other_tasks()
+
+
+async def test_client_aclose_cancels_a_running_batch(serve: ServerFactory) -> None:
+    fake = ScriptedKlavi(default={CANCEL: Reply(200, {}, delay=1.0)})
+    base = await fake.start(serve)
+    client = client_for(base)
+    batch = client.cancel_many([CancelRequest(f"p{i}", CPF) for i in range(20)], concurrency=4)
+    consumer = asyncio.create_task(anext(batch))
+    while len(fake.seen) < 4:
+        await asyncio.sleep(0.005)
+    await client.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    await batch.aclose()
+    assert no_other_tasks()
+
+
+async def test_input_errors_surface_after_in_flight_results(serve: ServerFactory) -> None:
+    fake = ScriptedKlavi(default={CANCEL: Reply(200, {}, delay=0.01)})
+    base = await fake.start(serve)
+
+    async def source() -> AsyncIterator[CancelRequest]:
+        yield CancelRequest("p1", CPF)
+        yield CancelRequest("p2", CPF)
+        raise OSError("input file vanished")
+
+    got: list[str] = []
+    async with client_for(base) as client:
+        with pytest.raises(OSError, match="vanished"):
+            async for result in client.cancel_many(source(), concurrency=4):
+                got.append(result.payment_id)
+    assert sorted(got) == ["p1", "p2"]
+    assert no_other_tasks()
+
+
+async def test_wrong_item_type_is_misuse(serve: ServerFactory) -> None:
+    base = await ScriptedKlavi().start(serve)
+    async with client_for(base) as client:
+        with pytest.raises(TypeError, match="CancelRequest"):
+            async for _ in client.cancel_many([CancelRequest("p1", CPF), ("p2", CPF)]):  # type: ignore[list-item]
+                pass
+        with pytest.raises(TypeError):
+            async for _ in client.cancel_many(42):  # type: ignore[arg-type]
+                pass
+        with pytest.raises(ValueError, match="concurrency"):
+            client.cancel_many([], concurrency=0)
+        with pytest.raises(TypeError, match="concurrency"):
+            client.cancel_many([], concurrency="8")  # type: ignore[arg-type]
+    assert no_other_tasks()
+
+
+async def test_batch_shares_token_cache_and_budget(serve: ServerFactory) -> None:
+    fake = ScriptedKlavi(default={CANCEL: Reply(503)})
+    base = await fake.start(serve)
+    calls = 0
+
+    async def provider() -> str:
+        nonlocal calls
+        calls += 1
+        return TOKEN
+
+    async with KlaviClient(provider, base_url=base, retry=FAST) as client:
+        results = [
+            r
+            async for r in client.cancel_many(
+                [CancelRequest(f"p{i}", CPF) for i in range(200)], concurrency=50
+            )
+        ]
+        stats = client.retry_budget.stats()
+    assert calls == 1
+    assert len(results) == 200
+    assert stats.total_first_attempts == 200
+    assert len(fake.cancels()) <= 200 + 0.2 * 200 + 100
+
+
+async def test_empty_input_yields_nothing(serve: ServerFactory) -> None:
+    base = await ScriptedKlavi().start(serve)
+    async with client_for(base) as client:
+        assert [r async for r in client.cancel_many([])] == []
+
+
+async def test_automatic_requests_route_by_consent(serve: ServerFactory) -> None:
+    fake = ScriptedKlavi()
+    base = await fake.start(serve)
+    async with client_for(base) as client:
+        results = [
+            r
+            async for r in client.cancel_many(
+                [CancelRequest("p1", CPF, consent_id="c1"), CancelRequest("p2", CPF)]
+            )
+        ]
+    assert all(r.ok for r in results)
+    assert sorted(s.path for s in fake.seen) == [
+        "/payment/customer/v1/automatic/consents/c1/payments/p1/cancel",
+        "/payment/customer/v1/instant/payments/p2/cancel",
+    ]
