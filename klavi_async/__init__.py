@@ -8,6 +8,8 @@ same message twice (`deterministic_idempotency_key`).
 
 from __future__ import annotations
 
+import logging
+
 from ._budget import RetryBudget, RetryBudgetStats
 from ._client import KlaviClient
 from ._config import Environment
@@ -35,6 +37,10 @@ from ._errors import (
 from ._results import Attempt, CancelFailed, Cancelled, CancelRequest, CancelResult, PaymentStatus
 from ._retry import RetryPolicy
 from ._tokens import AccessToken, ClientCredentials, StaticToken, TokenProvider
+
+# A library never configures logging; this only stops Python's last-resort handler
+# from printing our warnings when the application set up no logging at all.
+logging.getLogger("klavi_async").addHandler(logging.NullHandler())
 
 __all__ = [
     "APIStatusError",
