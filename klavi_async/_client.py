@@ -699,7 +699,9 @@ class _Call:
         if timeout is None:
             timeout = client._timeout
             if loop is not None:
-                timeout = min(timeout, max(loop.remaining(), 0.001))
+                remaining = loop.remaining()
+                if remaining < timeout:  # keep the common value exact: its ClientTimeout is cached
+                    timeout = max(remaining, 0.001)
         sent_headers = dict(headers)
         if token is not None:
             sent_headers["Authorization"] = f"Bearer {token}"

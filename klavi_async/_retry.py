@@ -167,8 +167,25 @@ class RetryLoop:
         self.history.append(attempt)
 
     async def run(self, attempt: Callable[..., Awaitable[Outcome]], *args: object) -> Outcome:
-        """Run `attempt(*args)` until it succeeds, fails for good, or a limit stops it."""
+        """
+        Run `attempt(*args)` until it succeeds, fails for good, or a limit stops it.
+
+        The first attempt runs before tenacity is involved: most calls end there, and
+        building a retrying object for them would be pure overhead.  When it asks for a
+        retry, tenacity takes over from attempt 1's outcome, so every decision (retry,
+        wait, stop) is still tenacity's.
+        """
         self._budget.record_attempt()
+        first = await attempt(*args)
+        if first.kind is None or not self._policy.should_retry(first):
+            return first
+        replay: list[Outcome] = [first]
+
+        async def resumed() -> Outcome:
+            if replay:
+                return replay.pop()
+            return await attempt(*args)
+
         retrying = _t.AsyncRetrying(
             sleep=self._sleep,
             stop=self._stop,
@@ -177,7 +194,7 @@ class RetryLoop:
             before_sleep=self._before_sleep,
             retry_error_callback=self._give_up,
         )
-        outcome: Outcome = await retrying(attempt, *args)
+        outcome: Outcome = await retrying(resumed)
         return outcome
 
     def _retry(self, state: _t.RetryCallState) -> bool:
