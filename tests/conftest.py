@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import aioresponses.core
 import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestServer
 
+from klavi_async import _client, _errors
 from klavi_async._documents import normalize_document
+from klavi_async._results import CancelFailed, CancelResult
 
 # Documents used across the suite (valid ones from reference/openfinance-brasil.md).
 CPF = "529.982.247-25"
@@ -37,6 +40,7 @@ class LeakGuard(logging.Handler):
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
         self.records: list[logging.LogRecord] = []
+        self.objects: list[object] = []
         self.secrets: set[str] = {TOKEN, SECRET_KEY, CPF_BARE, CNPJ_BARE, CPF, CNPJ}
         self.secrets.add(normalize_document(CNPJ_ALNUM))
 
@@ -54,24 +58,56 @@ class LeakGuard(logging.Handler):
                 if name not in _RECORD_ATTRS:
                     yield f"{name}={value!r}"
 
+    def object_texts(self) -> Iterator[str]:
+        for obj in self.objects:
+            yield repr(obj)
+            yield str(obj)
+            for name in ("message", "args"):
+                value = getattr(obj, name, None)
+                if value is not None:
+                    yield str(value)
+
     def leaks(self) -> list[str]:
-        return [t for t in self.texts() for s in self.secrets if s in t]
+        texts = [*self.texts(), *self.object_texts()]
+        return [t for t in texts for s in self.secrets if s in t]
 
 
 @pytest.fixture(autouse=True)
-def leak_guard() -> Iterator[LeakGuard]:
+def leak_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[LeakGuard]:
+    """Fail the test if a secret reaches a log record, a result's repr/str or an error message."""
     guard = LeakGuard()
     logger = logging.getLogger("klavi_async")
     old_level = logger.level
     logger.addHandler(guard)
     logger.setLevel(logging.DEBUG)
+
+    original_done = _client._Call.log_done
+    original_invalid = _client.KlaviClient._invalid
+    original_error_init = _errors.KlaviError.__init__
+
+    def log_done(self: _client._Call, result: CancelResult) -> None:
+        guard.objects.append(result)
+        original_done(self, result)
+
+    def invalid(self: _client.KlaviClient, *args: Any) -> CancelFailed:
+        result = original_invalid(self, *args)
+        guard.objects.append(result)
+        return result
+
+    def error_init(self: _errors.KlaviError, *args: Any, **kwargs: Any) -> None:
+        original_error_init(self, *args, **kwargs)
+        guard.objects.append(self)
+
+    monkeypatch.setattr(_client._Call, "log_done", log_done)
+    monkeypatch.setattr(_client.KlaviClient, "_invalid", invalid)
+    monkeypatch.setattr(_errors.KlaviError, "__init__", error_init)
     try:
         yield guard
     finally:
         logger.removeHandler(guard)
         logger.setLevel(old_level)
     leaked = guard.leaks()
-    assert not leaked, f"a secret reached the logs: {leaked[:3]}"
+    assert not leaked, f"a secret reached a log, repr or message: {leaked[:3]}"
 
 
 ServerFactory = Callable[[web.Application], Awaitable[str]]
