@@ -2,8 +2,8 @@
 `cancel_many`: bounded-concurrency streaming over a sync or async iterable.
 
 Input is pulled only when a slot frees up, so memory is bounded by `concurrency`, not by
-the input's length.  Each finished task hands its result to a queue; the generator
-yields from the queue in completion order.  Closing the generator (explicitly, by
+the input's length.  Each finished task lands in a deque; the generator yields from
+it in completion order.  Closing the generator (explicitly, by
 `aclosing()`, or when a `break` drops the last reference) cancels the tasks in flight
 and waits for them, so no task outlives it.
 """
@@ -11,6 +11,7 @@ and waits for them, so no task outlives it.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -45,16 +46,20 @@ async def stream(
 ) -> AsyncGenerator[CancelResult, None]:
     """The body of `KlaviClient.cancel_many()`.  Strictly private."""
     source = _as_async_iterator(requests)
-    done: asyncio.Queue[asyncio.Task[CancelResult]] = asyncio.Queue()
+    finished: deque[asyncio.Task[CancelResult]] = deque()
     running: set[asyncio.Task[CancelResult]] = set()
     loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] | None = None
     exhausted = False
     input_error: BaseException | None = None
 
-    def finished(task: asyncio.Task[CancelResult]) -> None:
+    def on_done(task: asyncio.Task[CancelResult]) -> None:
         running.discard(task)
-        done.put_nowait(task)
+        finished.append(task)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
+    client._batches[id(running)] = running  # lets client.aclose() cancel what is in flight
     try:
         while True:
             while not exhausted and len(running) < concurrency:
@@ -73,19 +78,22 @@ async def stream(
                         f"cancel_many expects CancelRequest items, got {type(item).__name__}"
                     )
                 task = loop.create_task(client.cancel_request(item))
-                client._track(task)
                 running.add(task)
-                task.add_done_callback(finished)
-            if not running and done.empty():
-                break
-            task = await done.get()
-            yield task.result()
+                task.add_done_callback(on_done)
+            if not finished:
+                if not running:
+                    break
+                waiter = loop.create_future()
+                await waiter
+                waiter = None
+            yield finished.popleft().result()
         if input_error is not None:
             raise input_error
     finally:
+        client._batches.pop(id(running), None)
         pending = list(running)
         for task in pending:
-            task.remove_done_callback(finished)
+            task.remove_done_callback(on_done)
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)

@@ -14,7 +14,6 @@ import logging
 import os
 import ssl as _ssl
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Final, Self
@@ -159,7 +158,7 @@ class KlaviClient:
             provider = _CredentialsProvider(self, provider)
         self._tokens = TokenCache(provider, clock=clock)
         self._state = _State.UNOPENED
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._batches: dict[int, set[asyncio.Task[Any]]] = {}
 
     # -- construction helpers ---------------------------------------------------------
 
@@ -244,7 +243,7 @@ class KlaviClient:
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
-        tasks = list(self._tasks)
+        tasks = [task for running in self._batches.values() for task in running]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -337,10 +336,6 @@ class KlaviClient:
             request.idempotency_key,
         )
 
-    def _track(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def _cancel(
         self,
         payment_id: str,
@@ -350,11 +345,11 @@ class KlaviClient:
         idempotency_key: str | None,
     ) -> CancelResult:
         start = self._clock()
-        interaction_id = str(uuid.uuid4())
+        interaction_id = _uuid4()
         if self._key_header is None:
             key = None
         elif idempotency_key is None:
-            key = str(uuid.uuid4())
+            key = _uuid4()
         else:
             key = idempotency_key
         try:
@@ -535,7 +530,7 @@ class KlaviClient:
         except InvalidInput as exc:
             raise InvalidRequestError(str(exc), payment_id=payment_id[:100]) from None
         url = self._status_url(payment_id, consent_id)
-        call = _Call(self, payment_id, None, str(uuid.uuid4()))
+        call = _Call(self, payment_id, None, _uuid4())
         headers = {"Accept": "application/json", _INTERACTION_HEADER: call.interaction_id}
         loop = RetryLoop(
             self._retry, self._budget, clock=self._clock, sleep=self._sleep, on_retry=call.on_retry
@@ -571,7 +566,7 @@ class KlaviClient:
             {"accessKey": credentials.access_key, "secretKey": credentials.secret_key}
         ).encode()
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        call = _Call(self, "auth", None, str(uuid.uuid4()), authorize=False)
+        call = _Call(self, "auth", None, _uuid4(), authorize=False)
         loop = RetryLoop(
             self._retry, self._budget, clock=self._clock, sleep=self._sleep, on_retry=call.on_retry
         )
@@ -816,6 +811,15 @@ class _Call:
         if outcome.kind is ErrorKind.AUTHENTICATION_FAILED:
             return self._auth_retryable
         return outcome.kind is not None and outcome.kind.retryable
+
+
+def _uuid4() -> str:
+    """A random (version 4) UUID string; `_uuid4()` without the UUID object."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT: Final = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 def _final_message(outcome: Outcome, loop: RetryLoop) -> str:

@@ -72,8 +72,12 @@ def normalize_document(raw: str) -> str:
     return bare
 
 
-def _mod11(values: list[int], weights: tuple[int, ...]) -> int:
-    remainder = sum(v * w for v, w in zip(values, weights, strict=True)) % 11
+_CPF_W1: Final = (10, 9, 8, 7, 6, 5, 4, 3, 2)
+_CPF_W2: Final = (11, 10, 9, 8, 7, 6, 5, 4, 3, 2)
+
+
+def _check_digit(values: list[int], weights: tuple[int, ...]) -> int:
+    remainder = sum(map(int.__mul__, values, weights)) % 11
     return 0 if remainder < 2 else 11 - remainder
 
 
@@ -81,9 +85,9 @@ def is_valid_cpf(bare: str) -> bool:
     """True for 11 digits with both mod-11 check digits right and not all digits equal."""
     if not _CPF_RE.fullmatch(bare) or bare == bare[0] * 11:
         return False
-    digits = [int(c) for c in bare]
-    dv1 = _mod11(digits[:9], tuple(range(10, 1, -1)))
-    dv2 = _mod11([*digits[:9], dv1], tuple(range(11, 1, -1)))
+    digits = list(map(int, bare))
+    dv1 = _check_digit(digits, _CPF_W1)
+    dv2 = _check_digit(digits, _CPF_W2)
     return digits[9] == dv1 and digits[10] == dv2
 
 
@@ -96,10 +100,10 @@ def is_valid_cnpj(bare: str) -> bool:
     """
     if not _CNPJ_RE.fullmatch(bare) or bare[:12] == "0" * 12:
         return False
-    values = [ord(c) - 48 for c in bare[:12]]
-    dv1 = _mod11(values, _CNPJ_W1)
-    dv2 = _mod11([*values, dv1], _CNPJ_W2)
-    return bare[12:] == f"{dv1}{dv2}"
+    values = [ord(c) - 48 for c in bare]
+    dv1 = _check_digit(values, _CNPJ_W1)
+    dv2 = _check_digit(values, _CNPJ_W2)
+    return values[12] == dv1 and values[13] == dv2
 
 
 def infer_identifier_type(bare: str) -> IdentifierType | None:

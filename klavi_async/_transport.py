@@ -62,6 +62,7 @@ class Transport:
         "_connector_args",
         "_max_body",
         "_owns_session",
+        "_request_ssl",
         "_session",
         "_ssl",
         "_timeouts",
@@ -84,6 +85,10 @@ class Transport:
         self._max_body = max_body
         self._connector_args = {"limit": max_connections}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        # Our own connector carries the TLS setting; a borrowed session needs it per request.
+        self._request_ssl: _ssl.SSLContext | bool = (
+            ssl if ssl is not None and session is not None else True
+        )
 
     @property
     def owns_session(self) -> bool:
@@ -137,7 +142,7 @@ class Transport:
                 headers=headers,
                 timeout=self._timeout(timeout),
                 allow_redirects=False,
-                ssl=True if self._ssl is None else self._ssl,
+                ssl=self._request_ssl,
             ) as resp:
                 status = resp.status
                 try:

@@ -1,0 +1,146 @@
+"""
+The contenders: the same cancel requests, at the same concurrency, through each client.
+
+Every contender sends what klavi_async sends for a cancel: `POST .../instant/payments/{id}/cancel`
+with a bearer token, JSON content type, a fresh UUID4 idempotency key and interaction id,
+and the same 52-byte body.  Each returns one latency (seconds) per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+
+from klavi_async import CancelRequest, KlaviClient
+
+TOKEN = "bench-token"
+DOCUMENT = "52998224725"
+BODY = b'{"cancelledBy":"52998224725","identifierType":"CPF"}'
+PATH = "/payment/customer/v1/instant/payments/{}/cancel"
+
+Contender = Callable[[str, int, int], Awaitable[list[float]]]
+
+
+def _headers() -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {TOKEN}",
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "x-idempotency-key": str(uuid.uuid4()),
+        "x-fapi-interaction-id": str(uuid.uuid4()),
+    }
+
+
+async def _bounded(n: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> None:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def run(i: int) -> None:
+        async with gate:
+            await one(i)
+
+    await asyncio.gather(*(run(i) for i in range(n)))
+
+
+async def raw_aiohttp(base: str, n: int, concurrency: int) -> list[float]:
+    """The floor: `ClientSession.post` in a semaphore-bounded loop."""
+    latencies: list[float] = []
+    connector = aiohttp.TCPConnector(limit=max(100, concurrency))
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(i: int) -> None:
+            started = time.perf_counter()
+            async with session.post(
+                base + PATH.format(f"pay-{i}"), data=BODY, headers=_headers()
+            ) as response:
+                await response.read()
+                assert response.status == 200
+            latencies.append(time.perf_counter() - started)
+
+        await _bounded(n, concurrency, one)
+    return latencies
+
+
+async def _requests(n: int) -> AsyncIterator[CancelRequest]:
+    for i in range(n):
+        yield CancelRequest(f"pay-{i}", DOCUMENT)
+
+
+async def klavi_cancel_many(base: str, n: int, concurrency: int) -> list[float]:
+    """klavi_async `cancel_many` over an async generator."""
+    latencies: list[float] = []
+    async with KlaviClient(TOKEN, base_url=base, max_connections=max(100, concurrency)) as klavi:
+        async for result in klavi.cancel_many(_requests(n), concurrency=concurrency):
+            assert result.ok, result
+            latencies.append(result.elapsed)
+    return latencies
+
+
+async def klavi_gather(base: str, n: int, concurrency: int) -> list[float]:
+    """klavi_async `cancel_payment` under `asyncio.gather` and a semaphore."""
+    latencies: list[float] = []
+    async with KlaviClient(TOKEN, base_url=base, max_connections=max(100, concurrency)) as klavi:
+
+        async def one(i: int) -> None:
+            result = await klavi.cancel_payment(f"pay-{i}", cancelled_by=DOCUMENT)
+            assert result.ok, result
+            latencies.append(result.elapsed)
+
+        await _bounded(n, concurrency, one)
+    return latencies
+
+
+async def httpx_client(base: str, n: int, concurrency: int) -> list[float]:
+    """httpx `AsyncClient` with the same semaphore."""
+    import httpx
+
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=max(100, concurrency))
+    async with httpx.AsyncClient(limits=limits) as client:
+
+        async def one(i: int) -> None:
+            started = time.perf_counter()
+            response = await client.post(
+                base + PATH.format(f"pay-{i}"), content=BODY, headers=_headers()
+            )
+            assert response.status_code == 200
+            latencies.append(time.perf_counter() - started)
+
+        await _bounded(n, concurrency, one)
+    return latencies
+
+
+async def aiohttp_retry_client(base: str, n: int, concurrency: int) -> list[float]:
+    """aiohttp-retry's `RetryClient` (4 attempts, exponential) with the same semaphore."""
+    from aiohttp_retry import ExponentialRetry, RetryClient
+
+    latencies: list[float] = []
+    connector = aiohttp.TCPConnector(limit=max(100, concurrency))
+    session = aiohttp.ClientSession(connector=connector)
+    async with RetryClient(
+        client_session=session, retry_options=ExponentialRetry(attempts=4)
+    ) as client:
+
+        async def one(i: int) -> None:
+            started = time.perf_counter()
+            async with client.post(
+                base + PATH.format(f"pay-{i}"), data=BODY, headers=_headers()
+            ) as response:
+                await response.read()
+                assert response.status == 200
+            latencies.append(time.perf_counter() - started)
+
+        await _bounded(n, concurrency, one)
+    return latencies
+
+
+CONTENDERS: dict[str, Contender] = {
+    "raw_aiohttp": raw_aiohttp,
+    "klavi_cancel_many": klavi_cancel_many,
+    "klavi_gather": klavi_gather,
+    "httpx": httpx_client,
+    "aiohttp_retry": aiohttp_retry_client,
+}

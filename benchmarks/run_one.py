@@ -1,0 +1,73 @@
+"""
+One measurement in a fresh process: warm up, then time N requests of one contender.
+
+    python benchmarks/run_one.py CONTENDER BASE_URL N CONCURRENCY [--uvloop]
+
+Prints one JSON object: calls/s, client CPU microseconds per call (user + system time
+of this process), p50/p99 latency in milliseconds, and peak RSS in MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from contenders import CONTENDERS
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def _measure(name: str, base: str, n: int, concurrency: int) -> dict[str, object]:
+    contender = CONTENDERS[name]
+    await contender(base, max(n // 10, concurrency), concurrency)  # warm-up: imports, pools
+    cpu, wall = _cpu(), time.perf_counter()
+    latencies = await contender(base, n, concurrency)
+    wall, cpu = time.perf_counter() - wall, _cpu() - cpu
+    assert len(latencies) == n
+    return {
+        "contender": name,
+        "n": n,
+        "concurrency": concurrency,
+        "calls_per_s": n / wall,
+        "cpu_us_per_call": cpu / n * 1e6,
+        "p50_ms": statistics.median(latencies) * 1e3,
+        "p99_ms": _percentile(latencies, 0.99) * 1e3,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("contender", choices=sorted(CONTENDERS))
+    parser.add_argument("base_url")
+    parser.add_argument("n", type=int)
+    parser.add_argument("concurrency", type=int)
+    parser.add_argument("--uvloop", action="store_true")
+    args = parser.parse_args()
+    if args.uvloop:
+        import uvloop
+
+        uvloop.install()
+    result = asyncio.run(_measure(args.contender, args.base_url, args.n, args.concurrency))
+    result["loop"] = "uvloop" if args.uvloop else "asyncio"
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
