@@ -35,11 +35,10 @@ class _Protocol(asyncio.Protocol):
     def __init__(self, auth_reply: bytes) -> None:
         self._buffer = b""
         self._auth_reply = auth_reply
-        self._transport: asyncio.Transport | None = None
+        self._transport: asyncio.WriteTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data

@@ -1,0 +1,204 @@
+"""
+The benchmark suite: klavi_async against raw aiohttp and peers, on one loopback server.
+
+The server (`server.py`) runs in its own process; every measurement (`run_one.py`)
+runs in a fresh process too.  Contenders alternate A/B/A/B within each round so
+machine drift hits all of them alike; the report gives medians over rounds and ratios
+against raw aiohttp from the same run.
+
+    python benchmarks/bench.py [--rounds 3] [--quick] [--no-docs]
+
+Writes `benchmarks/results/latest.json` and the table in `docs/performance.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+DOC = ROOT / "docs" / "performance.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+CONTENDERS = ["raw_aiohttp", "klavi_cancel_many", "klavi_gather", "aiohttp_retry", "httpx"]
+CONCURRENCY = [1, 16, 64, 256]
+
+
+@contextmanager
+def server(*, uvloop: bool = False) -> Iterator[str]:
+    """Start `server.py` in its own process; yield its base URL."""
+    command = [sys.executable, str(HERE / "server.py")]
+    if uvloop:
+        command.append("--uvloop")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line.startswith("PORT "):
+            raise RuntimeError(f"benchmark server did not start: {line!r}")
+        yield f"http://127.0.0.1:{line.split()[1]}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def measure(
+    contender: str, base: str, n: int, concurrency: int, *, uvloop: bool = False
+) -> dict[str, Any]:
+    command = [sys.executable, str(HERE / "run_one.py"), contender, base, str(n), str(concurrency)]
+    if uvloop:
+        command.append("--uvloop")
+    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
+    result: dict[str, Any] = json.loads(output.stdout.strip().splitlines()[-1])
+    return result
+
+
+def size_for(contender: str, concurrency: int, quick: bool) -> int:
+    n = 1000 if concurrency == 1 else 4000
+    if contender == "httpx":
+        n = min(n, 600 if concurrency >= 64 else 1000)  # httpx is far slower here; see docs
+    return max(n // 4, 200) if quick else n
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ["calls_per_s", "cpu_us_per_call", "p50_ms", "p99_ms", "peak_rss_mib"]
+    summary = {key: statistics.median(run[key] for run in runs) for key in keys}
+    summary["runs"] = len(runs)
+    summary["n"] = runs[0]["n"]
+    return summary
+
+
+def run_matrix(rounds: int, quick: bool) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    with server() as base:
+        for concurrency in CONCURRENCY:
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
+            for round_number in range(rounds):
+                order = CONTENDERS if round_number % 2 == 0 else CONTENDERS[::-1]
+                for name in order:
+                    runs[name].append(
+                        measure(name, base, size_for(name, concurrency, quick), concurrency)
+                    )
+            floor = summarise(runs["raw_aiohttp"])
+            for name in CONTENDERS:
+                row = {
+                    "contender": name,
+                    "concurrency": concurrency,
+                    "loop": "asyncio",
+                    **summarise(runs[name]),
+                }
+                row["cpu_ratio"] = row["cpu_us_per_call"] / floor["cpu_us_per_call"]
+                row["throughput_ratio"] = row["calls_per_s"] / floor["calls_per_s"]
+                rows.append(row)
+                print(format_row(row), flush=True)
+    return rows
+
+
+def run_uvloop(rounds: int, quick: bool) -> list[dict[str, Any]]:
+    """raw aiohttp and cancel_many at concurrency 64, client and server on uvloop."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        print(
+            "uvloop is not installed: skipping the uvloop rows (pip install 'klavi-async[uvloop]')"
+        )
+        return []
+    rows: list[dict[str, Any]] = []
+    names = ["raw_aiohttp", "klavi_cancel_many"]
+    with server(uvloop=True) as base:
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for round_number in range(rounds):
+            for name in names if round_number % 2 == 0 else names[::-1]:
+                runs[name].append(measure(name, base, size_for(name, 64, quick), 64, uvloop=True))
+        floor = summarise(runs["raw_aiohttp"])
+        for name in names:
+            row = {"contender": name, "concurrency": 64, "loop": "uvloop", **summarise(runs[name])}
+            row["cpu_ratio"] = row["cpu_us_per_call"] / floor["cpu_us_per_call"]
+            row["throughput_ratio"] = row["calls_per_s"] / floor["calls_per_s"]
+            rows.append(row)
+            print(format_row(row), flush=True)
+    return rows
+
+
+def format_row(row: dict[str, Any]) -> str:
+    return (
+        f"| {row['contender']} | {row['loop']} | {row['concurrency']} | {row['calls_per_s']:,.0f} | "
+        f"{row['cpu_us_per_call']:.1f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
+        f"{row['peak_rss_mib']:.1f} | {row['cpu_ratio']:.2f}x | {row['throughput_ratio']:.2f}x |"
+    )
+
+
+HEADER = (
+    "| contender | loop | concurrency | calls/s | CPU µs/call | p50 ms | p99 ms | peak RSS MiB "
+    "| CPU vs raw | calls/s vs raw |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def machine() -> dict[str, Any]:
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        cpu = platform.processor() or "unknown"
+    import aiohttp
+
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "aiohttp": aiohttp.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def write_doc(rows: list[dict[str, Any]], info: dict[str, Any], rounds: int) -> None:
+    table = "\n".join([HEADER, *(format_row(r) for r in rows)])
+    block = (
+        f"{START}\nMeasured {info['date']} on {info['cpu']}, Python {info['python']}, "
+        f"aiohttp {info['aiohttp']}; median of {rounds} rounds per cell.\n\n{table}\n{END}"
+    )
+    text = DOC.read_text() if DOC.exists() else f"# Performance\n\n{START}\n{END}\n"
+    if START not in text:
+        text += f"\n{START}\n{END}\n"
+    before, rest = text.split(START, 1)
+    after = rest.split(END, 1)[1]
+    DOC.write_text(before + block + after)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/performance.md")
+    args = parser.parse_args()
+    started = time.monotonic()
+    info = machine()
+    print(HEADER, flush=True)
+    rows = run_matrix(args.rounds, args.quick) + run_uvloop(args.rounds, args.quick)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / ("quick.json" if args.quick else "latest.json")
+    out.write_text(
+        json.dumps({"machine": info, "rounds": args.rounds, "rows": rows}, indent=2) + "\n"
+    )
+    if not args.no_docs and not args.quick:
+        write_doc(rows, info, args.rounds)
+    print(f"\nwrote {out.relative_to(ROOT)} in {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
