@@ -12,6 +12,7 @@ import enum
 import json
 import logging
 import os
+import re
 import ssl as _ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
@@ -321,13 +322,20 @@ class KlaviClient:
         self._check_open()
         if not isinstance(request, CancelRequest):
             raise TypeError(f"expected a CancelRequest, got {type(request).__name__}")
-        _check_args(
-            request.payment_id,
-            request.cancelled_by,
-            request.identifier_type,
-            request.idempotency_key,
-            request.consent_id,
-        )
+        if (
+            type(request.payment_id) is not str
+            or type(request.cancelled_by) is not str
+            or (request.identifier_type is not None and type(request.identifier_type) is not str)
+            or (request.idempotency_key is not None and type(request.idempotency_key) is not str)
+            or (request.consent_id is not None and type(request.consent_id) is not str)
+        ):  # the common case in one expression; _check_args names the culprit
+            _check_args(
+                request.payment_id,
+                request.cancelled_by,
+                request.identifier_type,
+                request.idempotency_key,
+                request.consent_id,
+            )
         return await self._cancel(
             request.payment_id,
             request.consent_id,
@@ -363,10 +371,10 @@ class KlaviClient:
             return self._invalid(payment_id, consent_id, key, interaction_id, start, str(exc))
 
         if consent_id is None:
-            path = self._paths[0].format(payment_id=quote(payment_id, safe=""))
+            path = self._paths[0].format(payment_id=_segment(payment_id))
         else:
             path = self._paths[2].format(
-                consent_id=quote(consent_id, safe=""), payment_id=quote(payment_id, safe="")
+                consent_id=_segment(consent_id), payment_id=_segment(payment_id)
             )
         url = URL(self._base_url + path, encoded=True)
         body = f'{{"cancelledBy":"{document}","identifierType":"{doc_type}"}}'.encode()
@@ -500,10 +508,10 @@ class KlaviClient:
 
     def _status_url(self, payment_id: str, consent_id: str | None) -> URL:
         if consent_id is None:
-            path = self._paths[1].format(payment_id=quote(payment_id, safe=""))
+            path = self._paths[1].format(payment_id=_segment(payment_id))
         else:
             path = self._paths[3].format(
-                consent_id=quote(consent_id, safe=""), payment_id=quote(payment_id, safe="")
+                consent_id=_segment(consent_id), payment_id=_segment(payment_id)
             )
         return URL(self._base_url + path, encoded=True)
 
@@ -811,6 +819,19 @@ class _Call:
         if outcome.kind is ErrorKind.AUTHENTICATION_FAILED:
             return self._auth_retryable
         return outcome.kind is not None and outcome.kind.retryable
+
+
+_UNRESERVED: Final = re.compile(r"[A-Za-z0-9._~-]+")
+
+
+def _segment(value: str) -> str:
+    """
+    Percent-encode one path segment.
+
+    Validated ids hold only letters, digits and '-', which RFC 3986 leaves unencoded, so
+    the common case skips `quote()`.
+    """
+    return value if _UNRESERVED.fullmatch(value) else quote(value, safe="")
 
 
 def _uuid4() -> str:

@@ -150,7 +150,11 @@ def parse_json(raw: bytes) -> Any:
     if not raw:
         return None
     try:
-        return json.loads(raw)
+        text = raw.decode()  # UTF-8 first: skips json's encoding detection
+    except UnicodeDecodeError:
+        text = None
+    try:
+        return json.loads(raw if text is None else text)
     except (ValueError, RecursionError):
         return None
 

@@ -109,7 +109,7 @@ class Transport:
                 auto_decompress=True,
             )
             self._session = session
-        elif session.closed:
+        elif not self._owns_session and session.closed:
             raise RuntimeError("the aiohttp session given to KlaviClient is closed")
         return session
 
