@@ -44,7 +44,9 @@ def area_of(filename: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("contender", nargs="?", default="klavi_cancel_many", choices=sorted(CONTENDERS))
+    parser.add_argument(
+        "contender", nargs="?", default="klavi_cancel_many", choices=sorted(CONTENDERS)
+    )
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--top", type=int, default=15)
@@ -64,12 +66,16 @@ def main() -> None:
         by_area[area_of(filename)] += own
         total += own
         rows.append((own, calls, f"{Path(filename).name}:{line}({name})", area_of(filename)))
-    print(f"{args.contender}, {args.n} calls at concurrency {args.concurrency}: "
-          f"{total / args.n * 1e6:.0f} µs profiled per call\n")
+    print(
+        f"{args.contender}, {args.n} calls at concurrency {args.concurrency}: "
+        f"{total / args.n * 1e6:.0f} µs profiled per call\n"
+    )
     print("| area | share of own time | µs per call (profiled) |\n|---|---:|---:|")
     for area, own in sorted(by_area.items(), key=lambda item: -item[1]):
         print(f"| {area} | {own / total:.1%} | {own / args.n * 1e6:.1f} |")
-    print(f"\n| top functions by own time | area | calls per cancel | µs per cancel |\n|---|---|---:|---:|")
+    print(
+        "\n| top functions by own time | area | calls per cancel | µs per cancel |\n|---|---|---:|---:|"
+    )
     for own, calls, where, area in sorted(rows, reverse=True)[: args.top]:
         print(f"| `{where}` | {area} | {calls / args.n:.1f} | {own / args.n * 1e6:.1f} |")
 
