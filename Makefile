@@ -36,7 +36,7 @@ docs: $(STAMP)
 test: lint typecheck unit docs
 
 demo: $(STAMP)
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/klavi-async demo
 
 clean:
 	rm -rf $(VENV) site .coverage .coverage.* .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -19,6 +19,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any, NoReturn
 
 from attrs import define, field
@@ -401,7 +402,89 @@ def _build() -> click.Group:
         """
         sys.exit(_batch_command(input_path, out_path, concurrency, rate_limit, grace))
 
+    @cli.command()
+    @click.option("--host", default="127.0.0.1", show_default=True)
+    @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+    @click.option(
+        "--fault",
+        "faults",
+        multiple=True,
+        metavar="NAME=RATE",
+        help="Random fault and its probability, e.g. 503=0.1 (repeatable; see the docs).",
+    )
+    @click.option("--seed", type=int, help="Seed for reproducible random faults.")
+    @click.option("--tps-limit", type=click.FloatRange(min=0, min_open=True))
+    @click.option("--latency", type=click.FloatRange(min=0), default=0.5, show_default=True)
+    @click.option("--retry-after", type=click.FloatRange(min=0), default=1.0, show_default=True)
+    @click.option("--payments", type=click.IntRange(min=0), default=0, help="Seed N payments.")
+    @click.option(
+        "--payments-csv",
+        type=click.Path(dir_okay=False, writable=True, path_type=Path),
+        help="Write the seeded payments as a cancel-batch input file.",
+    )
+    def emulator(
+        host: str,
+        port: int,
+        faults: tuple[str, ...],
+        seed: int | None,
+        tps_limit: float | None,
+        latency: float,
+        retry_after: float,
+        payments: int,
+        payments_csv: Path | None,
+    ) -> None:
+        """Serve the Klavi emulator (no credentials, no network) until Ctrl-C."""
+        from ._demo import serve_emulator
+
+        rates = _fault_rates(faults)
+        try:
+            code = asyncio.run(
+                serve_emulator(
+                    click.echo,
+                    host=host,
+                    port=port,
+                    fault_rates=rates,
+                    seed=seed,
+                    tps_limit=tps_limit,
+                    latency=latency,
+                    retry_after=retry_after,
+                    payments=payments,
+                    payments_csv=payments_csv,
+                )
+            )
+        except ValueError as exc:
+            _fail_usage(str(exc))
+        except OSError as exc:
+            _fail_usage(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+        sys.exit(code)
+
+    @cli.command()
+    @click.option("--payments", type=click.IntRange(min=10), default=300, show_default=True)
+    @click.option("--seed", type=int, default=2026, show_default=True)
+    def demo(payments: int, seed: int) -> None:
+        """Cancel a few hundred payments against the embedded emulator, faults on."""
+        from ._demo import run_demo
+
+        sys.exit(
+            asyncio.run(
+                run_demo(lambda text: click.echo(text, err=True), payments=payments, seed=seed)
+            )
+        )
+
     return cli
+
+
+def _fault_rates(specs: tuple[str, ...]) -> dict[str, float]:
+    rates: dict[str, float] = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        try:
+            rates[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            _fail_usage(f"--fault expects NAME=RATE, got {spec!r}")
+    return rates
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -451,10 +451,9 @@ class KlaviEmulator:
             record(None, fault.name, answer)
             return _drop(request)
         if fault.kind == "malformed_json":
-            record(fault.status, fault.name, answer)
-            return web.Response(
-                status=fault.status, body=b'{"id": "', content_type="application/json"
-            )
+            status = fault.status or answer.status
+            record(status, fault.name, answer)
+            return web.Response(status=status, body=b'{"id": "', content_type="application/json")
         if fault.kind == "truncated":
             record(answer.status, fault.name, answer)
             payload = json.dumps(answer.body).encode()

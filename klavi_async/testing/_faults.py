@@ -34,7 +34,7 @@ class Fault:
 
     kind: FaultKind
     status: int = 200
-    """The HTTP status sent (for the kinds that send one)."""
+    """The HTTP status sent (for the kinds that send one); 0 keeps the real answer's."""
     seconds: float = 0.0
     """Latency before handling, or the Retry-After value of a rate limit."""
     after_effect: bool = False
@@ -75,8 +75,12 @@ class Fault:
         return cls("reset_after", after_effect=True)
 
     @classmethod
-    def malformed_json(cls, status: int = 200) -> Fault:
-        """Apply the request, then answer *status* with a body that is not valid JSON."""
+    def malformed_json(cls, status: int = 0) -> Fault:
+        """
+        Apply the request, then answer with a body that is not valid JSON.
+
+        The status is the real answer's (200, or 416 for a refusal) unless *status* is given.
+        """
         return cls("malformed_json", status=status, after_effect=True)
 
     @classmethod

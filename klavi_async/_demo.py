@@ -1,0 +1,185 @@
+"""
+`klavi-async emulator` and `klavi-async demo`: the emulator served, and the whole story.
+
+The demo starts the embedded emulator with faults on, seeds a few hundred payments
+(most cancellable, some already settled, some already cancelled), cancels them all in
+one resumable batch through the same code as `cancel-batch`, and checks the story: every
+cancellable payment ends CANCELED, the refusals are the planned ones, and the emulator
+saw no payment cancelled twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import random
+import signal
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Final
+
+from ._client import KlaviClient
+from ._retry import RetryPolicy
+from ._tokens import ClientCredentials
+from .testing import CANCELLABLE, Fault, KlaviEmulator
+
+__all__ = ["DEMO_FAULTS", "run_demo", "serve_emulator", "write_payments_csv"]
+
+DEMO_FAULTS: Final[Mapping[str, float]] = {
+    "503": 0.06,
+    "500_after": 0.02,
+    "reset_after": 0.03,
+    "reset_before": 0.02,
+    "html_gateway": 0.02,
+    "malformed_json": 0.02,
+}
+"""About 17 % of cancel requests meet a fault in the demo."""
+_DOCUMENTS: Final = ("529.982.247-25", "111.444.777-35", "11.222.333/0001-81", "12.ABC.345/01DE-35")
+
+
+def seed_payments(emulator: KlaviEmulator, count: int, *, rng: random.Random) -> dict[str, str]:
+    """Add *count* payments: 80 % cancellable, 10 % settled, 10 % already cancelled."""
+    planned: dict[str, str] = {}
+    for i in range(count):
+        roll = i % 10
+        if roll == 8:
+            status = rng.choice(["PAYMENT_COMPLETED", "PAYMENT_SETTLEMENT_PROCESSING"])
+        elif roll == 9:
+            status = "CANCELED"
+        else:
+            status = rng.choice(["PAYMENT_PENDING", "PAYMENT_SCHEDULED", "CONSENT_AUTHORIZED"])
+        planned[emulator.add_payment(status)] = status
+    return planned
+
+
+def write_payments_csv(path: Path, payment_ids: list[str]) -> None:
+    """Write an input file for `cancel-batch`: payment_id, cancelled_by."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["payment_id", "cancelled_by"])
+        for i, payment_id in enumerate(payment_ids):
+            writer.writerow([payment_id, _DOCUMENTS[i % len(_DOCUMENTS)]])
+
+
+async def run_demo(
+    echo: Callable[[str], None],
+    *,
+    payments: int = 300,
+    seed: int = 2026,
+    workdir: Path | None = None,
+    progress: bool | None = None,
+) -> int:
+    """Run the story; return 0 when it went as planned, 1 otherwise."""
+    from ._cli import run_batch  # the CLI's batch runner: the demo shows the real thing
+
+    rng = random.Random(seed)  # noqa: S311 - a reproducible story, not a secret
+    started = time.monotonic()
+    async with KlaviEmulator(fault_rates=DEMO_FAULTS, seed=seed) as emulator:
+        planned = seed_payments(emulator, payments, rng=rng)
+        # One planned rate limit up front, with a real Retry-After the client must honour.
+        emulator.script("cancel", [Fault.rate_limit(retry_after=1.0)])
+        echo(f"emulator at {emulator.url}: {len(planned)} payments seeded; faults on:")
+        echo("  " + ", ".join(f"{name} {rate:.0%}" for name, rate in DEMO_FAULTS.items()))
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = workdir or Path(scratch)
+            source, results = folder / "payments.csv", folder / "results.jsonl"
+            write_payments_csv(source, list(planned))
+            credentials = ClientCredentials(emulator.access_key, emulator.secret_key)
+            policy = RetryPolicy(initial_backoff=0.05, max_backoff=0.5)
+            async with KlaviClient(credentials, base_url=emulator.url, retry=policy) as klavi:
+                await run_batch(
+                    klavi,
+                    str(source),
+                    str(results),
+                    concurrency=32,
+                    rate_limit=None,
+                    grace=10.0,
+                    progress=progress,
+                    echo=echo,
+                )
+        problems = _check_story(emulator, planned)
+        faults = Counter(r.fault for r in emulator.records("cancel") if r.fault)
+        twice = [p for p, n in emulator.effects.items() if n > 1]
+    echo(
+        "emulator: "
+        + ", ".join(f"{name} {count}" for name, count in sorted(faults.items()))
+        + " injected"
+    )
+    echo(
+        f"emulator: {sum(emulator.effects.values())} payments cancelled, "
+        f"{len(twice)} cancelled twice, auth calls {emulator.auth_calls}, "
+        f"{len(emulator.records('cancel'))} cancel requests in {time.monotonic() - started:.1f} s"
+    )
+    for problem in problems:
+        echo(f"story check failed: {problem}")
+    echo("the story ran as planned" if not problems else "the story did not go as planned")
+    return 0 if not problems else 1
+
+
+def _check_story(emulator: KlaviEmulator, planned: Mapping[str, str]) -> list[str]:
+    problems = []
+    for payment_id, status in planned.items():
+        final = emulator.status_of(payment_id)
+        effects = emulator.effects.get(payment_id, 0)
+        expected = "CANCELED" if status in CANCELLABLE or status == "CANCELED" else status
+        if final != expected:
+            problems.append(f"{payment_id} ended {final}, expected {expected}")
+        if effects > 1 or (status not in CANCELLABLE and effects):
+            problems.append(f"{payment_id} was cancelled {effects} times")
+    return problems
+
+
+async def serve_emulator(
+    echo: Callable[[str], None],
+    *,
+    host: str,
+    port: int,
+    fault_rates: Mapping[str, float],
+    seed: int | None,
+    tps_limit: float | None,
+    latency: float,
+    retry_after: float,
+    payments: int,
+    payments_csv: Path | None,
+) -> int:
+    """Serve an emulator until SIGINT/SIGTERM."""
+    emulator = KlaviEmulator(
+        host=host,
+        port=port,
+        fault_rates=fault_rates,
+        seed=seed,
+        tps_limit=tps_limit,
+        latency=latency,
+        retry_after=retry_after,
+    )
+    async with emulator:
+        rng = random.Random(seed)  # noqa: S311 - test data
+        planned = seed_payments(emulator, payments, rng=rng) if payments else {}
+        echo(f"Klavi emulator listening on {emulator.url}")
+        echo(f"  export KLAVI_BASE_URL={emulator.url}")
+        echo(f"  export KLAVI_ACCESS_KEY={emulator.access_key}")
+        echo(f"  export KLAVI_SECRET_KEY={emulator.secret_key}")
+        if planned:
+            echo(f"  {len(planned)} payments seeded")
+        if payments_csv is not None and planned:
+            write_payments_csv(payments_csv, list(planned))
+            echo(f"  their ids are in {payments_csv}")
+        if fault_rates:
+            echo("  faults: " + ", ".join(f"{k}={v}" for k, v in fault_rates.items()))
+        echo("Ctrl-C stops it.")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        cancels = emulator.records("cancel")
+        echo(
+            f"stopped: {len(cancels)} cancel requests, {sum(emulator.effects.values())} payments "
+            f"cancelled, max effects per payment {max(emulator.effects.values(), default=0)}"
+        )
+    return 0
