@@ -1,0 +1,201 @@
+"""The CLI as a real subprocess against the emulator: interrupt a batch, resume it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from klavi_async import deterministic_idempotency_key
+from klavi_async.testing import KlaviEmulator
+
+from .conftest import CPF
+
+CLI = shutil.which("klavi-async") or str(Path(sys.executable).with_name("klavi-async"))
+
+
+@contextmanager
+def emulator_in_thread(**kwargs: object) -> Iterator[KlaviEmulator]:
+    """A started emulator on its own loop in a thread, for tests that drive subprocesses."""
+    ready = threading.Event()
+    holder: dict[str, object] = {}
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        emulator = KlaviEmulator(**kwargs)  # type: ignore[arg-type]
+        loop.run_until_complete(emulator.start())
+        stop = loop.create_future()
+        holder.update(emulator=emulator, loop=loop, stop=stop)
+        ready.set()
+        loop.run_until_complete(stop)
+        loop.run_until_complete(emulator.close())
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        emulator = holder["emulator"]
+        assert isinstance(emulator, KlaviEmulator)
+        yield emulator
+    finally:
+        loop = holder["loop"]
+        stop = holder["stop"]
+        assert isinstance(loop, asyncio.AbstractEventLoop) and isinstance(stop, asyncio.Future)
+        loop.call_soon_threadsafe(stop.set_result, None)
+        thread.join(10)
+
+
+def cli_env(emu: KlaviEmulator) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KLAVI_")}
+    env.update(
+        KLAVI_BASE_URL=emu.url, KLAVI_ACCESS_KEY=emu.access_key, KLAVI_SECRET_KEY=emu.secret_key
+    )
+    return env
+
+
+def records(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for_lines(path: Path, count: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never reached {count} lines")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "grace"), [(signal.SIGINT, "10"), (signal.SIGTERM, "0")])
+def test_interrupt_and_resume(tmp_path: Path, signum: int, grace: str) -> None:
+    """Kill a batch mid-way, rerun it: one final line per item, one effect per payment."""
+    with emulator_in_thread(fault_rates={"latency": 1.0}, latency=0.2) as emu:
+        ids = [emu.add_payment() for _ in range(40)]
+        source, out = tmp_path / "in.csv", tmp_path / "out.jsonl"
+        source.write_text("payment_id,cancelled_by\n" + "".join(f"{p},{CPF}\n" for p in ids))
+        command = [CLI, "cancel-batch", str(source), "--out", str(out), "--concurrency", "4"]
+        first = subprocess.Popen(
+            [*command, "--grace", grace],
+            env=cli_env(emu),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for_lines(out, 6)
+        first.send_signal(signum)
+        _, err = first.communicate(timeout=30)
+        assert first.returncode == 130, err
+        assert "interrupted" in err
+        done_first = {r["payment_id"] for r in records(out)}
+        assert 6 <= len(done_first) < 40
+
+        emu.fault_routes = frozenset()  # the rerun meets no latency
+        second = subprocess.run(
+            command, env=cli_env(emu), capture_output=True, text=True, timeout=60
+        )
+        assert second.returncode == 0, second.stderr
+
+        final = records(out)
+        assert sorted(r["payment_id"] for r in final) == sorted(ids)  # exactly one line each
+        assert all(r["ok"] for r in final)
+        assert all(emu.effects[p] == 1 for p in ids)
+        sent: dict[str, list[str | None]] = {}
+        for record in emu.records("cancel"):
+            assert record.payment_id is not None
+            sent.setdefault(record.payment_id, []).append(record.idempotency_key)
+        for payment_id, keys in sent.items():
+            assert set(keys) == {deterministic_idempotency_key(payment_id, CPF)}
+        resent = [p for p, keys in sent.items() if len(keys) > 1]
+        assert not set(resent) & done_first  # recorded items are never sent again
+        if signum == signal.SIGTERM:
+            assert resent  # cut off in flight, unrecorded, sent again with the same key
+            assert any(r.replayed for r in emu.records("cancel"))
+
+
+@pytest.mark.slow
+def test_demo_runs_the_story() -> None:
+    result = subprocess.run(
+        [CLI, "demo", "--payments", "60"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "the story ran as planned" in result.stderr
+    assert "0 cancelled twice" in result.stderr
+
+
+@pytest.mark.slow
+def test_emulator_command_serves_and_writes_payments(tmp_path: Path) -> None:
+    listing = tmp_path / "payments.csv"
+    server = subprocess.Popen(
+        [
+            CLI,
+            "emulator",
+            "--port",
+            "0",
+            "--payments",
+            "10",
+            "--payments-csv",
+            str(listing),
+            "--fault",
+            "503=0.1",
+            "--seed",
+            "3",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        first = server.stdout.readline()
+        assert first.startswith("Klavi emulator listening on http://127.0.0.1:")
+        url = first.rsplit(" ", 1)[1].strip()
+        lines = [server.stdout.readline() for _ in range(5)]
+        assert any("KLAVI_SECRET_KEY=" in line for line in lines)
+        wait_for_lines(listing, 11)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KLAVI_")}
+        env.update(
+            KLAVI_BASE_URL=url,
+            KLAVI_ACCESS_KEY="test-access-key",
+            KLAVI_SECRET_KEY="test-secret-key",
+        )
+        out = tmp_path / "out.jsonl"
+        batch = subprocess.run(
+            [CLI, "cancel-batch", str(listing), "--out", str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert batch.returncode == 1  # the seeded set holds a few planned refusals
+        assert len(records(out)) == 10
+    finally:
+        server.send_signal(signal.SIGINT)
+        output, _ = server.communicate(timeout=20)
+    assert server.returncode == 0
+    assert "max effects per payment 1" in output
+
+
+def test_bad_fault_flag_is_a_usage_error() -> None:
+    result = subprocess.run(
+        [CLI, "emulator", "--fault", "teapot=0.5"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("klavi-async: error: unknown fault 'teapot'")
+    result = subprocess.run(
+        [CLI, "emulator", "--fault", "503"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "NAME=RATE" in result.stderr
