@@ -31,7 +31,7 @@ unit: $(STAMP)
 	$(BIN)/coverage report
 
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 test: lint typecheck unit docs
 
