@@ -16,6 +16,7 @@ import math
 import re
 import time
 from collections.abc import Mapping
+from datetime import UTC
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -40,6 +41,7 @@ _IDEMPOTENCY_CODES: Final = frozenset({"ERRO_IDEMPOTENCIA"})
 MAX_HINT_SECONDS: Final = 86_400.0
 """Retry-After values are clamped to one day; anything larger is garbage or hostile."""
 _MAX_MESSAGE: Final = 300
+_MAX_SCRUBBED: Final = 2048
 _MAX_CODE: Final = 100
 _TITLE_RE: Final = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _TAG_RE: Final = re.compile(r"<[^>]*>")
@@ -107,7 +109,8 @@ def classify_response(
     if success and _REFUSAL_BYTES not in raw:
         return Outcome(None, status, body=parse_json(raw), request_id=request_id)
 
-    body, code, message = parse_error_body(raw, status=status)
+    # Scrub before clipping, so a document cut at the edge cannot slip through in part.
+    body, code, message = parse_error_body(raw, status=status, limit=_MAX_SCRUBBED)
     refused = code is not None and REFUSAL_CODE in code
     if success and not refused:
         return Outcome(None, status, body=body, request_id=request_id)
@@ -125,6 +128,7 @@ def classify_response(
         message = _reason(status)
     elif document is not None or any(c.isdigit() for c in message):
         message = scrub_documents(message, document)
+    message = _clip(message, _MAX_MESSAGE) or message
     return Outcome(
         kind,
         status,
@@ -159,33 +163,35 @@ def parse_json(raw: bytes) -> Any:
         return None
 
 
-def parse_error_body(raw: bytes, *, status: int | None = None) -> tuple[Any, str | None, str]:
+def parse_error_body(
+    raw: bytes, *, status: int | None = None, limit: int = _MAX_MESSAGE
+) -> tuple[Any, str | None, str]:
     """
     Read `(parsed_json_or_None, code, message)` from any error body.
 
-    Never raises.  The message is trimmed to a few hundred characters and may be empty.
+    Never raises.  The message is trimmed to *limit* characters and may be empty.
     """
     try:
-        return _parse_error_body(raw, status)
+        return _parse_error_body(raw, status, limit)
     except Exception:  # pragma: no cover - defensive: a parser bug must not lose an outcome
         return None, None, ""
 
 
-def _parse_error_body(raw: bytes, status: int | None) -> tuple[Any, str | None, str]:
+def _parse_error_body(raw: bytes, status: int | None, limit: int) -> tuple[Any, str | None, str]:
     body = parse_json(raw)
     if isinstance(body, dict):
         code, message = _from_object(body, status)
-        return body, _clip(code, _MAX_CODE), _clip(message, _MAX_MESSAGE) or ""
+        return body, _clip(code, _MAX_CODE), _clip(message, limit) or ""
     if body is not None:
         return body, None, ""
     match = _TITLE_RE.search(raw[:65536])
     if match:
         title = match.group(1).decode("utf-8", "replace")
-        return None, None, _clip(_clean(html.unescape(title)), _MAX_MESSAGE) or ""
+        return None, None, _clip(_clean(html.unescape(title)), limit) or ""
     text = raw[:2048].decode("utf-8", "replace")
     if "<" in text:
         text = _TAG_RE.sub(" ", text)
-    return None, None, _clip(_clean(text), _MAX_MESSAGE) or ""
+    return None, None, _clip(_clean(text), limit) or ""
 
 
 def _from_object(body: dict[str, Any], status: int | None) -> tuple[str | None, str | None]:
@@ -262,7 +268,7 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
-        return None
+        when = when.replace(tzinfo=UTC)  # an HTTP date is always GMT
     try:
         delta = when.timestamp() - (time.time() if now is None else now)
     except (OverflowError, OSError, ValueError):  # pragma: no cover - platform limits
