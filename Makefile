@@ -38,5 +38,10 @@ test: lint typecheck unit docs
 demo: $(STAMP)
 	$(BIN)/klavi-async demo
 
+# Installs the peers (httpx, aiohttp-retry) and uvloop, then rewrites docs/performance.md.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python benchmarks/bench.py
+
 clean:
 	rm -rf $(VENV) site .coverage .coverage.* .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -29,16 +29,15 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 DOC = ROOT / "docs" / "performance.md"
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 CONTENDERS = ["raw_aiohttp", "klavi_cancel_many", "klavi_gather", "aiohttp_retry", "httpx"]
 CONCURRENCY = [1, 16, 64, 256]
 
 
 @contextmanager
-def server(*, uvloop: bool = False) -> Iterator[str]:
-    """Start `server.py` in its own process; yield its base URL."""
-    command = [sys.executable, str(HERE / "server.py")]
+def server(*, uvloop: bool = False, emulator: bool = False) -> Iterator[str]:
+    """Start `server.py` (or the emulator) in its own process; yield its base URL."""
+    command = [sys.executable, str(HERE / ("emulator_server.py" if emulator else "server.py"))]
     if uvloop:
         command.append("--uvloop")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -131,6 +130,30 @@ def run_uvloop(rounds: int, quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def run_emulator(rounds: int, quick: bool) -> list[dict[str, Any]]:
+    """raw aiohttp and cancel_many at concurrency 64 against the full emulator."""
+    rows: list[dict[str, Any]] = []
+    names = ["raw_aiohttp", "klavi_cancel_many"]
+    with server(emulator=True) as base:
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for round_number in range(rounds):
+            for name in names if round_number % 2 == 0 else names[::-1]:
+                runs[name].append(measure(name, base, size_for(name, 64, quick) // 2, 64))
+        floor = summarise(runs["raw_aiohttp"])
+        for name in names:
+            row = {
+                "contender": name,
+                "concurrency": 64,
+                "loop": "emulator",
+                **summarise(runs[name]),
+            }
+            row["cpu_ratio"] = row["cpu_us_per_call"] / floor["cpu_us_per_call"]
+            row["throughput_ratio"] = row["calls_per_s"] / floor["calls_per_s"]
+            rows.append(row)
+            print(format_row(row), flush=True)
+    return rows
+
+
 def format_row(row: dict[str, Any]) -> str:
     return (
         f"| {row['contender']} | {row['loop']} | {row['concurrency']} | {row['calls_per_s']:,.0f} | "
@@ -166,18 +189,31 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_doc(rows: list[dict[str, Any]], info: dict[str, Any], rounds: int) -> None:
+def replace_block(text: str, name: str, block: str) -> str:
+    """Put *block* between `<!-- name:start -->` and `<!-- name:end -->` in *text*."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text:
+        text += f"\n{start}\n{end}\n"
+    before, rest = text.split(start, 1)
+    after = rest.split(end, 1)[1]
+    return f"{before}{start}\n{block.strip()}\n{end}{after}"
+
+
+def matrix_block(rows: list[dict[str, Any]], info: dict[str, Any], rounds: int) -> str:
     table = "\n".join([HEADER, *(format_row(r) for r in rows)])
-    block = (
-        f"{START}\nMeasured {info['date']} on {info['cpu']}, Python {info['python']}, "
-        f"aiohttp {info['aiohttp']}; median of {rounds} rounds per cell.\n\n{table}\n{END}"
+    return (
+        f"Measured {info['date']} on {info['cpu']} (2 cores), Python {info['python']}, "
+        f"aiohttp {info['aiohttp']}; median of {rounds} rounds per cell.\n\n{table}"
     )
-    text = DOC.read_text() if DOC.exists() else f"# Performance\n\n{START}\n{END}\n"
-    if START not in text:
-        text += f"\n{START}\n{END}\n"
-    before, rest = text.split(START, 1)
-    after = rest.split(END, 1)[1]
-    DOC.write_text(before + block + after)
+
+
+def run_script(name: str, *args: str) -> str:
+    """Run another benchmark script in its own process; return what it printed."""
+    output = subprocess.run(
+        [sys.executable, str(HERE / name), *args], capture_output=True, text=True, check=True
+    )
+    print(output.stdout, flush=True)
+    return output.stdout
 
 
 def main() -> None:
@@ -189,14 +225,28 @@ def main() -> None:
     started = time.monotonic()
     info = machine()
     print(HEADER, flush=True)
-    rows = run_matrix(args.rounds, args.quick) + run_uvloop(args.rounds, args.quick)
+    rows = (
+        run_matrix(args.rounds, args.quick)
+        + run_uvloop(args.rounds, args.quick)
+        + run_emulator(args.rounds, args.quick)
+    )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / ("quick.json" if args.quick else "latest.json")
     out.write_text(
         json.dumps({"machine": info, "rounds": args.rounds, "rows": rows}, indent=2) + "\n"
     )
+    sizes = ["10000", "100000"] if args.quick else ["10000", "100000", "1000000"]
+    scale = run_script("scale.py", "--sizes", *sizes)
+    tokens = run_script("tokens.py", "--cancels", "2000" if args.quick else "10000")
+    profile = run_script("profile_hot_path.py", "--n", "2000" if args.quick else "5000")
     if not args.no_docs and not args.quick:
-        write_doc(rows, info, args.rounds)
+        text = DOC.read_text()
+        text = replace_block(text, "bench", matrix_block(rows, info, args.rounds))
+        scale_table = "| requests | calls/s | peak RSS MiB | seconds |\n|---:|---:|---:|---:|\n"
+        text = replace_block(text, "scale", scale_table + scale)
+        text = replace_block(text, "tokens", "```text\n" + tokens.strip() + "\n```")
+        text = replace_block(text, "profile", profile)
+        DOC.write_text(text)
     print(f"\nwrote {out.relative_to(ROOT)} in {time.monotonic() - started:.0f} s")
 
 

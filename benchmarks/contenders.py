@@ -24,6 +24,9 @@ PATH = "/payment/customer/v1/instant/payments/{}/cancel"
 
 Contender = Callable[[str, int, int], Awaitable[list[float]]]
 
+PREFIX = "pay-"
+"""Payment ids are PREFIX + a counter; run_one makes it unique per run (the emulator cancels for real)."""
+
 
 def _headers() -> dict[str, str]:
     return {
@@ -54,7 +57,7 @@ async def raw_aiohttp(base: str, n: int, concurrency: int) -> list[float]:
         async def one(i: int) -> None:
             started = time.perf_counter()
             async with session.post(
-                base + PATH.format(f"pay-{i}"), data=BODY, headers=_headers()
+                base + PATH.format(f"{PREFIX}{i}"), data=BODY, headers=_headers()
             ) as response:
                 await response.read()
                 assert response.status == 200
@@ -66,7 +69,7 @@ async def raw_aiohttp(base: str, n: int, concurrency: int) -> list[float]:
 
 async def _requests(n: int) -> AsyncIterator[CancelRequest]:
     for i in range(n):
-        yield CancelRequest(f"pay-{i}", DOCUMENT)
+        yield CancelRequest(f"{PREFIX}{i}", DOCUMENT)
 
 
 async def klavi_cancel_many(base: str, n: int, concurrency: int) -> list[float]:
@@ -85,7 +88,7 @@ async def klavi_gather(base: str, n: int, concurrency: int) -> list[float]:
     async with KlaviClient(TOKEN, base_url=base, max_connections=max(100, concurrency)) as klavi:
 
         async def one(i: int) -> None:
-            result = await klavi.cancel_payment(f"pay-{i}", cancelled_by=DOCUMENT)
+            result = await klavi.cancel_payment(f"{PREFIX}{i}", cancelled_by=DOCUMENT)
             assert result.ok, result
             latencies.append(result.elapsed)
 
@@ -104,7 +107,7 @@ async def httpx_client(base: str, n: int, concurrency: int) -> list[float]:
         async def one(i: int) -> None:
             started = time.perf_counter()
             response = await client.post(
-                base + PATH.format(f"pay-{i}"), content=BODY, headers=_headers()
+                base + PATH.format(f"{PREFIX}{i}"), content=BODY, headers=_headers()
             )
             assert response.status_code == 200
             latencies.append(time.perf_counter() - started)
@@ -127,7 +130,7 @@ async def aiohttp_retry_client(base: str, n: int, concurrency: int) -> list[floa
         async def one(i: int) -> None:
             started = time.perf_counter()
             async with client.post(
-                base + PATH.format(f"pay-{i}"), data=BODY, headers=_headers()
+                base + PATH.format(f"{PREFIX}{i}"), data=BODY, headers=_headers()
             ) as response:
                 await response.read()
                 assert response.status == 200

@@ -16,10 +16,12 @@ import resource
 import statistics
 import sys
 import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import contenders
 from contenders import CONTENDERS
 
 
@@ -35,7 +37,10 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 async def _measure(name: str, base: str, n: int, concurrency: int) -> dict[str, object]:
     contender = CONTENDERS[name]
+    run = uuid.uuid4().hex[:8]
+    contenders.PREFIX = f"w{run}-"
     await contender(base, max(n // 10, concurrency), concurrency)  # warm-up: imports, pools
+    contenders.PREFIX = f"m{run}-"
     cpu, wall = _cpu(), time.perf_counter()
     latencies = await contender(base, n, concurrency)
     wall, cpu = time.perf_counter() - wall, _cpu() - cpu

@@ -83,7 +83,7 @@ def main() -> None:
                 flush=True,
             )
     growth = rows[-1]["peak_rss_mib"] - rows[0]["peak_rss_mib"]
-    print(f"peak RSS growth from {rows[0]['n']:,} to {rows[-1]['n']:,}: {growth:+.1f} MiB")
+    print(f"\npeak RSS growth from {rows[0]['n']:,} to {rows[-1]['n']:,}: {growth:+.1f} MiB")
     out = HERE / "results" / "scale.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(
