@@ -77,7 +77,7 @@ async def stream(
                     raise TypeError(
                         f"cancel_many expects CancelRequest items, got {type(item).__name__}"
                     )
-                task = loop.create_task(client.cancel_request(item))
+                task = loop.create_task(client._request_call(item))
                 running.add(task)
                 task.add_done_callback(on_done)
             if not finished:

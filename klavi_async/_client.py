@@ -15,7 +15,14 @@ import os
 import re
 import ssl as _ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+)
 from types import TracebackType
 from typing import Any, Final, Self
 from urllib.parse import quote
@@ -319,6 +326,10 @@ class KlaviClient:
 
     async def cancel_request(self, request: CancelRequest) -> CancelResult:
         """Run one `CancelRequest` (what `cancel_many` does for each item)."""
+        return await self._request_call(request)
+
+    def _request_call(self, request: CancelRequest) -> Coroutine[Any, Any, CancelResult]:
+        """Check *request* now and return the cancel's coroutine (one await level less)."""
         self._check_open()
         if not isinstance(request, CancelRequest):
             raise TypeError(f"expected a CancelRequest, got {type(request).__name__}")
@@ -336,7 +347,7 @@ class KlaviClient:
                 request.idempotency_key,
                 request.consent_id,
             )
-        return await self._cancel(
+        return self._cancel(
             request.payment_id,
             request.consent_id,
             request.cancelled_by,
