@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/bandit --quiet --recursive klavi_async
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict klavi_async

@@ -93,11 +93,10 @@ def _row(line: int, data: Any) -> Row:
     values = {name: _text(data.get(name)) for name in FIELDS}
     payment_id = values["payment_id"] or ""
     consent_id = values["consent_id"]
-    missing = [name for name in REQUIRED if values[name] is None]
-    if missing:
-        return Row(line, payment_id, consent_id, None, f"missing {', '.join(missing)}")
     cancelled_by = values["cancelled_by"]
-    assert cancelled_by is not None
+    if not payment_id or cancelled_by is None:
+        missing = [name for name in REQUIRED if values[name] is None]
+        return Row(line, payment_id, consent_id, None, f"missing {', '.join(missing)}")
     request = CancelRequest(
         payment_id,
         cancelled_by,

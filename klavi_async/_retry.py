@@ -204,8 +204,7 @@ class RetryLoop:
         return self._policy.should_retry(outcome.result())
 
     def _wait(self, state: _t.RetryCallState) -> float:
-        assert state.outcome is not None
-        last: Outcome = state.outcome.result()
+        last = _last(state)
         wait = self._policy.backoff(state.attempt_number, self._rng)
         if last.retry_after is not None:
             wait = max(wait, min(last.retry_after, self._policy.max_retry_after))
@@ -230,10 +229,15 @@ class RetryLoop:
         if self.history:
             self.history[-1] = attrs.evolve(self.history[-1], delay=wait)
         if self._on_retry is not None:
-            assert state.outcome is not None
-            self._on_retry(state.outcome.result(), state.attempt_number, wait)
+            self._on_retry(_last(state), state.attempt_number, wait)
 
     def _give_up(self, state: _t.RetryCallState) -> Outcome:
-        assert state.outcome is not None
-        last: Outcome = state.outcome.result()
-        return last
+        return _last(state)
+
+
+def _last(state: _t.RetryCallState) -> Outcome:
+    """The outcome tenacity is deciding about (its callbacks run only after an attempt)."""
+    if state.outcome is None:  # pragma: no cover - tenacity calls back only after an attempt
+        raise RuntimeError("tenacity called back before any attempt")
+    outcome: Outcome = state.outcome.result()
+    return outcome

@@ -157,7 +157,7 @@ class RandomFaults:
 
     def __attrs_post_init__(self) -> None:
         # Reproducible fault schedules, not secrets: a seeded PRNG is the point.
-        object.__setattr__(self, "_rng", random.Random(self.seed))  # noqa: S311
+        object.__setattr__(self, "_rng", random.Random(self.seed))  # noqa: S311  # nosec B311
 
     def draw(self) -> Fault | None:
         """The next fault, or None for a clean request."""
