@@ -147,3 +147,18 @@ def aiomock(monkeypatch: pytest.MonkeyPatch) -> Iterator[aioresponses.aiorespons
     monkeypatch.setattr(aioresponses.core, "ClientResponse", _CompatResponse)
     with aioresponses.aioresponses() as mocked:
         yield mocked
+
+
+def no_sdk_tasks() -> bool:
+    """No task running SDK code is left (a loopback server's own tasks don't count)."""
+    import asyncio
+    import os
+
+    import klavi_async
+
+    package = os.path.dirname(klavi_async.__file__)
+    for task in asyncio.all_tasks() - {asyncio.current_task()}:
+        code = getattr(task.get_coro(), "cr_code", None)
+        if code is not None and code.co_filename.startswith(package):
+            return False
+    return True

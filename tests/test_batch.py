@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
 
-import klavi_async
 from klavi_async import (
     CancelFailed,
     CancelRequest,
@@ -19,7 +17,7 @@ from klavi_async import (
     RetryPolicy,
 )
 
-from .conftest import CNPJ, CPF, TOKEN, ServerFactory
+from .conftest import CNPJ, CPF, TOKEN, ServerFactory, no_sdk_tasks
 from .fakes import CANCEL, Reply, ScriptedKlavi
 
 FAST = RetryPolicy(initial_backoff=0.001, max_backoff=0.002, jitter=False)
@@ -31,13 +29,7 @@ def client_for(base: str, **kwargs: object) -> KlaviClient:
 
 
 def no_other_tasks() -> bool:
-    """No task running SDK code is left (the loopback server's own tasks don't count)."""
-    package = os.path.dirname(klavi_async.__file__)
-    for task in asyncio.all_tasks() - {asyncio.current_task()}:
-        code = getattr(task.get_coro(), "cr_code", None)
-        if code is not None and code.co_filename.startswith(package):
-            return False
-    return True
+    return no_sdk_tasks()
 
 
 async def test_one_result_per_input_including_invalid(serve: ServerFactory) -> None:
