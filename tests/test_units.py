@@ -486,3 +486,44 @@ def test_environments_and_base_urls() -> None:
             check_base_url(bad)
     with pytest.raises(TypeError):
         check_base_url(b"https://host")  # type: ignore[arg-type]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(
+    st.one_of(
+        json_values,
+        st.fixed_dictionaries(
+            {"accessToken": st.text(max_size=40)},
+            optional={"expireIn": json_values, "expire": json_values},
+        ),
+    )
+)
+def test_auth_parsing_gives_a_token_or_a_value_error(body: object) -> None:
+    try:
+        token = parse_auth_response(body)
+    except ValueError as exc:
+        assert "accessToken" in str(exc) or "JSON object" in str(exc)
+    else:
+        assert token.token.strip()
+        assert token.expires_in is None or not math.isnan(token.expires_in)
+
+
+@given(st.text(max_size=120))
+def test_payment_id_validation_fuzz(text: str) -> None:
+    from klavi_async._documents import InvalidInput, validate_payment_id
+
+    try:
+        assert validate_payment_id(text) == text
+    except InvalidInput as exc:
+        assert "payment_id" in str(exc)
+    else:
+        assert 1 <= len(text) <= 100
+        assert text.isascii()
