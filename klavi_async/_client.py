@@ -433,6 +433,12 @@ class KlaviClient:
                 outcome_unknown = True
             else:
                 payment_status = status.status
+                # A request that timed out or lost its connection may still be running at
+                # Klavi and cancel the payment after this read; only a terminal status rules
+                # that out.
+                outcome_unknown = not status.terminal and any(
+                    a.ambiguous and a.http_status is None for a in history
+                )
 
         retry_after = outcome.retry_after
         if loop.stop_reason == "deadline" and retry_after is None:

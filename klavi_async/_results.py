@@ -24,6 +24,18 @@ __all__ = [
 ]
 
 CANCELED_STATUSES = frozenset({"CANCELED", "CANCELLED"})
+TERMINAL_STATUSES = frozenset(
+    {
+        *CANCELED_STATUSES,
+        "PAYMENT_COMPLETED",
+        "PAYMENT_REJECTED",
+        "CONSENT_REJECTED",
+        "CONSENT_REVOKED",
+        "ERROR",
+        "EXPIRED",
+    }
+)
+"""Statuses no cancel can change any more (Klavi's "terminated" states and settled ones)."""
 
 
 @frozen
@@ -210,6 +222,11 @@ class PaymentStatus:
     def cancelled(self) -> bool:
         """True when the status is `CANCELED` (or the spelling `CANCELLED`)."""
         return self.status.upper() in CANCELED_STATUSES
+
+    @property
+    def terminal(self) -> bool:
+        """True when no cancel can change the payment any more (settled, rejected, ...)."""
+        return self.status.upper() in TERMINAL_STATUSES
 
     @classmethod
     def from_body(cls, payment_id: str, body: dict[str, Any]) -> PaymentStatus | None:

@@ -91,6 +91,31 @@ async def test_ambiguous_failure_attaches_the_status_read(serve: ServerFactory) 
     assert not result.outcome_unknown
 
 
+async def test_a_timed_out_request_may_still_land_so_a_pending_read_is_not_conclusive(
+    serve: ServerFactory,
+) -> None:
+    fake = ScriptedKlavi(default={CANCEL: Reply(200, delay=1.0)})
+    fake.on(STATUS, status_reply("PAYMENT_PENDING"))
+    base = await fake.start(serve)
+    async with client_for(base, timeout=0.05, retry=RetryPolicy.disabled()) as client:
+        result = await client.cancel_payment("p1", cancelled_by=CPF)
+    assert isinstance(result, CancelFailed)
+    assert result.kind is ErrorKind.TIMEOUT
+    assert result.payment_status == "PAYMENT_PENDING"
+    assert result.outcome_unknown  # the first request may still cancel it after the read
+
+
+async def test_a_terminal_read_after_a_timeout_is_conclusive(serve: ServerFactory) -> None:
+    fake = ScriptedKlavi(default={CANCEL: Reply(200, delay=1.0)})
+    fake.on(STATUS, status_reply("PAYMENT_COMPLETED"))
+    base = await fake.start(serve)
+    async with client_for(base, timeout=0.05, retry=RetryPolicy.disabled()) as client:
+        result = await client.cancel_payment("p1", cancelled_by=CPF)
+    assert isinstance(result, CancelFailed)
+    assert result.payment_status == "PAYMENT_COMPLETED"
+    assert not result.outcome_unknown
+
+
 async def test_unambiguous_failures_are_not_reconciled(serve: ServerFactory) -> None:
     fake = ScriptedKlavi(default={CANCEL: Reply(503), STATUS: status_reply("CANCELED")})
     base = await fake.start(serve)

@@ -1,0 +1,180 @@
+"""
+Chaos: 2,000-cancel batches against the emulator with seeded random faults at 10, 30, 50 %.
+
+Every request (cancels and status reads) may meet a fault: 5xx before or after the effect,
+429 with Retry-After, resets before and after the effect, latency past the client's timeout,
+malformed and truncated bodies.  The checks are the SDK's promises, result by result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter, defaultdict
+from collections.abc import Callable
+
+import pytest
+
+from klavi_async import (
+    CancelFailed,
+    Cancelled,
+    CancelRequest,
+    CancelResult,
+    ClientCredentials,
+    ErrorKind,
+    KlaviClient,
+    RetryPolicy,
+)
+from klavi_async.testing import KlaviEmulator, RequestRecord
+
+from ..conftest import CPF
+
+CANCELS = 2_000
+TIMEOUT = 0.2
+DEADLINE = 3.0
+SLACK = 0.75
+FAULT_MIX = {  # shares of the total fault rate
+    "503": 0.15,
+    "500_after": 0.10,
+    "504_after": 0.05,
+    "429": 0.10,
+    "reset_before": 0.10,
+    "reset_after": 0.15,
+    "latency": 0.15,
+    "malformed_json": 0.10,
+    "truncated": 0.10,
+}
+UNAPPLIED_KINDS = {"503": ErrorKind.SERVER_ERROR, "429": ErrorKind.RATE_LIMITED}
+
+
+def expected_kind(record: RequestRecord) -> ErrorKind | None:
+    """What the client must make of one request the emulator answered."""
+    fault = record.fault
+    if fault in ("503", "500_after", "504_after"):
+        return ErrorKind.SERVER_ERROR
+    if fault == "429":
+        return ErrorKind.RATE_LIMITED
+    if fault in ("reset_before", "reset_after"):
+        return ErrorKind.NETWORK
+    if fault == "latency":
+        return ErrorKind.TIMEOUT
+    if record.status == 416:
+        return ErrorKind.NOT_CANCELLABLE
+    assert record.status == 200, record
+    return None  # 200, malformed or truncated: the status line says cancelled
+
+
+def outcome_label(result: CancelResult) -> str:
+    if isinstance(result, Cancelled):
+        if result.already_cancelled:
+            return "already cancelled"
+        return "cancelled (reconciled)" if result.reconciled else "cancelled"
+    return "outcome unknown" if result.outcome_unknown else f"failed: {result.kind.value}"
+
+
+def matrix(title: str, rows: Counter[tuple[str, str]]) -> str:
+    faults = sorted({fault for fault, _ in rows})
+    outcomes = sorted({outcome for _, outcome in rows})
+    lines = [title, "| fault met | " + " | ".join(outcomes) + " |"]
+    lines.append("|---|" + "---:|" * len(outcomes))
+    for fault in faults:
+        cells = " | ".join(str(rows[(fault, outcome)]) for outcome in outcomes)
+        lines.append(f"| {fault} | {cells} |")
+    return "\n".join(lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rate", [0.10, 0.30, 0.50])
+async def test_chaos(rate: float, report_matrix: Callable[[str], None]) -> None:
+    rng = random.Random(int(rate * 100))
+    rates = {name: share * rate for name, share in FAULT_MIX.items()}
+    emulator = KlaviEmulator(
+        fault_rates=rates,
+        seed=int(rate * 1000),
+        fault_routes=("cancel", "status"),
+        latency=TIMEOUT * 2,
+        retry_after=0.02,
+    )
+    async with emulator:
+        initial: dict[str, str] = {}
+        for _ in range(CANCELS):
+            status = rng.choices(
+                ["PAYMENT_PENDING", "PAYMENT_SCHEDULED", "PAYMENT_COMPLETED", "CANCELED"],
+                weights=[70, 15, 10, 5],
+            )[0]
+            initial[emulator.add_payment(status)] = status
+        credentials = ClientCredentials(emulator.access_key, emulator.secret_key)
+        policy = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, deadline=DEADLINE)
+        started = asyncio.get_running_loop().time()
+        async with KlaviClient(
+            credentials, base_url=emulator.url, retry=policy, timeout=TIMEOUT, max_connections=64
+        ) as klavi:
+            requests = (CancelRequest(payment_id, CPF) for payment_id in initial)
+            results = [r async for r in klavi.cancel_many(requests, concurrency=64)]
+            budget = klavi.retry_budget.stats()
+        elapsed = asyncio.get_running_loop().time() - started
+        await asyncio.sleep(TIMEOUT * 2 + 0.1)  # let late handlers (latency faults) record
+
+    # Exactly one result per input.
+    assert Counter(r.payment_id for r in results) == Counter(list(initial))
+    # No payment cancelled twice.
+    duplicates = sum(count > 1 for count in emulator.effects.values())
+    assert duplicates == 0
+
+    cancels: dict[str, list[RequestRecord]] = defaultdict(list)
+    reads: dict[str, list[RequestRecord]] = defaultdict(list)
+    for record in emulator.requests:
+        if record.route == "cancel":
+            cancels[record.idempotency_key or ""].append(record)
+        elif record.route == "status":
+            reads[record.interaction_id or ""].append(record)
+
+    rows: Counter[tuple[str, str]] = Counter()
+    unknown_with_effect = 0
+    for result in results:
+        seen = cancels[result.idempotency_key or ""]
+        # Each failure's kind matches the fault that caused it: the attempts, one by one.
+        assert Counter(a.kind for a in result.history) == Counter(expected_kind(r) for r in seen)
+        label = outcome_label(result)
+        for record in seen:
+            rows[(record.fault or "none", label)] += 1
+        # Every result within the deadline plus a small slack (a final read included).
+        assert result.elapsed <= DEADLINE + SLACK, result
+
+        final = emulator.status_of(result.payment_id)
+        applied = any(r.effect for r in seen) or initial[result.payment_id] == "CANCELED"
+        if isinstance(result, CancelFailed) and result.outcome_unknown:
+            # Only after an attempt that may have applied, when the status read failed or
+            # could not rule out a timed-out request still landing (a non-terminal status).
+            assert any(a.ambiguous for a in result.history) or result.kind in (
+                ErrorKind.NOT_CANCELLABLE,
+                ErrorKind.CONFLICT,
+            )
+            read_failed = all(r.fault is not None for r in reads[result.interaction_id])
+            in_flight = any(a.ambiguous and a.http_status is None for a in result.history)
+            assert read_failed or (in_flight and result.payment_status is not None)
+            unknown_with_effect += applied
+            continue
+        if isinstance(result, CancelFailed) and initial[result.payment_id] == "CANCELED":
+            assert result.retryable and not any(a.ambiguous for a in result.history)
+            continue
+        # Otherwise ok is true exactly when the payment ends CANCELED ...
+        assert result.ok == (final == "CANCELED"), (result, final)
+        # ... and a failure after an applied cancel is never reported as a plain failure.
+        assert not (applied and isinstance(result, CancelFailed))
+
+    # Retries stayed within the budget: ratio of first attempts plus the per-second reserve.
+    assert budget.total_retries <= 0.2 * budget.total_first_attempts + 10.0 * (elapsed + 10.0)
+    sent = sum(len(records) for records in cancels.values())
+    unknown = sum(isinstance(r, CancelFailed) and r.outcome_unknown for r in results)
+    faults = sum(r.fault is not None for r in emulator.requests)
+    report_matrix(
+        matrix(
+            f"\n{rate:.0%} faults: {CANCELS} cancels, {sent} cancel requests, {faults} faults "
+            f"injected (reads included), {budget.total_retries} retries "
+            f"({budget.total_rejected} refused by the budget), {unknown} outcome unknown "
+            f"({unknown_with_effect} with the effect applied), duplicates {duplicates}, "
+            f"{elapsed:.1f} s",
+            rows,
+        )
+    )
