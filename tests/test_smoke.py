@@ -1,4 +1,7 @@
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 from aiohttp import web
 
@@ -35,3 +38,24 @@ async def test_leak_guard_sees_results_and_would_catch_a_leak(
     probe = LeakGuard()
     probe.records.append(logging.makeLogRecord({"msg": "doc %s", "args": (CPF_BARE,)}))
     assert probe.leaks()
+
+
+def test_an_unclosed_session_fails_the_suite(tmp_path: Path) -> None:
+    """The project's pytest settings turn an unclosed aiohttp session into a failure."""
+    leaky = tmp_path / "test_leaky.py"
+    leaky.write_text(
+        "import aiohttp, gc\n"
+        "async def test_leaks():\n"
+        "    aiohttp.ClientSession()\n"
+        "    gc.collect()\n"
+    )
+    config = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", str(config), "-p", "no:cacheprovider", str(leaky)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "Unclosed client session" in result.stdout
