@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable
 
-from attrs import define, field, frozen, validators
+from attrs import field, frozen, validators
 
 __all__ = ["RetryBudget", "RetryBudgetStats"]
 
@@ -44,7 +44,50 @@ def _non_negative(_: object, attribute: object, value: float) -> None:
         raise ValueError(f"{getattr(attribute, 'name', 'value')} must be >= 0, got {value!r}")
 
 
-@define(eq=False)
+class _Window:
+    """The sliding-window counters: a plain slotted class, since it runs on every call."""
+
+    __slots__ = (
+        "bucket",
+        "clock",
+        "first_sum",
+        "firsts",
+        "retries",
+        "retry_sum",
+        "total_first",
+        "total_rejected",
+        "total_retries",
+        "width",
+    )
+
+    def __init__(self, width: float, clock: Callable[[], float]) -> None:
+        self.width = width
+        self.clock = clock
+        self.firsts = [0] * _BUCKETS
+        self.retries = [0] * _BUCKETS
+        self.bucket = int(clock() / width)
+        self.first_sum = self.retry_sum = 0
+        self.total_first = self.total_retries = self.total_rejected = 0
+
+    def advance(self) -> None:
+        bucket = int(self.clock() / self.width)
+        steps = bucket - self.bucket
+        if steps <= 0:
+            return
+        if steps >= _BUCKETS:
+            self.firsts = [0] * _BUCKETS
+            self.retries = [0] * _BUCKETS
+            self.first_sum = self.retry_sum = 0
+        else:
+            for step in range(1, steps + 1):
+                i = (self.bucket + step) % _BUCKETS
+                self.first_sum -= self.firsts[i]
+                self.retry_sum -= self.retries[i]
+                self.firsts[i] = self.retries[i] = 0
+        self.bucket = bucket
+
+
+@frozen(eq=False)
 class RetryBudget:
     """
     Retries allowed across all calls sharing this budget (one `KlaviClient` by default).
@@ -60,19 +103,10 @@ class RetryBudget:
         default=10.0, converter=float, validator=[_non_negative, validators.gt(0.0)]
     )
     clock: Callable[[], float] = field(default=time.monotonic, kw_only=True, repr=False)
-    _width: float = field(init=False, repr=False)
-    _firsts: list[int] = field(init=False, repr=False)
-    _retries: list[int] = field(init=False, repr=False)
-    _bucket: int = field(init=False, repr=False)
-    _first_sum: int = field(init=False, repr=False)
-    _retry_sum: int = field(init=False, repr=False)
-    _total_first: int = field(init=False, repr=False)
-    _total_retries: int = field(init=False, repr=False)
-    _total_rejected: int = field(init=False, repr=False)
+    _state: _Window = field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        self._width = self.window / _BUCKETS
-        self.reset()
+        object.__setattr__(self, "_state", _Window(self.window / _BUCKETS, self.clock))
 
     @classmethod
     def unlimited(cls) -> RetryBudget:
@@ -86,60 +120,43 @@ class RetryBudget:
 
     def reset(self) -> None:
         """Forget everything: counters and window."""
-        self._firsts = [0] * _BUCKETS
-        self._retries = [0] * _BUCKETS
-        self._bucket = int(self.clock() / self._width)
-        self._first_sum = self._retry_sum = 0
-        self._total_first = self._total_retries = self._total_rejected = 0
-
-    def _advance(self) -> None:
-        bucket = int(self.clock() / self._width)
-        steps = bucket - self._bucket
-        if steps <= 0:
-            return
-        if steps >= _BUCKETS:
-            self._firsts = [0] * _BUCKETS
-            self._retries = [0] * _BUCKETS
-            self._first_sum = self._retry_sum = 0
-        else:
-            for step in range(1, steps + 1):
-                i = (self._bucket + step) % _BUCKETS
-                self._first_sum -= self._firsts[i]
-                self._retry_sum -= self._retries[i]
-                self._firsts[i] = self._retries[i] = 0
-        self._bucket = bucket
+        object.__setattr__(self, "_state", _Window(self.window / _BUCKETS, self.clock))
 
     def record_attempt(self) -> None:
         """Count a call's first attempt; each one earns `ratio` of a retry."""
-        self._advance()
-        self._firsts[self._bucket % _BUCKETS] += 1
-        self._first_sum += 1
-        self._total_first += 1
+        state = self._state
+        state.advance()
+        state.firsts[state.bucket % _BUCKETS] += 1
+        state.first_sum += 1
+        state.total_first += 1
 
     def _allowance(self) -> float:
         if self.is_unlimited:
             return math.inf
-        return self.ratio * self._first_sum + self.min_per_second * self.window - self._retry_sum
+        state = self._state
+        return self.ratio * state.first_sum + self.min_per_second * self.window - state.retry_sum
 
     def try_acquire(self) -> bool:
         """Take one retry from the budget; False (and counted as rejected) when none is left."""
-        self._advance()
+        state = self._state
+        state.advance()
         if self._allowance() < 1.0:
-            self._total_rejected += 1
+            state.total_rejected += 1
             return False
-        self._retries[self._bucket % _BUCKETS] += 1
-        self._retry_sum += 1
-        self._total_retries += 1
+        state.retries[state.bucket % _BUCKETS] += 1
+        state.retry_sum += 1
+        state.total_retries += 1
         return True
 
     def stats(self) -> RetryBudgetStats:
         """The counters now."""
-        self._advance()
+        state = self._state
+        state.advance()
         return RetryBudgetStats(
-            first_attempts=self._first_sum,
-            retries=self._retry_sum,
+            first_attempts=state.first_sum,
+            retries=state.retry_sum,
             available=max(self._allowance(), 0.0),
-            total_first_attempts=self._total_first,
-            total_retries=self._total_retries,
-            total_rejected=self._total_rejected,
+            total_first_attempts=state.total_first,
+            total_retries=state.total_retries,
+            total_rejected=state.total_rejected,
         )

@@ -12,7 +12,6 @@ import enum
 import json
 import logging
 import os
-import re
 import ssl as _ssl
 import time
 from collections.abc import (
@@ -364,11 +363,11 @@ class KlaviClient:
         idempotency_key: str | None,
     ) -> CancelResult:
         start = self._clock()
-        interaction_id = _uuid4()
+        interaction_id, generated_key = _uuid4_pair()
         if self._key_header is None:
             key = None
         elif idempotency_key is None:
-            key = _uuid4()
+            key = generated_key
         else:
             key = idempotency_key
         try:
@@ -398,9 +397,21 @@ class KlaviClient:
             headers[self._key_header] = key  # type: ignore[index]
         call = _Call(self, payment_id, document, interaction_id)
         loop = RetryLoop(
-            self._retry, self._budget, clock=self._clock, sleep=self._sleep, on_retry=call.on_retry
+            self._retry,
+            self._budget,
+            clock=self._clock,
+            sleep=self._sleep,
+            on_retry=call.on_retry,
+            start=start,
         )
-        outcome = await loop.run(call.execute, loop, "POST", url, headers, body)
+        # The first attempt is awaited here rather than through loop.run(): one coroutine
+        # frame less on every resumption of the hot path.
+        loop.start_call()
+        outcome = await call.execute(loop, "POST", url, headers, body)
+        if loop.wants_retry(outcome):
+            outcome = await loop.retry_after_first(
+                outcome, call.execute, loop, "POST", url, headers, body
+            )
         history = tuple(loop.history)
 
         def cancelled(*, reconciled: bool) -> Cancelled:
@@ -668,30 +679,76 @@ class _Call:
         *,
         timeout: float | None = None,
     ) -> Outcome:
-        """One attempt: get a token, send, and on a 401 refresh the token and replay once."""
+        """
+        One attempt: get a token, send, and on a 401 refresh the token and replay once.
+
+        A single coroutine on purpose: every frame in the await chain is resumed each time
+        aiohttp wakes up, and this is the hot path of every cancel.
+        """
         client = self._client
         if client._state is _State.CLOSED:
             raise ClientClosedError("this KlaviClient was closed while a call was running")
-        if not self._authorize:
-            return await self._send(loop, method, url, headers, body, None, timeout, False)
         tokens = client._tokens
-        token = tokens.peek()
-        if token is None:
+        token: str | None = None
+        if self._authorize:
+            token = tokens.peek()
+            if token is None:
+                try:
+                    token = await tokens.get()
+                except Exception as exc:
+                    return self._auth_failed(exc)
+        if timeout is None:
+            timeout = client._timeout
+            if loop is not None:
+                remaining = loop.remaining()
+                if remaining < timeout:  # keep the common value exact: its ClientTimeout is cached
+                    timeout = max(remaining, 0.001)
+        clock = client._clock
+        refreshed = False
+        while True:
+            sent_headers = dict(headers)
+            if token is not None:
+                sent_headers["Authorization"] = f"Bearer {token}"
+            started = clock()
             try:
-                token = await tokens.get()
-            except Exception as exc:
-                return self._auth_failed(exc)
-        outcome = await self._send(loop, method, url, headers, body, token, timeout, False)
-        if outcome.kind is ErrorKind.UNAUTHORIZED and not self._replayed:
+                response = await client._transport.request(
+                    method, url, headers=sent_headers, body=body, timeout=timeout
+                )
+            except TransportFailure as failure:
+                outcome = transport_outcome(
+                    failure.kind, sent=failure.sent, message=failure.message
+                )
+            else:
+                outcome = classify_response(
+                    response.status, response.headers, response.body, document=self._document
+                )
+            if loop is not None:
+                attempt = Attempt(
+                    number=len(loop.history) + 1,
+                    http_status=outcome.http_status,
+                    kind=outcome.kind,
+                    code=outcome.code,
+                    ambiguous=outcome.ambiguous,
+                    duration=clock() - started,
+                    retry_after=outcome.retry_after,
+                    request_id=outcome.request_id,
+                    token_refreshed=refreshed,
+                )
+                loop.record(attempt)
+                if logger.isEnabledFor(logging.DEBUG):
+                    self._log_attempt(method, attempt, outcome)
+            if token is None or outcome.kind is not ErrorKind.UNAUTHORIZED or self._replayed:
+                return outcome
+            # 401: drop this token if it is still the cached one, get another, replay once.
             self._replayed = True
             tokens.invalidate(token)
             try:
                 fresh = await tokens.get()
             except Exception as exc:
                 return self._auth_failed(exc)
-            if fresh != token:
-                outcome = await self._send(loop, method, url, headers, body, fresh, timeout, True)
-        return outcome
+            if fresh == token:
+                return outcome  # the same token would be refused again
+            token, refreshed = fresh, True
 
     def _auth_failed(self, exc: Exception) -> Outcome:
         if isinstance(exc, TokenError):
@@ -703,56 +760,6 @@ class _Call:
             )
         self._auth_retryable = retryable
         return Outcome(ErrorKind.AUTHENTICATION_FAILED, None, message=message)
-
-    async def _send(
-        self,
-        loop: RetryLoop | None,
-        method: str,
-        url: URL,
-        headers: dict[str, str],
-        body: bytes | None,
-        token: str | None,
-        timeout: float | None,
-        refreshed: bool,
-    ) -> Outcome:
-        client = self._client
-        if timeout is None:
-            timeout = client._timeout
-            if loop is not None:
-                remaining = loop.remaining()
-                if remaining < timeout:  # keep the common value exact: its ClientTimeout is cached
-                    timeout = max(remaining, 0.001)
-        sent_headers = dict(headers)
-        if token is not None:
-            sent_headers["Authorization"] = f"Bearer {token}"
-        clock = client._clock
-        started = clock()
-        try:
-            response = await client._transport.request(
-                method, url, headers=sent_headers, body=body, timeout=timeout
-            )
-        except TransportFailure as failure:
-            outcome = transport_outcome(failure.kind, sent=failure.sent, message=failure.message)
-        else:
-            outcome = classify_response(
-                response.status, response.headers, response.body, document=self._document
-            )
-        if loop is not None:
-            attempt = Attempt(
-                number=len(loop.history) + 1,
-                http_status=outcome.http_status,
-                kind=outcome.kind,
-                code=outcome.code,
-                ambiguous=outcome.ambiguous,
-                duration=clock() - started,
-                retry_after=outcome.retry_after,
-                request_id=outcome.request_id,
-                token_refreshed=refreshed,
-            )
-            loop.record(attempt)
-            if logger.isEnabledFor(logging.DEBUG):
-                self._log_attempt(method, attempt, outcome)
-        return outcome
 
     def _extra(self, **values: Any) -> dict[str, Any]:
         extra = {
@@ -838,23 +845,33 @@ class _Call:
         return outcome.kind is not None and outcome.kind.retryable
 
 
-_UNRESERVED: Final = re.compile(r"[A-Za-z0-9._~-]+")
-
-
 def _segment(value: str) -> str:
     """
     Percent-encode one path segment.
 
-    Validated ids hold only letters, digits and '-', which RFC 3986 leaves unencoded, so
-    the common case skips `quote()`.
+    Validated ids hold only ASCII letters, digits and '-', which RFC 3986 leaves unencoded,
+    so the common case skips `quote()`.
     """
-    return value if _UNRESERVED.fullmatch(value) else quote(value, safe="")
+    if value.isascii() and value.replace("-", "").isalnum():
+        return value
+    return quote(value, safe="")
 
 
-def _uuid4() -> str:
-    """A random (version 4) UUID string; `_uuid4()` without the UUID object."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+def _uuid4(h: str | None = None) -> str:
+    """
+    A random (version 4) UUID string, from 32 hex digits (*h*) or fresh randomness.
+
+    The same as `str(uuid.uuid4())` without building a UUID object.
+    """
+    if h is None:
+        h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+def _uuid4_pair() -> tuple[str, str]:
+    """Two independent UUID4 strings from one read of the system's randomness."""
+    h = os.urandom(32).hex()
+    return _uuid4(h[:32]), _uuid4(h[32:])
 
 
 _VARIANT: Final = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}

@@ -34,9 +34,6 @@ __all__ = [
 IdentifierType = Literal["CPF", "CNPJ"]
 
 _STRIP: Final = str.maketrans("", "", ".-/ \t\r\n")
-_CPF_RE: Final = re.compile(r"\d{11}")
-_CNPJ_RE: Final = re.compile(r"[0-9A-Z]{12}\d{2}")
-_DOC_CHARS_RE: Final = re.compile(r"[0-9A-Z]*")
 _PAYMENT_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,99}")
 _KEY_RE: Final = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,38}[\x21-\x7e])?")
 _EMBEDDED_RE: Final = re.compile(
@@ -67,7 +64,8 @@ def normalize_document(raw: str) -> str:
     `InvalidInput`.
     """
     bare = raw.translate(_STRIP).upper()
-    if not _DOC_CHARS_RE.fullmatch(bare):
+    # str methods, not a regex: this runs on every cancel.  ASCII letters are upper now.
+    if not (bare.isascii() and (bare.isalnum() or not bare)):
         raise InvalidInput("cancelled_by may hold only digits, letters, '.', '-', '/' and spaces")
     return bare
 
@@ -83,7 +81,7 @@ def _check_digit(values: list[int], weights: tuple[int, ...]) -> int:
 
 def is_valid_cpf(bare: str) -> bool:
     """True for 11 digits with both mod-11 check digits right and not all digits equal."""
-    if not _CPF_RE.fullmatch(bare) or bare == bare[0] * 11:
+    if len(bare) != 11 or not (bare.isascii() and bare.isdigit()) or bare == bare[0] * 11:
         return False
     digits = list(map(int, bare))
     dv1 = _check_digit(digits, _CPF_W1)
@@ -98,7 +96,14 @@ def is_valid_cnpj(bare: str) -> bool:
     Twelve characters of `0-9A-Z` then two numeric check digits, computed mod 11 with each
     character worth its ASCII code minus 48.  A root of all zeros is rejected.
     """
-    if not _CNPJ_RE.fullmatch(bare) or bare[:12] == "0" * 12:
+    if (
+        len(bare) != 14
+        or not bare.isascii()
+        or not bare[:12].isalnum()
+        or (not bare[:12].isupper() and not bare[:12].isdigit())
+        or not bare[12:].isdigit()
+        or bare[:12] == "0" * 12
+    ):
         return False
     values = [ord(c) - 48 for c in bare]
     dv1 = _check_digit(values, _CNPJ_W1)

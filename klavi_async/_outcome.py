@@ -20,8 +20,6 @@ from datetime import UTC
 from http import HTTPStatus
 from typing import Any, Final
 
-from attrs import frozen
-
 from ._documents import scrub_documents
 from ._errors import ErrorKind
 
@@ -66,24 +64,55 @@ _BY_STATUS: Final[Mapping[int, ErrorKind]] = {
 _UNAPPLIED_5XX: Final = frozenset({501, 503, 505, 529})
 
 
-@frozen
 class Outcome:
-    """What one attempt produced.  `kind` is None on success."""
+    """
+    What one attempt produced; `kind` is None on success.  Strictly private.
 
-    kind: ErrorKind | None
-    http_status: int | None
-    code: str | None = None
-    message: str = ""
-    ambiguous: bool = False
-    """The request may have been applied without our knowing."""
-    retry_after: float | None = None
-    body: Any = None
-    request_id: str | None = None
+    A plain slotted class rather than attrs: one is built per attempt on the hot path.
+    """
+
+    __slots__ = (
+        "ambiguous",
+        "body",
+        "code",
+        "http_status",
+        "kind",
+        "message",
+        "request_id",
+        "retry_after",
+    )
+
+    def __init__(
+        self,
+        kind: ErrorKind | None,
+        http_status: int | None,
+        *,
+        code: str | None = None,
+        message: str = "",
+        ambiguous: bool = False,
+        retry_after: float | None = None,
+        body: Any = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.kind = kind
+        self.http_status = http_status
+        self.code = code
+        self.message = message
+        self.ambiguous = ambiguous  # the request may have been applied without our knowing
+        self.retry_after = retry_after
+        self.body = body
+        self.request_id = request_id
 
     @property
     def refused(self) -> bool:
         """Klavi answered and declined to cancel (409, 416 or a refusal code)."""
         return self.kind is ErrorKind.CONFLICT or self.kind is ErrorKind.NOT_CANCELLABLE
+
+    def __repr__(self) -> str:  # the body is left out: it may hold personal data
+        return (
+            f"Outcome(kind={self.kind!r}, http_status={self.http_status!r}, code={self.code!r}, "
+            f"message={self.message!r}, ambiguous={self.ambiguous!r})"
+        )
 
 
 def transport_outcome(kind: ErrorKind, *, sent: bool, message: str) -> Outcome:

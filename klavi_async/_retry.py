@@ -142,6 +142,7 @@ class RetryLoop:
         sleep: Callable[[float], Awaitable[None]],
         rng: Callable[[], float] = random.random,
         on_retry: Callable[[Outcome, int, float], None] | None = None,
+        start: float | None = None,
     ) -> None:
         self._policy = policy
         self._budget = budget
@@ -149,7 +150,7 @@ class RetryLoop:
         self._sleep = sleep
         self._rng = rng
         self._on_retry = on_retry
-        self.start = clock()
+        self.start = clock() if start is None else start
         self.history: list[Attempt] = []
         self.stop_reason: StopReason | None = None
         self.refused_wait: float | None = None
@@ -172,13 +173,27 @@ class RetryLoop:
 
         The first attempt runs before tenacity is involved: most calls end there, and
         building a retrying object for them would be pure overhead.  When it asks for a
-        retry, tenacity takes over from attempt 1's outcome, so every decision (retry,
-        wait, stop) is still tenacity's.
+        retry, tenacity takes over from attempt 1's outcome (`retry_after_first`), so every
+        decision (retry, wait, stop) is still tenacity's.
         """
-        self._budget.record_attempt()
+        self.start_call()
         first = await attempt(*args)
-        if first.kind is None or not self._policy.should_retry(first):
+        if not self.wants_retry(first):
             return first
+        return await self.retry_after_first(first, attempt, *args)
+
+    def start_call(self) -> None:
+        """Count the call's first attempt in the budget (callers of `retry_after_first`)."""
+        self._budget.record_attempt()
+
+    def wants_retry(self, first: Outcome) -> bool:
+        """Whether the first attempt's outcome calls for `retry_after_first`."""
+        return first.kind is not None and self._policy.should_retry(first)
+
+    async def retry_after_first(
+        self, first: Outcome, attempt: Callable[..., Awaitable[Outcome]], *args: object
+    ) -> Outcome:
+        """Hand the call to tenacity, which starts from the first attempt's outcome."""
         replay: list[Outcome] = [first]
 
         async def resumed() -> Outcome:

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from typing import Final
 
 import aiohttp
-from attrs import frozen
 from yarl import URL
 
 from ._errors import ErrorKind
@@ -30,14 +29,18 @@ def user_agent(version: str) -> str:
     return f"klavi-async/{version} Python/{platform.python_version()} aiohttp/{aiohttp.__version__}"
 
 
-@frozen
 class Response:
     """Status, headers and (at most `max_body` bytes of) body.  Strictly private."""
 
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-    truncated: bool = False
+    __slots__ = ("body", "headers", "status", "truncated")
+
+    def __init__(
+        self, status: int, headers: Mapping[str, str], body: bytes, truncated: bool = False
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.truncated = truncated
 
 
 class TransportFailure(Exception):
