@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ._results import CancelRequest, CancelResult
 
@@ -23,16 +23,12 @@ if TYPE_CHECKING:
 __all__ = ["stream"]
 
 
-async def _aiter_sync(items: Iterator[Any]) -> AsyncIterator[Any]:
-    for item in items:
-        yield item
-
-
-def _as_async_iterator(requests: object) -> AsyncIterator[Any]:
+def _sources(requests: object) -> tuple[Iterator[Any] | None, AsyncIterator[Any] | None]:
+    """A sync or an async iterator over *requests* (a sync one is pulled without awaiting)."""
     if isinstance(requests, AsyncIterable):
-        return aiter(requests)
+        return None, aiter(requests)
     if isinstance(requests, Iterable) and not isinstance(requests, str | bytes):
-        return _aiter_sync(iter(requests))
+        return iter(requests), None
     raise TypeError(
         f"requests must be an iterable or async iterable of CancelRequest, "
         f"got {type(requests).__name__}"
@@ -45,7 +41,7 @@ async def stream(
     concurrency: int,
 ) -> AsyncGenerator[CancelResult, None]:
     """The body of `KlaviClient.cancel_many()`.  Strictly private."""
-    source = _as_async_iterator(requests)
+    sync_source, async_source = _sources(requests)
     finished: deque[asyncio.Task[CancelResult]] = deque()
     running: set[asyncio.Task[CancelResult]] = set()
     loop = asyncio.get_running_loop()
@@ -64,8 +60,11 @@ async def stream(
         while True:
             while not exhausted and len(running) < concurrency:
                 try:
-                    item = await anext(source)
-                except StopAsyncIteration:
+                    if sync_source is not None:
+                        item = next(sync_source)
+                    else:
+                        item = await anext(cast("AsyncIterator[Any]", async_source))
+                except (StopIteration, StopAsyncIteration):
                     exhausted = True
                     break
                 except Exception as exc:
@@ -97,6 +96,11 @@ async def stream(
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
-        closer = getattr(source, "aclose", None)
-        if closer is not None:
-            await closer()
+        if async_source is not None:
+            closer = getattr(async_source, "aclose", None)
+            if closer is not None:
+                await closer()
+        else:
+            closer = getattr(sync_source, "close", None)
+            if closer is not None:
+                closer()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -227,3 +227,24 @@ async def test_automatic_requests_route_by_consent(serve: ServerFactory) -> None
         "/payment/customer/v1/automatic/consents/c1/payments/p1/cancel",
         "/payment/customer/v1/instant/payments/p2/cancel",
     ]
+
+
+async def test_a_sync_generator_input_is_closed_with_the_batch(serve: ServerFactory) -> None:
+    fake = ScriptedKlavi(default={CANCEL: Reply(200, {}, delay=0.01)})
+    base = await fake.start(serve)
+    closed = False
+
+    def source() -> Iterator[CancelRequest]:
+        nonlocal closed
+        try:
+            for i in range(1000):
+                yield CancelRequest(f"p{i}", CPF)
+        finally:
+            closed = True
+
+    async with client_for(base) as client:
+        batch = client.cancel_many(source(), concurrency=4)
+        assert (await anext(batch)).ok
+        await batch.aclose()
+    assert closed
+    assert no_other_tasks()
