@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
+from ._errors import ClientClosedError
 from ._results import CancelRequest, CancelResult
 
 if TYPE_CHECKING:
@@ -35,72 +36,115 @@ def _sources(requests: object) -> tuple[Iterator[Any] | None, AsyncIterator[Any]
     )
 
 
+class _Input:
+    """The batch's input, pulled by whichever worker is free.  Strictly private."""
+
+    __slots__ = ("_async", "_lock", "_sync", "error", "exhausted")
+
+    def __init__(self, requests: object) -> None:
+        self._sync, self._async = _sources(requests)
+        self._lock = asyncio.Lock()  # an async generator serves one anext() at a time
+        self.exhausted = False
+        self.error: Exception | None = None
+
+    async def next(self) -> CancelRequest | None:
+        """The next request, or None once the input is over (or failed: see `error`)."""
+        try:
+            if self._sync is not None:
+                if self.exhausted:
+                    return None
+                item = next(self._sync)
+            else:
+                async with self._lock:
+                    if self.exhausted:
+                        return None
+                    item = await anext(cast("AsyncIterator[Any]", self._async))
+        except (StopIteration, StopAsyncIteration):
+            self.exhausted = True
+            return None
+        except Exception as exc:
+            # Stop taking input; the results in flight are delivered, then this is raised.
+            self.exhausted = True
+            self.error = exc
+            return None
+        if not isinstance(item, CancelRequest):
+            self.exhausted = True
+            raise TypeError(f"cancel_many expects CancelRequest items, got {type(item).__name__}")
+        return item
+
+    async def close(self) -> None:
+        if self._async is not None:
+            closer = getattr(self._async, "aclose", None)
+            if closer is not None:
+                await closer()
+        else:
+            closer = getattr(self._sync, "close", None)
+            if closer is not None:
+                closer()
+
+
 async def stream(
     client: KlaviClient,
     requests: Iterable[CancelRequest] | AsyncIterable[CancelRequest],
     concurrency: int,
 ) -> AsyncGenerator[CancelResult, None]:
-    """The body of `KlaviClient.cancel_many()`.  Strictly private."""
-    sync_source, async_source = _sources(requests)
-    finished: deque[asyncio.Task[CancelResult]] = deque()
-    running: set[asyncio.Task[CancelResult]] = set()
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] | None = None
-    exhausted = False
-    input_error: BaseException | None = None
+    """
+    The body of `KlaviClient.cancel_many()`.  Strictly private.
 
-    def on_done(task: asyncio.Task[CancelResult]) -> None:
-        running.discard(task)
-        finished.append(task)
+    *concurrency* workers each pull a request, cancel it and hand the result over; a slot
+    is given back only when the consumer takes a result, so requests in flight plus results
+    not yet taken never exceed *concurrency*.  Workers run the cancel coroutine themselves:
+    no task per item.
+    """
+    source = _Input(requests)
+    loop = asyncio.get_running_loop()
+    finished: deque[CancelResult] = deque()
+    slots = asyncio.Semaphore(concurrency)
+    waiter: asyncio.Future[None] | None = None
+
+    def wake(_: object = None) -> None:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    client._batches[id(running)] = running  # lets client.aclose() cancel what is in flight
+    async def work() -> None:
+        while True:
+            await slots.acquire()
+            request = await source.next()
+            if request is None:
+                slots.release()
+                return
+            finished.append(await client._request_call(request))
+            wake()
+
+    workers = {loop.create_task(work()) for _ in range(concurrency)}
+    for worker in workers:
+        worker.add_done_callback(wake)
+    client._batches[id(workers)] = workers  # lets client.aclose() cancel what is in flight
     try:
         while True:
-            while not exhausted and len(running) < concurrency:
-                try:
-                    if sync_source is not None:
-                        item = next(sync_source)
-                    else:
-                        item = await anext(cast("AsyncIterator[Any]", async_source))
-                except (StopIteration, StopAsyncIteration):
-                    exhausted = True
-                    break
-                except Exception as exc:
-                    # Stop taking input, deliver what is in flight, then re-raise.
-                    exhausted = True
-                    input_error = exc
-                    break
-                if not isinstance(item, CancelRequest):
-                    raise TypeError(
-                        f"cancel_many expects CancelRequest items, got {type(item).__name__}"
-                    )
-                task = loop.create_task(client._request_call(item))
-                running.add(task)
-                task.add_done_callback(on_done)
-            if not finished:
-                if not running:
-                    break
-                waiter = loop.create_future()
-                await waiter
-                waiter = None
-            yield finished.popleft().result()
-        if input_error is not None:
-            raise input_error
+            if finished:
+                result = finished.popleft()
+                slots.release()
+                yield result
+                continue
+            for worker in workers:
+                if not worker.done():
+                    continue
+                if worker.cancelled():  # not by us: our own cancels happen in `finally`
+                    raise ClientClosedError("the client was closed while cancel_many was running")
+                error = worker.exception()
+                if error is not None:
+                    raise error  # misuse (a wrong item type), or a bug
+            if all(worker.done() for worker in workers):
+                break
+            waiter = loop.create_future()
+            await waiter
+            waiter = None
+        if source.error is not None:
+            raise source.error
     finally:
-        client._batches.pop(id(running), None)
-        pending = list(running)
-        for task in pending:
-            task.remove_done_callback(on_done)
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        if async_source is not None:
-            closer = getattr(async_source, "aclose", None)
-            if closer is not None:
-                await closer()
-        else:
-            closer = getattr(sync_source, "close", None)
-            if closer is not None:
-                closer()
+        client._batches.pop(id(workers), None)
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        await source.close()

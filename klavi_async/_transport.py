@@ -149,7 +149,11 @@ class Transport:
             ) as resp:
                 status = resp.status
                 try:
-                    raw, truncated = await self._read(resp)
+                    length = resp.content_length
+                    if length is not None and length <= self._max_body:
+                        # The common case, inline: no extra coroutine on the hot path.
+                        return Response(status, resp.headers, await resp.read())
+                    raw, truncated = await self._read_capped(resp)
                 except (aiohttp.ClientError, TimeoutError, OSError):
                     # The status line arrived, so the server processed the request; the
                     # body is lost but the status still tells the outcome.
@@ -177,10 +181,8 @@ class Transport:
                 ErrorKind.NETWORK, f"connection failed: {_describe(exc)}", sent=True
             ) from exc
 
-    async def _read(self, resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
-        length = resp.content_length
-        if length is not None and length <= self._max_body:
-            return await resp.read(), False
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+        """Read a body of unknown or too large a length, keeping at most `max_body` bytes."""
         chunks: list[bytes] = []
         size = 0
         while True:

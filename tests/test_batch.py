@@ -12,6 +12,7 @@ import pytest
 from klavi_async import (
     CancelFailed,
     CancelRequest,
+    ClientClosedError,
     ErrorKind,
     KlaviClient,
     RetryPolicy,
@@ -142,7 +143,7 @@ async def test_client_aclose_cancels_a_running_batch(serve: ServerFactory) -> No
     while len(fake.seen) < 4:
         await asyncio.sleep(0.005)
     await client.aclose()
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(ClientClosedError, match="closed while cancel_many"):
         await consumer
     await batch.aclose()
     assert no_other_tasks()
