@@ -209,6 +209,7 @@ class KlaviEmulator:
         """How many times each payment was moved to CANCELED by a cancel (at most 1)."""
         self.requests: list[RequestRecord] = []
         self.auth_calls = 0
+        """Requests that reached `/auth`, including the ones a fault or the TPS limit answered."""
         self.in_flight = 0
         self.max_in_flight = 0
         self.app = self._build_app()
@@ -385,6 +386,9 @@ class KlaviEmulator:
         request: web.Request,
     ) -> web.StreamResponse:
         body = await request.read()
+        if route == "auth":
+            # Every request that reached /auth, faulted or not: what a retry storm would show.
+            self.auth_calls += 1
 
         def record(status: int | None, fault: str | None, answer: _Answer | None = None) -> None:
             self.requests.append(
@@ -492,12 +496,14 @@ class KlaviEmulator:
         return expires is not None and self._clock() < expires
 
     async def _auth(self, request: web.Request, body: bytes) -> _Answer:
-        self.auth_calls += 1
         data = _object(body)
-        if data is None or not isinstance(data.get("accessKey"), str):
+        access_key = data.get("accessKey") if data else None
+        secret_key = data.get("secretKey") if data else None
+        if not isinstance(access_key, str) or not isinstance(secret_key, str):
             return _Answer(400, {"statusCode": 400, "error": "Bad Request", "message": "bad body"})
-        keys_ok = hmac.compare_digest(str(data.get("accessKey")), self.access_key) and (
-            hmac.compare_digest(str(data.get("secretKey")), self.secret_key)
+        # Bytes, not str: compare_digest refuses non-ASCII strings, and a key is any text.
+        keys_ok = hmac.compare_digest(access_key.encode(), self.access_key.encode()) and (
+            hmac.compare_digest(secret_key.encode(), self.secret_key.encode())
         )
         if not keys_ok:
             return _Answer(
