@@ -86,9 +86,7 @@ def _cancel_command(
             return await client.cancel_request(request)
 
     result = asyncio.run(run())
-    record = result.to_record()
-    record["consent_id"] = consent_id
-    _emit(record)
+    _emit(result.to_record())
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -283,7 +281,6 @@ async def run_batch(
                 item = item_id(result.payment_id, result.consent_id, 0)
                 pending.discard(item)
                 record = result.to_record()
-                record["consent_id"] = result.consent_id
                 record["input_line"] = line_of.pop(item, None)
                 out.write(record)
                 summary.add(result)

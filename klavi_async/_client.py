@@ -611,7 +611,9 @@ class KlaviClient:
             try:
                 return parse_auth_response(outcome.body)
             except ValueError as exc:
-                raise TokenError(str(exc), retryable=False) from None
+                # A 200 whose body could not be read at all (cut short, empty) may just have
+                # been unlucky; one that says something other than a token will say it again.
+                raise TokenError(str(exc), retryable=outcome.body is None) from None
         message = outcome.message
         for secret in (credentials.secret_key, credentials.access_key):
             message = message.replace(secret, "***")
@@ -694,7 +696,7 @@ class _Call:
             token = tokens.peek()
             if token is None:
                 try:
-                    token = await tokens.get()
+                    token = await self._wait_for_token(loop)
                 except Exception as exc:
                     return self._auth_failed(exc)
         if timeout is None:
@@ -743,12 +745,28 @@ class _Call:
             self._replayed = True
             tokens.invalidate(token)
             try:
-                fresh = await tokens.get()
+                fresh = await self._wait_for_token(loop)
             except Exception as exc:
                 return self._auth_failed(exc)
             if fresh == token:
                 return outcome  # the same token would be refused again
             token, refreshed = fresh, True
+
+    async def _wait_for_token(self, loop: RetryLoop | None) -> str:
+        """A token from the cache, waiting no longer than the call's deadline allows."""
+        tokens = self._client._tokens
+        if loop is None:
+            return await asyncio.wait_for(tokens.get(), self._client._timeout)
+        remaining = loop.remaining()
+        try:
+            # Only this caller stops waiting: the shared fetch goes on for the others.
+            return await asyncio.wait_for(tokens.get(), max(remaining, 0.001))
+        except TimeoutError:
+            raise TokenError(
+                f"the token provider gave no token within the call's deadline "
+                f"({loop.deadline:g} s)",
+                retryable=True,
+            ) from None
 
     def _auth_failed(self, exc: Exception) -> Outcome:
         if isinstance(exc, TokenError):

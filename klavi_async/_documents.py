@@ -219,8 +219,9 @@ def deterministic_idempotency_key(
     re-sends the key it sent before, and Klavi can recognise the repeat.  The key is
     `kc1-` plus 32 hex characters (36 in all).  The document is normalised first, so
     `"529.982.247-25"` and `"52998224725"` give the same key; it cannot be read back
-    from the key.  The derivation is a BLAKE2b digest; pass *secret* (kept outside your
-    logs) to make it a keyed MAC, so nobody can confirm a guessed CPF against a key.
+    from the key.  Without *secret* the key is an unkeyed BLAKE2b digest; with *secret*
+    (bytes kept outside your logs) it is an HMAC-SHA256 cut to 128 bits, so nobody without
+    the secret can confirm a guessed CPF against a key.
 
     Raises `ValueError` if the payment id or the document is malformed.
     """

@@ -155,6 +155,11 @@ class RetryLoop:
         self.stop_reason: StopReason | None = None
         self.refused_wait: float | None = None
 
+    @property
+    def deadline(self) -> float:
+        """The call's deadline in seconds."""
+        return self._policy.deadline
+
     def elapsed(self) -> float:
         """Seconds since the call started."""
         return self._clock() - self.start

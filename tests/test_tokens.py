@@ -394,3 +394,33 @@ class _callable:
 
     async def get_token(self) -> AccessToken | str:
         return await self.fn()  # type: ignore[operator, no-any-return]
+
+
+async def test_a_hanging_provider_cannot_outlive_the_deadline(serve: ServerFactory) -> None:
+    base = await ScriptedKlavi().start(serve)
+    never = asyncio.Event()
+
+    async def provider() -> str:
+        await never.wait()
+        return TOKEN
+
+    policy = RetryPolicy(deadline=0.3)
+    async with KlaviClient(provider, base_url=base, retry=policy) as client:
+        started = time.monotonic()
+        result = await client.cancel_payment("p1", cancelled_by=CPF)
+        took = time.monotonic() - started
+    assert isinstance(result, CancelFailed)
+    assert result.kind is ErrorKind.AUTHENTICATION_FAILED
+    assert result.retryable
+    assert "deadline" in result.message
+    assert took < 0.3 + 0.2
+
+
+async def test_an_auth_body_cut_short_is_retryable(serve: ServerFactory) -> None:
+    fake = ScriptedKlavi().on(AUTH, Reply(200, body=b""))
+    base = await fake.start(serve)
+    async with KlaviClient(ClientCredentials(ACCESS_KEY, SECRET_KEY), base_url=base) as client:
+        result = await client.cancel_payment("p1", cancelled_by=CPF)
+    assert isinstance(result, CancelFailed)
+    assert result.kind is ErrorKind.AUTHENTICATION_FAILED
+    assert result.retryable

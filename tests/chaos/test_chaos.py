@@ -113,7 +113,10 @@ async def test_chaos(rate: float, report_matrix: Callable[[str], None]) -> None:
             results = [r async for r in klavi.cancel_many(requests, concurrency=64)]
             budget = klavi.retry_budget.stats()
         elapsed = asyncio.get_running_loop().time() - started
-        await asyncio.sleep(TIMEOUT * 2 + 0.1)  # let late handlers (latency faults) record
+        for _ in range(200):  # let late handlers (latency faults) finish and record
+            if emulator.in_flight == 0:
+                break
+            await asyncio.sleep(0.05)
 
     # Exactly one result per input.
     assert Counter(r.payment_id for r in results) == Counter(list(initial))
@@ -122,12 +125,9 @@ async def test_chaos(rate: float, report_matrix: Callable[[str], None]) -> None:
     assert duplicates == 0
 
     cancels: dict[str, list[RequestRecord]] = defaultdict(list)
-    reads: dict[str, list[RequestRecord]] = defaultdict(list)
     for record in emulator.requests:
         if record.route == "cancel":
             cancels[record.idempotency_key or ""].append(record)
-        elif record.route == "status":
-            reads[record.interaction_id or ""].append(record)
 
     rows: Counter[tuple[str, str]] = Counter()
     unknown_with_effect = 0
@@ -150,9 +150,10 @@ async def test_chaos(rate: float, report_matrix: Callable[[str], None]) -> None:
                 ErrorKind.NOT_CANCELLABLE,
                 ErrorKind.CONFLICT,
             )
-            read_failed = all(r.fault is not None for r in reads[result.interaction_id])
+            # (The read may also have timed out at the client, which the emulator's log
+            # cannot show, so a failed read is judged by the result: no status came back.)
             in_flight = any(a.ambiguous and a.http_status is None for a in result.history)
-            assert read_failed or (in_flight and result.payment_status is not None)
+            assert result.payment_status is None or in_flight
             unknown_with_effect += applied
             continue
         if isinstance(result, CancelFailed) and initial[result.payment_id] == "CANCELED":
