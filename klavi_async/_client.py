@@ -23,10 +23,9 @@ from collections.abc import (
     Iterable,
 )
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 from urllib.parse import quote
 
-import aiohttp
 from yarl import URL
 
 from . import _batch
@@ -68,6 +67,9 @@ from ._tokens import (
 )
 from ._transport import DEFAULT_MAX_BODY, Transport, TransportFailure, user_agent
 from ._version import version
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["KlaviClient"]
 
@@ -131,7 +133,6 @@ class KlaviClient:
         _check_number("timeout", timeout)
         _check_int("max_connections", max_connections)
         _check_int("max_response_size", max_response_size)
-        _check_optional_type("session", session, aiohttp.ClientSession)
         header: object = idempotency_header
         if header is not None and (not isinstance(header, str) or not header.strip()):
             raise ValueError("idempotency_header must be a header name or None")

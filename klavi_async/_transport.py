@@ -81,6 +81,10 @@ class Transport:
         ssl: _ssl.SSLContext | bool | None = None,
         max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
+        if session is not None and not isinstance(session, aiohttp.ClientSession):
+            raise TypeError(
+                f"session must be an aiohttp.ClientSession, got {type(session).__name__}"
+            )
         self._user_agent = user_agent
         self._session = session
         self._owns_session = session is None
