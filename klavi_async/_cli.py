@@ -16,6 +16,7 @@ import contextlib
 import json
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -177,6 +178,21 @@ class BatchSummary:
             yield f"not finished (interrupted): {self.unfinished}; rerun to send them again"
 
 
+def on_stop_signals(callback: Callable[[], object]) -> list[int]:
+    """
+    Call *callback* on SIGINT and SIGTERM; return the signals handled.
+
+    The loop's own handlers exist on Unix only, and only in the main thread; elsewhere
+    Python's default (KeyboardInterrupt) applies.
+    """
+    if sys.platform == "win32" or threading.current_thread() is not threading.main_thread():
+        return []
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, callback)
+    return [signal.SIGINT, signal.SIGTERM]
+
+
 def _invalid_record(row: Row) -> dict[str, Any]:
     return {
         "payment_id": row.payment_id,
@@ -303,11 +319,7 @@ async def run_batch(
         )
         loop.call_later(grace, consumer.cancel)
 
-    installed = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, on_signal)
-            installed.append(signum)
+    installed = on_stop_signals(on_signal)
     try:
         with contextlib.suppress(asyncio.CancelledError):
             await consumer

@@ -11,10 +11,8 @@ saw no payment cancelled twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import random
-import signal
 import tempfile
 import time
 from collections import Counter
@@ -173,11 +171,10 @@ async def serve_emulator(
         if fault_rates:
             echo("  faults: " + ", ".join(f"{k}={v}" for k, v in fault_rates.items()))
         echo("Ctrl-C stops it.")
+        from ._cli import on_stop_signals
+
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signum, stop.set)
+        on_stop_signals(stop.set)
         await stop.wait()
         cancels = emulator.records("cancel")
         echo(
