@@ -104,8 +104,30 @@ def run_matrix(rounds: int, quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def run_pair(
+    rounds: int, quick: bool, *, label: str, uvloop: bool = False, emulator: bool = False
+) -> list[dict[str, Any]]:
+    """raw aiohttp against cancel_many at concurrency 64, on uvloop or against the emulator."""
+    rows: list[dict[str, Any]] = []
+    names = ["raw_aiohttp", "klavi_cancel_many"]
+    with server(uvloop=uvloop, emulator=emulator) as base:
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for round_number in range(rounds):
+            for name in names if round_number % 2 == 0 else names[::-1]:
+                n = size_for(name, 64, quick) // (2 if emulator else 1)
+                runs[name].append(measure(name, base, n, 64, uvloop=uvloop))
+        floor = summarise(runs["raw_aiohttp"])
+        for name in names:
+            row = {"contender": name, "concurrency": 64, "loop": label, **summarise(runs[name])}
+            row["cpu_ratio"] = row["cpu_us_per_call"] / floor["cpu_us_per_call"]
+            row["throughput_ratio"] = row["calls_per_s"] / floor["calls_per_s"]
+            rows.append(row)
+            print(format_row(row), flush=True)
+    return rows
+
+
 def run_uvloop(rounds: int, quick: bool) -> list[dict[str, Any]]:
-    """raw aiohttp and cancel_many at concurrency 64, client and server on uvloop."""
+    """The same pair with client and server on uvloop (skipped when it is not installed)."""
     try:
         import uvloop  # noqa: F401
     except ImportError:
@@ -113,45 +135,7 @@ def run_uvloop(rounds: int, quick: bool) -> list[dict[str, Any]]:
             "uvloop is not installed: skipping the uvloop rows (pip install 'klavi-async[uvloop]')"
         )
         return []
-    rows: list[dict[str, Any]] = []
-    names = ["raw_aiohttp", "klavi_cancel_many"]
-    with server(uvloop=True) as base:
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-        for round_number in range(rounds):
-            for name in names if round_number % 2 == 0 else names[::-1]:
-                runs[name].append(measure(name, base, size_for(name, 64, quick), 64, uvloop=True))
-        floor = summarise(runs["raw_aiohttp"])
-        for name in names:
-            row = {"contender": name, "concurrency": 64, "loop": "uvloop", **summarise(runs[name])}
-            row["cpu_ratio"] = row["cpu_us_per_call"] / floor["cpu_us_per_call"]
-            row["throughput_ratio"] = row["calls_per_s"] / floor["calls_per_s"]
-            rows.append(row)
-            print(format_row(row), flush=True)
-    return rows
-
-
-def run_emulator(rounds: int, quick: bool) -> list[dict[str, Any]]:
-    """raw aiohttp and cancel_many at concurrency 64 against the full emulator."""
-    rows: list[dict[str, Any]] = []
-    names = ["raw_aiohttp", "klavi_cancel_many"]
-    with server(emulator=True) as base:
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-        for round_number in range(rounds):
-            for name in names if round_number % 2 == 0 else names[::-1]:
-                runs[name].append(measure(name, base, size_for(name, 64, quick) // 2, 64))
-        floor = summarise(runs["raw_aiohttp"])
-        for name in names:
-            row = {
-                "contender": name,
-                "concurrency": 64,
-                "loop": "emulator",
-                **summarise(runs[name]),
-            }
-            row["cpu_ratio"] = row["cpu_us_per_call"] / floor["cpu_us_per_call"]
-            row["throughput_ratio"] = row["calls_per_s"] / floor["calls_per_s"]
-            rows.append(row)
-            print(format_row(row), flush=True)
-    return rows
+    return run_pair(rounds, quick, label="uvloop", uvloop=True)
 
 
 def format_row(row: dict[str, Any]) -> str:
@@ -228,7 +212,7 @@ def main() -> None:
     rows = (
         run_matrix(args.rounds, args.quick)
         + run_uvloop(args.rounds, args.quick)
-        + run_emulator(args.rounds, args.quick)
+        + run_pair(args.rounds, args.quick, label="emulator", emulator=True)
     )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / ("quick.json" if args.quick else "latest.json")
