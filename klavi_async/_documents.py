@@ -63,11 +63,12 @@ def normalize_document(raw: str) -> str:
     Any character other than digits, ASCII letters, `.`, `-`, `/` and whitespace raises
     `InvalidInput`.
     """
-    bare = raw.translate(_STRIP).upper()
-    # str methods, not a regex: this runs on every cancel.  ASCII letters are upper now.
+    bare = raw.translate(_STRIP)
+    # str methods, not a regex: this runs on every cancel.  ASCII is checked before
+    # upper-casing, since some non-ASCII letters upper-case to ASCII ('ß' -> 'SS').
     if not (bare.isascii() and (bare.isalnum() or not bare)):
         raise InvalidInput("cancelled_by may hold only digits, letters, '.', '-', '/' and spaces")
-    return bare
+    return bare.upper()
 
 
 _CPF_W1: Final = (10, 9, 8, 7, 6, 5, 4, 3, 2)
@@ -174,9 +175,13 @@ def validate_document(cancelled_by: str, identifier_type: str | None) -> tuple[s
     else:
         wanted = identifier_type.strip().upper()
         if wanted not in ("CPF", "CNPJ"):
-            raise InvalidInput(
-                f"identifier_type must be 'CPF' or 'CNPJ', got {identifier_type[:10]!r}"
+            # Echo it only when it cannot be a document (arguments swapped by mistake).
+            shown = (
+                repr(identifier_type)
+                if len(identifier_type) <= 8 and not any(c.isdigit() for c in identifier_type)
+                else f"<{len(identifier_type)} chars>"
             )
+            raise InvalidInput(f"identifier_type must be 'CPF' or 'CNPJ', got {shown}")
         kind = "CPF" if wanted == "CPF" else "CNPJ"
         if inferred != kind:
             raise InvalidInput(
@@ -191,7 +196,9 @@ def validate_document(cancelled_by: str, identifier_type: str | None) -> tuple[s
 def validate_payment_id(payment_id: str, name: str = "payment_id") -> str:
     """Check an id against Open Finance Brasil's `^[A-Za-z0-9][A-Za-z0-9-]{0,99}$`."""
     if not _PAYMENT_ID_RE.fullmatch(payment_id):
-        shown = payment_id[:40] + ("..." if len(payment_id) > 40 else "")
+        # Scrubbed: a CPF or CNPJ passed as the payment id (arguments swapped) is not echoed.
+        shown = scrub_documents(payment_id[:60])
+        shown = shown[:40] + ("..." if len(shown) > 40 else "")
         raise InvalidInput(
             f"{name} must be 1-100 letters, digits or '-' and start with a letter or digit, "
             f"got {shown!r}"

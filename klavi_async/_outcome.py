@@ -158,6 +158,9 @@ def classify_response(
     elif document is not None or any(c.isdigit() for c in message):
         message = scrub_documents(message, document)
     message = _clip(message, _MAX_MESSAGE) or message
+    if code is not None and (document is not None or any(c.isdigit() for c in code)):
+        # A code may echo the document too; masking lengthens it, so clip it again.
+        code = _clip(scrub_documents(code, document), _MAX_CODE)
     return Outcome(
         kind,
         status,
@@ -243,7 +246,7 @@ def _from_object(body: dict[str, Any], status: int | None) -> tuple[str | None, 
         for key in ("code", "statusCode", "errorCode"):
             value = body.get(key)
             text = _str(value)
-            if text is not None and not (isinstance(value, int) and value == status):
+            if text is not None and text != str(status):  # the status echoed is no code
                 code = text
                 break
     if message is None:
