@@ -41,6 +41,7 @@ from ._config import (
 from ._documents import (
     InvalidInput,
     mask_document,
+    scrub_documents,
     validate_document,
     validate_idempotency_key,
     validate_payment_id,
@@ -485,6 +486,8 @@ class KlaviClient:
         start: float,
         message: str,
     ) -> CancelFailed:
+        # An id that failed validation may be a document passed in the wrong argument.
+        payment_id = scrub_documents(payment_id)
         result = CancelFailed(
             payment_id=payment_id,
             consent_id=consent_id,

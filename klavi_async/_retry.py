@@ -98,7 +98,7 @@ class RetryPolicy:
         try:
             base = self.initial_backoff * self.multiplier ** (retry_number - 1)
         except OverflowError:
-            base = self.max_backoff
+            base = self.max_backoff if self.initial_backoff else 0.0
         base = min(self.max_backoff, base)
         return base * (0.5 + 0.5 * rng()) if self.jitter else base
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import inspect
 import json
 import logging
 import math
@@ -145,8 +146,15 @@ def as_provider(value: object) -> TokenProvider | ClientCredentials:
         return StaticToken(value)
     if isinstance(value, TokenProvider):
         return value
+    # An object whose __call__ is `async def` counts too (what tenacity and httpx accept).
+    dunder_call = type(value).__call__ if callable(value) else None
+    if inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(dunder_call):
+        return _CallableProvider(value)  # type: ignore[arg-type]
     if callable(value):
-        return _CallableProvider(value)
+        raise TypeError(
+            "token_provider must be an async callable (async def) taking no arguments; "
+            f"{getattr(value, '__qualname__', type(value).__name__)} is not async"
+        )
     raise TypeError(
         "token_provider must be a TokenProvider, ClientCredentials, a token string "
         f"or an async callable, got {type(value).__name__}"

@@ -527,3 +527,34 @@ def test_payment_id_validation_fuzz(text: str) -> None:
     else:
         assert 1 <= len(text) <= 100
         assert text.isascii()
+
+
+def test_a_plain_function_is_refused_as_a_provider_at_construction() -> None:
+    def not_async() -> str:
+        return TOKEN
+
+    with pytest.raises(TypeError, match="async"):
+        as_provider(not_async)
+    with pytest.raises(TypeError, match="async"):
+        as_provider(lambda: TOKEN)
+
+    class AsyncCallable:
+        async def __call__(self) -> str:
+            return TOKEN
+
+    assert as_provider(AsyncCallable()) is not None
+
+
+def test_zero_backoff_stays_zero_for_huge_retry_numbers() -> None:
+    assert RetryPolicy(initial_backoff=0, jitter=False).backoff(5000) == 0.0
+
+
+async def test_a_document_passed_as_payment_id_is_not_echoed() -> None:
+    from klavi_async import KlaviClient
+
+    async with KlaviClient(TOKEN, base_url="http://127.0.0.1:9") as client:
+        result = await client.cancel_payment(CPF, cancelled_by=CPF)
+    assert isinstance(result, CancelFailed)
+    assert result.kind is ErrorKind.INVALID_REQUEST
+    assert CPF not in repr(result)
+    assert result.payment_id == "***.982.247-**"
