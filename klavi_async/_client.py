@@ -39,10 +39,10 @@ from ._config import (
     check_base_url,
 )
 from ._documents import (
+    DocumentCache,
     InvalidInput,
     mask_document,
     scrub_documents,
-    validate_document,
     validate_idempotency_key,
     validate_payment_id,
 )
@@ -79,6 +79,7 @@ logger = logging.getLogger("klavi_async")
 _RECONCILE_MIN_TIMEOUT: Final = 1.0
 """A reconciliation read gets at least this long, even when the deadline has passed."""
 _INTERACTION_HEADER: Final = "x-fapi-interaction-id"
+_urandom: Final = os.urandom
 
 
 class _State(enum.Enum):
@@ -129,6 +130,10 @@ class KlaviClient:
         if not isinstance(environment, Environment):
             raise TypeError(f"environment must be an Environment, got {environment!r}")
         self._base_url = check_base_url(environment.base_url if base_url is None else base_url)
+        # Request URLs are built from the parsed base (`with_path`): parsing a whole URL
+        # string per call costs several times more.
+        self._base = URL(self._base_url, encoded=True)
+        self._base_path = self._base.raw_path.rstrip("/")
         _check_optional_type("retry", retry, RetryPolicy)
         _check_optional_type("retry_budget", retry_budget, RetryBudget)
         _check_number("timeout", timeout)
@@ -166,6 +171,7 @@ class KlaviClient:
         if isinstance(provider, ClientCredentials):
             provider = _CredentialsProvider(self, provider)
         self._tokens = TokenCache(provider, clock=clock)
+        self._documents = DocumentCache()
         self._state = _State.UNOPENED
         self._batches: dict[int, set[asyncio.Task[Any]]] = {}
 
@@ -257,6 +263,7 @@ class KlaviClient:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        self._documents.clear()
         await self._tokens.aclose()
         await self._transport.aclose()
 
@@ -288,7 +295,13 @@ class KlaviClient:
         of the wrong type) and lets `asyncio.CancelledError` through.
         """
         self._check_open()
-        _check_args(payment_id, cancelled_by, identifier_type, idempotency_key, None)
+        if (
+            type(payment_id) is not str
+            or type(cancelled_by) is not str
+            or (identifier_type is not None and type(identifier_type) is not str)
+            or (idempotency_key is not None and type(idempotency_key) is not str)
+        ):  # the common case in one expression; _check_args names the culprit
+            _check_args(payment_id, cancelled_by, identifier_type, idempotency_key, None)
         return await self._cancel(payment_id, None, cancelled_by, identifier_type, idempotency_key)
 
     async def cancel_automatic_payment(
@@ -365,11 +378,12 @@ class KlaviClient:
         idempotency_key: str | None,
     ) -> CancelResult:
         start = self._clock()
-        interaction_id, generated_key = _uuid4_pair()
+        h = _urandom(32).hex()  # two UUID4s, as in _uuid4(), from one read
+        interaction_id = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
         if self._key_header is None:
             key = None
         elif idempotency_key is None:
-            key = generated_key
+            key = f"{h[32:40]}-{h[40:44]}-4{h[45:48]}-{_VARIANT[h[48]]}{h[49:52]}-{h[52:]}"
         else:
             key = idempotency_key
         try:
@@ -378,7 +392,7 @@ class KlaviClient:
                 validate_payment_id(consent_id, "consent_id")
             if idempotency_key is not None:
                 validate_idempotency_key(idempotency_key)
-            document, doc_type = validate_document(cancelled_by, identifier_type)
+            document, doc_type = self._documents.validate(cancelled_by, identifier_type)
         except InvalidInput as exc:
             return self._invalid(payment_id, consent_id, key, interaction_id, start, str(exc))
 
@@ -388,7 +402,7 @@ class KlaviClient:
             path = self._paths[2].format(
                 consent_id=_segment(consent_id), payment_id=_segment(payment_id)
             )
-        url = URL(self._base_url + path, encoded=True)
+        url = self._base.with_path(self._base_path + path, encoded=True)
         body = f'{{"cancelledBy":"{document}","identifierType":"{doc_type}"}}'.encode()
         headers = {
             "Content-Type": "application/json",
@@ -415,33 +429,15 @@ class KlaviClient:
                 outcome, call.execute, loop, "POST", url, headers, body
             )
         history = tuple(loop.history)
-
-        def cancelled(*, reconciled: bool) -> Cancelled:
-            result = Cancelled(
-                payment_id=payment_id,
-                consent_id=consent_id,
-                idempotency_key=key,
-                interaction_id=interaction_id,
-                attempts=len(history),
-                history=history,
-                elapsed=self._clock() - start,
-                http_status=outcome.http_status,
-                body=outcome.body,
-                already_cancelled=reconciled and outcome.refused,
-                reconciled=reconciled,
-            )
-            call.log_done(result)
-            return result
-
         if outcome.kind is None:
-            return cancelled(reconciled=False)
+            return self._cancelled(call, consent_id, key, start, history, outcome, False)
 
         payment_status: str | None = None
         outcome_unknown = False
         if outcome.refused or any(a.ambiguous for a in history):
             status = await self._reconcile(call, loop, payment_id, consent_id)
             if status is not None and status.cancelled:
-                return cancelled(reconciled=True)
+                return self._cancelled(call, consent_id, key, start, history, outcome, True)
             if status is None:
                 outcome_unknown = True
             else:
@@ -474,8 +470,35 @@ class KlaviClient:
             retry_after=retry_after,
             body=outcome.body,
         )
-        call.log_done(failed)
+        call.log_failed(failed)
         return failed
+
+    def _cancelled(
+        self,
+        call: _Call,
+        consent_id: str | None,
+        key: str | None,
+        start: float,
+        history: tuple[Attempt, ...],
+        outcome: Outcome,
+        reconciled: bool,
+    ) -> Cancelled:
+        result = Cancelled(
+            payment_id=call.payment_id,
+            consent_id=consent_id,
+            idempotency_key=key,
+            interaction_id=call.interaction_id,
+            attempts=len(history),
+            history=history,
+            elapsed=self._clock() - start,
+            http_status=outcome.http_status,
+            body=outcome.body,
+            already_cancelled=reconciled and outcome.refused,
+            reconciled=reconciled,
+        )
+        if logger.isEnabledFor(logging.DEBUG):
+            call.log_cancelled(result)
+        return result
 
     def _invalid(
         self,
@@ -545,7 +568,7 @@ class KlaviClient:
             path = self._paths[3].format(
                 consent_id=_segment(consent_id), payment_id=_segment(payment_id)
             )
-        return URL(self._base_url + path, encoded=True)
+        return self._base.with_path(self._base_path + path, encoded=True)
 
     # -- status -----------------------------------------------------------------------
 
@@ -712,13 +735,12 @@ class _Call:
         clock = client._clock
         refreshed = False
         while True:
-            sent_headers = dict(headers)
             if token is not None:
-                sent_headers["Authorization"] = f"Bearer {token}"
+                headers["Authorization"] = f"Bearer {token}"  # the call's own dict
             started = clock()
             try:
                 response = await client._transport.request(
-                    method, url, headers=sent_headers, body=body, timeout=timeout
+                    method, url, headers=headers, body=body, timeout=timeout
                 )
             except TransportFailure as failure:
                 outcome = transport_outcome(
@@ -828,23 +850,24 @@ class _Call:
                 ),
             )
 
-    def log_done(self, result: CancelResult) -> None:
-        """Log the call's end: DEBUG for success, WARNING for a give-up."""
-        if isinstance(result, Cancelled):
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug(
-                    "payment %s cancelled after %d attempt(s)%s",
-                    self.payment_id,
-                    result.attempts,
-                    " (reconciled)" if result.reconciled else "",
-                    extra=self._extra(
-                        event="cancelled",
-                        attempt=result.attempts,
-                        status=result.http_status,
-                        reconciled=result.reconciled,
-                    ),
-                )
-        elif logger.isEnabledFor(logging.WARNING):
+    def log_cancelled(self, result: Cancelled) -> None:
+        """Log a success at DEBUG (the caller checks that DEBUG is on)."""
+        logger.debug(
+            "payment %s cancelled after %d attempt(s)%s",
+            self.payment_id,
+            result.attempts,
+            " (reconciled)" if result.reconciled else "",
+            extra=self._extra(
+                event="cancelled",
+                attempt=result.attempts,
+                status=result.http_status,
+                reconciled=result.reconciled,
+            ),
+        )
+
+    def log_failed(self, result: CancelFailed) -> None:
+        """Log a give-up at WARNING."""
+        if logger.isEnabledFor(logging.WARNING):
             logger.warning(
                 "giving up on payment %s after %d attempt(s): %s",
                 self.payment_id,
@@ -886,14 +909,8 @@ def _uuid4(h: str | None = None) -> str:
     The same as `str(uuid.uuid4())` without building a UUID object.
     """
     if h is None:
-        h = os.urandom(16).hex()
+        h = _urandom(16).hex()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
-
-
-def _uuid4_pair() -> tuple[str, str]:
-    """Two independent UUID4 strings from one read of the system's randomness."""
-    h = os.urandom(32).hex()
-    return _uuid4(h[:32]), _uuid4(h[32:])
 
 
 _VARIANT: Final = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
@@ -931,8 +948,8 @@ def _check_int(name: str, value: object) -> None:
 
 
 def _check_path(name: str, path: object, fields: tuple[str, ...]) -> None:
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise ValueError(f"{name} must be a path starting with '/'")
+    if not isinstance(path, str) or not path.startswith("/") or "?" in path or "#" in path:
+        raise ValueError(f"{name} must be a path starting with '/', with no query or fragment")
     for field_name in fields:
         if "{" + field_name + "}" not in path:
             raise ValueError(f"{name} must contain {{{field_name}}}")

@@ -17,6 +17,7 @@ import re
 from typing import Final, Literal
 
 __all__ = [
+    "DocumentCache",
     "IdentifierType",
     "InvalidInput",
     "deterministic_idempotency_key",
@@ -191,6 +192,47 @@ def validate_document(cancelled_by: str, identifier_type: str | None) -> tuple[s
     if not valid:
         raise InvalidInput(f"cancelled_by is not a valid {kind}: {mask_document(bare)}")
     return bare, kind
+
+
+class DocumentCache:
+    """
+    `validate_document()` remembered for the documents seen recently.  Strictly private.
+
+    A batch usually cancels on behalf of one or a few documents, and checking one costs
+    more than anything else the SDK does before sending, so each client keeps the answers
+    for up to *size* distinct `(cancelled_by, identifier_type)` pairs (validation is a
+    pure function).  Only valid documents are kept; `clear()` forgets them all.
+    """
+
+    __slots__ = ("_entries", "_size")
+
+    def __init__(self, size: int = 256) -> None:
+        self._entries: dict[tuple[str, str | None], tuple[str, IdentifierType]] = {}
+        self._size = size
+
+    def validate(
+        self, cancelled_by: str, identifier_type: str | None
+    ) -> tuple[str, IdentifierType]:
+        """The same as `validate_document(cancelled_by, identifier_type)`."""
+        key = (cancelled_by, identifier_type)
+        checked = self._entries.get(key)
+        if checked is None:
+            checked = validate_document(cancelled_by, identifier_type)
+            entries = self._entries
+            if len(entries) >= self._size:
+                del entries[next(iter(entries))]  # the oldest: a dict keeps insertion order
+            entries[key] = checked
+        return checked
+
+    def clear(self) -> None:
+        """Forget every document."""
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:  # never the documents themselves
+        return f"<DocumentCache {len(self._entries)}/{self._size}>"
 
 
 def validate_payment_id(payment_id: str, name: str = "payment_id") -> str:

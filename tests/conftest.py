@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestServer
 
 from klavi_async import _client, _errors
 from klavi_async._documents import normalize_document
-from klavi_async._results import CancelFailed, CancelResult
+from klavi_async._results import CancelFailed, Cancelled
 
 # Documents used across the suite (valid ones from reference/openfinance-brasil.md).
 CPF = "529.982.247-25"
@@ -81,13 +81,18 @@ def leak_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[LeakGuard]:
     logger.addHandler(guard)
     logger.setLevel(logging.DEBUG)
 
-    original_done = _client._Call.log_done
+    original_cancelled = _client._Call.log_cancelled
+    original_failed = _client._Call.log_failed
     original_invalid = _client.KlaviClient._invalid
     original_error_init = _errors.KlaviError.__init__
 
-    def log_done(self: _client._Call, result: CancelResult) -> None:
+    def log_cancelled(self: _client._Call, result: Cancelled) -> None:
         guard.objects.append(result)
-        original_done(self, result)
+        original_cancelled(self, result)
+
+    def log_failed(self: _client._Call, result: CancelFailed) -> None:
+        guard.objects.append(result)
+        original_failed(self, result)
 
     def invalid(self: _client.KlaviClient, *args: Any) -> CancelFailed:
         result = original_invalid(self, *args)
@@ -98,7 +103,8 @@ def leak_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[LeakGuard]:
         original_error_init(self, *args, **kwargs)
         guard.objects.append(self)
 
-    monkeypatch.setattr(_client._Call, "log_done", log_done)
+    monkeypatch.setattr(_client._Call, "log_cancelled", log_cancelled)
+    monkeypatch.setattr(_client._Call, "log_failed", log_failed)
     monkeypatch.setattr(_client.KlaviClient, "_invalid", invalid)
     monkeypatch.setattr(_errors.KlaviError, "__init__", error_init)
     try:
