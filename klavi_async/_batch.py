@@ -39,11 +39,14 @@ def _sources(requests: object) -> tuple[Iterator[Any] | None, AsyncIterator[Any]
 class _Input:
     """The batch's input, pulled by whichever worker is free.  Strictly private."""
 
-    __slots__ = ("_async", "_lock", "_sync", "error", "exhausted")
+    __slots__ = ("_async", "_pulling", "_sync", "_waiters", "error", "exhausted")
 
     def __init__(self, requests: object) -> None:
         self._sync, self._async = _sources(requests)
-        self._lock = asyncio.Lock()  # an async generator serves one anext() at a time
+        # An async generator serves one anext() at a time.  A flag rather than an
+        # asyncio.Lock: a pull that does not suspend (the usual case) pays no lock.
+        self._pulling = False
+        self._waiters: list[asyncio.Future[None]] = []
         self.exhausted = False
         self.error: Exception | None = None
 
@@ -55,10 +58,23 @@ class _Input:
                     return None
                 item = next(self._sync)
             else:
-                async with self._lock:
-                    if self.exhausted:
-                        return None
+                while self._pulling:  # another worker's anext() is suspended: wait for it
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._waiters.append(waiter)
+                    try:
+                        await waiter
+                    finally:
+                        self._waiters.remove(waiter)
+                if self.exhausted:
+                    return None
+                self._pulling = True
+                try:
                     item = await anext(cast("AsyncIterator[Any]", self._async))
+                finally:
+                    self._pulling = False
+                    for waiter in self._waiters:  # all re-check; only one gets to pull
+                        if not waiter.done():
+                            waiter.set_result(None)
         except (StopIteration, StopAsyncIteration):
             self.exhausted = True
             return None

@@ -24,7 +24,6 @@ from collections.abc import (
 )
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
-from urllib.parse import quote
 
 from yarl import URL
 
@@ -54,7 +53,16 @@ from ._errors import (
     error_class,
 )
 from ._outcome import Outcome, classify_response, transport_outcome
-from ._results import Attempt, CancelFailed, Cancelled, CancelRequest, CancelResult, PaymentStatus
+from ._results import (
+    Attempt,
+    CancelFailed,
+    Cancelled,
+    CancelRequest,
+    CancelResult,
+    PaymentStatus,
+    new_attempt,
+    new_cancelled,
+)
 from ._retry import RetryLoop, RetryPolicy
 from ._tokens import (
     AccessToken,
@@ -396,12 +404,12 @@ class KlaviClient:
         except InvalidInput as exc:
             return self._invalid(payment_id, consent_id, key, interaction_id, start, str(exc))
 
+        # Validated ids hold only ASCII letters, digits and '-', which a URL path carries
+        # as they are: nothing to percent-encode.
         if consent_id is None:
-            path = self._paths[0].format(payment_id=_segment(payment_id))
+            path = self._paths[0].format(payment_id=payment_id)
         else:
-            path = self._paths[2].format(
-                consent_id=_segment(consent_id), payment_id=_segment(payment_id)
-            )
+            path = self._paths[2].format(consent_id=consent_id, payment_id=payment_id)
         url = self._base.with_path(self._base_path + path, encoded=True)
         body = f'{{"cancelledBy":"{document}","identifierType":"{doc_type}"}}'.encode()
         headers = {
@@ -483,18 +491,17 @@ class KlaviClient:
         outcome: Outcome,
         reconciled: bool,
     ) -> Cancelled:
-        result = Cancelled(
-            payment_id=call.payment_id,
-            consent_id=consent_id,
-            idempotency_key=key,
-            interaction_id=call.interaction_id,
-            attempts=len(history),
-            history=history,
-            elapsed=self._clock() - start,
-            http_status=outcome.http_status,
-            body=outcome.body,
-            already_cancelled=reconciled and outcome.refused,
-            reconciled=reconciled,
+        result = new_cancelled(
+            call.payment_id,
+            key,
+            call.interaction_id,
+            history,
+            self._clock() - start,
+            consent_id,
+            outcome.http_status,
+            outcome.body,
+            reconciled and outcome.refused,
+            reconciled,
         )
         if logger.isEnabledFor(logging.DEBUG):
             call.log_cancelled(result)
@@ -562,12 +569,11 @@ class KlaviClient:
         return status
 
     def _status_url(self, payment_id: str, consent_id: str | None) -> URL:
+        """The status URL of ids already validated (nothing in them to percent-encode)."""
         if consent_id is None:
-            path = self._paths[1].format(payment_id=_segment(payment_id))
+            path = self._paths[1].format(payment_id=payment_id)
         else:
-            path = self._paths[3].format(
-                consent_id=_segment(consent_id), payment_id=_segment(payment_id)
-            )
+            path = self._paths[3].format(consent_id=consent_id, payment_id=payment_id)
         return self._base.with_path(self._base_path + path, encoded=True)
 
     # -- status -----------------------------------------------------------------------
@@ -751,16 +757,16 @@ class _Call:
                     response.status, response.headers, response.body, document=self._document
                 )
             if loop is not None:
-                attempt = Attempt(
-                    number=len(loop.history) + 1,
-                    http_status=outcome.http_status,
-                    kind=outcome.kind,
-                    code=outcome.code,
-                    ambiguous=outcome.ambiguous,
-                    duration=clock() - started,
-                    retry_after=outcome.retry_after,
-                    request_id=outcome.request_id,
-                    token_refreshed=refreshed,
+                attempt = new_attempt(
+                    len(loop.history) + 1,
+                    outcome.http_status,
+                    outcome.kind,
+                    outcome.code,
+                    outcome.ambiguous,
+                    clock() - started,
+                    outcome.retry_after,
+                    outcome.request_id,
+                    refreshed,
                 )
                 loop.record(attempt)
                 if logger.isEnabledFor(logging.DEBUG):
@@ -888,18 +894,6 @@ class _Call:
         if outcome.kind is ErrorKind.AUTHENTICATION_FAILED:
             return self._auth_retryable
         return outcome.kind is not None and outcome.kind.retryable
-
-
-def _segment(value: str) -> str:
-    """
-    Percent-encode one path segment.
-
-    Validated ids hold only ASCII letters, digits and '-', which RFC 3986 leaves unencoded,
-    so the common case skips `quote()`.
-    """
-    if value.isascii() and value.replace("-", "").isalnum():
-        return value
-    return quote(value, safe="")
 
 
 def _uuid4(h: str | None = None) -> str:

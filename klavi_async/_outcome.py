@@ -9,13 +9,14 @@ page from a gateway, or nothing at all.
 
 from __future__ import annotations
 
+import codecs
 import email.utils
 import html
 import json
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC
 from http import HTTPStatus
 from typing import Any, Final
@@ -181,16 +182,38 @@ def _reason(status: int) -> str:
     return f"HTTP {status} {phrase}"
 
 
+_scan_json: Final[Callable[[str, int], tuple[Any, int]]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set in JSONDecoder.__init__
+"""The C scanner behind `json.loads`, called directly: this runs on every answer."""
+_JSON_SPACE: Final = " \t\n\r"
+_UTF8_BOM: Final = codecs.BOM_UTF8
+
+
 def parse_json(raw: bytes) -> Any:
-    """The JSON value in *raw*, or None when it is empty or not JSON."""
+    """
+    The JSON value in *raw*, or None when it is empty or not JSON.
+
+    Exactly `json.loads(raw)` (None where that raises).  Plain UTF-8 (what `json` would
+    detect as such: no BOM, no NUL in the first two bytes) goes straight to the scanner;
+    anything else goes through `json.loads`, which detects the encoding.
+    """
     if not raw:
         return None
+    if raw[0] and (len(raw) == 1 or raw[1]) and not raw.startswith(_UTF8_BOM):
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            pass
+        else:
+            start = len(text) - len(text.lstrip(_JSON_SPACE))
+            try:
+                value, end = _scan_json(text, start)
+            except (StopIteration, ValueError, RecursionError):
+                return None
+            if end != len(text) and text[end:].strip(_JSON_SPACE):
+                return None  # json.loads: "Extra data"
+            return value
     try:
-        text = raw.decode()  # UTF-8 first: skips json's encoding detection
-    except UnicodeDecodeError:
-        text = None
-    try:
-        return json.loads(raw if text is None else text)
+        return json.loads(raw)
     except (ValueError, RecursionError):
         return None
 

@@ -249,3 +249,52 @@ async def test_a_sync_generator_input_is_closed_with_the_batch(serve: ServerFact
         await batch.aclose()
     assert closed
     assert no_other_tasks()
+
+
+async def test_a_source_that_suspends_serves_one_worker_at_a_time(serve: ServerFactory) -> None:
+    """Workers queue behind a suspended anext(); every item is pulled and cancelled once."""
+    fake = ScriptedKlavi(default={CANCEL: Reply(200, {})})
+    base = await fake.start(serve)
+    inside = 0
+    most_inside = 0
+
+    async def source() -> AsyncIterator[CancelRequest]:
+        nonlocal inside, most_inside
+        for i in range(60):
+            inside += 1
+            most_inside = max(most_inside, inside)
+            await asyncio.sleep(0.001 if i % 3 else 0)  # suspends inside anext()
+            inside -= 1
+            yield CancelRequest(f"p{i}", CPF)
+
+    async with client_for(base) as client:
+        ids = [r.payment_id async for r in client.cancel_many(source(), concurrency=16)]
+    assert sorted(ids) == sorted(f"p{i}" for i in range(60))
+    assert most_inside == 1
+    assert Counter(s.path.split("/")[-2] for s in fake.cancels()) == Counter(ids)
+    assert no_other_tasks()
+
+
+async def test_closing_while_workers_wait_for_a_suspended_source(serve: ServerFactory) -> None:
+    fake = ScriptedKlavi(default={CANCEL: Reply(200, {})})
+    base = await fake.start(serve)
+    release = asyncio.Event()
+    pulled = 0
+
+    async def source() -> AsyncIterator[CancelRequest]:
+        nonlocal pulled
+        yield CancelRequest("first", CPF)
+        await release.wait()  # every other worker now waits behind this anext()
+        pulled += 1
+        yield CancelRequest("never", CPF)
+
+    async with client_for(base) as client:
+        batch = client.cancel_many(source(), concurrency=8)
+        first = await anext(batch)
+        assert first.payment_id == "first"
+        await asyncio.sleep(0.01)
+        await batch.aclose()
+        assert no_other_tasks()
+        assert pulled == 0
+        release.set()
+        assert (await client.cancel_payment("after", cancelled_by=CPF)).ok

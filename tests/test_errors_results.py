@@ -7,6 +7,7 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given, strategies as st
 from multidict import CIMultiDict
 
 import klavi_async
@@ -34,6 +35,7 @@ from klavi_async import (
     TransportError,
     UnauthorizedError,
     UnexpectedResponseError,
+    _results,
 )
 from klavi_async._errors import error_class
 from klavi_async._outcome import classify_response
@@ -511,3 +513,52 @@ def test_cancelled_and_terminal(value: str, cancelled_: bool, terminal: bool) ->
     status = PaymentStatus(payment_id="p", status=value)
     assert status.cancelled is cancelled_
     assert status.terminal is terminal
+
+
+def test_the_fast_constructors_cover_every_field() -> None:
+    """A field added to Attempt or Cancelled must be added to its fast constructor too."""
+    assert {f.name for f in attrs.fields(Attempt)} == set(_results.ATTEMPT_FIELDS)
+    assert {f.name for f in attrs.fields(Cancelled)} == set(_results.CANCELLED_FIELDS)
+
+
+@given(
+    number=st.integers(1, 10),
+    http_status=st.none() | st.integers(100, 599),
+    kind=st.none() | st.sampled_from(ErrorKind),
+    code=st.none() | st.text(max_size=5),
+    ambiguous=st.booleans(),
+    duration=st.floats(0, 10),
+    retry_after=st.none() | st.floats(0, 10),
+    request_id=st.none() | st.text(max_size=5),
+    token_refreshed=st.booleans(),
+)
+def test_new_attempt_equals_the_attrs_constructor(**values: Any) -> None:
+    fast = _results.new_attempt(**values)
+    assert type(fast) is Attempt
+    assert fast == Attempt(**values)
+    assert repr(fast) == repr(Attempt(**values))
+    assert fast.delay is None
+
+
+@given(
+    payment_id=st.text(min_size=1, max_size=8),
+    idempotency_key=st.none() | st.text(max_size=8),
+    interaction_id=st.text(max_size=8),
+    attempts=st.integers(1, 3),
+    elapsed=st.floats(0, 10),
+    consent_id=st.none() | st.text(max_size=8),
+    http_status=st.none() | st.integers(100, 599),
+    body=st.none() | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    already_cancelled=st.booleans(),
+    reconciled=st.booleans(),
+)
+def test_new_cancelled_equals_the_attrs_constructor(attempts: int, **values: Any) -> None:
+    history = tuple(Attempt(number=n, http_status=200, kind=None) for n in range(1, attempts + 1))
+    fast = _results.new_cancelled(history=history, **values)
+    slow = Cancelled(history=history, attempts=attempts, **values)
+    assert type(fast) is Cancelled
+    assert fast == slow
+    assert repr(fast) == repr(slow)
+    assert fast.to_record() == slow.to_record()
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        fast.payment_id = "other"  # type: ignore[misc]

@@ -255,6 +255,62 @@ def test_parse_json() -> None:
     assert parse_json(b"NaN") != parse_json(b"NaN")  # json's NaN literal is kept as a float
 
 
+def _reference_parse(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
+    max_leaves=10,
+)
+
+
+@given(
+    value=_json_values,
+    before=st.sampled_from(["", " ", "\n\t ", "\ufeff", "\x0b"]),
+    after=st.sampled_from(["", " \r\n", "x", "}", " 1", "\x0c"]),
+    encoding=st.sampled_from(["utf-8", "utf-16", "utf-32"]),
+)
+def test_parse_json_agrees_with_json_loads(
+    value: object, before: str, after: str, encoding: str
+) -> None:
+    raw = (before + json.dumps(value) + after).encode(encoding)
+    assert parse_json(raw) == _reference_parse(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xef\xbb\xbf[]",  # UTF-8 BOM: json.loads(bytes) accepts it
+        b"1\x00",  # json detects UTF-16-LE
+        b"1\x00\x00\x00",  # UTF-32-LE
+        b"\x001",  # UTF-16-BE
+        b"a\x00b",
+        b" {} \r\n",
+        b"{} x",
+        b"\x0b{}",
+        b"\xed\xa0\x80",  # a UTF-8-encoded surrogate
+        b'"\xed\xa0\x80"',
+        b"\x00",
+        b"7",
+    ],
+)
+def test_parse_json_edge_cases_match_json_loads(raw: bytes) -> None:
+    assert json.dumps(parse_json(raw)) == json.dumps(_reference_parse(raw))
+
+
+@given(st.binary(max_size=64))
+def test_parse_json_agrees_with_json_loads_on_any_bytes(raw: bytes) -> None:
+    # Compared as JSON text, so that NaN (which json accepts) equals itself.
+    assert json.dumps(parse_json(raw)) == json.dumps(_reference_parse(raw))
+
+
 @pytest.mark.parametrize("status", [400, 500])
 @pytest.mark.parametrize(
     "raw",
