@@ -277,7 +277,10 @@ def main() -> None:
         text = DOC.read_text()
         text = replace_block(text, "target", target_block(target))
         text = replace_block(text, "bench", matrix_block(rows, info, args.rounds))
-        scale_table = "| requests | calls/s | peak RSS MiB | seconds |\n|---:|---:|---:|---:|\n"
+        scale_table = (
+            "| requests | calls/s (whole run) | calls/s (median tenth) | first tenth | last tenth "
+            "| peak RSS MiB | seconds |\n|---:|---:|---:|---:|---:|---:|---:|\n"
+        )
         text = replace_block(text, "scale", scale_table + scale)
         text = replace_block(text, "tokens", "```text\n" + tokens.strip() + "\n```")
         text = replace_block(text, "profile", profile)

@@ -57,7 +57,24 @@ async def _measure(name: str, base: str, n: int, concurrency: int) -> dict[str, 
     }
 
 
+def equalise_allocator() -> None:
+    """
+    Start every contender's process from the same malloc state.
+
+    glibc serves blocks over its mmap threshold (128 KiB at start) with mmap, and raises the
+    threshold only when such a block is freed at full size.  asyncio reads each response
+    into a fresh 256 KiB buffer and shrinks it, so a process that has never freed a large
+    block pays mmap, mremap and munmap (and fresh zeroed pages) on every response.  Whether
+    a process has freed one is an accident of its history: `asyncio.gather` over thousands
+    of tasks does (large lists and dicts), a bounded worker pool never does.  Freeing one
+    1 MiB block here puts every contender in the state a long-running process is in.
+    """
+    block = bytearray(1 << 20)
+    del block  # freed whole: the threshold rises above asyncio's 256 KiB read buffer
+
+
 def main() -> None:
+    equalise_allocator()
     parser = argparse.ArgumentParser()
     parser.add_argument("contender", choices=sorted(CONTENDERS))
     parser.add_argument("base_url")

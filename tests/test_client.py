@@ -101,6 +101,8 @@ async def test_allows_http_to_loopback(url: str) -> None:
         ({"environment": "sandbox"}, TypeError),
         ({"cancel_path": "/payments/cancel"}, ValueError),
         ({"automatic_cancel_path": "/x/{payment_id}"}, ValueError),
+        ({"cancel_path": "/payments/{payment_id}/cancel?force=1"}, ValueError),
+        ({"status_path": "/payments/{payment_id}#status"}, ValueError),
     ],
 )
 async def test_bad_configuration_fails_at_construction(
@@ -182,8 +184,10 @@ async def test_works_without_async_with_and_closes_its_session(serve: ServerFact
     assert (await client.cancel_payment("p1", cancelled_by=CPF)).ok
     session = client._transport._session
     assert session is not None and not session.closed
+    assert len(client._documents) == 1  # the validated document, remembered ...
     await client.aclose()
     assert session.closed
+    assert len(client._documents) == 0  # ... until the client closes
 
 
 async def test_borrowed_session_is_used_and_never_closed(serve: ServerFactory) -> None:

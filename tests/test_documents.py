@@ -11,6 +11,7 @@ from hypothesis import given, strategies as st
 
 from klavi_async import deterministic_idempotency_key, mask_document
 from klavi_async._documents import (
+    DocumentCache,
     InvalidInput,
     infer_identifier_type,
     is_valid_cnpj,
@@ -663,3 +664,29 @@ def test_deterministic_keys_never_show_the_document(payment_id: str, cpf: str) -
     assert len(key) <= 40
     assert cpf not in key
     assert validate_idempotency_key(key) == key
+
+
+def test_the_document_cache_answers_like_validate_document() -> None:
+    cache = DocumentCache(size=2)
+    assert cache.validate("529.982.247-25", None) == validate_document("529.982.247-25", None)
+    assert cache.validate("529.982.247-25", None) == ("52998224725", "CPF")  # remembered
+    assert cache.validate("11.222.333/0001-81", "cnpj") == ("11222333000181", "CNPJ")
+    assert len(cache) == 2
+    with pytest.raises(InvalidInput):
+        cache.validate("529.982.247-26", None)
+    with pytest.raises(InvalidInput):  # the same pair, refused with a different type
+        cache.validate("529.982.247-25", "CNPJ")
+    assert len(cache) == 2  # refusals are not remembered
+
+
+def test_the_document_cache_is_bounded_and_forgets_the_oldest_first() -> None:
+    cache = DocumentCache(size=3)
+    for document in ("52998224725", "11144477735", "39053344705", "11222333000181"):
+        cache.validate(document, None)
+    assert len(cache) == 3
+    assert ("52998224725", None) not in cache._entries
+    assert ("11222333000181", None) in cache._entries
+    assert "529" not in repr(cache)
+    assert repr(cache) == "<DocumentCache 3/3>"
+    cache.clear()
+    assert len(cache) == 0
