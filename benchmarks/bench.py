@@ -66,7 +66,7 @@ def measure(
 def size_for(contender: str, concurrency: int, quick: bool) -> int:
     n = 1000 if concurrency == 1 else 4000
     if contender == "httpx":
-        n = min(n, 600 if concurrency >= 64 else 1000)  # httpx is far slower here; see docs
+        n = min(n, 300 if concurrency >= 64 else 600)  # httpx is far slower here; see docs
     return max(n // 4, 200) if quick else n
 
 
