@@ -43,10 +43,10 @@ class _Input:
 
     def __init__(self, requests: object) -> None:
         self._sync, self._async = _sources(requests)
-        # An async generator serves one anext() at a time.  A flag rather than an
-        # asyncio.Lock: a pull that does not suspend (the usual case) pays no lock.
+        # An async generator serves one anext() at a time.  What asyncio.Lock does, inline:
+        # a pull that meets no other (the usual case) costs a flag, not two coroutines.
         self._pulling = False
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self.exhausted = False
         self.error: Exception | None = None
 
@@ -58,23 +58,17 @@ class _Input:
                     return None
                 item = next(self._sync)
             else:
-                while self._pulling:  # another worker's anext() is suspended: wait for it
-                    waiter = asyncio.get_running_loop().create_future()
-                    self._waiters.append(waiter)
-                    try:
-                        await waiter
-                    finally:
-                        self._waiters.remove(waiter)
-                if self.exhausted:
-                    return None
-                self._pulling = True
+                if self._pulling or self._waiters:
+                    await self._wait_turn()
+                else:
+                    self._pulling = True
                 try:
+                    if self.exhausted:
+                        return None
                     item = await anext(cast("AsyncIterator[Any]", self._async))
                 finally:
                     self._pulling = False
-                    for waiter in self._waiters:  # all re-check; only one gets to pull
-                        if not waiter.done():
-                            waiter.set_result(None)
+                    self._wake_first()
         except (StopIteration, StopAsyncIteration):
             self.exhausted = True
             return None
@@ -87,6 +81,26 @@ class _Input:
             self.exhausted = True
             raise TypeError(f"cancel_many expects CancelRequest items, got {type(item).__name__}")
         return item
+
+    async def _wait_turn(self) -> None:
+        """Queue behind the pull in progress; return holding the turn (`_pulling` set)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            try:
+                await waiter
+            finally:
+                self._waiters.remove(waiter)
+        except asyncio.CancelledError:
+            if not self._pulling:
+                self._wake_first()  # we were handed the turn: pass it on
+            raise
+        self._pulling = True
+
+    def _wake_first(self) -> None:
+        """Hand the turn to the longest-waiting worker (one, not all: no herd)."""
+        if self._waiters and not self._waiters[0].done():
+            self._waiters[0].set_result(None)
 
     async def close(self) -> None:
         if self._async is not None:

@@ -266,12 +266,14 @@ class KlaviClient:
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
+        # Before the first await: a cancelled aclose() must not leave documents behind
+        # (calls still running were validated already).
+        self._documents.clear()
         tasks = [task for running in self._batches.values() for task in running]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        self._documents.clear()
         await self._tokens.aclose()
         await self._transport.aclose()
 

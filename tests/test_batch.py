@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from klavi_async import (
     ErrorKind,
     KlaviClient,
     RetryPolicy,
+    _batch,
 )
 
 from .conftest import CNPJ, CPF, TOKEN, ServerFactory, no_sdk_tasks
@@ -298,3 +300,37 @@ async def test_closing_while_workers_wait_for_a_suspended_source(serve: ServerFa
         assert pulled == 0
         release.set()
         assert (await client.cancel_payment("after", cancelled_by=CPF)).ok
+
+
+async def test_a_suspending_source_hands_each_turn_to_one_waiter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each finished pull wakes one waiting worker, not all of them (no thundering herd)."""
+
+    async def source() -> AsyncIterator[CancelRequest]:
+        for i in range(200):
+            await asyncio.sleep(0)  # suspends inside every anext()
+            yield CancelRequest(f"p{i}", CPF)
+
+    pulls = _batch._Input(source())
+    loop = asyncio.get_running_loop()
+    created = 0
+    create_future = loop.create_future
+
+    def counting() -> asyncio.Future[Any]:
+        nonlocal created
+        created += 1
+        return create_future()
+
+    monkeypatch.setattr(loop, "create_future", counting)
+
+    async def worker() -> list[str]:
+        taken = []
+        while (item := await pulls.next()) is not None:
+            taken.append(item.payment_id)
+        return taken
+
+    taken = await asyncio.gather(*(worker() for _ in range(64)))
+    assert sorted(i for part in taken for i in part) == sorted(f"p{i}" for i in range(200))
+    # At most one wait per pull per worker; waking every waiter would create ~64 per pull.
+    assert created <= 200 + 64

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import platform
 import types
@@ -16,6 +17,7 @@ import klavi_async
 from klavi_async import (
     CancelFailed,
     Cancelled,
+    CancelRequest,
     ClientClosedError,
     ClientCredentials,
     Environment,
@@ -365,3 +367,27 @@ async def test_max_connections_bounds_the_pool(serve: ServerFactory) -> None:
         )
     assert all(r.ok for r in results)
     assert fake.max_in_flight == 3
+
+
+async def test_a_cancelled_aclose_still_forgets_the_documents() -> None:
+    async def hanging_provider() -> str:
+        await asyncio.sleep(3600)
+        return TOKEN
+
+    client = KlaviClient(hanging_provider, base_url="http://127.0.0.1:9")
+    batch = client.cancel_many([CancelRequest("p1", CPF)], concurrency=1)
+    pending = asyncio.ensure_future(anext(batch))
+    while not len(client._documents):  # validated, now waiting for a token
+        await asyncio.sleep(0.001)
+    closing = asyncio.ensure_future(client.aclose())
+    await asyncio.sleep(0)  # aclose() is waiting for the batch's worker
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert client.closed
+    assert len(client._documents) == 0
+    pending.cancel()
+    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, ClientClosedError):
+        await pending
+    await batch.aclose()
+    await client.aclose()
