@@ -1,7 +1,7 @@
 """
 One measurement in a fresh process: warm up, then time N requests of one contender.
 
-    python benchmarks/run_one.py CONTENDER BASE_URL N CONCURRENCY [--uvloop]
+    python benchmarks/run_one.py CONTENDER BASE_URL N CONCURRENCY [--uvloop] [--as-is]
 
 Prints one JSON object: calls/s, client CPU microseconds per call (user + system time
 of this process), p50/p99 latency in milliseconds, and peak RSS in MiB.
@@ -74,14 +74,18 @@ def equalise_allocator() -> None:
 
 
 def main() -> None:
-    equalise_allocator()
     parser = argparse.ArgumentParser()
     parser.add_argument("contender", choices=sorted(CONTENDERS))
     parser.add_argument("base_url")
     parser.add_argument("n", type=int)
     parser.add_argument("concurrency", type=int)
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument(
+        "--as-is", action="store_true", help="leave the allocator as the process's history left it"
+    )
     args = parser.parse_args()
+    if not args.as_is:
+        equalise_allocator()
     if args.uvloop:
         import uvloop
 
