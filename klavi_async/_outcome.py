@@ -182,8 +182,10 @@ def _reason(status: int) -> str:
     return f"HTTP {status} {phrase}"
 
 
-_scan_json: Final[Callable[[str, int], tuple[Any, int]]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set in JSONDecoder.__init__
-"""The C scanner behind `json.loads`, called directly: this runs on every answer."""
+# The C scanner behind `json.loads` (JSONDecoder sets it in __init__; typeshed leaves it
+# out), called directly: this runs on every answer.
+_DECODER: Final = json.JSONDecoder()
+_scan_json: Final[Callable[[str, int], tuple[Any, int]]] = _DECODER.scan_once  # type: ignore[attr-defined]
 _JSON_SPACE: Final = " \t\n\r"
 _UTF8_BOM: Final = codecs.BOM_UTF8
 
