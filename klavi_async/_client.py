@@ -305,13 +305,7 @@ class KlaviClient:
         of the wrong type) and lets `asyncio.CancelledError` through.
         """
         self._check_open()
-        if (
-            type(payment_id) is not str
-            or type(cancelled_by) is not str
-            or (identifier_type is not None and type(identifier_type) is not str)
-            or (idempotency_key is not None and type(idempotency_key) is not str)
-        ):  # the common case in one expression; _check_args names the culprit
-            _check_args(payment_id, cancelled_by, identifier_type, idempotency_key, None)
+        _check_args(payment_id, cancelled_by, identifier_type, idempotency_key, None)
         return await self._cancel(payment_id, None, cancelled_by, identifier_type, idempotency_key)
 
     async def cancel_automatic_payment(
@@ -357,20 +351,13 @@ class KlaviClient:
         self._check_open()
         if not isinstance(request, CancelRequest):
             raise TypeError(f"expected a CancelRequest, got {type(request).__name__}")
-        if (
-            type(request.payment_id) is not str
-            or type(request.cancelled_by) is not str
-            or (request.identifier_type is not None and type(request.identifier_type) is not str)
-            or (request.idempotency_key is not None and type(request.idempotency_key) is not str)
-            or (request.consent_id is not None and type(request.consent_id) is not str)
-        ):  # the common case in one expression; _check_args names the culprit
-            _check_args(
-                request.payment_id,
-                request.cancelled_by,
-                request.identifier_type,
-                request.idempotency_key,
-                request.consent_id,
-            )
+        _check_args(
+            request.payment_id,
+            request.cancelled_by,
+            request.identifier_type,
+            request.idempotency_key,
+            request.consent_id,
+        )
         return self._cancel(
             request.payment_id,
             request.consent_id,
@@ -388,12 +375,11 @@ class KlaviClient:
         idempotency_key: str | None,
     ) -> CancelResult:
         start = self._clock()
-        h = _urandom(32).hex()  # two UUID4s, as in _uuid4(), from one read
-        interaction_id = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+        interaction_id, generated_key = _uuid4_pair()
         if self._key_header is None:
             key = None
         elif idempotency_key is None:
-            key = f"{h[32:40]}-{h[40:44]}-4{h[45:48]}-{_VARIANT[h[48]]}{h[49:52]}-{h[52:]}"
+            key = generated_key
         else:
             key = idempotency_key
         try:
@@ -406,13 +392,7 @@ class KlaviClient:
         except InvalidInput as exc:
             return self._invalid(payment_id, consent_id, key, interaction_id, start, str(exc))
 
-        # Validated ids hold only ASCII letters, digits and '-', which a URL path carries
-        # as they are: nothing to percent-encode.
-        if consent_id is None:
-            path = self._paths[0].format(payment_id=payment_id)
-        else:
-            path = self._paths[2].format(consent_id=consent_id, payment_id=payment_id)
-        url = self._base.with_path(self._base_path + path, encoded=True)
+        url = self._url(payment_id, consent_id)
         body = f'{{"cancelledBy":"{document}","identifierType":"{doc_type}"}}'.encode()
         headers = {
             "Content-Type": "application/json",
@@ -549,7 +529,7 @@ class KlaviClient:
     async def _reconcile(
         self, call: _Call, loop: RetryLoop, payment_id: str, consent_id: str | None
     ) -> PaymentStatus | None:
-        url = self._status_url(payment_id, consent_id)
+        url = self._url(payment_id, consent_id, status=True)
         timeout = min(self._timeout, max(loop.remaining(), _RECONCILE_MIN_TIMEOUT))
         headers = {"Accept": "application/json", _INTERACTION_HEADER: call.interaction_id}
         outcome = await call.execute(None, "GET", url, headers, None, timeout=timeout)
@@ -570,12 +550,19 @@ class KlaviClient:
             )
         return status
 
-    def _status_url(self, payment_id: str, consent_id: str | None) -> URL:
-        """The status URL of ids already validated (nothing in them to percent-encode)."""
+    def _url(self, payment_id: str, consent_id: str | None, *, status: bool = False) -> URL:
+        """
+        The cancel (or status) URL of ids already validated.
+
+        Validated ids hold only ASCII letters, digits and '-', which a URL path carries as
+        they are: nothing to percent-encode.
+        """
         if consent_id is None:
-            path = self._paths[1].format(payment_id=payment_id)
+            path = self._paths[1 if status else 0].format(payment_id=payment_id)
         else:
-            path = self._paths[3].format(consent_id=consent_id, payment_id=payment_id)
+            path = self._paths[3 if status else 2].format(
+                consent_id=consent_id, payment_id=payment_id
+            )
         return self._base.with_path(self._base_path + path, encoded=True)
 
     # -- status -----------------------------------------------------------------------
@@ -600,7 +587,7 @@ class KlaviClient:
                 validate_payment_id(consent_id, "consent_id")
         except InvalidInput as exc:
             raise InvalidRequestError(str(exc), payment_id=payment_id[:100]) from None
-        url = self._status_url(payment_id, consent_id)
+        url = self._url(payment_id, consent_id, status=True)
         call = _Call(self, payment_id, None, _uuid4())
         headers = {"Accept": "application/json", _INTERACTION_HEADER: call.interaction_id}
         loop = RetryLoop(
@@ -898,15 +885,22 @@ class _Call:
         return outcome.kind is not None and outcome.kind.retryable
 
 
-def _uuid4(h: str | None = None) -> str:
+def _uuid4_pair() -> tuple[str, str]:
     """
-    A random (version 4) UUID string, from 32 hex digits (*h*) or fresh randomness.
+    Two independent random (version 4) UUID strings from one read of the system's randomness.
 
-    The same as `str(uuid.uuid4())` without building a UUID object.
+    Each is the same as `str(uuid.uuid4())`, without building UUID objects.
     """
-    if h is None:
-        h = _urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+    h = _urandom(32).hex()
+    return (
+        f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}",
+        f"{h[32:40]}-{h[40:44]}-4{h[45:48]}-{_VARIANT[h[48]]}{h[49:52]}-{h[52:]}",
+    )
+
+
+def _uuid4() -> str:
+    """One random (version 4) UUID string."""
+    return _uuid4_pair()[0]
 
 
 _VARIANT: Final = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
@@ -958,6 +952,14 @@ def _check_args(
     idempotency_key: object,
     consent_id: object,
 ) -> None:
+    if (
+        type(payment_id) is str
+        and type(cancelled_by) is str
+        and (identifier_type is None or type(identifier_type) is str)
+        and (idempotency_key is None or type(idempotency_key) is str)
+        and (consent_id is None or type(consent_id) is str)
+    ):
+        return  # the common case in one expression; the loop below names the culprit
     for name, value, optional in (
         ("payment_id", payment_id, False),
         ("cancelled_by", cancelled_by, False),
