@@ -7,10 +7,18 @@ The pytest fixtures `klavi_emulator` and `klavi_client` come with the package (s
 
 from __future__ import annotations
 
-from ._emulator import CANCELLABLE, KLAVI_STATUSES, KlaviEmulator, Payment, RequestRecord
+from ._emulator import (
+    AUTOMATIC_PIX_STATUSES,
+    CANCELLABLE,
+    KLAVI_STATUSES,
+    KlaviEmulator,
+    Payment,
+    RequestRecord,
+)
 from ._faults import FAULT_NAMES, Fault, RandomFaults
 
 __all__ = [
+    "AUTOMATIC_PIX_STATUSES",
     "CANCELLABLE",
     "FAULT_NAMES",
     "KLAVI_STATUSES",

@@ -27,10 +27,17 @@ from typing import Any, Final, Self
 from aiohttp import web
 from attrs import define, field, frozen
 
-from .._documents import InvalidInput, validate_document
+from ._checks import cancel_body_problem
 from ._faults import Fault, RandomFaults
 
-__all__ = ["CANCELLABLE", "KLAVI_STATUSES", "KlaviEmulator", "Payment", "RequestRecord"]
+__all__ = [
+    "AUTOMATIC_PIX_STATUSES",
+    "CANCELLABLE",
+    "KLAVI_STATUSES",
+    "KlaviEmulator",
+    "Payment",
+    "RequestRecord",
+]
 
 BASE: Final = "/payment/customer/v1"
 KLAVI_STATUSES: Final = frozenset(
@@ -52,9 +59,16 @@ KLAVI_STATUSES: Final = frozenset(
         "CANCELED",
         "ERROR",
         "EXPIRED",
+        "CONSENT_PARTIALLY_ACCEPTED",
+        "CONSENT_REVOKED",
     }
 )
-"""Klavi's payment statuses (docs.klavi.ai status guides and enum)."""
+"""Klavi's payment statuses (docs.klavi.ai status guides and enum, Automatic Pix included)."""
+AUTOMATIC_PIX_STATUSES: Final = frozenset({"CONSENT_PARTIALLY_ACCEPTED", "CONSENT_REVOKED"})
+"""
+The statuses only Klavi's Automatic Pix guide lists: a consent waiting for more approvals
+(cancellable, like `PAYMENT_PARTIALLY_ACCEPTED`) and a revoked consent (refused).
+"""
 CANCELLABLE: Final = frozenset(
     {
         "PREPARING",
@@ -65,6 +79,7 @@ CANCELLABLE: Final = frozenset(
         "PAYMENT_PENDING",
         "PAYMENT_PARTIALLY_ACCEPTED",
         "PAYMENT_SCHEDULED",
+        "CONSENT_PARTIALLY_ACCEPTED",
     }
 )
 """Pre-settlement statuses: a cancel moves them to CANCELED; any other is refused (416)."""
@@ -141,7 +156,8 @@ def _b64(data: bytes) -> str:
 @define
 class _Answer:
     status: int
-    body: dict[str, Any]
+    body: dict[str, Any] | None
+    """None sends an empty body."""
     effect: bool = False
     replayed: bool = False
     headers: dict[str, str] = field(factory=dict)
@@ -163,6 +179,12 @@ class KlaviEmulator:
     *fault_rates* maps fault names (`FAULT_NAMES`) to probabilities, drawn with *seed* on
     the routes in *fault_routes*; `script()` queues faults for the next requests of a
     route.  *tps_limit* answers 429 beyond that many requests in any second.
+
+    Closer to what Klavi documents, each off by default: *refusal_code* is the 416 body's
+    `statusCode` (Klavi's business codes are numbers, e.g. 4101; no cancel-specific one is
+    documented); *empty_cancel_body* answers a cancel's 200 with no body (Klavi's cancel
+    page shows none); *single_use_tokens* makes a token serve one payment initiation (an
+    older Klavi auth page says so): the first payment it is used for, any other answers 401.
     """
 
     def __init__(
@@ -180,11 +202,21 @@ class KlaviEmulator:
         retry_after: float = 0.0,
         tps_limit: float | None = None,
         clock: Callable[[], float] = time.time,
+        refusal_code: str | int = REFUSAL_CODE,
+        empty_cancel_body: bool = False,
+        single_use_tokens: bool = False,
     ) -> None:
         if token_lifetime <= 0:
             raise ValueError("token_lifetime must be > 0")
         if tps_limit is not None and tps_limit <= 0:
             raise ValueError("tps_limit must be > 0")
+        if isinstance(refusal_code, bool) or not isinstance(refusal_code, str | int):
+            raise TypeError("refusal_code must be a str or an int")
+        if isinstance(refusal_code, str) and not refusal_code.strip():
+            raise ValueError("refusal_code must not be blank")
+        self.refusal_code = refusal_code
+        self.empty_cancel_body = empty_cancel_body
+        self.single_use_tokens = single_use_tokens
         self.access_key = access_key
         self.secret_key = secret_key
         self.token_lifetime = token_lifetime
@@ -198,6 +230,7 @@ class KlaviEmulator:
         self._clock = clock
         self._signing_key = os.urandom(32)
         self._tokens: dict[str, float] = {}
+        self._token_payment: dict[str, str] = {}  # single_use_tokens: the payment each serves
         self._scripts: dict[str, deque[Fault | None]] = {}
         self._stored: dict[str, tuple[str, _Answer]] = {}
         self._recent: deque[float] = deque()
@@ -303,6 +336,20 @@ class KlaviEmulator:
         queue = self._scripts.setdefault(route, deque())
         for fault in faults:
             queue.append(Fault.of_status(fault) if isinstance(fault, int) else fault)
+
+    def revoke_consent(self, consent_id: str) -> int:
+        """
+        Revoke an Automatic Pix consent: its payments not yet settled become CONSENT_REVOKED.
+
+        Returns how many payments moved; later cancels of them are refused (416).
+        """
+        moved = 0
+        for payment in self.payments.values():
+            if payment.consent_id == consent_id and payment.status in CANCELLABLE:
+                payment.status = "CONSENT_REVOKED"
+                payment.status_update_at = _now_iso()
+                moved += 1
+        return moved
 
     def expire_tokens(self) -> None:
         """Make every token issued so far expired (the next use answers 401)."""
@@ -460,7 +507,7 @@ class KlaviEmulator:
             return web.Response(status=status, body=b'{"id": "', content_type="application/json")
         if fault.kind == "truncated":
             record(answer.status, fault.name, answer)
-            payload = json.dumps(answer.body).encode()
+            payload = b"" if answer.body is None else json.dumps(answer.body).encode()
             response = web.StreamResponse(
                 status=answer.status,
                 headers={
@@ -488,12 +535,25 @@ class KlaviEmulator:
         self._tokens[token] = expires
         return token
 
-    def _authorized(self, request: web.Request) -> bool:
+    def _authorized(self, request: web.Request, payment_id: str | None = None) -> bool:
+        """A live token; with `single_use_tokens`, one not bound to another payment."""
         value = request.headers.get("Authorization", "")
         if not value.startswith("Bearer "):
             return False
-        expires = self._tokens.get(value[7:])
-        return expires is not None and self._clock() < expires
+        token = value[7:]
+        expires = self._tokens.get(token)
+        if expires is None or self._clock() >= expires:
+            return False
+        if not self.single_use_tokens:
+            return True
+        bound = self._token_payment.get(token)
+        if payment_id is None:  # creating a payment: the token must still be unused
+            return bound is None
+        return self._token_payment.setdefault(token, payment_id) == payment_id
+
+    def _bind(self, request: web.Request, payment_id: str) -> None:
+        if self.single_use_tokens:
+            self._token_payment[request.headers["Authorization"][7:]] = payment_id
 
     async def _auth(self, request: web.Request, body: bytes) -> _Answer:
         data = _object(body)
@@ -530,8 +590,10 @@ class KlaviEmulator:
             return _Answer(422, {"statusCode": 422, "message": "unknown status"})
         existing = self.by_client_request_id.get(client_request_id)
         if existing is not None:
+            self._bind(request, existing)
             return _Answer(200, self.payments[existing].body())
         payment_id = self.add_payment(str(status), amount=str(data.get("amount", "10.00")))
+        self._bind(request, payment_id)
         payment = self.payments[payment_id]
         del self.by_client_request_id[payment.client_request_id]
         payment.client_request_id = client_request_id
@@ -547,19 +609,19 @@ class KlaviEmulator:
         return payment
 
     async def _get(self, request: web.Request, body: bytes) -> _Answer:
-        if not self._authorized(request):
+        if not self._authorized(request, request.match_info["payment_id"]):
             return _unauthorized()
         payment = self._find(request)
         return _not_found() if payment is None else _Answer(200, payment.body())
 
     async def _status(self, request: web.Request, body: bytes) -> _Answer:
-        if not self._authorized(request):
+        if not self._authorized(request, request.match_info["payment_id"]):
             return _unauthorized()
         payment = self._find(request)
         return _not_found() if payment is None else _Answer(200, payment.status_body())
 
     async def _cancel(self, request: web.Request, body: bytes) -> _Answer:
-        if not self._authorized(request):
+        if not self._authorized(request, request.match_info["payment_id"]):
             return _unauthorized()
         key = request.headers.get("x-idempotency-key")
         fingerprint = hashlib.sha256(request.path.encode() + b"\x00" + body).hexdigest()
@@ -583,13 +645,10 @@ class KlaviEmulator:
         data = _object(body)
         if data is None:
             return _Answer(400, {"statusCode": 400, "message": "the body is not a JSON object"})
-        cancelled_by, identifier_type = data.get("cancelledBy"), data.get("identifierType")
-        if not isinstance(cancelled_by, str) or not isinstance(identifier_type, str):
-            return _Answer(422, {"statusCode": 422, "message": "cancelledBy and identifierType"})
-        try:
-            validate_document(cancelled_by, identifier_type)
-        except InvalidInput as exc:
-            return _Answer(422, {"statusCode": 422, "message": str(exc)})
+        # The emulator's own check, not the SDK's: an SDK validation bug must show up here.
+        problem = cancel_body_problem(data.get("cancelledBy"), data.get("identifierType"))
+        if problem is not None:
+            return _Answer(422, {"statusCode": 422, "message": problem})
         payment = self._find(request)
         if payment is None:
             return _not_found()
@@ -597,7 +656,7 @@ class KlaviEmulator:
             return _Answer(
                 416,
                 {
-                    "statusCode": REFUSAL_CODE,
+                    "statusCode": self.refusal_code,
                     "error": "Business error",
                     "message": f"payment in status {payment.status} cannot be cancelled",
                 },
@@ -605,7 +664,7 @@ class KlaviEmulator:
         payment.status = "CANCELED"
         payment.status_update_at = _now_iso()
         self.effects[payment.id] = self.effects.get(payment.id, 0) + 1
-        return _Answer(200, payment.body(), effect=True)
+        return _Answer(200, None if self.empty_cancel_body else payment.body(), effect=True)
 
 
 _ROUTES: Final = frozenset(
@@ -630,8 +689,10 @@ def _not_found() -> _Answer:
 
 
 def _json(
-    status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
+    status: int, body: dict[str, Any] | None, headers: Mapping[str, str] | None = None
 ) -> web.Response:
+    if body is None:  # Content-Length: 0, no content type: nothing to parse
+        return web.Response(status=status, headers=dict(headers or {}))
     return web.Response(
         status=status,
         body=json.dumps(body).encode(),
