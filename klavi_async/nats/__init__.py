@@ -1,0 +1,49 @@
+"""
+Cancel requests through NATS JetStream: many workers, at-least-once, one record each.
+
+Publishers put `CancelRequest`s on `klavi.cancel.requests` (stream `KLAVI_CANCEL`) with
+`enqueue()`; any number of `CancelWorker`s, on any number of machines, consume them and
+publish one record per request on `klavi.cancel.results` (or `klavi.cancel.dead` for a
+message that cannot be a request) in `KLAVI_CANCEL_RESULTS`.  Needs the `nats` extra.
+"""
+
+from __future__ import annotations
+
+try:
+    import nats as _nats  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess without nats-py
+    raise ImportError("klavi_async.nats needs nats-py: pip install 'klavi-async[nats]'") from exc
+
+from ._decide import Action, Decision, Poison, decide, is_final, parse_request
+from ._streams import (
+    DEAD_SUBJECT,
+    REQUESTS_STREAM,
+    REQUESTS_SUBJECT,
+    RESULTS_STREAM,
+    RESULTS_SUBJECT,
+    connect,
+    enqueue,
+    ensure_streams,
+    request_message,
+)
+from ._worker import CancelWorker, WorkerStats
+
+__all__ = [
+    "CancelWorker",
+    "WorkerStats",
+    "enqueue",
+    "ensure_streams",
+    "connect",
+    "request_message",
+    "REQUESTS_STREAM",
+    "REQUESTS_SUBJECT",
+    "RESULTS_STREAM",
+    "RESULTS_SUBJECT",
+    "DEAD_SUBJECT",
+    "Action",
+    "Decision",
+    "Poison",
+    "decide",
+    "is_final",
+    "parse_request",
+]

@@ -1,0 +1,212 @@
+"""
+`klavi-async worker` and `klavi-async enqueue`: the JetStream commands.
+
+`add_commands()` registers them on the main `klavi-async` group.  Klavi credentials and
+target come from the usual environment (`KlaviClient.from_env()`), like `cancel-batch`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import click
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from .. import CancelRequest, KlaviClient
+from .._batchfile import InputError, read_rows
+from ._streams import connect, enqueue, ensure_streams
+from ._worker import CancelWorker
+
+__all__ = ["add_commands"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _echo(text: str) -> None:
+    click.echo(f"klavi-async: {text}", err=True)
+
+
+def _on_signals(callback: Callable[[], object]) -> list[signal.Signals]:
+    if sys.platform == "win32" or threading.current_thread() is not threading.main_thread():
+        return []  # pragma: no cover - the loop's handlers exist on Unix, in the main thread
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, callback)
+    return [signal.SIGINT, signal.SIGTERM]
+
+
+async def _connect(url: str) -> NATS:
+    try:
+        return await connect(url)
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        raise click.ClickException(
+            f"cannot connect to NATS at {url}: {type(exc).__name__}"
+        ) from None
+
+
+async def run_worker(
+    url: str,
+    *,
+    concurrency: int,
+    ack_wait: float,
+    max_deliver: int,
+    retry_delay: float,
+    progress_interval: float,
+) -> int:
+    """Serve until SIGINT/SIGTERM, drain, return the exit status."""
+    try:
+        client = KlaviClient.from_env()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    nc = await _connect(url)
+    try:
+        async with client:
+            js = nc.jetstream()
+            await ensure_streams(js)
+            worker = CancelWorker(
+                client,
+                js,
+                concurrency=concurrency,
+                ack_wait=ack_wait,
+                max_deliver=max_deliver,
+                retry_delay=retry_delay,
+            )
+            stop = asyncio.Event()
+            installed = _on_signals(stop.set)
+
+            async def progress() -> None:
+                while True:
+                    await asyncio.sleep(progress_interval)
+                    _echo(f"worker: {worker.stats.line()}")
+
+            reporter = asyncio.create_task(progress())
+            _echo(f"worker: consuming {url} with concurrency {concurrency}")
+            try:
+                await worker.run(stop)
+            finally:
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
+                loop = asyncio.get_running_loop()
+                for signum in installed:
+                    loop.remove_signal_handler(signum)
+            _echo(f"worker: stopped; {worker.stats.line()}")
+            if worker.halted is not None:
+                _echo(f"worker: {worker.halted}")
+                return EXIT_FAILED
+            return EXIT_OK
+    finally:
+        # Acks and naks are sent without waiting: flush them before closing.
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await nc.flush(timeout=5)
+        await nc.close()
+
+
+async def run_enqueue(input_path: str, url: str) -> int:
+    """Publish every request of *input_path*; print the counts; return the exit status."""
+    rows = read_rows(input_path)  # InputError before connecting
+    rejected = 0
+    duplicates = 0
+
+    def requests() -> Iterator[CancelRequest]:
+        nonlocal rejected
+        for row in rows:
+            if row.request is None:
+                rejected += 1
+                _echo(f"enqueue: row {row.line} not published: {row.error}")
+                continue
+            yield row.request
+
+    def on_duplicate(request: CancelRequest) -> None:
+        nonlocal duplicates
+        duplicates += 1
+
+    started = time.monotonic()
+    nc = await _connect(url)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        published = await enqueue(js, requests(), on_duplicate=on_duplicate)
+    finally:
+        await nc.close()
+    click.echo(
+        f"published {published}, dropped as duplicates {duplicates}, "
+        f"rejected {rejected}, elapsed {time.monotonic() - started:.1f} s"
+    )
+    return EXIT_FAILED if rejected else EXIT_OK
+
+
+def add_commands(cli: click.Group) -> None:
+    """Register `worker` and `enqueue` on *cli*."""
+
+    @cli.command()
+    @click.option("--nats-url", required=True, envvar="NATS_URL", help="e.g. nats://host:4222")
+    @click.option("--concurrency", type=click.IntRange(1, 10_000), default=32, show_default=True)
+    @click.option(
+        "--ack-wait",
+        type=click.FloatRange(min=0, min_open=True),
+        default=30.0,
+        show_default=True,
+        help="Seconds before an unacknowledged delivery goes to another worker.",
+    )
+    @click.option("--max-deliver", type=click.IntRange(min=1), default=10, show_default=True)
+    @click.option(
+        "--retry-delay",
+        type=click.FloatRange(min=0, min_open=True),
+        default=5.0,
+        show_default=True,
+        help="Seconds before a failed cancel is retried (unless Klavi said Retry-After).",
+    )
+    @click.option(
+        "--progress-interval",
+        type=click.FloatRange(min=0, min_open=True),
+        default=10.0,
+        show_default=True,
+    )
+    def worker(
+        nats_url: str,
+        concurrency: int,
+        ack_wait: float,
+        max_deliver: int,
+        retry_delay: float,
+        progress_interval: float,
+    ) -> None:
+        """Cancel the requests queued on NATS JetStream until SIGINT/SIGTERM.
+
+        Each request gets one record on klavi.cancel.results (or klavi.cancel.dead).
+        A signal stops taking messages; the cancels in flight finish, then it exits 0.
+        """
+        sys.exit(
+            asyncio.run(
+                run_worker(
+                    nats_url,
+                    concurrency=concurrency,
+                    ack_wait=ack_wait,
+                    max_deliver=max_deliver,
+                    retry_delay=retry_delay,
+                    progress_interval=progress_interval,
+                )
+            )
+        )
+
+    @cli.command("enqueue")
+    @click.argument("input_path", metavar="INPUT")
+    @click.option("--nats-url", required=True, envvar="NATS_URL", help="e.g. nats://host:4222")
+    def enqueue_command(input_path: str, nats_url: str) -> None:
+        """Queue every cancel in INPUT (CSV or JSONL, as for cancel-batch) on NATS.
+
+        A request queued before (same idempotency key, inside the duplicate window) is
+        dropped by the server and counted as a duplicate.
+        """
+        try:
+            code = asyncio.run(run_enqueue(input_path, nats_url))
+        except InputError as exc:
+            raise click.UsageError(str(exc)) from None
+        sys.exit(code)

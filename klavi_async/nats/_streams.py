@@ -1,0 +1,203 @@
+"""
+The two JetStream streams, and publishing cancel requests into the first.
+
+`KLAVI_CANCEL` is a work queue: a message is removed once a worker acks or terms it.
+`KLAVI_CANCEL_RESULTS` keeps what the workers concluded (limits retention), with a
+duplicate window so a record republished after a crash is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from .. import CancelRequest, deterministic_idempotency_key
+from ._decide import DEAD_SUBJECT, RESULTS_SUBJECT
+
+__all__ = [
+    "DEAD_SUBJECT",
+    "REQUESTS_STREAM",
+    "REQUESTS_SUBJECT",
+    "RESULTS_STREAM",
+    "RESULTS_SUBJECT",
+    "connect",
+    "enqueue",
+    "ensure_streams",
+    "request_message",
+]
+
+REQUESTS_STREAM: Final = "KLAVI_CANCEL"
+REQUESTS_SUBJECT: Final = "klavi.cancel.requests"
+RESULTS_STREAM: Final = "KLAVI_CANCEL_RESULTS"
+MSG_ID: Final = "Nats-Msg-Id"
+_PUBLISH_WINDOW: Final = 256  # publishes awaiting their acks at once
+# An idempotency key as Open Finance Brasil allows it; anything else never reaches a header.
+_KEY_RE: Final = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,38}[\x21-\x7e])?")
+
+logger = logging.getLogger("klavi_async.nats")
+
+
+async def connect(url: str, *, first_timeout: float = 5.0, **options: Any) -> NATS:
+    """
+    Connect to NATS with options fit for a worker: reconnect for ever, log (not raise).
+
+    Messages are on the server's disk, so a restarted server loses nothing; the client
+    buffers what it sends while reconnecting.  The first connection must succeed within
+    *first_timeout* seconds (else `TimeoutError`).  *options* go to `nats.connect()`.
+    """
+
+    async def on_error(exc: Exception) -> None:
+        logger.warning("NATS connection error: %s", type(exc).__name__)
+
+    async def on_disconnected() -> None:
+        logger.warning("NATS disconnected")
+
+    async def on_reconnected() -> None:
+        logger.info("NATS reconnected")
+
+    settings: dict[str, Any] = {
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.25,
+        "connect_timeout": 2.0,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnected,
+        "reconnected_cb": on_reconnected,
+        "name": "klavi-async",
+    }
+    settings.update(options)
+    client = NATS()
+    try:
+        # Reconnecting for ever must not make a wrong URL hang: the first connection
+        # has to succeed within the time of a few attempts.
+        async with asyncio.timeout(first_timeout):
+            await client.connect(url, **settings)
+    except BaseException:
+        await client.close()
+        raise
+    return client
+
+
+async def ensure_streams(js: JetStreamContext, *, duplicate_window: float = 120.0) -> None:
+    """
+    Create both streams, or update them to this configuration.
+
+    *duplicate_window* (seconds) applies to both: a request re-published, or a result
+    republished after a worker died between publishing and acking, is dropped by the
+    server within it.  Keep it well above the workers' `ack_wait`.
+    """
+    if duplicate_window <= 0:
+        raise ValueError("duplicate_window must be > 0")
+    configs = (
+        StreamConfig(
+            name=REQUESTS_STREAM,
+            subjects=[REQUESTS_SUBJECT],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            duplicate_window=duplicate_window,
+        ),
+        StreamConfig(
+            name=RESULTS_STREAM,
+            subjects=[RESULTS_SUBJECT, DEAD_SUBJECT],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            duplicate_window=duplicate_window,
+        ),
+    )
+    for name, config in zip((REQUESTS_STREAM, RESULTS_STREAM), configs, strict=True):
+        try:
+            await js.stream_info(name)
+        except NotFoundError:
+            await js.add_stream(config)
+        else:
+            await js.update_stream(config)
+
+
+def request_message(request: CancelRequest) -> tuple[bytes, dict[str, str]]:
+    """
+    The body and headers `enqueue()` publishes for *request*.
+
+    The body holds the batch row fields, the idempotency key included (derived when the
+    request has none, so every worker sends the same one); the header `Nats-Msg-Id` is
+    that key.  A request whose key cannot be derived (a malformed id or document) gets no
+    header: the worker turns it into a dead letter.
+    """
+    if not isinstance(request, CancelRequest):
+        raise TypeError(f"expected a CancelRequest, got {type(request).__name__}")
+    for name in ("payment_id", "cancelled_by"):
+        if not isinstance(getattr(request, name), str):
+            raise TypeError(f"CancelRequest.{name} must be a str")
+    for name in ("identifier_type", "idempotency_key", "consent_id"):
+        value = getattr(request, name)
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"CancelRequest.{name} must be a str or None")
+    key = request.idempotency_key
+    if key is None:
+        try:
+            key = deterministic_idempotency_key(request.payment_id, request.cancelled_by)
+        except ValueError:
+            key = None
+    fields = {
+        "payment_id": request.payment_id,
+        "cancelled_by": request.cancelled_by,
+        "identifier_type": request.identifier_type,
+        "idempotency_key": key,
+        "consent_id": request.consent_id,
+    }
+    body = {name: value for name, value in fields.items() if value is not None}
+    headers = {MSG_ID: key} if key is not None and _KEY_RE.fullmatch(key) else {}
+    return json.dumps(body, separators=(",", ":")).encode(), headers
+
+
+async def enqueue(
+    js: JetStreamContext,
+    requests: Iterable[CancelRequest],
+    *,
+    on_duplicate: Callable[[CancelRequest], object] | None = None,
+) -> int:
+    """
+    Publish *requests* to `klavi.cancel.requests`; return how many the server stored.
+
+    A request published before, inside the stream's duplicate window, is dropped by the
+    server: it is not counted, and *on_duplicate* (if given) is called with it.  Raises
+    `TypeError` for an item that is not a `CancelRequest` (or has fields of the wrong
+    types) before publishing it; the requests before it are published.
+    """
+    stored = 0
+    window: list[tuple[CancelRequest, bytes, dict[str, str]]] = []
+
+    async def flush() -> None:
+        nonlocal stored
+        acks = await asyncio.gather(
+            *(
+                js.publish(REQUESTS_SUBJECT, body, headers=headers or None)
+                for _, body, headers in window
+            )
+        )
+        for (request, _, _), ack in zip(window, acks, strict=True):
+            if ack.duplicate:
+                if on_duplicate is not None:
+                    on_duplicate(request)
+            else:
+                stored += 1
+        window.clear()
+
+    for request in requests:
+        try:
+            body, headers = request_message(request)
+        except TypeError:
+            await flush()
+            raise
+        window.append((request, body, headers))
+        if len(window) >= _PUBLISH_WINDOW:
+            await flush()
+    await flush()
+    return stored

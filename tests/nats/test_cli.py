@@ -1,0 +1,120 @@
+"""`klavi-async enqueue` and `worker` as real processes, and the CLI without nats-py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from nats.js import JetStreamContext
+
+from klavi_async.nats import REQUESTS_STREAM
+
+from ..conftest import CPF
+from .conftest import NatsServer
+from .helpers import stored
+
+CLI = str(Path(sys.executable).parent / "klavi-async")
+# Runs the CLI with nats-py hidden, as on a machine without the extra.
+WITHOUT_NATS = (
+    "import sys; sys.modules['nats'] = None\n"
+    "from klavi_async._cli import main\n"
+    "main(sys.argv[1:])\n"
+)
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+
+
+async def test_enqueue_prints_published_and_deduplicated_counts(
+    nats_server: NatsServer, js: JetStreamContext, tmp_path: Path
+) -> None:
+    path = tmp_path / "cancels.csv"
+    path.write_text(
+        "payment_id,cancelled_by,identifier_type\n"
+        f"pay-1,{CPF},CPF\n"
+        f"pay-2,{CPF},\n"
+        ",nobody,\n"
+        f"pay-3,{CPF},CPF\n"
+    )
+    first = run("enqueue", str(path), "--nats-url", nats_server.url)
+    assert first.returncode == 1, first.stderr
+    assert first.stdout.startswith("published 3, dropped as duplicates 0, rejected 1")
+    assert "row 3 not published: missing payment_id" in first.stderr
+    assert CPF not in first.stderr
+    again = run("enqueue", str(path), "--nats-url", nats_server.url)
+    assert again.stdout.startswith("published 0, dropped as duplicates 3, rejected 1")
+    assert await stored(js, REQUESTS_STREAM) == 3
+
+
+def test_enqueue_usage_errors(nats_server: NatsServer, tmp_path: Path) -> None:
+    result = run("enqueue", str(tmp_path / "x.txt"), "--nats-url", nats_server.url)
+    assert result.returncode == 2
+    assert "cannot tell the format" in result.stderr
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text("")
+    result = run("enqueue", str(jsonl), "--nats-url", "nats://127.0.0.1:1")
+    assert result.returncode == 1
+    assert "cannot connect to NATS" in result.stderr
+
+
+def test_worker_without_credentials_is_a_usage_error(nats_server: NatsServer) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KLAVI_")}
+    result = run("worker", "--nats-url", nats_server.url, env=env)
+    assert result.returncode == 2
+    assert "KLAVI_" in result.stderr
+
+
+def test_worker_drains_and_exits_0_on_sigint(nats_server: NatsServer) -> None:
+    env = {
+        **os.environ,
+        "KLAVI_TOKEN": "tok-for-an-idle-worker",
+        "KLAVI_BASE_URL": "http://127.0.0.1:9",
+    }
+    process = subprocess.Popen(
+        [CLI, "worker", "--nats-url", nats_server.url, "--progress-interval", "0.1"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "worker: done 0 (ok 0), in flight 0" in err
+    assert "stopped;" in err
+
+
+def test_without_nats_py_the_commands_print_the_install_hint() -> None:
+    for command in ("worker", "enqueue"):
+        result = subprocess.run(
+            [sys.executable, "-c", WITHOUT_NATS, command, "--nats-url", "nats://x"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2
+        assert "pip install 'klavi-async[nats]'" in result.stderr
+    imported = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['nats'] = None; import klavi_async.nats"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert imported.returncode == 1
+    assert "ImportError: klavi_async.nats needs nats-py: pip install 'klavi-async[nats]'" in (
+        imported.stderr
+    )
+
+
+def test_importing_klavi_async_does_not_import_nats() -> None:
+    code = "import sys, klavi_async, klavi_async._cli; sys.exit('nats' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60, check=False).returncode == 0

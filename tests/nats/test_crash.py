@@ -1,0 +1,120 @@
+"""
+Crash safety with real processes: two `klavi-async worker`s, one SIGKILLed mid-batch.
+
+The emulator is served by the test process; the workers reach it and the nats-server
+over loopback.  Whatever the kill interrupted (a cancel in flight, a record published but
+not acked), every request ends with exactly one record and no payment is cancelled twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from nats.js import JetStreamContext
+
+from klavi_async import CancelRequest
+from klavi_async.nats import RESULTS_SUBJECT, enqueue
+from klavi_async.testing import KlaviEmulator
+
+from ..conftest import CPF
+from .conftest import NatsServer
+from .helpers import queue_empty, records, stored
+
+REQUESTS = 1000
+CLI = str(Path(sys.executable).parent / "klavi-async")
+
+
+async def start_worker(
+    nats_server: NatsServer, emu: KlaviEmulator, log: Path
+) -> asyncio.subprocess.Process:
+    env = {
+        **os.environ,
+        "KLAVI_BASE_URL": emu.url,
+        "KLAVI_ACCESS_KEY": emu.access_key,
+        "KLAVI_SECRET_KEY": emu.secret_key,
+    }
+    env.pop("KLAVI_TOKEN", None)
+    with open(log, "wb") as handle:  # noqa: ASYNC230 - a log file, opened once
+        return await asyncio.create_subprocess_exec(
+            CLI, "worker",
+            "--nats-url", nats_server.url,
+            "--concurrency", "32",
+            "--ack-wait", "2",
+            "--retry-delay", "0.2",
+            "--progress-interval", "0.5",
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=handle,
+        )  # fmt: skip
+
+
+async def until(condition: object, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while not await condition():  # type: ignore[operator]
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.slow
+async def test_a_sigkilled_worker_loses_nothing_and_cancels_nothing_twice(
+    nats_server: NatsServer, js: JetStreamContext, tmp_path: Path
+) -> None:
+    faults = {"latency": 0.2, "503": 0.03, "reset_after": 0.02}
+    async with KlaviEmulator(fault_rates=faults, latency=0.05, seed=2026) as emu:
+        requests = [CancelRequest(emu.add_payment(), CPF) for _ in range(REQUESTS)]
+        assert await enqueue(js, requests) == REQUESTS
+        victim_log, survivor_log = tmp_path / "victim.log", tmp_path / "survivor.log"
+        victim = await start_worker(nats_server, emu, victim_log)
+        survivor = await start_worker(nats_server, emu, survivor_log)
+        try:
+            await until(lambda: _at_least(js, REQUESTS // 3), timeout=60)
+            victim.send_signal(signal.SIGKILL)
+            assert await victim.wait() == -signal.SIGKILL
+            killed_at = await stored(js)
+            await until(lambda: _at_least(js, REQUESTS), timeout=60)
+            await until(lambda: queue_empty(js), timeout=30)
+            survivor.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(survivor.wait(), timeout=30)
+        finally:
+            for process in (victim, survivor):
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+        survivor_text = survivor_log.read_text()
+        assert code == 0, survivor_text[-2000:]
+
+        found = await records(js, RESULTS_SUBJECT)
+        per_payment = Counter(record["payment_id"] for record, _ in found)
+        assert per_payment == Counter(r.payment_id for r in requests)
+        assert await stored(js) == REQUESTS
+        assert all(record["ok"] for record, _ in found)
+        assert max(emu.effects.values()) == 1
+        effects = Counter(r.payment_id for r in emu.records("cancel") if r.effect)
+        assert set(effects.values()) == {1}
+        assert len(effects) == REQUESTS
+
+        final = re.findall(r"stopped; .*duplicates dropped (\d+)", survivor_text)
+        assert final, survivor_text[-2000:]
+        redelivered = sum(1 for record, _ in found if record["deliveries"] > 1)
+        figures = {
+            "requests": REQUESTS,
+            "kills": 1,
+            "records when killed": killed_at,
+            "records with a redelivery": redelivered,
+            "duplicates dropped by the survivor": int(final[-1]),
+            "records": len(found),
+            "cancel requests sent": len(emu.records("cancel")),
+            "double cancels": sum(1 for n in emu.effects.values() if n > 1),
+        }
+        sys.stderr.write(f"crash test figures: {figures}\n")
+        assert 0 < killed_at < REQUESTS
+
+
+async def _at_least(js: JetStreamContext, count: int) -> bool:
+    return await stored(js) >= count
