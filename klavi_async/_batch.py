@@ -2,8 +2,10 @@
 `cancel_many`: bounded-concurrency streaming over a sync or async iterable.
 
 Input is pulled only when a slot frees up, so memory is bounded by `concurrency`, not by
-the input's length.  Each finished task lands in a deque; the generator yields from
-it in completion order.  Closing the generator (explicitly, by
+the input's length.  Workers start as input arrives (one more per item pulled, up to
+`concurrency`), so a huge `concurrency` over a short input costs a few tasks, not one per
+slot.  Each finished task lands in a deque; the generator yields from it in completion
+order.  Closing the generator (explicitly, by
 `aclosing()`, or when a `break` drops the last reference) cancels the tasks in flight
 and waits for them, so no task outlives it.
 """
@@ -73,14 +75,20 @@ class _Input:
             self.exhausted = True
             return None
         except Exception as exc:
-            # Stop taking input; the results in flight are delivered, then this is raised.
-            self.exhausted = True
-            self.error = exc
+            self.fail(exc)
             return None
         if not isinstance(item, CancelRequest):
-            self.exhausted = True
-            raise TypeError(f"cancel_many expects CancelRequest items, got {type(item).__name__}")
+            self.fail(
+                TypeError(f"cancel_many expects CancelRequest items, got {type(item).__name__}")
+            )
+            return None
         return item
+
+    def fail(self, error: Exception) -> None:
+        """Stop taking input; the results in flight are delivered, then *error* is raised."""
+        self.exhausted = True
+        if self.error is None:
+            self.error = error
 
     async def _wait_turn(self) -> None:
         """Queue behind the pull in progress; return holding the turn (`_pulling` set)."""
@@ -121,20 +129,36 @@ async def stream(
     """
     The body of `KlaviClient.cancel_many()`.  Strictly private.
 
-    *concurrency* workers each pull a request, cancel it and hand the result over; a slot
-    is given back only when the consumer takes a result, so requests in flight plus results
-    not yet taken never exceed *concurrency*.  Workers run the cancel coroutine themselves:
-    no task per item.
+    Up to *concurrency* workers each pull a request, cancel it and hand the result over; a
+    slot is given back only when the consumer takes a result, so requests in flight plus
+    results not yet taken never exceed *concurrency*.  Workers run the cancel coroutine
+    themselves: no task per item.  One worker starts at once and each item pulled starts
+    one more while fewer than *concurrency* run, so the tasks alive never exceed the items
+    pulled plus one.
     """
     source = _Input(requests)
     loop = asyncio.get_running_loop()
     finished: deque[CancelResult] = deque()
+    ended: deque[asyncio.Task[None]] = deque()
     slots = asyncio.Semaphore(concurrency)
     waiter: asyncio.Future[None] | None = None
+    workers: set[asyncio.Task[None]] = set()
+    started = 0
 
     def wake(_: object = None) -> None:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def on_end(worker: asyncio.Task[None]) -> None:
+        ended.append(worker)
+        wake()
+
+    def start() -> None:
+        nonlocal started
+        started += 1
+        worker = loop.create_task(work())
+        workers.add(worker)
+        worker.add_done_callback(on_end)
 
     async def work() -> None:
         while True:
@@ -143,12 +167,18 @@ async def stream(
             if request is None:
                 slots.release()
                 return
-            finished.append(await client._request_call(request))
+            if started < concurrency and not source.exhausted:
+                start()  # input is arriving: one more worker, until there are enough
+            try:
+                call = client._request_call(request)
+            except TypeError as exc:  # a CancelRequest whose fields are not strings
+                source.fail(exc)
+                slots.release()
+                return
+            finished.append(await call)
             wake()
 
-    workers = {loop.create_task(work()) for _ in range(concurrency)}
-    for worker in workers:
-        worker.add_done_callback(wake)
+    start()
     client._batches[id(workers)] = workers  # lets client.aclose() cancel what is in flight
     try:
         while True:
@@ -157,15 +187,15 @@ async def stream(
                 slots.release()
                 yield result
                 continue
-            for worker in workers:
-                if not worker.done():
-                    continue
+            while ended:
+                worker = ended.popleft()
+                workers.discard(worker)
                 if worker.cancelled():  # not by us: our own cancels happen in `finally`
                     raise ClientClosedError("the client was closed while cancel_many was running")
                 error = worker.exception()
                 if error is not None:
-                    raise error  # misuse (a wrong item type), or a bug
-            if all(worker.done() for worker in workers):
+                    raise error  # a bug, or the client closed under us
+            if not workers:
                 break
             waiter = loop.create_future()
             await waiter

@@ -3,7 +3,8 @@ The `klavi-async` command line.
 
 Credentials come from `KLAVI_TOKEN`, or `KLAVI_ACCESS_KEY` + `KLAVI_SECRET_KEY`; the target
 from `KLAVI_BASE_URL` or `KLAVI_ENVIRONMENT`.  Exit status: 0 all cancelled, 1 some
-failed, 2 usage (bad flag, missing credentials, unreadable input), 130 interrupted.
+failed for good, 2 usage (bad flag, missing or rejected credentials, unreadable input),
+3 some items not final yet (a rerun sends them), 130 interrupted.
 
 click parses arguments (usage errors, help, choices) and tqdm draws the progress bar;
 both are in the `cli` extra so the library itself stays on aiohttp, attrs and tenacity.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -21,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn, TypeGuard
 
 from attrs import define, field
 
@@ -30,13 +32,14 @@ from ._batchfile import (
     ResultsFile,
     ResumeState,
     Row,
+    RowFeed,
+    check_paths,
     count_rows,
     item_id,
-    read_rows,
 )
 from ._client import KlaviClient
 from ._errors import ErrorKind, KlaviError
-from ._results import Cancelled, CancelRequest, CancelResult
+from ._results import CancelFailed, Cancelled, CancelRequest, CancelResult
 
 try:
     import click
@@ -48,7 +51,11 @@ else:
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FINAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+MAX_CONCURRENCY: Final = 10_000
+DEAD_ENDPOINT_AFTER: Final = 10
+"""Consecutive cancels that never reached Klavi (connect failures) that stop a batch."""
 
 
 def _fail_usage(message: str) -> NoReturn:
@@ -56,6 +63,9 @@ def _fail_usage(message: str) -> NoReturn:
 
 
 def _client(**kwargs: Any) -> KlaviClient:
+    if "KLAVI_BASE_URL" in os.environ and not os.environ["KLAVI_BASE_URL"].strip():
+        # Unset it, or give a URL: an empty one must not fall back to another target.
+        _fail_usage("KLAVI_BASE_URL is set but empty: unset it or give the API's base URL")
     try:
         return KlaviClient.from_env(**kwargs)
     except ValueError as exc:
@@ -127,17 +137,30 @@ def _status_command(payment_id: str, consent_id: str | None) -> int:
 
 @define
 class BatchSummary:
-    """Counts for the end-of-batch summary; every input item lands in exactly one bucket."""
+    """
+    Counts for the end-of-batch summary; every input item lands in exactly one bucket.
+
+    The buckets are cancelled, already cancelled, failed (by kind), outcome unknown,
+    already final in the results file, and not finished; `retried` and `reconciled`
+    count across them.
+    """
 
     cancelled: int = 0
     already_cancelled: int = 0
     reconciled: int = 0
     retried: int = 0
     failed: Counter[str] = field(factory=Counter)
+    """Failures whose outcome is known, by kind, final or not."""
+    retryable: int = 0
+    """Of `failed`, the ones a rerun sends again."""
+    outcome_unknown: int = 0
     refused_by_status: Counter[str] = field(factory=Counter)
     skipped_ok: int = 0
     skipped_failed: int = 0
     unfinished: int = 0
+    """Items never sent, or cut off before their result was recorded."""
+    unread: bool = False
+    """The batch stopped before the end of an input it could not read on (stdin)."""
 
     def add(self, result: CancelResult) -> None:
         if result.attempts > 1:
@@ -150,18 +173,41 @@ class BatchSummary:
             if result.reconciled:
                 self.reconciled += 1
             return
+        if result.outcome_unknown:
+            self.outcome_unknown += 1
+            return
         self.failed[result.kind.value] += 1
+        if result.retryable:
+            self.retryable += 1
         if result.kind is ErrorKind.NOT_CANCELLABLE:
             self.refused_by_status[result.payment_status or "unknown"] += 1
 
     @property
-    def any_failed(self) -> bool:
-        return bool(self.failed) or self.skipped_failed > 0
+    def total(self) -> int:
+        return (
+            self.cancelled
+            + self.already_cancelled
+            + sum(self.failed.values())
+            + self.outcome_unknown
+            + self.skipped_ok
+            + self.skipped_failed
+            + self.unfinished
+        )
 
-    def lines(self, elapsed: float) -> Iterator[str]:
+    @property
+    def not_final(self) -> int:
+        """Items a rerun sends: retryable failures, unknown outcomes, items not sent."""
+        return self.retryable + self.outcome_unknown + self.unfinished
+
+    @property
+    def any_failed(self) -> bool:
+        return sum(self.failed.values()) > self.retryable or self.skipped_failed > 0
+
+    def lines(self, elapsed: float, stopped: str = "interrupted") -> Iterator[str]:
         yield (
-            f"cancelled {self.cancelled}, already cancelled {self.already_cancelled}, "
-            f"failed {sum(self.failed.values())}, retried {self.retried}, "
+            f"items {self.total}: cancelled {self.cancelled}, "
+            f"already cancelled {self.already_cancelled}, failed {sum(self.failed.values())}, "
+            f"outcome unknown {self.outcome_unknown}, retried {self.retried}, "
             f"reconciled {self.reconciled}, elapsed {elapsed:.1f} s"
         )
         if self.failed:
@@ -174,8 +220,34 @@ class BatchSummary:
                 f"already final in the results file: {self.skipped_ok} cancelled, "
                 f"{self.skipped_failed} failed"
             )
-        if self.unfinished:
-            yield f"not finished (interrupted): {self.unfinished}; rerun to send them again"
+        if self.unfinished or self.unread:
+            rest = "; the rest of the input was not read" if self.unread else ""
+            yield f"not finished ({stopped}): {self.unfinished} never sent{rest}"
+        if self.not_final or self.unread:
+            yield (
+                f"not final yet: {self.not_final} ({self.retryable} retryable, "
+                f"{self.outcome_unknown} outcome unknown, {self.unfinished} not sent); "
+                "rerun with the same --out to send them, with the same keys"
+            )
+
+
+def _credentials_rejected(result: CancelResult) -> TypeGuard[CancelFailed]:
+    """The token was refused for good: every other cancel of the batch would fail the same."""
+    if not isinstance(result, CancelFailed):
+        return False
+    if result.kind is ErrorKind.AUTHENTICATION_FAILED:
+        return not result.retryable
+    return result.kind is ErrorKind.UNAUTHORIZED
+
+
+def _never_reached_klavi(result: CancelResult) -> TypeGuard[CancelFailed]:
+    """A connect failure or timeout on every attempt, none of which may have been sent."""
+    return (
+        isinstance(result, CancelFailed)
+        and result.kind in (ErrorKind.NETWORK, ErrorKind.TIMEOUT)
+        and not result.outcome_unknown
+        and not any(attempt.ambiguous for attempt in result.history)
+    )
 
 
 def on_stop_signals(callback: Callable[[], object]) -> list[int]:
@@ -208,25 +280,35 @@ def _invalid_record(row: Row) -> dict[str, Any]:
         "reconciled": False,
         "outcome_unknown": False,
         "payment_status": None,
+        "consent_id": row.consent_id,
+        "input_line": row.line,
+        "request_digest": row.digest,
     }
 
 
-async def _paced(
-    items: Iterator[Any], rate: float | None, stop: asyncio.Event
-) -> AsyncIterator[Any]:
-    interval = 1.0 / rate if rate else 0.0
-    next_at = time.monotonic()
-    for item in items:
-        if stop.is_set():
-            return
-        if interval:
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            next_at = max(next_at, time.monotonic()) + interval
-        if stop.is_set():
-            return
-        yield item
+class _Sent:
+    """The rows sent and not answered yet: which line and request each result answers."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, list[tuple[str | None, int, str]]] = {}
+        self.count = 0
+
+    def add(self, row: Row, key: str | None) -> None:
+        self._rows.setdefault(row.item, []).append((key, row.line, row.digest))
+        self.count += 1
+
+    def take(self, result: CancelResult) -> tuple[int | None, str | None]:
+        """The input line and request digest of the row *result* answers."""
+        item = item_id(result.payment_id, result.consent_id, 0)
+        rows = self._rows.get(item)
+        if not rows:
+            return None, None
+        index = next((i for i, r in enumerate(rows) if r[0] == result.idempotency_key), 0)
+        _, line, digest = rows.pop(index)
+        if not rows:
+            del self._rows[item]
+        self.count -= 1
+        return line, digest
 
 
 async def run_batch(
@@ -240,99 +322,198 @@ async def run_batch(
     progress: bool | None,
     echo: Callable[[str], None],
 ) -> int:
-    """Run a batch; return the exit status.  Used by the CLI and the demo."""
+    """
+    Run a batch; return the exit status.  Used by the CLI and the demo.
+
+    Raises `InputError` before anything is written when the input cannot be read, or the
+    results file cannot be used (a directory, or the input itself).
+    """
+    check_paths(input_path, out_path)
     state = ResumeState.load(out_path)
-    rows = read_rows(input_path)  # raises InputError for unknown formats before writing
-    out = ResultsFile(out_path)
+    feed = RowFeed(input_path)  # raises InputError for unknown formats before writing
+    try:
+        out = ResultsFile(out_path)
+    except InputError:
+        feed.close()
+        raise
     summary = BatchSummary()
     stop = asyncio.Event()
     started = time.monotonic()
-    line_of: dict[str, int] = {}
-    total = count_rows(input_path)
     bar = tqdm(
-        total=total,
+        total=count_rows(input_path),
         unit="item",
         file=sys.stderr,
         disable=None if progress is None else not progress,
     )
-    pending: set[str] = set()
+    sent = _Sent()
+    rejected: str | None = None
+    unreachable: str | None = None
+    dead = 0
 
-    def requests() -> Iterator[CancelRequest]:
-        for row in rows:
-            previous = state.final.get(row.item)
-            if previous is not None:
-                if previous:
-                    summary.skipped_ok += 1
-                else:
-                    summary.skipped_failed += 1
-                bar.update(1)
+    def request_for(row: Row) -> CancelRequest | None:
+        """The request to send for *row*, or None when it is recorded already or now."""
+        previous = state.outcome(row)
+        if previous is not None:
+            if previous:
+                summary.skipped_ok += 1
+            else:
+                summary.skipped_failed += 1
+            bar.update(1)
+            return None
+        if row.request is None:
+            out.write(_invalid_record(row))
+            summary.failed[ErrorKind.INVALID_REQUEST.value] += 1
+            bar.update(1)
+            return None
+        request = row.request
+        key = state.key_for(row)
+        if key != request.idempotency_key:
+            request = CancelRequest(
+                request.payment_id,
+                request.cancelled_by,
+                identifier_type=request.identifier_type,
+                idempotency_key=key,
+                consent_id=request.consent_id,
+            )
+        return request
+
+    async def requests() -> AsyncIterator[CancelRequest]:
+        interval = 1.0 / rate_limit if rate_limit else 0.0
+        next_at = time.monotonic()
+        quiet = 0
+        while not stop.is_set():
+            row = await feed.next()
+            if row is None:
+                return
+            request = request_for(row)
+            if request is None:
+                quiet += 1
+                if quiet % 256 == 0:
+                    await asyncio.sleep(0)  # a long run of rows sending nothing: let signals in
                 continue
-            if row.request is None:
-                record = _invalid_record(row)
-                record["consent_id"] = row.consent_id
-                record["input_line"] = row.line
-                out.write(record)
-                summary.failed[ErrorKind.INVALID_REQUEST.value] += 1
-                bar.update(1)
-                continue
-            request = row.request
-            key = state.key_for(row)
-            if key != request.idempotency_key:
-                request = CancelRequest(
-                    request.payment_id,
-                    request.cancelled_by,
-                    identifier_type=request.identifier_type,
-                    idempotency_key=key,
-                    consent_id=request.consent_id,
-                )
-            line_of[row.item] = row.line
-            pending.add(row.item)
+            if interval:
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+                next_at = max(next_at, time.monotonic()) + interval
+            if stop.is_set():
+                summary.unfinished += 1  # taken, never sent
+                return
+            sent.add(row, request.idempotency_key)
             yield request
 
+    def halt() -> None:
+        stop.set()
+        feed.interrupt()
+
     async def consume() -> None:
+        nonlocal rejected, unreachable, dead
         async with contextlib.aclosing(
-            client.cancel_many(_paced(requests(), rate_limit, stop), concurrency=concurrency)
+            client.cancel_many(requests(), concurrency=concurrency)
         ) as results:
             async for result in results:
-                item = item_id(result.payment_id, result.consent_id, 0)
-                pending.discard(item)
+                if _credentials_rejected(result):
+                    # One message, not a line per item: the rest is cut off unsent.
+                    rejected = result.message
+                    halt()
+                    return
+                line, digest = sent.take(result)
                 record = result.to_record()
-                record["input_line"] = line_of.pop(item, None)
+                record["input_line"] = line
+                record["request_digest"] = digest
                 out.write(record)
                 summary.add(result)
                 bar.update(1)
+                if not _never_reached_klavi(result):
+                    dead = 0
+                    continue
+                dead += 1
+                if dead >= DEAD_ENDPOINT_AFTER:
+                    # A dead endpoint: every further cancel would fail the same way.
+                    unreachable = result.message
+                    halt()
+                    return
+
+    async def drain() -> None:
+        """Count the rows a stopped batch did not take (a regular file ends soon)."""
+        feed.resume()
+        seen = 0
+        while (row := await feed.next()) is not None:
+            previous = state.outcome(row)
+            if previous is None:
+                summary.unfinished += 1
+            elif previous:
+                summary.skipped_ok += 1
+            else:
+                summary.skipped_failed += 1
+            seen += 1
+            if seen % 1024 == 0:
+                await asyncio.sleep(0)
 
     loop = asyncio.get_running_loop()
+    feed.start()
     consumer = asyncio.ensure_future(consume())
-    interrupted = False
+    interrupted = hard_stop = False
+    timer: asyncio.TimerHandle | None = None
 
     def on_signal() -> None:
-        nonlocal interrupted
+        nonlocal interrupted, hard_stop, timer
         if interrupted:
+            hard_stop = True
+            feed.close()
             consumer.cancel()
             return
         interrupted = True
-        stop.set()
+        halt()
         echo(
             f"interrupted: finishing the cancels in flight (up to {grace:g} s); "
             "signal again to stop now"
         )
-        loop.call_later(grace, consumer.cancel)
+        timer = loop.call_later(grace, consumer.cancel)
 
     installed = on_stop_signals(on_signal)
     try:
         with contextlib.suppress(asyncio.CancelledError):
             await consumer
+        if stop.is_set() and rejected is None and feed.regular and not hard_stop:
+            await drain()
     finally:
+        if timer is not None:
+            timer.cancel()
         for signum in installed:
             loop.remove_signal_handler(signum)
+        summary.unread = stop.is_set() and not feed.finished and feed.error is None
+        feed.close()
         bar.close()
         out.close()
-    summary.unfinished = len(pending)
-    for text in summary.lines(time.monotonic() - started):
+    summary.unfinished += sent.count
+    if rejected is not None:
+        if out.written or summary.skipped_ok or summary.skipped_failed:
+            for text in summary.lines(time.monotonic() - started, "stopped"):
+                echo(text)
+        echo(
+            f"klavi-async: error: Klavi rejected the credentials ({rejected}); the batch "
+            "stopped before sending more. Check KLAVI_ACCESS_KEY and KLAVI_SECRET_KEY "
+            "(or KLAVI_TOKEN) and the target, then rerun."
+        )
+        return EXIT_USAGE
+    reason = "interrupted" if interrupted else "stopped"
+    for text in summary.lines(time.monotonic() - started, reason):
         echo(text)
-    if interrupted or summary.unfinished:
+    if unreachable is not None:
+        echo(
+            f"stopped: {DEAD_ENDPOINT_AFTER} cancels in a row could not reach "
+            f"{client.base_url} ({unreachable}); none of them was sent. Check the target "
+            "and rerun: they are sent again with the same keys."
+        )
+    if feed.error is not None:
+        echo(f"klavi-async: error: {feed.error}")
+        return EXIT_USAGE
+    if interrupted:
         return EXIT_INTERRUPTED
+    if summary.not_final or summary.unread:
+        return EXIT_NOT_FINAL
     return EXIT_FAILED if summary.any_failed else EXIT_OK
 
 
@@ -398,7 +579,13 @@ def _build() -> click.Group:
     @cli.command("cancel-batch")
     @click.argument("input_path", metavar="INPUT")
     @click.option("--out", "out_path", required=True, help="Results file (JSON Lines).")
-    @click.option("--concurrency", type=click.IntRange(min=1), default=32, show_default=True)
+    @click.option(
+        "--concurrency",
+        type=click.IntRange(1, MAX_CONCURRENCY),
+        default=32,
+        show_default=True,
+        help="Cancels in flight at once (1-10000).",
+    )
     @click.option("--rate-limit", type=click.FloatRange(min=0, min_open=True), help="Cancels/s.")
     @click.option("--grace", type=click.FloatRange(min=0), default=10.0, hidden=True)
     def cancel_batch(
@@ -407,7 +594,9 @@ def _build() -> click.Group:
         """Cancel every payment in INPUT (CSV or JSONL; '-' reads JSONL from stdin).
 
         Rerunning with the same --out sends only items without a final line, with the
-        same idempotency keys as before.
+        same idempotency keys as before.  Exit status: 0 all cancelled, 1 some failed for
+        good, 2 usage or rejected credentials, 3 some items not final yet (rerun), 130
+        interrupted.
         """
         sys.exit(_batch_command(input_path, out_path, concurrency, rate_limit, grace))
 
@@ -479,6 +668,16 @@ def _build() -> click.Group:
                 run_demo(lambda text: click.echo(text, err=True), payments=payments, seed=seed)
             )
         )
+
+    try:  # `worker` and `enqueue` come with the `nats` extra (klavi_async/nats/_cli.py)
+        from .nats._cli import add_commands
+    except ImportError as exc:  # without nats-py they only print the install hint, exit 2
+        hint = str(exc)
+        for name in ("worker", "enqueue"):
+            extra = {"ignore_unknown_options": True, "allow_extra_args": True}
+            cli.command(name, help=hint, context_settings=extra)(lambda: _fail_usage(hint))
+    else:
+        add_commands(cli)
 
     return cli
 

@@ -6,24 +6,35 @@ The demo starts the embedded emulator with faults on, seeds a few hundred paymen
 one resumable batch through the same code as `cancel-batch`, and checks the story: every
 cancellable payment ends CANCELED, the refusals are the planned ones, and the emulator
 saw no payment cancelled twice.
+
+The same `--seed` tells the same story: payment ids come from the seed, and each fault is
+drawn per payment and per request of that payment (not in arrival order, which 32
+concurrent cancels shuffle), so the figures do not depend on timing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import csv
+import hashlib
 import random
 import tempfile
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit, urlunsplit
+
+from aiohttp import web
+from attrs import field, frozen
 
 from ._client import KlaviClient
 from ._retry import RetryPolicy
 from ._tokens import ClientCredentials
-from .testing import CANCELLABLE, Fault, KlaviEmulator
+from .testing import CANCELLABLE, Fault, KlaviEmulator, RandomFaults
 
 __all__ = ["DEMO_FAULTS", "run_demo", "serve_emulator", "write_payments_csv"]
 
@@ -37,6 +48,43 @@ DEMO_FAULTS: Final[Mapping[str, float]] = {
 }
 """About 17 % of cancel requests meet a fault in the demo."""
 _DOCUMENTS: Final = ("529.982.247-25", "111.444.777-35", "11.222.333/0001-81", "12.ABC.345/01DE-35")
+_WILDCARDS: Final = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}  # noqa: S104  # nosec B104
+
+_PAYMENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("_PAYMENT", default=None)
+"""The payment id of the request the emulator is serving (set per request task)."""
+
+
+@web.middleware
+async def _note_payment(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    _PAYMENT.set(request.match_info.get("payment_id"))
+    return await handler(request)
+
+
+@frozen
+class PerPaymentFaults(RandomFaults):
+    """
+    `RandomFaults` drawn from the seed, the payment and that payment's request count.
+
+    Whatever order concurrent requests arrive in, the n-th cancel of a payment meets the
+    same fault; *first_rate_limited* answers the first cancel of that payment 429.
+    """
+
+    first_rate_limited: str | None = None
+    seen: Counter[str] = field(factory=Counter, eq=False, repr=False)
+
+    def draw(self) -> Fault | None:
+        payment = _PAYMENT.get() or ""
+        self.seen[payment] += 1
+        count = self.seen[payment]
+        if payment == self.first_rate_limited and count == 1:
+            return Fault.rate_limit(retry_after=1.0)  # a real Retry-After to honour
+        name = f"{self.seed}/{payment}/{count}".encode()
+        seed = int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "big")
+        return RandomFaults(
+            self.rates, seed=seed, latency=self.latency, retry_after=self.retry_after
+        ).draw()
 
 
 def seed_payments(emulator: KlaviEmulator, count: int, *, rng: random.Random) -> dict[str, str]:
@@ -50,8 +98,19 @@ def seed_payments(emulator: KlaviEmulator, count: int, *, rng: random.Random) ->
             status = "CANCELED"
         else:
             status = rng.choice(["PAYMENT_PENDING", "PAYMENT_SCHEDULED", "CONSENT_AUTHORIZED"])
-        planned[emulator.add_payment(status)] = status
+        payment_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))  # from the seed
+        planned[emulator.add_payment(status, payment_id=payment_id)] = status
     return planned
+
+
+def reachable_url(url: str) -> str:
+    """*url* with a wildcard host (0.0.0.0, ::) replaced by loopback: what a client dials."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if host not in _WILDCARDS:
+        return url
+    netloc = _WILDCARDS[host] + (f":{parts.port}" if parts.port is not None else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def write_payments_csv(path: Path, payment_ids: list[str]) -> None:
@@ -77,10 +136,14 @@ async def run_demo(
     # A reproducible story, not a secret: a seeded PRNG is the point.
     rng = random.Random(seed)  # noqa: S311  # nosec B311
     started = time.monotonic()
-    async with KlaviEmulator(fault_rates=DEMO_FAULTS, seed=seed) as emulator:
+    emulator = KlaviEmulator(fault_rates=DEMO_FAULTS, seed=seed)
+    emulator.app.middlewares.append(_note_payment)
+    async with emulator:
         planned = seed_payments(emulator, payments, rng=rng)
         # One planned rate limit up front, with a real Retry-After the client must honour.
-        emulator.script("cancel", [Fault.rate_limit(retry_after=1.0)])
+        emulator.random_faults = PerPaymentFaults(
+            dict(DEMO_FAULTS), seed=seed, first_rate_limited=next(iter(planned), None)
+        )
         echo(f"emulator at {emulator.url}: {len(planned)} payments seeded; faults on:")
         echo("  " + ", ".join(f"{name} {rate:.0%}" for name, rate in DEMO_FAULTS.items()))
         with tempfile.TemporaryDirectory() as scratch:
@@ -88,7 +151,8 @@ async def run_demo(
             source, results = folder / "payments.csv", folder / "results.jsonl"
             write_payments_csv(source, list(planned))
             credentials = ClientCredentials(emulator.access_key, emulator.secret_key)
-            policy = RetryPolicy(initial_backoff=0.05, max_backoff=0.5)
+            # No jitter: the same seed, the same waits (nothing here is shared with others).
+            policy = RetryPolicy(initial_backoff=0.05, max_backoff=0.5, jitter=False)
             async with KlaviClient(credentials, base_url=emulator.url, retry=policy) as klavi:
                 await run_batch(
                     klavi,
@@ -159,14 +223,22 @@ async def serve_emulator(
         # Test data, not secrets.
         rng = random.Random(seed)  # noqa: S311  # nosec B311
         planned = seed_payments(emulator, payments, rng=rng) if payments else {}
-        echo(f"Klavi emulator listening on {emulator.url}")
-        echo(f"  export KLAVI_BASE_URL={emulator.url}")
+        url = reachable_url(emulator.url)
+        where = "" if url == emulator.url else f" (all interfaces; here: {url})"
+        echo(f"Klavi emulator listening on {emulator.url}{where}")
+        echo(f"  export KLAVI_BASE_URL={url}")
         echo(f"  export KLAVI_ACCESS_KEY={emulator.access_key}")
         echo(f"  export KLAVI_SECRET_KEY={emulator.secret_key}")
         if planned:
             echo(f"  {len(planned)} payments seeded")
         if payments_csv is not None and planned:
-            write_payments_csv(payments_csv, list(planned))
+            try:
+                write_payments_csv(payments_csv, list(planned))
+            except OSError as exc:
+                # A usage error about the file, not about listening.
+                raise ValueError(
+                    f"cannot write --payments-csv {payments_csv}: {exc.strerror or exc}"
+                ) from None
             echo(f"  their ids are in {payments_csv}")
         if fault_rates:
             echo("  faults: " + ", ".join(f"{k}={v}" for k, v in fault_rates.items()))
