@@ -25,6 +25,7 @@ from collections.abc import (
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
+import attrs
 from yarl import URL
 
 from . import _batch
@@ -40,8 +41,8 @@ from ._config import (
 from ._documents import (
     DocumentCache,
     InvalidInput,
+    clip_kept,
     mask_document,
-    scrub_documents,
     validate_idempotency_key,
     validate_payment_id,
 )
@@ -52,7 +53,7 @@ from ._errors import (
     UnexpectedResponseError,
     error_class,
 )
-from ._outcome import Outcome, classify_response, transport_outcome
+from ._outcome import Outcome, classify_response, cut_outcome, transport_outcome
 from ._results import (
     Attempt,
     CancelFailed,
@@ -66,6 +67,7 @@ from ._results import (
 from ._retry import RetryLoop, RetryPolicy
 from ._tokens import (
     AccessToken,
+    Bearer,
     ClientCredentials,
     StaticToken,
     TokenCache,
@@ -498,12 +500,13 @@ class KlaviClient:
         start: float,
         message: str,
     ) -> CancelFailed:
-        # An id that failed validation may be a document passed in the wrong argument.
-        payment_id = scrub_documents(payment_id)
+        # An id that failed validation may be a document passed in the wrong argument, or
+        # anything at all: what is kept is masked and clipped.
+        payment_id = clip_kept(payment_id)
         result = CancelFailed(
             payment_id=payment_id,
-            consent_id=consent_id,
-            idempotency_key=key,
+            consent_id=None if consent_id is None else clip_kept(consent_id),
+            idempotency_key=None if key is None else clip_kept(key),
             interaction_id=interaction_id,
             attempts=0,
             history=(),
@@ -520,7 +523,7 @@ class KlaviClient:
                 message,
                 extra={
                     "klavi_event": "cancel_invalid",
-                    "klavi_payment_id": payment_id[:100],
+                    "klavi_payment_id": payment_id,
                     "klavi_kind": ErrorKind.INVALID_REQUEST.value,
                 },
             )
@@ -529,23 +532,49 @@ class KlaviClient:
     async def _reconcile(
         self, call: _Call, loop: RetryLoop, payment_id: str, consent_id: str | None
     ) -> PaymentStatus | None:
+        """
+        Read the payment's status after an ambiguous or refused cancel; None if no read could.
+
+        A GET is safe to repeat, so the read is retried under the client's policy and
+        budget, within what is left of the call's deadline (at least
+        `_RECONCILE_MIN_TIMEOUT`).  Its attempts are not the cancel's: they stay out of
+        the result's history.
+        """
         url = self._url(payment_id, consent_id, status=True)
-        timeout = min(self._timeout, max(loop.remaining(), _RECONCILE_MIN_TIMEOUT))
+        deadline = max(loop.remaining(), _RECONCILE_MIN_TIMEOUT)
+        policy = self._retry
+        if policy.deadline != deadline:
+            policy = attrs.evolve(policy, deadline=deadline)
+        reads = RetryLoop(
+            policy,
+            self._budget,
+            clock=self._clock,
+            sleep=self._sleep,
+            on_retry=call.on_retry,
+            safe=True,
+        )
         headers = {"Accept": "application/json", _INTERACTION_HEADER: call.interaction_id}
-        outcome = await call.execute(None, "GET", url, headers, None, timeout=timeout)
+        # Not loop.run(): the read is part of the cancel, not a first attempt of its own
+        # that would earn the budget more retries.
+        outcome = await call.execute(reads, "GET", url, headers, None)
+        if reads.wants_retry(outcome):
+            outcome = await reads.retry_after_first(
+                outcome, call.execute, reads, "GET", url, headers, None
+            )
         status = None
         if outcome.kind is None and isinstance(outcome.body, dict):
             status = PaymentStatus.from_body(payment_id, outcome.body)
         if logger.isEnabledFor(logging.INFO):
             logger.info(
                 "reconciliation read for payment %s: %s",
-                payment_id,
+                call.shown_id(),
                 status.status if status else f"failed ({(outcome.kind or 'no status').__str__()})",
                 extra={
                     "klavi_event": "reconcile",
-                    "klavi_payment_id": payment_id,
+                    "klavi_payment_id": call.shown_id(),
                     "klavi_status": outcome.http_status,
                     "klavi_payment_status": status.status if status else None,
+                    "klavi_reads": len(reads.history),
                 },
             )
         return status
@@ -586,12 +615,18 @@ class KlaviClient:
             if consent_id is not None:
                 validate_payment_id(consent_id, "consent_id")
         except InvalidInput as exc:
-            raise InvalidRequestError(str(exc), payment_id=payment_id[:100]) from None
+            # The id may be a document passed by mistake, or anything at all.
+            raise InvalidRequestError(str(exc), payment_id=clip_kept(payment_id)) from None
         url = self._url(payment_id, consent_id, status=True)
         call = _Call(self, payment_id, None, _uuid4())
         headers = {"Accept": "application/json", _INTERACTION_HEADER: call.interaction_id}
         loop = RetryLoop(
-            self._retry, self._budget, clock=self._clock, sleep=self._sleep, on_retry=call.on_retry
+            self._retry,
+            self._budget,
+            clock=self._clock,
+            sleep=self._sleep,
+            on_retry=call.on_retry,
+            safe=True,
         )
         outcome = await loop.run(call.execute, loop, "GET", url, headers, None)
         if outcome.kind is None:
@@ -713,7 +748,8 @@ class _Call:
         if client._state is _State.CLOSED:
             raise ClientClosedError("this KlaviClient was closed while a call was running")
         tokens = client._tokens
-        token: str | None = None
+        # A `Bearer`, never the bare string: this frame is on every traceback of the call.
+        token: Bearer | None = None
         if self._authorize:
             token = tokens.peek()
             if token is None:
@@ -730,21 +766,29 @@ class _Call:
         clock = client._clock
         refreshed = False
         while True:
-            if token is not None:
-                headers["Authorization"] = f"Bearer {token}"  # the call's own dict
             started = clock()
             try:
+                # The transport adds the Authorization header: no dict of ours holds it.
                 response = await client._transport.request(
-                    method, url, headers=headers, body=body, timeout=timeout
+                    method, url, headers=headers, body=body, timeout=timeout, auth=token
                 )
             except TransportFailure as failure:
                 outcome = transport_outcome(
                     failure.kind, sent=failure.sent, message=failure.message
                 )
             else:
-                outcome = classify_response(
-                    response.status, response.headers, response.body, document=self._document
-                )
+                if response.cut is None:
+                    outcome = classify_response(
+                        response.status,
+                        response.headers,
+                        response.body,
+                        document=self._document,
+                        token=token,
+                    )
+                else:
+                    outcome = cut_outcome(
+                        response.status, response.headers, *response.cut, token=token
+                    )
             if loop is not None:
                 attempt = new_attempt(
                     len(loop.history) + 1,
@@ -773,7 +817,7 @@ class _Call:
                 return outcome  # the same token would be refused again
             token, refreshed = fresh, True
 
-    async def _wait_for_token(self, loop: RetryLoop | None) -> str:
+    async def _wait_for_token(self, loop: RetryLoop | None) -> Bearer:
         """A token from the cache, waiting no longer than the call's deadline allows."""
         tokens = self._client._tokens
         if loop is None:
@@ -800,9 +844,13 @@ class _Call:
         self._auth_retryable = retryable
         return Outcome(ErrorKind.AUTHENTICATION_FAILED, None, message=message)
 
+    def shown_id(self) -> str:
+        """The payment id for logs: a valid id may still be a CPF passed by mistake."""
+        return clip_kept(self.payment_id)
+
     def _extra(self, **values: Any) -> dict[str, Any]:
         extra = {
-            "klavi_payment_id": self.payment_id,
+            "klavi_payment_id": self.shown_id(),
             "klavi_interaction_id": self.interaction_id,
         }
         if self._document is not None:
@@ -816,7 +864,7 @@ class _Call:
             "%s attempt %d for payment %s: %s",
             method,
             attempt.number,
-            self.payment_id,
+            self.shown_id(),
             attempt.http_status if attempt.http_status is not None else outcome.message,
             extra=self._extra(
                 event="attempt",
@@ -832,7 +880,7 @@ class _Call:
         if logger.isEnabledFor(logging.INFO):
             logger.info(
                 "retrying payment %s after attempt %d (%s) in %.3f s",
-                self.payment_id,
+                self.shown_id(),
                 attempt_number,
                 outcome.http_status or (outcome.kind.value if outcome.kind else "ok"),
                 delay,
@@ -849,7 +897,7 @@ class _Call:
         """Log a success at DEBUG (the caller checks that DEBUG is on)."""
         logger.debug(
             "payment %s cancelled after %d attempt(s)%s",
-            self.payment_id,
+            self.shown_id(),
             result.attempts,
             " (reconciled)" if result.reconciled else "",
             extra=self._extra(
@@ -865,7 +913,7 @@ class _Call:
         if logger.isEnabledFor(logging.WARNING):
             logger.warning(
                 "giving up on payment %s after %d attempt(s): %s",
-                self.payment_id,
+                self.shown_id(),
                 result.attempts,
                 result.message,
                 extra=self._extra(

@@ -20,6 +20,7 @@ __all__ = [
     "DocumentCache",
     "IdentifierType",
     "InvalidInput",
+    "clip_kept",
     "deterministic_idempotency_key",
     "infer_identifier_type",
     "is_valid_cnpj",
@@ -156,6 +157,25 @@ def scrub_documents(text: str, known: str | None = None) -> str:
         return match.group(0)
 
     return _EMBEDDED_RE.sub(_mask, text)
+
+
+MAX_KEPT: Final = 100
+"""A value kept from invalid input (a payment id, a key) keeps at most this many characters."""
+CLIP_MARKER: Final = "…(clipped)"
+
+
+def clip_kept(value: str, limit: int = MAX_KEPT) -> str:
+    """
+    *value* with documents masked and clipped to *limit* characters plus a marker.
+
+    For values kept from input that may be anything (an invalid payment id of 10 MB, a
+    CPF passed as an id): only a window a little wider than *limit* is scrubbed, so the
+    cost stays bounded, and the scrub comes first so a clipped document cannot show whole.
+    """
+    shown = scrub_documents(value[: limit + 20])
+    if len(shown) <= limit and len(value) <= limit + 20:
+        return shown
+    return shown[:limit] + CLIP_MARKER
 
 
 def validate_document(cancelled_by: str, identifier_type: str | None) -> tuple[str, IdentifierType]:

@@ -35,6 +35,8 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Any
 
+from ._documents import clip_kept, scrub_documents
+
 if TYPE_CHECKING:
     from ._results import CancelFailed
 
@@ -147,14 +149,16 @@ class KlaviError(Exception):
         super().__init__(self._describe())
 
     def _describe(self) -> str:
-        parts = [f"{self.kind.value}: {self.message}"]
+        # Documents masked and long values clipped whatever the fields hold (a CPF
+        # passed as the payment id, a message of the caller's own).
+        parts = [f"{self.kind.value}: {scrub_documents(self.message)}"]
         details = []
         if self.payment_id is not None:
-            details.append(f"payment {self.payment_id}")
+            details.append(f"payment {clip_kept(self.payment_id)}")
         if self.http_status is not None:
             details.append(f"HTTP {self.http_status}")
         if self.code is not None:
-            details.append(f"code {self.code}")
+            details.append(f"code {clip_kept(self.code)}")
         if self.payment_status is not None:
             details.append(f"status {self.payment_status}")
         if self.outcome_unknown:

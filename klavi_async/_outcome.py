@@ -19,15 +19,19 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC
 from http import HTTPStatus
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ._documents import scrub_documents
 from ._errors import ErrorKind
+
+if TYPE_CHECKING:
+    from ._tokens import Bearer
 
 __all__ = [
     "MAX_HINT_SECONDS",
     "Outcome",
     "classify_response",
+    "cut_outcome",
     "parse_error_body",
     "parse_json",
     "parse_retry_after",
@@ -127,14 +131,21 @@ def classify_response(
     raw: bytes,
     *,
     document: str | None = None,
+    token: Bearer | None = None,
 ) -> Outcome:
     """
     Map one HTTP answer to an `Outcome`.
 
     2xx is success unless the body carries the refusal code.  *document*, when given, is
-    masked wherever the server echoed it in the message.
+    masked wherever the server echoed it in the message; *token*, the one the request
+    carried, is removed from everything kept (body, code, message, request id).
     """
     request_id = headers.get("x-fapi-interaction-id") or headers.get("x-request-id")
+    if token is not None:
+        if token.raw in raw:
+            raw = raw.replace(token.raw, b"***")
+        if request_id is not None and token.value in request_id:
+            request_id = request_id.replace(token.value, "***")
     success = 200 <= status < 300
     if success and _REFUSAL_BYTES not in raw:
         return Outcome(None, status, body=parse_json(raw), request_id=request_id)
@@ -170,6 +181,35 @@ def classify_response(
         ambiguous=500 <= status < 600 and status not in _UNAPPLIED_5XX,
         retry_after=parse_retry_after(headers),
         body=body,
+        request_id=request_id,
+    )
+
+
+def cut_outcome(
+    status: int,
+    headers: Mapping[str, str],
+    kind: ErrorKind,
+    reason: str,
+    *,
+    token: Bearer | None = None,
+) -> Outcome:
+    """
+    An answer whose body could not be read whole (`Response.cut`).
+
+    A 2xx is then no success: what the body said is lost (a refusal code, say), so the
+    attempt is ambiguous and a status read decides.  An error status is classified by
+    the status alone, the body dropped.
+    """
+    if not 200 <= status < 300:
+        return classify_response(status, headers, b"", token=token)
+    request_id = headers.get("x-fapi-interaction-id") or headers.get("x-request-id")
+    if token is not None and request_id is not None:
+        request_id = request_id.replace(token.value, "***")
+    return Outcome(
+        kind,
+        status,
+        message=f"HTTP {status}, but {reason}",
+        ambiguous=True,
         request_id=request_id,
     )
 
@@ -267,15 +307,19 @@ def _from_object(body: dict[str, Any], status: int | None) -> tuple[str | None, 
         code = code or _str(error.get("code"))
         message = message or _str(error.get("detail")) or _str(error.get("message"))
         message = message or _str(error.get("title"))
-    elif isinstance(error, str) and code is None and _CODE_RE.fullmatch(error):
-        code = error
+    if code is None and error == REFUSAL_CODE:
+        code = error  # the refusal code wins wherever it stands
     if code is None:
+        # Klavi's 416 names the business error in `statusCode` (a string or a number); it
+        # wins over a generic upper-case `error` label such as "BUSINESS_ERROR".
         for key in ("code", "statusCode", "errorCode"):
             value = body.get(key)
             text = _str(value)
             if text is not None and text != str(status):  # the status echoed is no code
                 code = text
                 break
+    if code is None and isinstance(error, str) and _CODE_RE.fullmatch(error):
+        code = error
     if message is None:
         message = _str(body.get("message")) or _str(body.get("detail"))
         message = message or _str(body.get("title")) or (_str(error) if error else None)

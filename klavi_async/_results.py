@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from attrs import field, frozen
 
-from ._documents import mask_document, scrub_documents
+from ._documents import clip_kept, mask_document, scrub_documents
 from ._errors import ErrorKind, KlaviError
 
 __all__ = [
@@ -38,6 +38,16 @@ TERMINAL_STATUSES = frozenset(
 """Statuses no cancel can change any more (Klavi's "terminated" states and settled ones)."""
 
 
+def _shown(value: object) -> str:
+    """A field's repr with documents masked and long values clipped (ids, keys, codes)."""
+    return repr(clip_kept(value)) if isinstance(value, str) else repr(value)
+
+
+def _masked(value: object) -> str:
+    """A field's repr with documents masked (messages)."""
+    return repr(scrub_documents(value)) if isinstance(value, str) else repr(value)
+
+
 @frozen
 class CancelRequest:
     """
@@ -48,11 +58,11 @@ class CancelRequest:
     Give `consent_id` to cancel an Automatic Pix payment.
     """
 
-    payment_id: str
+    payment_id: str = field(repr=_shown)
     cancelled_by: str = field(repr=mask_document)
-    identifier_type: str | None = None
-    idempotency_key: str | None = None
-    consent_id: str | None = field(default=None, kw_only=True)
+    identifier_type: str | None = field(default=None, repr=_shown)
+    idempotency_key: str | None = field(default=None, repr=_shown)
+    consent_id: str | None = field(default=None, kw_only=True, repr=_shown)
 
 
 @frozen(kw_only=True)
@@ -65,7 +75,7 @@ class Attempt:
     """The status Klavi answered, or None when no response arrived."""
     kind: ErrorKind | None
     """Why the attempt failed, or None when it succeeded."""
-    code: str | None = None
+    code: str | None = field(default=None, repr=_shown)
     """Business or Open Finance code from the error body, if any."""
     ambiguous: bool = False
     """It may have taken effect without our knowing (timeout after sending, 500/502/504)."""
@@ -75,7 +85,7 @@ class Attempt:
     """Seconds waited before the next attempt; None for the last one."""
     retry_after: float | None = None
     """The server's Retry-After hint in seconds, if it sent one."""
-    request_id: str | None = None
+    request_id: str | None = field(default=None, repr=_shown)
     """A correlation id the server echoed (`x-fapi-interaction-id` or `x-request-id`)."""
     token_refreshed: bool = False
     """This attempt replayed the previous one with a fresh token after a 401."""
@@ -83,9 +93,9 @@ class Attempt:
 
 @frozen(kw_only=True)
 class _ResultBase:
-    payment_id: str
-    """The payment the call was about."""
-    idempotency_key: str | None
+    payment_id: str = field(repr=_shown)
+    """The payment the call was about (clipped to 100 characters when it was invalid)."""
+    idempotency_key: str | None = field(repr=_shown)
     """The key sent on every attempt (None when the client sends none)."""
     interaction_id: str
     """The `x-fapi-interaction-id` sent on every attempt; quote it to Klavi's support."""
@@ -95,7 +105,7 @@ class _ResultBase:
     """Every attempt, in order."""
     elapsed: float
     """Seconds from the call's start to its result."""
-    consent_id: str | None = None
+    consent_id: str | None = field(default=None, repr=_shown)
     """The Automatic Pix consent, for `cancel_automatic_payment()`."""
 
 
@@ -152,9 +162,9 @@ class CancelFailed(_ResultBase):
     """Why it failed; the last attempt's kind when retries ran out."""
     http_status: int | None
     """Status of the last attempt, or None when no response arrived."""
-    code: str | None
+    code: str | None = field(repr=_shown)
     """Business or Open Finance code from the error body, if any."""
-    message: str
+    message: str = field(repr=_masked)
     """A readable reason; never holds the token, the secret key or a full document."""
     retryable: bool
     """Whether the same call later may succeed."""
@@ -327,15 +337,15 @@ def new_cancelled(
 class PaymentStatus:
     """A payment's status as Klavi reports it (`GET .../instant/payments/{id}/status`)."""
 
-    payment_id: str
+    payment_id: str = field(repr=_shown)
     """The payment's id (`id` in the response; the requested id if absent)."""
-    status: str
+    status: str = field(repr=_shown)
     """Klavi's status string as sent, e.g. `PAYMENT_PENDING`, `CANCELED`; unknown values kept."""
-    client_request_id: str | None = None
+    client_request_id: str | None = field(default=None, repr=_shown)
     amount: str | None = None
     currency: str | None = None
-    status_reason_code: str | None = None
-    status_reason_message: str | None = None
+    status_reason_code: str | None = field(default=None, repr=_shown)
+    status_reason_message: str | None = field(default=None, repr=_masked)
     status_update_at: str | None = None
     body: Any = field(default=None, repr=False)
     """The parsed JSON response."""

@@ -126,6 +126,7 @@ class RetryLoop:
         "_on_retry",
         "_policy",
         "_rng",
+        "_safe",
         "_sleep",
         "history",
         "refused_wait",
@@ -143,8 +144,12 @@ class RetryLoop:
         rng: Callable[[], float] = random.random,
         on_retry: Callable[[Outcome, int, float], None] | None = None,
         start: float | None = None,
+        safe: bool = False,
     ) -> None:
         self._policy = policy
+        # A safe request (a GET) is also retried after a body cut mid-way (a 200 whose
+        # body broke off): repeating it cannot apply anything twice.
+        self._safe = safe
         self._budget = budget
         self._clock = clock
         self._sleep = sleep
@@ -193,7 +198,18 @@ class RetryLoop:
 
     def wants_retry(self, first: Outcome) -> bool:
         """Whether the first attempt's outcome calls for `retry_after_first`."""
-        return first.kind is not None and self._policy.should_retry(first)
+        return first.kind is not None and self._should_retry(first)
+
+    def _should_retry(self, outcome: Outcome) -> bool:
+        if self._policy.should_retry(outcome):
+            return True
+        status = outcome.http_status
+        return (
+            self._safe
+            and outcome.kind in _TRANSPORT_KINDS
+            and status is not None
+            and 200 <= status < 300
+        )
 
     async def retry_after_first(
         self, first: Outcome, attempt: Callable[..., Awaitable[Outcome]], *args: object
@@ -221,7 +237,7 @@ class RetryLoop:
         outcome = state.outcome
         if outcome is None or outcome.failed:
             return False  # an exception (CancelledError, a bug) goes straight through
-        return self._policy.should_retry(outcome.result())
+        return self._should_retry(outcome.result())
 
     def _wait(self, state: _t.RetryCallState) -> float:
         last = _last(state)

@@ -31,6 +31,7 @@ from attrs import field, frozen
 
 __all__ = [
     "AccessToken",
+    "Bearer",
     "ClientCredentials",
     "StaticToken",
     "TokenCache",
@@ -109,6 +110,47 @@ class ClientCredentials:
     access_key: str = field(repr=_show_key, validator=_non_empty)
     secret_key: str = field(repr=False, validator=_non_empty)
     path: str = field(default="/payment/customer/v1/auth", kw_only=True)
+
+
+class Bearer:
+    """
+    A token as the cache hands it out: its repr and str never show it.  Strictly private.
+
+    The cache's fetch task returns one (asyncio's debug mode prints a task's result), and
+    callers keep it in their frames instead of the bare string (error reporters capture
+    locals).  `header` is the `Authorization` value the transport sends; `raw` the token's
+    bytes, for scrubbing an echo from a response.  Equal to another `Bearer` or to the
+    token string with the same value.
+    """
+
+    __slots__ = ("header", "raw", "value")
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+        self.header = f"Bearer {value}"
+        self.raw = value.encode()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Bearer):
+            return other.value == self.value
+        if isinstance(other, str):
+            return other == self.value
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __repr__(self) -> str:
+        return "<token ***>"
+
+    __str__ = __repr__
+
+
+def _refusal(token: str) -> str | None:
+    """Why *token* cannot go in an `Authorization` header, or None when it can."""
+    if token.isascii() and token.isprintable():
+        return None
+    return "the token provider returned a token holding control or non-ASCII characters"
 
 
 class TokenError(Exception):
@@ -235,6 +277,25 @@ def parse_auth_response(body: Any) -> AccessToken:
         raise ValueError("the auth response's accessToken is not a usable token") from None
 
 
+def _accept(produced: object) -> tuple[AccessToken | None, str]:
+    """The provider's answer as an `AccessToken`, or None and why it is refused."""
+    if isinstance(produced, str):
+        try:
+            access = AccessToken(produced)
+        except ValueError as exc:  # a message of ours, without the token
+            return None, f"the token provider returned an unusable token: {exc}"
+    elif isinstance(produced, AccessToken):
+        access = produced
+    else:
+        return None, (
+            f"the token provider returned {type(produced).__name__}, not a str or AccessToken"
+        )
+    refusal = _refusal(access.token)
+    if refusal is not None:
+        return None, refusal
+    return access, ""
+
+
 class TokenCache:
     """
     The cache in front of one provider, shared by every call of one client.  Strictly private.
@@ -264,14 +325,14 @@ class TokenCache:
         self._provider = provider
         self._clock = clock
         self._wall = wall
-        self._token: str | None = None
+        self._token: Bearer | None = None
         self._refresh_at = 0.0
         self._expires_at = 0.0
         self._advisory_after = 0.0
-        self._inflight: asyncio.Task[str] | None = None
+        self._inflight: asyncio.Task[Bearer] | None = None
         self.fetches = 0
 
-    def peek(self) -> str | None:
+    def peek(self) -> Bearer | None:
         """The cached token if it may still be used, without waiting; None otherwise."""
         token = self._token
         if token is None:
@@ -285,7 +346,7 @@ class TokenCache:
             return token
         return None
 
-    async def get(self) -> str:
+    async def get(self) -> Bearer:
         """A usable token, fetching one (single flight) when needed."""
         token = self.peek()
         if token is not None:
@@ -293,7 +354,7 @@ class TokenCache:
         task = self._inflight or self._start()
         return await asyncio.shield(task)
 
-    def invalidate(self, token: str) -> None:
+    def invalidate(self, token: Bearer) -> None:
         """Drop *token* if it is still the cached one (after a 401)."""
         if self._token == token:
             self._token = None
@@ -305,13 +366,13 @@ class TokenCache:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    def _start(self) -> asyncio.Task[str]:
+    def _start(self) -> asyncio.Task[Bearer]:
         task = asyncio.get_running_loop().create_task(self._fetch())
         self._inflight = task
         task.add_done_callback(self._finished)
         return task
 
-    def _finished(self, task: asyncio.Task[str]) -> None:
+    def _finished(self, task: asyncio.Task[Bearer]) -> None:
         if self._inflight is task:
             self._inflight = None
         if task.cancelled():
@@ -325,25 +386,31 @@ class TokenCache:
                 extra={"klavi_event": "token_failed"},
             )
 
-    async def _fetch(self) -> str:
+    async def _fetch(self) -> Bearer:
         self.fetches += 1
-        produced = await self._provider.get_token()
-        access = AccessToken(produced) if isinstance(produced, str) else produced
-        if not isinstance(access, AccessToken):
-            raise TokenError(
-                f"the token provider returned {type(produced).__name__}, not a str or AccessToken",
-                retryable=False,
-            )
+        try:
+            produced = await self._provider.get_token()
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # aclose() cancelled this fetch
+            # Nobody cancelled us: the provider let a CancelledError of its own escape.
+            raise TokenError("the token provider raised CancelledError", retryable=True) from None
+        access, refusal = _accept(produced)
+        del produced  # the bare token, when it was a string: not a local past this point
+        if access is None:
+            raise TokenError(refusal, retryable=False)
         lifetime = self._lifetime(access)
         now = self._clock()
-        self._token = access.token
+        token = Bearer(access.token)
+        self._token = token
         self._refresh_at = now + lifetime - min(MAX_REFRESH_MARGIN, lifetime / 2)
         self._expires_at = now + lifetime - min(MAX_MANDATORY_MARGIN, lifetime / 10)
         self._advisory_after = 0.0
         logger.debug(
             "token refreshed; valid for %.0f s", lifetime, extra={"klavi_event": "token_refreshed"}
         )
-        return access.token
+        return token
 
     def _lifetime(self, access: AccessToken) -> float:
         if access.expires_in is not None:

@@ -9,6 +9,7 @@ whether the request may have reached the server.  Redirects are never followed.
 from __future__ import annotations
 
 import asyncio
+import math
 import platform
 import ssl as _ssl
 from collections.abc import Mapping
@@ -17,11 +18,14 @@ from typing import Final
 import aiohttp
 from yarl import URL
 
-from ._errors import ErrorKind
+from ._errors import ClientClosedError, ErrorKind
+from ._tokens import Bearer
 
 __all__ = ["Response", "Transport", "TransportFailure", "user_agent"]
 
 DEFAULT_MAX_BODY: Final = 1024 * 1024
+_CONNECT_SHARE: Final = 0.99
+"""The connect timeout (pool wait included), as a share of the request's total timeout."""
 
 
 def user_agent(version: str) -> str:
@@ -30,17 +34,32 @@ def user_agent(version: str) -> str:
 
 
 class Response:
-    """Status, headers and (at most `max_body` bytes of) body.  Strictly private."""
+    """
+    Status, headers and (at most `max_body` bytes of) body.  Strictly private.
 
-    __slots__ = ("body", "headers", "status", "truncated")
+    `cut` is None when the body was read whole; otherwise the kind and reason it was not
+    (connection lost or timed out mid-body, a content encoding that failed to decode, more
+    than `max_body` decoded bytes), and `body` is empty: a part is not a body.
+    """
+
+    __slots__ = ("body", "cut", "headers", "status")
 
     def __init__(
-        self, status: int, headers: Mapping[str, str], body: bytes, truncated: bool = False
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        cut: tuple[ErrorKind, str] | None = None,
     ) -> None:
         self.status = status
         self.headers = headers
         self.body = body
-        self.truncated = truncated
+        self.cut = cut
+
+    @property
+    def truncated(self) -> bool:
+        """True when the body could not be read whole."""
+        return self.cut is not None
 
 
 class TransportFailure(Exception):
@@ -123,7 +142,13 @@ class Transport:
     def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
         timeout = self._timeouts.get(seconds)
         if timeout is None:
-            timeout = aiohttp.ClientTimeout(total=seconds)
+            # `connect` covers waiting for a pooled connection and connecting: a timeout
+            # there sent nothing, and aiohttp says so (ConnectionTimeoutError) only if that
+            # timer fires before the total one, hence a little shorter.  No rounding of
+            # deadlines to whole seconds (aiohttp's `ceil_threshold`), which could reorder them.
+            timeout = aiohttp.ClientTimeout(
+                total=seconds, connect=seconds * _CONNECT_SHARE, ceil_threshold=math.inf
+            )
             if len(self._timeouts) < 64:
                 self._timeouts[seconds] = timeout
         return timeout
@@ -136,17 +161,33 @@ class Transport:
         headers: dict[str, str],
         body: bytes | None,
         timeout: float,
+        auth: Bearer | None = None,
     ) -> Response:
-        """Send one request; raise `TransportFailure` when no usable response arrives."""
+        """
+        Send one request; raise `TransportFailure` when no usable response arrives.
+
+        The `Authorization` header is added here, in a dict no caller's frame holds, and
+        a cancellation is re-raised as a fresh `CancelledError` whose traceback starts
+        here: no frame that saw the header travels with it (error reporters capture
+        locals).
+        """
         session = self._get_session()
-        if not self._owns_session:
-            headers["User-Agent"] = self._user_agent
+        if auth is not None or not self._owns_session:
+            sent_headers = {**headers}
+            if auth is not None:
+                sent_headers["Authorization"] = auth.header
+            if not self._owns_session:
+                sent_headers["User-Agent"] = self._user_agent
+        else:
+            sent_headers = headers
+        resp: aiohttp.ClientResponse | None = None
+        cancelled: tuple[object, ...] = ()
         try:
             async with session.request(
                 method,
                 url,
                 data=body,
-                headers=headers,
+                headers=sent_headers,
                 timeout=self._timeout(timeout),
                 allow_redirects=False,
                 ssl=self._request_ssl,
@@ -154,21 +195,50 @@ class Transport:
                 status = resp.status
                 try:
                     length = resp.content_length
-                    if length is not None and length <= self._max_body:
+                    if (
+                        length is not None
+                        and length <= self._max_body
+                        and "Content-Encoding" not in resp.headers
+                    ):
                         # The common case, inline: no extra coroutine on the hot path.
                         return Response(status, resp.headers, await resp.read())
-                    raw, truncated = await self._read_capped(resp)
-                except (aiohttp.ClientError, TimeoutError, OSError):
-                    # The status line arrived, so the server processed the request; the
-                    # body is lost but the status still tells the outcome.
+                    raw, over = await self._read_capped(resp)
+                except aiohttp.ClientPayloadError as exc:
                     resp.close()
-                    return Response(status, resp.headers, b"", truncated=True)
-                if truncated:
+                    return Response(status, resp.headers, b"", _payload_cut(exc, timeout))
+                except TimeoutError:
                     resp.close()
-                return Response(status, resp.headers, raw, truncated)
+                    return Response(
+                        status,
+                        resp.headers,
+                        b"",
+                        (ErrorKind.TIMEOUT, f"the body did not arrive within {timeout:g} s"),
+                    )
+                except (aiohttp.ClientError, OSError) as exc:
+                    resp.close()
+                    return Response(
+                        status,
+                        resp.headers,
+                        b"",
+                        (ErrorKind.NETWORK, f"the connection failed mid-body: {_describe(exc)}"),
+                    )
+                if over:
+                    resp.close()
+                    return Response(
+                        status,
+                        resp.headers,
+                        b"",
+                        (
+                            ErrorKind.UNEXPECTED_RESPONSE,
+                            f"the body is larger than max_response_size ({self._max_body} bytes)",
+                        ),
+                    )
+                return Response(status, resp.headers, raw)
+        except asyncio.CancelledError as exc:
+            cancelled = exc.args
         except aiohttp.ConnectionTimeoutError as exc:
             raise TransportFailure(
-                ErrorKind.TIMEOUT, f"connect timed out after {timeout:g} s", sent=False
+                ErrorKind.TIMEOUT, f"no connection within {timeout:g} s", sent=False
             ) from exc
         except TimeoutError as exc:
             raise TransportFailure(
@@ -182,21 +252,41 @@ class Transport:
             raise TransportFailure(ErrorKind.NETWORK, "invalid URL", sent=False) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise TransportFailure(
-                ErrorKind.NETWORK, f"connection failed: {_describe(exc)}", sent=True
+                ErrorKind.NETWORK, f"connection failed: {_scrub(_describe(exc), auth)}", sent=True
             ) from exc
+        except Exception as exc:
+            if session.closed:
+                raise ClientClosedError(
+                    "the HTTP session was closed while a call was running"
+                ) from None
+            # aiohttp refused to build the request (a header value it will not send, ...):
+            # nothing left.  Only the exception's type: its text may quote a header.
+            raise TransportFailure(
+                ErrorKind.INVALID_REQUEST,
+                f"the request could not be built ({type(exc).__name__})",
+                sent=False,
+            ) from exc
+        # Only a cancellation gets here.  Drop what this frame still holds, then raise.
+        resp = sent_headers = None  # type: ignore[assignment]
+        raise asyncio.CancelledError(*cancelled)
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
-        """Read a body of unknown or too large a length, keeping at most `max_body` bytes."""
+        """
+        Read a body of unknown, too large a length or encoded; True when it passed `max_body`.
+
+        aiohttp decodes gzip/deflate/br as it is read, a chunk at a time, so counting the
+        decoded chunks here bounds the memory a small compressed body can make us use.
+        """
         chunks: list[bytes] = []
         size = 0
+        limit = self._max_body
         while True:
             chunk = await resp.content.read(65536)
             if not chunk:
                 return b"".join(chunks), False
             size += len(chunk)
-            if size > self._max_body:
-                chunks.append(chunk[: len(chunk) - (size - self._max_body)])
-                return b"".join(chunks), True
+            if size > limit:
+                return b"", True
             chunks.append(chunk)
 
     async def aclose(self) -> None:
@@ -206,6 +296,24 @@ class Transport:
             await session.close()
             # Let the connector's transports finish closing (aiohttp's advice).
             await asyncio.sleep(0)
+
+
+def _payload_cut(exc: aiohttp.ClientPayloadError, timeout: float) -> tuple[ErrorKind, str]:
+    """Why a body broke off: a content encoding that failed to decode, or the connection."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, aiohttp.http_exceptions.ContentEncodingError):
+            return ErrorKind.UNEXPECTED_RESPONSE, "the body failed to decode (content encoding)"
+        if isinstance(cause, TimeoutError):
+            return ErrorKind.TIMEOUT, f"the body did not arrive within {timeout:g} s"
+        cause = cause.__cause__ or cause.__context__
+    if "encoding" in str(exc).lower():
+        return ErrorKind.UNEXPECTED_RESPONSE, "the body failed to decode (content encoding)"
+    return ErrorKind.NETWORK, f"the connection failed mid-body: {_describe(exc)}"
+
+
+def _scrub(text: str, auth: Bearer | None) -> str:
+    return text if auth is None else text.replace(auth.value, "***")
 
 
 def _describe(exc: BaseException) -> str:

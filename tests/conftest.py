@@ -66,6 +66,13 @@ class LeakGuard(logging.Handler):
                 value = getattr(obj, name, None)
                 if value is not None:
                     yield str(value)
+            to_record = getattr(obj, "to_record", None)
+            if to_record is not None:  # a result: its record and its attempts too
+                # The record keeps a valid payment id exact (a batch's resume matches on
+                # it); everything else in it must be clean.
+                yield repr({k: v for k, v in to_record().items() if k != "payment_id"})
+                for attempt in getattr(obj, "history", ()):
+                    yield repr(attempt)
 
     def leaks(self) -> list[str]:
         texts = [*self.texts(), *self.object_texts()]

@@ -216,7 +216,6 @@ async def test_idempotent_replay_and_conflict() -> None:
     [
         (Fault.reset_after(), 2),  # the retry with the same key replays the stored 200
         (Fault.reset_before(), 2),
-        (Fault.truncated(), 1),  # the status line arrived: the SDK takes the 200 as said
         (Fault.malformed_json(), 1),  # a 200 with a body that is not JSON is still a 200
         (Fault.html_gateway(), 2),
         (Fault.of_status(503), 2),
@@ -244,6 +243,21 @@ async def test_each_fault_then_a_clean_retry_cancels_exactly_once(
         assert [r.replayed for r in records[1:]] == [fault.after_effect] * (attempts - 1)
 
 
+async def test_a_truncated_200_is_settled_by_the_status_read() -> None:
+    # The status line said 200 but the body was cut: not a success by itself; the cancel is
+    # not re-sent (it may have been applied) and the status read finds it CANCELED.
+    async with KlaviEmulator() as emu:
+        payment_id = emu.add_payment()
+        emu.script("cancel", [Fault.truncated()])
+        async with client(emu) as klavi:
+            result = await klavi.cancel_payment(payment_id, cancelled_by=CPF)
+        assert isinstance(result, Cancelled), result
+        assert result.attempts == 1
+        assert result.reconciled
+        assert emu.effects[payment_id] == 1
+        assert [r.fault for r in emu.records("cancel")] == [Fault.truncated().name]
+
+
 async def test_ambiguous_failures_everywhere_are_reconciled() -> None:
     async with KlaviEmulator() as emu:
         payment_id = emu.add_payment()
@@ -259,7 +273,7 @@ async def test_failed_status_read_leaves_the_outcome_unknown() -> None:
     async with KlaviEmulator() as emu:
         payment_id = emu.add_payment()
         emu.script("cancel", [Fault.reset_after(), 503, 503, 503])
-        emu.script("status", [503])
+        emu.script("status", [503] * FAST.max_attempts)  # every read fails (reads are retried)
         async with client(emu) as klavi:
             result = await klavi.cancel_payment(payment_id, cancelled_by=CPF)
         assert isinstance(result, CancelFailed)

@@ -217,14 +217,6 @@ async def test_a_numeric_416_code_is_a_refusal_and_is_reconciled() -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "needs library fix: _outcome._from_object takes an upper-case `error` label as the "
-        "code before a 416 body's numeric `statusCode`, which Klavi says names the business "
-        "error"
-    ),
-)
 async def test_a_416_statuscode_wins_over_an_error_label(serve: ServerFactory) -> None:
     async def cancel(request: web.Request) -> web.Response:
         body = {"statusCode": 4101, "error": "BUSINESS_ERROR", "message": "not a Pix QR code"}

@@ -84,13 +84,21 @@ async def test_body_trickled_past_the_timeout_keeps_the_status(serve: ServerFact
             await asyncio.sleep(0.05)
         return response
 
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response({"status": "PAYMENT_PENDING"})
+
     app = web.Application()
     app.router.add_post(CANCEL, cancel)
+    app.router.add_get(STATUS, status)
     base = await serve(app)
     async with KlaviClient(TOKEN, base_url=base, retry=FAST, timeout=0.3) as klavi:
         result = await klavi.cancel_payment("p1", cancelled_by=CPF)
-    assert isinstance(result, Cancelled)  # the 200 status line arrived: Klavi said yes
-    assert result.body is None
+    # The 200 status line arrived but the body never did: not a success; the read decides,
+    # and it found the payment still pending.
+    assert isinstance(result, CancelFailed)
+    assert result.kind is ErrorKind.TIMEOUT
+    assert result.http_status == 200
+    assert result.payment_status == "PAYMENT_PENDING"
 
 
 @pytest.mark.parametrize(

@@ -78,7 +78,8 @@ async def test_ambiguous_failure_with_failed_read_is_outcome_unknown(serve: Serv
     assert result.outcome_unknown
     assert result.kind is ErrorKind.SERVER_ERROR
     assert result.retryable
-    assert len(fake.requests(method="GET")) == 1  # read once, not retried
+    # The read is a safe GET: retried under the same policy (max_attempts reads), then unknown.
+    assert len(fake.requests(method="GET")) == client.retry_policy.max_attempts
 
 
 async def test_ambiguous_failure_attaches_the_status_read(serve: ServerFactory) -> None:

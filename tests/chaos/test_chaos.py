@@ -57,12 +57,14 @@ def expected_kind(record: RequestRecord) -> ErrorKind | None:
         return ErrorKind.RATE_LIMITED
     if fault in ("reset_before", "reset_after"):
         return ErrorKind.NETWORK
+    if fault == "truncated" and record.status != 416:
+        return ErrorKind.NETWORK  # a 200 whose body broke off is no success
     if fault == "latency":
         return ErrorKind.TIMEOUT
     if record.status == 416:
         return ErrorKind.NOT_CANCELLABLE
     assert record.status == 200, record
-    return None  # 200, malformed or truncated: the status line says cancelled
+    return None  # 200 or malformed (read whole): the status line says cancelled
 
 
 def outcome_label(result: CancelResult) -> str:
@@ -169,13 +171,21 @@ async def test_chaos(rate: float, report_matrix: Callable[[str], None]) -> None:
     assert budget.total_retries <= 0.2 * budget.total_first_attempts + 10.0 * (elapsed + 10.0)
     sent = sum(len(records) for records in cancels.values())
     unknown = sum(isinstance(r, CancelFailed) and r.outcome_unknown for r in results)
+    # Two reasons for outcome_unknown: every status read failed (no payment_status), or a
+    # cancel that timed out or lost its connection may still land (a non-terminal status).
+    unread = sum(
+        isinstance(r, CancelFailed) and r.outcome_unknown and r.payment_status is None
+        for r in results
+    )
     faults = sum(r.fault is not None for r in emulator.requests)
     report_matrix(
         matrix(
             f"\n{rate:.0%} faults: {CANCELS} cancels, {sent} cancel requests, {faults} faults "
             f"injected (reads included), {budget.total_retries} retries "
             f"({budget.total_rejected} refused by the budget), {unknown} outcome unknown "
-            f"({unknown_with_effect} with the effect applied), duplicates {duplicates}, "
+            f"({unread} with every status read failed, {unknown - unread} with a request "
+            f"maybe still running; {unknown_with_effect} with the effect applied), "
+            f"duplicates {duplicates}, "
             f"{elapsed:.1f} s",
             rows,
         )
