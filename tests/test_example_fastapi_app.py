@@ -1,0 +1,165 @@
+"""
+examples/fastapi_app.py against the emulator: outcomes, one client per app, shutdown,
+and a dependency override.
+
+Driven through httpx's `ASGITransport` inside asgi-lifespan's `LifespanManager`:
+`ASGITransport` alone does not run the lifespan, and FastAPI's `TestClient` runs the app
+on another thread's loop while aiohttp sessions belong to one loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from examples.fastapi_app import create_app, get_klavi
+from klavi_async import ClientCredentials, KlaviClient
+from klavi_async.testing import KlaviEmulator
+
+from ._webapps import (
+    BAD_BODIES,
+    CASES,
+    MAX_CONNECTIONS,
+    Case,
+    ClientFactory,
+    check_answer,
+    check_bad_body,
+    check_shutdown,
+    count_connections,
+    prepare,
+    session_closed,
+    sigterm_under_load,
+)
+from .conftest import CPF
+
+
+@asynccontextmanager
+async def requests_to(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as http:
+        yield http
+
+
+@asynccontextmanager
+async def served(factory: ClientFactory) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    app = create_app(client_factory=factory)
+    async with LifespanManager(app), requests_to(app) as http:
+        yield app, http
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+async def test_each_outcome_has_its_status(klavi_emulator: KlaviEmulator, case: Case) -> None:
+    payment_id, body = prepare(klavi_emulator, case)
+    factory = ClientFactory(klavi_emulator, secret_key=case.secret_key)
+    async with served(factory) as (_, http):
+        response = await http.post(f"/payments/{payment_id}/cancel", json=body)
+    check_answer(
+        klavi_emulator, case, payment_id, response.status_code, response.headers, response.text
+    )
+
+
+@pytest.mark.parametrize(("name", "raw", "error_type"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+async def test_a_bad_body_is_a_422_that_echoes_nothing(
+    klavi_emulator: KlaviEmulator, name: str, raw: bytes, error_type: str
+) -> None:
+    payment_id = klavi_emulator.add_payment()
+    async with served(ClientFactory(klavi_emulator)) as (_, http):
+        response = await http.post(
+            f"/payments/{payment_id}/cancel",
+            content=raw,
+            headers={"Content-Type": "application/json"},
+        )
+    check_bad_body(klavi_emulator, response.status_code, response.text, error_type)
+
+
+async def test_a_deeply_nested_body_is_refused_not_a_500(klavi_emulator: KlaviEmulator) -> None:
+    # FastAPI answers a body it cannot parse (here: RecursionError) with its own 400.
+    async with served(ClientFactory(klavi_emulator)) as (_, http):
+        response = await http.post("/payments/pay-1/cancel", content=b"[" * 200_000)
+    assert response.status_code in (400, 422)
+    assert klavi_emulator.requests == []
+
+
+async def test_concurrent_requests_share_one_token_and_one_pool() -> None:
+    emulator = KlaviEmulator()
+    peers = count_connections(emulator)
+    async with emulator:
+        payment_ids = [emulator.add_payment() for _ in range(200)]
+        factory = ClientFactory(emulator)
+        async with served(factory) as (app, http):
+
+            async def cancel(payment_id: str) -> int:
+                path = f"/payments/{payment_id}/cancel"
+                response = await http.post(path, json={"cancelled_by": CPF})
+                assert response.json()["ok"] is True
+                return response.status_code
+
+            statuses = await asyncio.gather(*(cancel(pid) for pid in payment_ids))
+            assert app.state.klavi is factory.client
+    assert statuses == [200] * 200
+    assert emulator.auth_calls == 1
+    assert factory.client.token_fetches == 1
+    assert all(emulator.effects[pid] == 1 for pid in payment_ids)
+    # One pool: never more connections than its limit, however many requests at once.
+    assert 1 <= len(peers) <= MAX_CONNECTIONS
+
+
+async def test_the_lifespan_closes_the_client_and_its_session(
+    klavi_emulator: KlaviEmulator,
+) -> None:
+    payment_id = klavi_emulator.add_payment()
+    factory = ClientFactory(klavi_emulator)
+    async with served(factory) as (_, http):
+        response = await http.post(f"/payments/{payment_id}/cancel", json={"cancelled_by": CPF})
+        assert response.status_code == 200
+        assert not factory.client.closed
+    assert session_closed(factory.client)
+
+
+async def test_a_dependency_override_hands_handlers_the_tests_client(
+    klavi_emulator: KlaviEmulator,
+) -> None:
+    def no_client() -> KlaviClient:
+        raise AssertionError("the lifespan's client must not be built")
+
+    # No lifespan at all: the override is the only client the handler sees.
+    app = create_app(client_factory=no_client)
+    payment_id = klavi_emulator.add_payment()
+    credentials = ClientCredentials(klavi_emulator.access_key, klavi_emulator.secret_key)
+    async with KlaviClient(credentials, base_url=klavi_emulator.url) as mine:
+        app.dependency_overrides[get_klavi] = lambda: mine
+        async with requests_to(app) as http:
+            response = await http.post(f"/payments/{payment_id}/cancel", json={"cancelled_by": CPF})
+        assert response.status_code == 200
+        assert mine.token_fetches == 1
+    assert klavi_emulator.effects[payment_id] == 1
+
+
+async def test_a_request_after_close_is_a_503_not_a_500(klavi_emulator: KlaviEmulator) -> None:
+    credentials = ClientCredentials(klavi_emulator.access_key, klavi_emulator.secret_key)
+    closed = KlaviClient(credentials, base_url=klavi_emulator.url)
+    await closed.aclose()
+    app = create_app()
+    app.dependency_overrides[get_klavi] = lambda: closed
+    async with requests_to(app) as http:
+        response = await http.post("/payments/pay-1/cancel", json={"cancelled_by": CPF})
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert "shutting down" in response.json()["detail"]
+
+
+@pytest.mark.slow
+async def test_sigterm_under_load_answers_every_request_in_flight() -> None:
+    # Every cancel waits 1 s at the emulator, so all of them are in flight at SIGTERM.
+    async with KlaviEmulator(fault_rates={"latency": 1.0}, latency=1.0) as emulator:
+        run = await sigterm_under_load("examples.fastapi_app", emulator, requests=20)
+    # uvicorn finishes, then re-raises the signal it caught: killed by SIGTERM, cleanly.
+    check_shutdown(run, 20, {0, -signal.SIGTERM})
+    assert "Finished server process" in run.stderr
