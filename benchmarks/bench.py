@@ -310,6 +310,9 @@ def main() -> None:
     scale = run_script("scale.py", "--sizes", *sizes)
     tokens = run_script("tokens.py", "--cancels", "2000" if args.quick else "10000")
     profile = run_script("profile_hot_path.py", "--n", "2000" if args.quick else "5000")
+    run_script(
+        "ratelimit.py", *(["--quick"] if args.quick else []), *(["--no-docs"] * args.no_docs)
+    )
     if not args.no_docs and not args.quick:
         text = DOC.read_text()
         text = replace_block(text, "target", target_block(target, target_as_is))

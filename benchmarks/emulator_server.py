@@ -6,11 +6,19 @@ validation, the state machine, idempotency bookkeeping), so it is slower than th
 numbers show the SDK against a realistic peer, not the SDK's own ceiling.  It accepts the
 benchmark's fixed token and creates a pending payment for any id it has not seen.
 
-    python benchmarks/emulator_server.py   # prints PORT <n>
+    python benchmarks/emulator_server.py [--tps-limit N] [--uvloop]   # prints PORT <n>
+
+With `--tps-limit N` it answers 429 (`Retry-After: 1`) beyond N accepted requests in any
+second, as Klavi does beyond an account's rate.  `GET /_bench/log` returns the request
+log so far as JSON: one `[time, status, route, payment_id]` row per request, `time` on
+the machine's monotonic clock (the same clock as `time.monotonic()` in any other process
+on this machine), `status` null for a dropped connection.  The route itself is not
+logged and not rate limited.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
 from contextlib import suppress
@@ -24,9 +32,13 @@ TOKEN = "bench-token"
 
 
 class BenchEmulator(KlaviEmulator):
-    def _authorized(self, request: web.Request) -> bool:
+    def __init__(self, *, tps_limit: float | None = None) -> None:
+        super().__init__(tps_limit=tps_limit)
+        self.app.router.add_get("/_bench/log", self._bench_log)
+
+    def _authorized(self, request: web.Request, payment_id: str | None = None) -> bool:
         return request.headers.get("Authorization") == f"Bearer {TOKEN}" or super()._authorized(
-            request
+            request, payment_id
         )
 
     def _find(self, request: web.Request) -> Payment | None:
@@ -35,9 +47,20 @@ class BenchEmulator(KlaviEmulator):
             self.add_payment("PAYMENT_PENDING", payment_id=payment_id)
         return super()._find(request)
 
+    async def _bench_log(self, request: web.Request) -> web.Response:
+        rows = [[r.time, r.status, r.route, r.payment_id] for r in self.requests]
+        return web.json_response(rows)
 
-async def main() -> None:
-    emulator = BenchEmulator()
+
+def _tps_limit(value: str) -> float:
+    limit = float(value)
+    if not limit > 0:
+        raise argparse.ArgumentTypeError("the TPS limit must be > 0")
+    return limit
+
+
+async def serve(tps_limit: float | None) -> None:
+    emulator = BenchEmulator(tps_limit=tps_limit)
     async with emulator:
         print(f"PORT {emulator.url.rsplit(':', 1)[1]}", flush=True)
         stop = asyncio.Event()
@@ -47,6 +70,20 @@ async def main() -> None:
         await stop.wait()
 
 
-if __name__ == "__main__":
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "--tps-limit", type=_tps_limit, default=None, help="429 beyond N requests per second"
+    )
+    parser.add_argument("--uvloop", action="store_true", help="serve on uvloop")
+    args = parser.parse_args()
+    if args.uvloop:
+        import uvloop
+
+        uvloop.install()
     with suppress(KeyboardInterrupt):
-        asyncio.run(main())
+        asyncio.run(serve(args.tps_limit))
+
+
+if __name__ == "__main__":
+    main()
