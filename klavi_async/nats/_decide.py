@@ -17,7 +17,7 @@ from typing import Any, Final
 from attrs import frozen
 
 from .. import CancelFailed, CancelRequest, CancelResult, ErrorKind
-from .._batchfile import _row as batch_row  # the cancel-batch row rules, shared on purpose
+from .._cli._rows import parse_row  # the cancel-batch row rules, shared on purpose
 
 __all__ = ["Action", "Decision", "Poison", "decide", "is_final", "parse_request"]
 
@@ -76,7 +76,7 @@ def parse_request(data: bytes) -> CancelRequest | Poison:
         return Poison("bad_json", "the message is not valid JSON")
     if not isinstance(value, dict):
         return Poison("not_an_object", "the message is not a JSON object")
-    row = batch_row(0, value)
+    row = parse_row(0, value)
     if row.request is None:
         key = value.get("idempotency_key")
         return Poison(

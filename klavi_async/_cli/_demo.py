@@ -1,5 +1,5 @@
 """
-`klavi-async emulator` and `klavi-async demo`: the emulator served, and the whole story.
+`klavi-async demo`: the whole story, against the embedded emulator.
 
 The demo starts the embedded emulator with faults on, seeds a few hundred payments
 (most cancellable, some already settled, some already cancelled), cancels them all in
@@ -16,27 +16,29 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import csv
 import hashlib
 import random
+import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
 
+import click
 from aiohttp import web
 from attrs import field, frozen
 
-from ._client import KlaviClient
-from ._retry import RetryPolicy
-from ._tokens import ClientCredentials
-from .testing import CANCELLABLE, Fault, KlaviEmulator, RandomFaults
+from .._client import KlaviClient
+from .._retry import RetryPolicy
+from .._tokens import ClientCredentials
+from ..testing import CANCELLABLE, Fault, KlaviEmulator, RandomFaults
+from ._common import say
+from ._emulator import seed_payments, write_payments_csv
+from ._runner import run_batch
 
-__all__ = ["DEMO_FAULTS", "run_demo", "serve_emulator", "write_payments_csv"]
+__all__ = ["DEMO_FAULTS", "demo", "run_demo"]
 
 DEMO_FAULTS: Final[Mapping[str, float]] = {
     "503": 0.06,
@@ -47,8 +49,6 @@ DEMO_FAULTS: Final[Mapping[str, float]] = {
     "malformed_json": 0.02,
 }
 """About 17 % of cancel requests meet a fault in the demo."""
-_DOCUMENTS: Final = ("529.982.247-25", "111.444.777-35", "11.222.333/0001-81", "12.ABC.345/01DE-35")
-_WILDCARDS: Final = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}  # noqa: S104  # nosec B104
 
 _PAYMENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("_PAYMENT", default=None)
 """The payment id of the request the emulator is serving (set per request task)."""
@@ -87,41 +87,6 @@ class PerPaymentFaults(RandomFaults):
         ).draw()
 
 
-def seed_payments(emulator: KlaviEmulator, count: int, *, rng: random.Random) -> dict[str, str]:
-    """Add *count* payments: 80 % cancellable, 10 % settled, 10 % already cancelled."""
-    planned: dict[str, str] = {}
-    for i in range(count):
-        roll = i % 10
-        if roll == 8:
-            status = rng.choice(["PAYMENT_COMPLETED", "PAYMENT_SETTLEMENT_PROCESSING"])
-        elif roll == 9:
-            status = "CANCELED"
-        else:
-            status = rng.choice(["PAYMENT_PENDING", "PAYMENT_SCHEDULED", "CONSENT_AUTHORIZED"])
-        payment_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))  # from the seed
-        planned[emulator.add_payment(status, payment_id=payment_id)] = status
-    return planned
-
-
-def reachable_url(url: str) -> str:
-    """*url* with a wildcard host (0.0.0.0, ::) replaced by loopback: what a client dials."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if host not in _WILDCARDS:
-        return url
-    netloc = _WILDCARDS[host] + (f":{parts.port}" if parts.port is not None else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def write_payments_csv(path: Path, payment_ids: list[str]) -> None:
-    """Write an input file for `cancel-batch`: payment_id, cancelled_by."""
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["payment_id", "cancelled_by"])
-        for i, payment_id in enumerate(payment_ids):
-            writer.writerow([payment_id, _DOCUMENTS[i % len(_DOCUMENTS)]])
-
-
 async def run_demo(
     echo: Callable[[str], None],
     *,
@@ -131,8 +96,6 @@ async def run_demo(
     progress: bool | None = None,
 ) -> int:
     """Run the story; return 0 when it went as planned, 1 otherwise."""
-    from ._cli import run_batch  # the CLI's batch runner: the demo shows the real thing
-
     # A reproducible story, not a secret: a seeded PRNG is the point.
     rng = random.Random(seed)  # noqa: S311  # nosec B311
     started = time.monotonic()
@@ -154,7 +117,7 @@ async def run_demo(
             # No jitter: the same seed, the same waits (nothing here is shared with others).
             policy = RetryPolicy(initial_backoff=0.05, max_backoff=0.5, jitter=False)
             async with KlaviClient(credentials, base_url=emulator.url, retry=policy) as klavi:
-                await run_batch(
+                await run_batch(  # the CLI's batch runner: the demo shows the real thing
                     klavi,
                     str(source),
                     str(results),
@@ -196,61 +159,9 @@ def _check_story(emulator: KlaviEmulator, planned: Mapping[str, str]) -> list[st
     return problems
 
 
-async def serve_emulator(
-    echo: Callable[[str], None],
-    *,
-    host: str,
-    port: int,
-    fault_rates: Mapping[str, float],
-    seed: int | None,
-    tps_limit: float | None,
-    latency: float,
-    retry_after: float,
-    payments: int,
-    payments_csv: Path | None,
-) -> int:
-    """Serve an emulator until SIGINT/SIGTERM."""
-    emulator = KlaviEmulator(
-        host=host,
-        port=port,
-        fault_rates=fault_rates,
-        seed=seed,
-        tps_limit=tps_limit,
-        latency=latency,
-        retry_after=retry_after,
-    )
-    async with emulator:
-        # Test data, not secrets.
-        rng = random.Random(seed)  # noqa: S311  # nosec B311
-        planned = seed_payments(emulator, payments, rng=rng) if payments else {}
-        url = reachable_url(emulator.url)
-        where = "" if url == emulator.url else f" (all interfaces; here: {url})"
-        echo(f"Klavi emulator listening on {emulator.url}{where}")
-        echo(f"  export KLAVI_BASE_URL={url}")
-        echo(f"  export KLAVI_ACCESS_KEY={emulator.access_key}")
-        echo(f"  export KLAVI_SECRET_KEY={emulator.secret_key}")
-        if planned:
-            echo(f"  {len(planned)} payments seeded")
-        if payments_csv is not None and planned:
-            try:
-                write_payments_csv(payments_csv, list(planned))
-            except OSError as exc:
-                # A usage error about the file, not about listening.
-                raise ValueError(
-                    f"cannot write --payments-csv {payments_csv}: {exc.strerror or exc}"
-                ) from None
-            echo(f"  their ids are in {payments_csv}")
-        if fault_rates:
-            echo("  faults: " + ", ".join(f"{k}={v}" for k, v in fault_rates.items()))
-        echo("Ctrl-C stops it.")
-        from ._cli import on_stop_signals
-
-        stop = asyncio.Event()
-        on_stop_signals(stop.set)
-        await stop.wait()
-        cancels = emulator.records("cancel")
-        echo(
-            f"stopped: {len(cancels)} cancel requests, {sum(emulator.effects.values())} payments "
-            f"cancelled, max effects per payment {max(emulator.effects.values(), default=0)}"
-        )
-    return 0
+@click.command()
+@click.option("--payments", type=click.IntRange(min=10), default=300, show_default=True)
+@click.option("--seed", type=int, default=2026, show_default=True)
+def demo(payments: int, seed: int) -> None:
+    """Cancel a few hundred payments against the embedded emulator, faults on."""
+    sys.exit(asyncio.run(run_demo(say, payments=payments, seed=seed)))

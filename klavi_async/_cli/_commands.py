@@ -1,0 +1,93 @@
+"""
+`klavi-async cancel` and `klavi-async status`: one payment, one JSON line on stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import click
+
+from .._client import KlaviClient
+from .._errors import KlaviError
+from .._results import CancelRequest, CancelResult
+from ._common import EXIT_FAILED, EXIT_OK, client_from_env, emit
+
+__all__ = ["cancel", "status"]
+
+
+async def _status_record(
+    client: KlaviClient, payment_id: str, consent_id: str | None
+) -> dict[str, Any]:
+    async with client:
+        try:
+            status = await client.get_payment_status(payment_id, consent_id=consent_id)
+        except KlaviError as exc:
+            return {
+                "payment_id": payment_id,
+                "ok": False,
+                "kind": exc.kind.value,
+                "http_status": exc.http_status,
+                "code": exc.code,
+                "message": exc.message,
+                "retryable": exc.retryable,
+            }
+        return {
+            "payment_id": status.payment_id,
+            "ok": True,
+            "status": status.status,
+            "client_request_id": status.client_request_id,
+            "amount": status.amount,
+            "currency": status.currency,
+            "status_reason_code": status.status_reason_code,
+            "status_reason_message": status.status_reason_message,
+            "status_update_at": status.status_update_at,
+        }
+
+
+@click.command()
+@click.argument("payment_id")
+@click.option("--cancelled-by", required=True, help="CPF or CNPJ of who asks to cancel.")
+@click.option(
+    "--identifier-type",
+    type=click.Choice(["CPF", "CNPJ"], case_sensitive=False),
+    help="Default: from the document's length.",
+)
+@click.option("--idempotency-key", help="Default: a new UUID4.")
+@click.option("--consent-id", help="Cancel an Automatic Pix payment of this consent.")
+def cancel(
+    payment_id: str,
+    cancelled_by: str,
+    identifier_type: str | None,
+    idempotency_key: str | None,
+    consent_id: str | None,
+) -> None:
+    """Cancel one payment and print the result as JSON."""
+    client = client_from_env()
+    request = CancelRequest(
+        payment_id,
+        cancelled_by,
+        identifier_type=identifier_type,
+        idempotency_key=idempotency_key,
+        consent_id=consent_id,
+    )
+
+    async def run() -> CancelResult:
+        async with client:
+            return await client.cancel_request(request)
+
+    result = asyncio.run(run())
+    emit(result.to_record())
+    sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+@click.command()
+@click.argument("payment_id")
+@click.option("--consent-id", help="Read an Automatic Pix payment of this consent.")
+def status(payment_id: str, consent_id: str | None) -> None:
+    """Print a payment's status as JSON."""
+    record = asyncio.run(_status_record(client_from_env(), payment_id, consent_id))
+    emit(record)
+    sys.exit(EXIT_OK if record["ok"] else EXIT_FAILED)

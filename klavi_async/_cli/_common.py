@@ -1,0 +1,60 @@
+"""
+What every `klavi-async` command shares: exit statuses, usage errors, the client from env.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Final, NoReturn
+
+import click
+
+from .._client import KlaviClient
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_NOT_FINAL",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "client_from_env",
+    "emit",
+    "fail_usage",
+    "say",
+]
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+"""Some items failed for good."""
+EXIT_USAGE: Final = 2
+"""A bad flag, missing or rejected credentials, an unreadable input."""
+EXIT_NOT_FINAL: Final = 3
+"""Some items are not final yet: a rerun sends them."""
+EXIT_INTERRUPTED: Final = 130
+
+
+def fail_usage(message: str) -> NoReturn:
+    """Stop with exit status 2 and `klavi-async: error: <message>`."""
+    raise click.UsageError(message)
+
+
+def client_from_env(**kwargs: Any) -> KlaviClient:
+    """`KlaviClient.from_env()`, a bad setting being a usage error."""
+    if "KLAVI_BASE_URL" in os.environ and not os.environ["KLAVI_BASE_URL"].strip():
+        # Unset it, or give a URL: an empty one must not fall back to another target.
+        fail_usage("KLAVI_BASE_URL is set but empty: unset it or give the API's base URL")
+    try:
+        return KlaviClient.from_env(**kwargs)
+    except ValueError as exc:
+        fail_usage(str(exc))
+
+
+def emit(record: dict[str, Any]) -> None:
+    """Print *record* as one line of JSON on stdout."""
+    click.echo(json.dumps(record, ensure_ascii=False))
+
+
+def say(text: str) -> None:
+    """Print *text* on stderr: progress and summaries, stdout being for records."""
+    click.echo(text, err=True)

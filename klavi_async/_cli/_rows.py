@@ -1,0 +1,239 @@
+"""
+Input rows for `klavi-async cancel-batch` (and `enqueue`): CSV with a header, or JSON Lines.
+
+Input is read lazily, so memory does not grow with its length.  A malformed row becomes a
+`Row` with `error`, never an exception: each row gets one result line.
+
+A row names its request by `row_digest`: a keyed BLAKE2b digest of the row's fields
+(payment id, consent id, document, identifier type, idempotency key).  The results file
+must not hold the document, and the digest cannot give it back any more than the
+deterministic idempotency key on the same line can; its fixed key scopes it to this use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import os
+import sys
+from collections.abc import Iterator
+from typing import IO, Any, Final
+
+from attrs import frozen
+
+from .._documents import normalize_document
+from .._results import CancelRequest
+from .._values import text_or_none
+
+__all__ = [
+    "InputError",
+    "Row",
+    "count_rows",
+    "input_format",
+    "item_id",
+    "open_rows",
+    "parse_row",
+    "read_rows",
+    "row_digest",
+]
+
+FIELDS: Final = ("payment_id", "cancelled_by", "identifier_type", "idempotency_key", "consent_id")
+REQUIRED: Final = ("payment_id", "cancelled_by")
+
+_DIGEST_KEY: Final = b"klavi-async/cancel-batch/request/v1"
+
+
+class InputError(Exception):
+    """The input cannot be read at all (unreadable file, no header, unknown format)."""
+
+
+def _document_part(document: str | None) -> str:
+    if document is None:
+        return ""
+    try:
+        return normalize_document(document)  # "529.982.247-25" and "52998224725": one request
+    except ValueError:
+        return document
+
+
+def row_digest(values: dict[str, str | None], line: int) -> str:
+    """
+    The digest that ties a result line to the request it was written for.
+
+    Keyed BLAKE2b, 128 bits, over the row's fields; a row that parsed to nothing (not JSON,
+    not an object) is named by its line number.
+    """
+    if not any(values.values()):
+        message = f"#{line}".encode()
+    else:
+        parts = [
+            values.get("payment_id") or "",
+            values.get("consent_id") or "",
+            _document_part(values.get("cancelled_by")),
+            values.get("identifier_type") or "",
+            values.get("idempotency_key") or "",
+        ]
+        message = "\x00".join(parts).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(message, key=_DIGEST_KEY, digest_size=16).hexdigest()
+
+
+def input_format(path: str) -> str:
+    """`"csv"` or `"jsonl"` from the file name; `-` is JSON Lines from stdin."""
+    lowered = path.lower()
+    if path == "-" or lowered.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    if lowered.endswith(".csv"):
+        return "csv"
+    raise InputError(f"cannot tell the format of {path!r}: use a .csv, .jsonl or .ndjson file")
+
+
+def item_id(payment_id: str, consent_id: str | None, line: int) -> str:
+    """The identity of an input item across runs."""
+    if not payment_id:
+        return f"#{line}"
+    return f"{consent_id}/{payment_id}" if consent_id else payment_id
+
+
+@frozen
+class Row:
+    """One input row: a request, or the reason it could not become one."""
+
+    line: int
+    payment_id: str
+    consent_id: str | None
+    request: CancelRequest | None
+    error: str | None = None
+    digest: str = ""
+    """`row_digest()` of the row's fields: which result lines answer it."""
+
+    @property
+    def item(self) -> str:
+        return item_id(self.payment_id, self.consent_id, self.line)
+
+
+def _field(value: object) -> str | None:
+    """A row field as text: strings stripped (blank is missing), integers spelled out."""
+    if isinstance(value, float):
+        return None  # `1e+20` or `0.5` spelled out is not an id or a document the row meant
+    return text_or_none(value, strip=True)
+
+
+def parse_row(line: int, data: Any) -> Row:
+    """
+    The `Row` for *data*, one parsed CSV record or JSON value from input line *line*.
+
+    The batch rules, shared with the JetStream worker: a row needs `payment_id` and
+    `cancelled_by`; anything else (not an object, a field missing) is a `Row` with `error`.
+    """
+    if not isinstance(data, dict):
+        return _broken(line, "the row is not an object")
+    values = {name: _field(data.get(name)) for name in FIELDS}
+    digest = row_digest(values, line)
+    payment_id = values["payment_id"] or ""
+    consent_id = values["consent_id"]
+    cancelled_by = values["cancelled_by"]
+    if not payment_id or cancelled_by is None:
+        missing = [name for name in REQUIRED if values[name] is None]
+        return Row(line, payment_id, consent_id, None, f"missing {', '.join(missing)}", digest)
+    request = CancelRequest(
+        payment_id,
+        cancelled_by,
+        identifier_type=values["identifier_type"],
+        idempotency_key=values["idempotency_key"],
+        consent_id=consent_id,
+    )
+    return Row(line, payment_id, consent_id, request, None, digest)
+
+
+def _broken(line: int, error: str) -> Row:
+    """A row that holds no fields at all: named by its line."""
+    return Row(line, "", None, None, error, row_digest({}, line))
+
+
+def _open(path: str) -> IO[str]:
+    if path == "-":
+        try:
+            # A private descriptor: a reader thread blocked on it holds no lock of sys.stdin.
+            fd = os.dup(sys.stdin.fileno())
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            return _Borrowed(sys.stdin.buffer)  # stdin replaced by an in-memory stream
+        return open(fd, encoding="utf-8-sig", errors="replace")
+    try:
+        return open(path, encoding="utf-8-sig", errors="replace", newline="")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+class _Borrowed(io.TextIOWrapper):
+    """Text over a stream we do not own: closing detaches, the stream stays open."""
+
+    def __init__(self, buffer: IO[bytes]) -> None:
+        super().__init__(buffer, encoding="utf-8-sig", errors="replace")
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError):  # detached already
+            self.detach()
+
+
+def read_rows(path: str) -> Iterator[Row]:
+    """
+    Open *path* now and return an iterator over its rows, read one by one.
+
+    Raises `InputError` at once for an unknown format, an unreadable file or a CSV header
+    without `payment_id` and `cancelled_by`; a malformed row later becomes a `Row` with
+    `error`.
+    """
+    return open_rows(path)[1]
+
+
+def open_rows(path: str) -> tuple[IO[str], Iterator[Row]]:
+    """`read_rows()`, and the open handle (to close if the rows are never read)."""
+    kind = input_format(path)
+    handle = _open(path)
+    if kind == "jsonl":
+        return handle, _jsonl_rows(handle)
+    try:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+    except (csv.Error, OSError) as exc:
+        handle.close()
+        raise InputError(f"cannot read the CSV header of {path}: {exc}") from None
+    missing = [name for name in REQUIRED if name not in header]
+    if missing:
+        handle.close()
+        raise InputError(f"the CSV header of {path} lacks {', '.join(missing)}")
+    return handle, _csv_rows(reader, handle)
+
+
+def _csv_rows(reader: csv.DictReader[str], handle: IO[str]) -> Iterator[Row]:
+    with handle:
+        for line, record in enumerate(reader, start=1):
+            yield parse_row(line, record)
+
+
+def _jsonl_rows(handle: IO[str]) -> Iterator[Row]:
+    with handle:
+        for line, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                data = json.loads(text)
+            except ValueError:
+                yield _broken(line, "the line is not valid JSON")
+                continue
+            yield parse_row(line, data)
+
+
+def count_rows(path: str) -> int | None:
+    """How many data rows *path* has (for the progress bar); None for stdin or on error."""
+    if path == "-":
+        return None
+    try:
+        with open(path, "rb") as handle:
+            lines = sum(1 for line in handle if line.strip())
+    except OSError:
+        return None
+    return max(lines - 1, 0) if input_format(path) == "csv" else lines

