@@ -313,6 +313,10 @@ def main() -> None:
     run_script(
         "ratelimit.py", *(["--quick"] if args.quick else []), *(["--no-docs"] * args.no_docs)
     )
+    run_script(
+        "cli_batch.py", *(["--rounds", "4"] if args.quick else []), *(["--no-docs"] * args.no_docs)
+    )
+    run_script("fleet.py", *(["--no-docs"] * args.no_docs))
     if not args.no_docs and not args.quick:
         text = DOC.read_text()
         text = replace_block(text, "target", target_block(target, target_as_is))

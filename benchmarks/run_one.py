@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import contenders
 from contenders import CONTENDERS
 
+from klavi_async._cli._process import raise_mmap_threshold
+
 
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -67,10 +69,11 @@ def equalise_allocator() -> None:
     block pays mmap, mremap and munmap (and fresh zeroed pages) on every response.  Whether
     a process has freed one is an accident of its history: `asyncio.gather` over thousands
     of tasks does (large lists and dicts), a bounded worker pool never does.  Freeing one
-    1 MiB block here puts every contender in the state a long-running process is in.
+    1 MiB block here puts every contender in the state a long-running process is in: the
+    same function the CLI's commands start with (`klavi_async/_cli/_process.py`), called
+    here unconditionally (its `KLAVI_ASYNC_KEEP_ALLOCATOR` switch is for the CLI).
     """
-    block = bytearray(1 << 20)
-    del block  # freed whole: the threshold rises above asyncio's 256 KiB read buffer
+    raise_mmap_threshold()
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ which may run without the extra.
 
 The modules, each importing only those after it: `_commands` (cancel, status),
 `_batchcmd` (cancel-batch), `_demo`, `_emulator`, `_runner` (the batch runner),
-`_summary`, `_feed`, `_resume`, `_rows`, `_signals`, `_common`.
+`_summary`, `_feed`, `_resume`, `_rows`, `_signals`, `_common`, `_process`.
 """
 
 from __future__ import annotations

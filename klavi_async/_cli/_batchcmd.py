@@ -11,6 +11,7 @@ from typing import Final
 import click
 
 from ._common import client_from_env, fail_usage, say
+from ._process import start_in_fast_allocator_state
 from ._rows import InputError
 from ._runner import run_batch
 
@@ -41,6 +42,7 @@ def cancel_batch(
     good, 2 usage or rejected credentials, 3 some items not final yet (rerun), 130
     interrupted.
     """
+    start_in_fast_allocator_state()  # this process is ours: see _process.py
     client = client_from_env()
 
     async def run() -> int:

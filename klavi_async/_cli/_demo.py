@@ -36,6 +36,7 @@ from .._tokens import ClientCredentials
 from ..testing import CANCELLABLE, Fault, KlaviEmulator, RandomFaults
 from ._common import say
 from ._emulator import seed_payments, write_payments_csv
+from ._process import start_in_fast_allocator_state
 from ._runner import run_batch
 
 __all__ = ["DEMO_FAULTS", "demo", "run_demo"]
@@ -164,4 +165,5 @@ def _check_story(emulator: KlaviEmulator, planned: Mapping[str, str]) -> list[st
 @click.option("--seed", type=int, default=2026, show_default=True)
 def demo(payments: int, seed: int) -> None:
     """Cancel a few hundred payments against the embedded emulator, faults on."""
+    start_in_fast_allocator_state()  # this process is ours: see _process.py
     sys.exit(asyncio.run(run_demo(say, payments=payments, seed=seed)))

@@ -18,6 +18,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from .. import CancelRequest, KlaviClient
+from .._cli._process import start_in_fast_allocator_state
 from .._cli._rows import InputError, read_rows
 from .._cli._signals import on_stop_signals
 from ._streams import connect, enqueue, ensure_streams
@@ -170,6 +171,7 @@ def add_commands(cli: click.Group) -> None:
         Each request gets one record on klavi.cancel.results (or klavi.cancel.dead).
         A signal stops taking messages; the cancels in flight finish, then it exits 0.
         """
+        start_in_fast_allocator_state()  # this process is ours: see _cli/_process.py
         sys.exit(
             asyncio.run(
                 run_worker(
