@@ -14,14 +14,20 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+)
+from typing import Any, cast
 
 from ._errors import ClientClosedError
 from ._results import CancelRequest, CancelResult
-
-if TYPE_CHECKING:
-    from ._client import KlaviClient
+from ._speedups import Turns
 
 __all__ = ["stream"]
 
@@ -41,14 +47,11 @@ def _sources(requests: object) -> tuple[Iterator[Any] | None, AsyncIterator[Any]
 class _Input:
     """The batch's input, pulled by whichever worker is free.  Strictly private."""
 
-    __slots__ = ("_async", "_pulling", "_sync", "_waiters", "error", "exhausted")
+    __slots__ = ("_async", "_sync", "_turns", "error", "exhausted")
 
     def __init__(self, requests: object) -> None:
         self._sync, self._async = _sources(requests)
-        # An async generator serves one anext() at a time.  What asyncio.Lock does, inline:
-        # a pull that meets no other (the usual case) costs a flag, not two coroutines.
-        self._pulling = False
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._turns = Turns()  # an async generator serves one anext() at a time
         self.exhausted = False
         self.error: Exception | None = None
 
@@ -60,17 +63,17 @@ class _Input:
                     return None
                 item = next(self._sync)
             else:
-                if self._pulling or self._waiters:
-                    await self._wait_turn()
+                turns = self._turns
+                if turns.free:
+                    turns.take_now()
                 else:
-                    self._pulling = True
+                    await turns.take()
                 try:
                     if self.exhausted:
                         return None
                     item = await anext(cast("AsyncIterator[Any]", self._async))
                 finally:
-                    self._pulling = False
-                    self._wake_first()
+                    turns.give()
         except (StopIteration, StopAsyncIteration):
             self.exhausted = True
             return None
@@ -90,26 +93,6 @@ class _Input:
         if self.error is None:
             self.error = error
 
-    async def _wait_turn(self) -> None:
-        """Queue behind the pull in progress; return holding the turn (`_pulling` set)."""
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            try:
-                await waiter
-            finally:
-                self._waiters.remove(waiter)
-        except asyncio.CancelledError:
-            if not self._pulling:
-                self._wake_first()  # we were handed the turn: pass it on
-            raise
-        self._pulling = True
-
-    def _wake_first(self) -> None:
-        """Hand the turn to the longest-waiting worker (one, not all: no herd)."""
-        if self._waiters and not self._waiters[0].done():
-            self._waiters[0].set_result(None)
-
     async def close(self) -> None:
         if self._async is not None:
             closer = getattr(self._async, "aclose", None)
@@ -121,90 +104,131 @@ class _Input:
                 closer()
 
 
+Run = Callable[[CancelRequest], Coroutine[Any, Any, CancelResult]]
+"""Check one request now (raising `TypeError` for a malformed one) and return its cancel."""
+Workers = set["asyncio.Task[None]"]
+
+
 async def stream(
-    client: KlaviClient,
+    run: Run,
     requests: Iterable[CancelRequest] | AsyncIterable[CancelRequest],
     concurrency: int,
+    *,
+    on_start: Callable[[Workers], None],
+    on_end: Callable[[Workers], None],
 ) -> AsyncGenerator[CancelResult, None]:
     """
-    The body of `KlaviClient.cancel_many()`.  Strictly private.
+    The body of `KlaviClient.cancel_many()`: `run(request)` for each request.  Strictly private.
 
     Up to *concurrency* workers each pull a request, cancel it and hand the result over; a
     slot is given back only when the consumer takes a result, so requests in flight plus
     results not yet taken never exceed *concurrency*.  Workers run the cancel coroutine
     themselves: no task per item.  One worker starts at once and each item pulled starts
     one more while fewer than *concurrency* run, so the tasks alive never exceed the items
-    pulled plus one.
+    pulled plus one.  *on_start* gets the set of workers (live, kept up to date) before
+    the first await, *on_end* when the batch is over, so the caller can cancel them.
     """
-    source = _Input(requests)
-    loop = asyncio.get_running_loop()
-    finished: deque[CancelResult] = deque()
-    ended: deque[asyncio.Task[None]] = deque()
-    slots = asyncio.Semaphore(concurrency)
-    waiter: asyncio.Future[None] | None = None
-    workers: set[asyncio.Task[None]] = set()
-    started = 0
+    pool = _Pool(run, _Input(requests), concurrency)
+    pool.start()
+    on_start(pool.workers)
+    try:
+        while True:
+            if pool.finished:
+                result = pool.finished.popleft()
+                pool.slots.release()
+                yield result
+                continue
+            pool.reap()
+            if not pool.workers:
+                break
+            await pool.wait()
+        if pool.source.error is not None:
+            raise pool.source.error
+    finally:
+        on_end(pool.workers)
+        for worker in pool.workers:
+            worker.cancel()
+        await asyncio.gather(*pool.workers, return_exceptions=True)
+        await pool.source.close()
 
-    def wake(_: object = None) -> None:
+
+class _Pool:
+    """A batch's workers and the results they hand over.  Strictly private."""
+
+    __slots__ = (
+        "_concurrency",
+        "_ended",
+        "_loop",
+        "_run",
+        "_started",
+        "_waiter",
+        "finished",
+        "slots",
+        "source",
+        "workers",
+    )
+
+    def __init__(self, run: Run, source: _Input, concurrency: int) -> None:
+        self._run = run
+        self.source = source
+        self._concurrency = concurrency
+        self._loop = asyncio.get_running_loop()
+        self.finished: deque[CancelResult] = deque()
+        self._ended: deque[asyncio.Task[None]] = deque()
+        self.slots = asyncio.Semaphore(concurrency)
+        self._waiter: asyncio.Future[None] | None = None
+        self.workers: Workers = set()
+        self._started = 0
+
+    def start(self) -> None:
+        """Start one more worker."""
+        self._started += 1
+        worker = self._loop.create_task(self._work())
+        self.workers.add(worker)
+        worker.add_done_callback(self._ended_one)
+
+    async def wait(self) -> None:
+        """Until a result is handed over or a worker ends."""
+        self._waiter = self._loop.create_future()
+        await self._waiter
+        self._waiter = None
+
+    def reap(self) -> None:
+        """Forget the workers that ended; raise what ended one abnormally."""
+        while self._ended:
+            worker = self._ended.popleft()
+            self.workers.discard(worker)
+            if worker.cancelled():  # not by us: our own cancels happen in `finally`
+                raise ClientClosedError("the client was closed while cancel_many was running")
+            error = worker.exception()
+            if error is not None:
+                raise error  # a bug, or the client closed under us
+
+    def _wake(self) -> None:
+        waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def on_end(worker: asyncio.Task[None]) -> None:
-        ended.append(worker)
-        wake()
+    def _ended_one(self, worker: asyncio.Task[None]) -> None:
+        self._ended.append(worker)
+        self._wake()
 
-    def start() -> None:
-        nonlocal started
-        started += 1
-        worker = loop.create_task(work())
-        workers.add(worker)
-        worker.add_done_callback(on_end)
-
-    async def work() -> None:
+    async def _work(self) -> None:
+        source = self.source
+        slots = self.slots
         while True:
             await slots.acquire()
             request = await source.next()
             if request is None:
                 slots.release()
                 return
-            if started < concurrency and not source.exhausted:
-                start()  # input is arriving: one more worker, until there are enough
+            if self._started < self._concurrency and not source.exhausted:
+                self.start()  # input is arriving: one more worker, until there are enough
             try:
-                call = client._request_call(request)
+                call = self._run(request)
             except TypeError as exc:  # a CancelRequest whose fields are not strings
                 source.fail(exc)
                 slots.release()
                 return
-            finished.append(await call)
-            wake()
-
-    start()
-    client._batches[id(workers)] = workers  # lets client.aclose() cancel what is in flight
-    try:
-        while True:
-            if finished:
-                result = finished.popleft()
-                slots.release()
-                yield result
-                continue
-            while ended:
-                worker = ended.popleft()
-                workers.discard(worker)
-                if worker.cancelled():  # not by us: our own cancels happen in `finally`
-                    raise ClientClosedError("the client was closed while cancel_many was running")
-                error = worker.exception()
-                if error is not None:
-                    raise error  # a bug, or the client closed under us
-            if not workers:
-                break
-            waiter = loop.create_future()
-            await waiter
-            waiter = None
-        if source.error is not None:
-            raise source.error
-    finally:
-        client._batches.pop(id(workers), None)
-        for worker in workers:
-            worker.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-        await source.close()
+            self.finished.append(await call)
+            self._wake()

@@ -14,7 +14,9 @@ import math
 import time
 from collections.abc import Callable
 
-from attrs import field, frozen, validators
+from attrs import Factory, field, frozen
+
+from ._values import non_negative
 
 __all__ = ["RetryBudget", "RetryBudgetStats"]
 
@@ -39,9 +41,20 @@ class RetryBudgetStats:
     """Retries refused since creation (or `reset()`): each one ended a call early."""
 
 
-def _non_negative(_: object, attribute: object, value: float) -> None:
-    if not value >= 0:
-        raise ValueError(f"{getattr(attribute, 'name', 'value')} must be >= 0, got {value!r}")
+def _window(value: object) -> float:
+    """A converter, not a validator: the counters' factory below needs a usable width."""
+    seconds = float(value)  # type: ignore[arg-type]
+    non_negative(None, _WINDOW, seconds)
+    if seconds == 0:
+        raise ValueError("window must be > 0, got 0.0")
+    return seconds
+
+
+class _Named:
+    name = "window"
+
+
+_WINDOW = _Named()
 
 
 class _Window:
@@ -63,9 +76,13 @@ class _Window:
     def __init__(self, width: float, clock: Callable[[], float]) -> None:
         self.width = width
         self.clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero every counter and start the window now."""
         self.firsts = [0] * _BUCKETS
         self.retries = [0] * _BUCKETS
-        self.bucket = int(clock() / width)
+        self.bucket = int(self.clock() / self.width)
         self.first_sum = self.retry_sum = 0
         self.total_first = self.total_retries = self.total_rejected = 0
 
@@ -97,16 +114,16 @@ class RetryBudget:
     use one budget per event loop.  Pass `clock` (a monotonic clock) to test it.
     """
 
-    ratio: float = field(default=0.2, converter=float, validator=_non_negative)
-    min_per_second: float = field(default=10.0, converter=float, validator=_non_negative)
-    window: float = field(
-        default=10.0, converter=float, validator=[_non_negative, validators.gt(0.0)]
-    )
+    ratio: float = field(default=0.2, converter=float, validator=non_negative)
+    min_per_second: float = field(default=10.0, converter=float, validator=non_negative)
+    window: float = field(default=10.0, converter=_window)
     clock: Callable[[], float] = field(default=time.monotonic, kw_only=True, repr=False)
-    _state: _Window = field(init=False, repr=False)
-
-    def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_state", _Window(self.window / _BUCKETS, self.clock))
+    # The settings are frozen; the counters live in this one mutable object, never replaced.
+    _state: _Window = field(
+        init=False,
+        repr=False,
+        default=Factory(lambda self: _Window(self.window / _BUCKETS, self.clock), takes_self=True),
+    )
 
     @classmethod
     def unlimited(cls) -> RetryBudget:
@@ -120,7 +137,7 @@ class RetryBudget:
 
     def reset(self) -> None:
         """Forget everything: counters and window."""
-        object.__setattr__(self, "_state", _Window(self.window / _BUCKETS, self.clock))
+        self._state.reset()
 
     def record_attempt(self) -> None:
         """Count a call's first attempt; each one earns `ratio` of a retry."""

@@ -9,20 +9,36 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from typing import Final
+import os
+import ssl as _ssl
+from typing import Any, Final
 
 from yarl import URL
+
+from ._budget import RetryBudget
+from ._retry import RetryPolicy
+from ._tokens import ClientCredentials, StaticToken
 
 __all__ = [
     "AUTOMATIC_CANCEL_PATH",
     "CANCEL_PATH",
     "AUTOMATIC_STATUS_PATH",
     "STATUS_PATH",
+    "INTERACTION_HEADER",
+    "Endpoints",
     "Environment",
     "check_base_url",
+    "check_client_config",
+    "client_kwargs_from_env",
+    "check_int",
+    "check_number",
+    "check_optional_type",
+    "check_path",
     "is_loopback",
 ]
 
+INTERACTION_HEADER: Final = "x-fapi-interaction-id"
+"""The correlation id sent on every request (a UUID4 per call); Klavi echoes it."""
 CANCEL_PATH: Final = "/payment/customer/v1/instant/payments/{payment_id}/cancel"
 STATUS_PATH: Final = "/payment/customer/v1/instant/payments/{payment_id}/status"
 AUTOMATIC_CANCEL_PATH: Final = (
@@ -96,3 +112,141 @@ def check_base_url(base_url: str) -> str:
     if url.query_string or url.fragment or url.user or url.password:
         raise ValueError("base_url must not carry a query, fragment or credentials")
     return str(url).rstrip("/")
+
+
+class Endpoints:
+    """
+    The URLs one client sends to, built from the parsed base.  Strictly private.
+
+    Request URLs are built with `with_path` on the parsed base URL: parsing a whole URL
+    string per call costs several times more.  The ids given are validated already: only
+    ASCII letters, digits and '-', which a URL path carries as they are.
+    """
+
+    __slots__ = ("_base_path", "automatic_cancel", "automatic_status", "base", "cancel", "status")
+
+    def __init__(
+        self,
+        base_url: str,
+        cancel: str,
+        status: str,
+        automatic_cancel: str,
+        automatic_status: str,
+    ) -> None:
+        self.base = URL(base_url, encoded=True)
+        self._base_path = self.base.raw_path.rstrip("/")
+        self.cancel = cancel
+        self.status = status
+        self.automatic_cancel = automatic_cancel
+        self.automatic_status = automatic_status
+
+    def cancel_url(self, payment_id: str, consent_id: str | None) -> URL:
+        """The cancel URL of an instant (or, with *consent_id*, an automatic) payment."""
+        if consent_id is None:
+            path = self.cancel.format(payment_id=payment_id)
+        else:
+            path = self.automatic_cancel.format(consent_id=consent_id, payment_id=payment_id)
+        return self.base.with_path(self._base_path + path, encoded=True)
+
+    def status_url(self, payment_id: str, consent_id: str | None) -> URL:
+        """The status URL of an instant (or, with *consent_id*, an automatic) payment."""
+        if consent_id is None:
+            path = self.status.format(payment_id=payment_id)
+        else:
+            path = self.automatic_status.format(consent_id=consent_id, payment_id=payment_id)
+        return self.base.with_path(self._base_path + path, encoded=True)
+
+
+# Construction checks: a misconfigured client fails when built, with the argument's name.
+
+
+def check_optional_type(name: str, value: object, expected: type) -> None:
+    """*value* must be None or an instance of *expected* (`TypeError`)."""
+    if value is not None and not isinstance(value, expected):
+        raise TypeError(f"{name} must be a {expected.__name__}, got {type(value).__name__}")
+
+
+def check_number(name: str, value: object) -> None:
+    """*value* must be a number > 0, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def check_int(name: str, value: object) -> None:
+    """*value* must be an int >= 1, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+
+
+def check_path(name: str, path: object, fields: tuple[str, ...]) -> None:
+    """*path* must be an absolute path template naming each of *fields* in braces."""
+    if not isinstance(path, str) or not path.startswith("/") or "?" in path or "#" in path:
+        raise ValueError(f"{name} must be a path starting with '/', with no query or fragment")
+    for field_name in fields:
+        if "{" + field_name + "}" not in path:
+            raise ValueError(f"{name} must contain {{{field_name}}}")
+
+
+def client_kwargs_from_env(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`KlaviClient.from_env()`'s arguments: *kwargs* completed from the environment."""
+    kwargs = dict(kwargs)
+    if "token_provider" not in kwargs:
+        access = os.environ.get("KLAVI_ACCESS_KEY", "").strip()
+        secret = os.environ.get("KLAVI_SECRET_KEY", "").strip()
+        token = os.environ.get("KLAVI_TOKEN", "").strip()
+        if access and secret:
+            kwargs["token_provider"] = ClientCredentials(access, secret)
+        elif token:
+            kwargs["token_provider"] = StaticToken(token)
+        elif access or secret:
+            raise ValueError("set both KLAVI_ACCESS_KEY and KLAVI_SECRET_KEY (or KLAVI_TOKEN)")
+        else:
+            raise ValueError(
+                "no Klavi credentials: set KLAVI_ACCESS_KEY and KLAVI_SECRET_KEY, or KLAVI_TOKEN"
+            )
+    if "base_url" not in kwargs and os.environ.get("KLAVI_BASE_URL", "").strip():
+        kwargs["base_url"] = os.environ["KLAVI_BASE_URL"].strip()
+    if "environment" not in kwargs and os.environ.get("KLAVI_ENVIRONMENT", "").strip():
+        kwargs["environment"] = Environment.parse(os.environ["KLAVI_ENVIRONMENT"])
+    return kwargs
+
+
+def check_client_config(
+    environment: object,
+    base_url: str | None,
+    retry: object,
+    retry_budget: object,
+    timeout: object,
+    max_connections: object,
+    max_response_size: object,
+    idempotency_header: object,
+    ssl: object,
+    paths: tuple[object, object, object, object],
+) -> str:
+    """The constructor's checks, in order; the checked base URL.  Misconfiguration fails here."""
+    if not isinstance(environment, Environment):
+        raise TypeError(f"environment must be an Environment, got {environment!r}")
+    checked = check_base_url(environment.base_url if base_url is None else base_url)
+    check_optional_type("retry", retry, RetryPolicy)
+    check_optional_type("retry_budget", retry_budget, RetryBudget)
+    check_number("timeout", timeout)
+    check_int("max_connections", max_connections)
+    check_int("max_response_size", max_response_size)
+    header: object = idempotency_header
+    if header is not None and (not isinstance(header, str) or not header.strip()):
+        raise ValueError("idempotency_header must be a header name or None")
+    if ssl is not None and not isinstance(ssl, _ssl.SSLContext | bool):
+        raise TypeError("ssl must be an ssl.SSLContext, a bool or None")
+    cancel_path, status_path, automatic_cancel_path, automatic_status_path = paths
+    for name, path, fields in (
+        ("cancel_path", cancel_path, ("payment_id",)),
+        ("status_path", status_path, ("payment_id",)),
+        ("automatic_cancel_path", automatic_cancel_path, ("consent_id", "payment_id")),
+        ("automatic_status_path", automatic_status_path, ("consent_id", "payment_id")),
+    ):
+        check_path(name, path, fields)
+    return checked

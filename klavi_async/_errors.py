@@ -32,10 +32,10 @@ Misuse (wrong argument types, a closed client, bad configuration) raises `TypeEr
 
 from __future__ import annotations
 
-import enum
 from typing import TYPE_CHECKING, Any
 
 from ._documents import clip_kept, scrub_documents
+from ._kinds import ErrorKind
 
 if TYPE_CHECKING:
     from ._results import CancelFailed
@@ -61,52 +61,6 @@ __all__ = [
     "ClientClosedError",
     "error_class",
 ]
-
-
-class ErrorKind(enum.StrEnum):
-    """Why a call failed.  The value is the lowercase name, as written to result files."""
-
-    INVALID_REQUEST = "invalid_request"
-    """Rejected locally before sending: bad document, payment id or idempotency key."""
-    BAD_REQUEST = "bad_request"
-    """Klavi answered 400 or 422."""
-    UNAUTHORIZED = "unauthorized"
-    """Klavi answered 401 even after one token refresh."""
-    FORBIDDEN = "forbidden"
-    """Klavi answered 403: the token lacks permission."""
-    NOT_FOUND = "not_found"
-    """Klavi answered 404: no such payment."""
-    CONFLICT = "conflict"
-    """Klavi answered 409: usually the idempotency key was used with another request."""
-    NOT_CANCELLABLE = "not_cancellable"
-    """Klavi refused: 416, or a body carrying `PAGAMENTO_NAO_PERMITE_CANCELAMENTO`."""
-    RATE_LIMITED = "rate_limited"
-    """Klavi answered 429 (or 529, overloaded) on every attempt."""
-    SERVER_ERROR = "server_error"
-    """Klavi answered 5xx on every attempt."""
-    TIMEOUT = "timeout"
-    """No answer within the timeout (or a 408)."""
-    NETWORK = "network"
-    """The connection failed, was reset or closed."""
-    AUTHENTICATION_FAILED = "authentication_failed"
-    """The token provider could not produce a token."""
-    UNEXPECTED_RESPONSE = "unexpected_response"
-    """A status or body the SDK cannot interpret (e.g. a redirect)."""
-
-    @property
-    def retryable(self) -> bool:
-        """
-        Whether the same call may succeed later, by kind alone.
-
-        `AUTHENTICATION_FAILED` is decided per failure (transient or rejected keys), so
-        this property says False for it; `CancelFailed.retryable` has the real answer.
-        """
-        return self in _RETRYABLE_KINDS
-
-
-_RETRYABLE_KINDS = frozenset(
-    {ErrorKind.RATE_LIMITED, ErrorKind.SERVER_ERROR, ErrorKind.TIMEOUT, ErrorKind.NETWORK}
-)
 
 
 class KlaviError(Exception):
@@ -170,19 +124,7 @@ class KlaviError(Exception):
     @classmethod
     def from_result(cls, result: CancelFailed) -> KlaviError:
         """Build the exception matching `result.kind`, carrying every field of the result."""
-        return error_class(result.kind)(
-            result.message,
-            kind=result.kind,
-            payment_id=result.payment_id,
-            http_status=result.http_status,
-            code=result.code,
-            retryable=result.retryable,
-            retry_after=result.retry_after,
-            outcome_unknown=result.outcome_unknown,
-            payment_status=result.payment_status,
-            body=result.body,
-            result=result,
-        )
+        return result._error()
 
 
 class InvalidRequestError(KlaviError):

@@ -9,20 +9,20 @@ page from a gateway, or nothing at all.
 
 from __future__ import annotations
 
-import codecs
 import email.utils
 import html
-import json
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 
 from ._documents import scrub_documents
-from ._errors import ErrorKind
+from ._kinds import ErrorKind
+from ._speedups import parse_json
+from ._values import text_or_none
 
 if TYPE_CHECKING:
     from ._tokens import Bearer
@@ -33,7 +33,6 @@ __all__ = [
     "classify_response",
     "cut_outcome",
     "parse_error_body",
-    "parse_json",
     "parse_retry_after",
     "transport_outcome",
 ]
@@ -214,52 +213,16 @@ def cut_outcome(
     )
 
 
+def _field(value: object) -> str | None:
+    return text_or_none(value, strip=True)
+
+
 def _reason(status: int) -> str:
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "unknown status"
     return f"HTTP {status} {phrase}"
-
-
-# The C scanner behind `json.loads` (JSONDecoder sets it in __init__; typeshed leaves it
-# out), called directly: this runs on every answer.
-_DECODER: Final = json.JSONDecoder()
-_scan_json: Final[Callable[[str, int], tuple[Any, int]]] = _DECODER.scan_once  # type: ignore[attr-defined]
-_JSON_SPACE: Final = " \t\n\r"
-_UTF8_BOM: Final = codecs.BOM_UTF8
-
-
-def parse_json(raw: bytes) -> Any:
-    """
-    The JSON value in *raw*, or None when it is empty or not JSON.
-
-    What `json.loads(raw)` gives (None where that raises), encoding detection included.
-    Plain UTF-8 (what `json` would detect as such: no BOM, no NUL in the first two bytes)
-    goes straight to the C scanner `json.loads` uses; anything else goes through
-    `json.loads`.  The one difference: nesting a few levels short of Python's recursion
-    limit, which `json.loads` refuses, parses here (three stack frames fewer).
-    """
-    if not raw:
-        return None
-    if raw[0] and (len(raw) == 1 or raw[1]) and not raw.startswith(_UTF8_BOM):
-        try:
-            text = raw.decode()
-        except UnicodeDecodeError:
-            pass
-        else:
-            start = len(text) - len(text.lstrip(_JSON_SPACE))
-            try:
-                value, end = _scan_json(text, start)
-            except (StopIteration, ValueError, RecursionError):
-                return None
-            if end != len(text) and text[end:].strip(_JSON_SPACE):
-                return None  # json.loads: "Extra data"
-            return value
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
 
 
 def parse_error_body(
@@ -299,14 +262,14 @@ def _from_object(body: dict[str, Any], status: int | None) -> tuple[str | None, 
     errors = body.get("errors")
     if isinstance(errors, list) and errors and isinstance(errors[0], dict):
         first = errors[0]
-        codes = [_str(e.get("code")) for e in errors if isinstance(e, dict)]
-        code = REFUSAL_CODE if REFUSAL_CODE in codes else _str(first.get("code"))
-        message = _str(first.get("detail")) or _str(first.get("title"))
+        codes = [_field(e.get("code")) for e in errors if isinstance(e, dict)]
+        code = REFUSAL_CODE if REFUSAL_CODE in codes else _field(first.get("code"))
+        message = _field(first.get("detail")) or _field(first.get("title"))
     error = body.get("error")
     if isinstance(error, dict):
-        code = code or _str(error.get("code"))
-        message = message or _str(error.get("detail")) or _str(error.get("message"))
-        message = message or _str(error.get("title"))
+        code = code or _field(error.get("code"))
+        message = message or _field(error.get("detail")) or _field(error.get("message"))
+        message = message or _field(error.get("title"))
     if code is None and error == REFUSAL_CODE:
         code = error  # the refusal code wins wherever it stands
     if code is None:
@@ -314,27 +277,16 @@ def _from_object(body: dict[str, Any], status: int | None) -> tuple[str | None, 
         # wins over a generic upper-case `error` label such as "BUSINESS_ERROR".
         for key in ("code", "statusCode", "errorCode"):
             value = body.get(key)
-            text = _str(value)
+            text = _field(value)
             if text is not None and text != str(status):  # the status echoed is no code
                 code = text
                 break
     if code is None and isinstance(error, str) and _CODE_RE.fullmatch(error):
         code = error
     if message is None:
-        message = _str(body.get("message")) or _str(body.get("detail"))
-        message = message or _str(body.get("title")) or (_str(error) if error else None)
+        message = _field(body.get("message")) or _field(body.get("detail"))
+        message = message or _field(body.get("title")) or (_field(error) if error else None)
     return code, message
-
-
-def _str(value: object) -> str | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, str):
-        value = value.strip()
-        return value or None
-    if isinstance(value, int | float):
-        return str(value)
-    return None
 
 
 def _clean(text: str) -> str:

@@ -12,7 +12,9 @@ from typing import Any, Literal
 from attrs import field, frozen
 
 from ._documents import clip_kept, mask_document, scrub_documents
-from ._errors import ErrorKind, KlaviError
+from ._errors import KlaviError, error_class
+from ._kinds import ErrorKind
+from ._values import text_or_none
 
 __all__ = [
     "Attempt",
@@ -184,7 +186,23 @@ class CancelFailed(_ResultBase):
 
     def unwrap(self) -> Cancelled:
         """Raise the `KlaviError` subclass matching `kind`, carrying this result."""
-        raise KlaviError.from_result(self)
+        raise self._error()
+
+    def _error(self) -> KlaviError:
+        """The exception `unwrap()` raises: built from this result's own fields."""
+        return error_class(self.kind)(
+            self.message,
+            kind=self.kind,
+            payment_id=self.payment_id,
+            http_status=self.http_status,
+            code=self.code,
+            retryable=self.retryable,
+            retry_after=self.retry_after,
+            outcome_unknown=self.outcome_unknown,
+            payment_status=self.payment_status,
+            body=self.body,
+            result=self,
+        )
 
     def to_record(self) -> dict[str, Any]:
         """A JSON-ready dict with the fields of a `klavi-async` result line."""
@@ -211,126 +229,6 @@ class CancelFailed(_ResultBase):
 
 CancelResult = Cancelled | CancelFailed
 """What every cancel returns."""
-
-
-# Every cancel builds one `Attempt` per request and one result.  attrs' generated
-# `__init__` for a frozen slotted class sets each field through `object.__setattr__`
-# with keyword handling on top; these two build the same objects with the slots'
-# own setters, about half the cost.  Only for values already of the right types (the
-# client's own); tests check that they match the attrs constructors field for field.
-_new = object.__new__
-
-
-def _setters(cls: type, names: tuple[str, ...]) -> tuple[Any, ...]:
-    return tuple(getattr(cls, name).__set__ for name in names)
-
-
-ATTEMPT_FIELDS = (
-    "number",
-    "http_status",
-    "kind",
-    "code",
-    "ambiguous",
-    "duration",
-    "delay",
-    "retry_after",
-    "request_id",
-    "token_refreshed",
-)
-(
-    _a_number,
-    _a_http_status,
-    _a_kind,
-    _a_code,
-    _a_ambiguous,
-    _a_duration,
-    _a_delay,
-    _a_retry_after,
-    _a_request_id,
-    _a_token_refreshed,
-) = _setters(Attempt, ATTEMPT_FIELDS)
-
-
-def new_attempt(
-    number: int,
-    http_status: int | None,
-    kind: ErrorKind | None,
-    code: str | None,
-    ambiguous: bool,
-    duration: float,
-    retry_after: float | None,
-    request_id: str | None,
-    token_refreshed: bool,
-) -> Attempt:
-    """`Attempt(...)` with `delay=None`, built fast.  Strictly private."""
-    attempt: Attempt = _new(Attempt)
-    _a_number(attempt, number)
-    _a_http_status(attempt, http_status)
-    _a_kind(attempt, kind)
-    _a_code(attempt, code)
-    _a_ambiguous(attempt, ambiguous)
-    _a_duration(attempt, duration)
-    _a_delay(attempt, None)
-    _a_retry_after(attempt, retry_after)
-    _a_request_id(attempt, request_id)
-    _a_token_refreshed(attempt, token_refreshed)
-    return attempt
-
-
-CANCELLED_FIELDS = (
-    "payment_id",
-    "idempotency_key",
-    "interaction_id",
-    "attempts",
-    "history",
-    "elapsed",
-    "consent_id",
-    "http_status",
-    "body",
-    "already_cancelled",
-    "reconciled",
-)
-(
-    _c_payment_id,
-    _c_idempotency_key,
-    _c_interaction_id,
-    _c_attempts,
-    _c_history,
-    _c_elapsed,
-    _c_consent_id,
-    _c_http_status,
-    _c_body,
-    _c_already_cancelled,
-    _c_reconciled,
-) = _setters(Cancelled, CANCELLED_FIELDS)
-
-
-def new_cancelled(
-    payment_id: str,
-    idempotency_key: str | None,
-    interaction_id: str,
-    history: tuple[Attempt, ...],
-    elapsed: float,
-    consent_id: str | None,
-    http_status: int | None,
-    body: Any,
-    already_cancelled: bool,
-    reconciled: bool,
-) -> Cancelled:
-    """`Cancelled(...)` with `attempts=len(history)`, built fast.  Strictly private."""
-    result: Cancelled = _new(Cancelled)
-    _c_payment_id(result, payment_id)
-    _c_idempotency_key(result, idempotency_key)
-    _c_interaction_id(result, interaction_id)
-    _c_attempts(result, len(history))
-    _c_history(result, history)
-    _c_elapsed(result, elapsed)
-    _c_consent_id(result, consent_id)
-    _c_http_status(result, http_status)
-    _c_body(result, body)
-    _c_already_cancelled(result, already_cancelled)
-    _c_reconciled(result, reconciled)
-    return result
 
 
 @frozen(kw_only=True)
@@ -369,25 +267,17 @@ class PaymentStatus:
         reason = body.get("statusReason")
         reason = reason if isinstance(reason, dict) else {}
         return cls(
-            payment_id=_text(body.get("id")) or payment_id,
+            payment_id=text_or_none(body.get("id")) or payment_id,
             status=status.strip(),
-            client_request_id=_text(body.get("clientRequestId")),
-            amount=_text(body.get("amount")),
-            currency=_text(body.get("currency")),
-            status_reason_code=_text(reason.get("code")),
-            status_reason_message=_scrubbed(_text(reason.get("message"))),
-            status_update_at=_text(body.get("statusUpdateAt")),
+            client_request_id=text_or_none(body.get("clientRequestId")),
+            amount=text_or_none(body.get("amount")),
+            currency=text_or_none(body.get("currency")),
+            status_reason_code=text_or_none(reason.get("code")),
+            status_reason_message=_scrubbed(text_or_none(reason.get("message"))),
+            status_update_at=text_or_none(body.get("statusUpdateAt")),
             body=body,
         )
 
 
 def _scrubbed(value: str | None) -> str | None:
     return None if value is None else scrub_documents(value)
-
-
-def _text(value: object) -> str | None:
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, str | int | float):
-        return str(value)
-    return None

@@ -1,11 +1,14 @@
 """
 Retry policy and the retry loop: the only module that imports tenacity.
 
-The loop runs one call's attempts through `tenacity.AsyncRetrying`.  Each attempt
-returns an `Outcome` (never raises for one); tenacity decides from it whether to retry,
-how long to wait and when to stop:
+`RetryLoop.run()` is the one entry point.  It counts the call in the retry budget, runs
+the first attempt by itself (most calls end there), and only when that asks for a retry
+hands the call to `tenacity.AsyncRetrying`.  Each attempt returns an `Outcome` (never
+raises for one); tenacity decides from it whether to retry, how long to wait and when
+to stop:
 
-- retry transport errors, timeouts and `retry_statuses`, never a refusal;
+- retry what `_kinds`' table says: transport errors, timeouts and `retry_statuses`,
+  never a refusal;
 - wait `max(jittered backoff, Retry-After capped at max_retry_after)`;
 - stop after `max_attempts`, when the wait would end past `deadline` (not slept: the
   call ends at once with `retry_after` set), or when the shared `RetryBudget` says no.
@@ -15,33 +18,26 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
-from typing import Final, Literal
+from typing import Literal, Protocol
 
 import attrs
 import tenacity as _t
 from attrs import field, frozen
 
 from ._budget import RetryBudget
-from ._errors import ErrorKind
+from ._kinds import DEFAULT_RETRY_STATUSES, attempt_retryable
 from ._outcome import Outcome
 from ._results import Attempt
+from ._values import non_negative
 
-__all__ = ["RetryLoop", "RetryPolicy", "StopReason"]
+__all__ = ["RetryLoop", "RetryObserver", "RetryPolicy", "StopReason"]
 
 StopReason = Literal["attempts", "deadline", "budget"]
-
-_DEFAULT_RETRY_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504, 529})
-_TRANSPORT_KINDS: Final = frozenset({ErrorKind.TIMEOUT, ErrorKind.NETWORK})
 
 
 def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not value > 0:
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
-
-
-def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value >= 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
 def _statuses(value: object) -> frozenset[int]:
@@ -75,13 +71,13 @@ class RetryPolicy:
     """
 
     max_attempts: int = field(default=4, converter=_attempts)
-    initial_backoff: float = field(default=0.5, converter=float, validator=_non_negative)
-    max_backoff: float = field(default=8.0, converter=float, validator=_non_negative)
-    multiplier: float = field(default=2.0, converter=float, validator=_non_negative)
+    initial_backoff: float = field(default=0.5, converter=float, validator=non_negative)
+    max_backoff: float = field(default=8.0, converter=float, validator=non_negative)
+    multiplier: float = field(default=2.0, converter=float, validator=non_negative)
     jitter: bool = True
     deadline: float = field(default=30.0, converter=float, validator=_positive)
-    max_retry_after: float = field(default=60.0, converter=float, validator=_non_negative)
-    retry_statuses: frozenset[int] = field(default=_DEFAULT_RETRY_STATUSES, converter=_statuses)
+    max_retry_after: float = field(default=60.0, converter=float, validator=non_negative)
+    retry_statuses: frozenset[int] = field(default=DEFAULT_RETRY_STATUSES, converter=_statuses)
 
     @multiplier.validator
     def _check_multiplier(self, _: attrs.Attribute[float], value: float) -> None:
@@ -103,12 +99,22 @@ class RetryPolicy:
         return base * (0.5 + 0.5 * rng()) if self.jitter else base
 
     def should_retry(self, outcome: Outcome) -> bool:
-        """Whether this attempt's outcome is worth another attempt."""
-        if outcome.kind is None or outcome.refused:
-            return False
-        if outcome.http_status is None:
-            return outcome.kind in _TRANSPORT_KINDS
-        return outcome.http_status in self.retry_statuses
+        """Whether this attempt's outcome is worth another attempt (`_kinds`' table)."""
+        return attempt_retryable(
+            outcome.kind, outcome.http_status, outcome.refused, self.retry_statuses
+        )
+
+
+class RetryObserver(Protocol):
+    """Told what the loop decided, to emit the matching events.  Strictly private."""
+
+    def retry_scheduled(self, outcome: Outcome, attempt_number: int, delay: float) -> None:
+        """The loop will sleep *delay* seconds, then send attempt `attempt_number + 1`."""
+        ...
+
+    def budget_refused(self, attempt_number: int) -> None:
+        """The retry budget refused the retry after attempt *attempt_number*."""
+        ...
 
 
 class RetryLoop:
@@ -117,13 +123,20 @@ class RetryLoop:
 
     The attempt callable records its `Attempt` with `record()`; the loop fills in the
     delay that followed it.  After `run()`, `stop_reason` says why retrying stopped (None
-    when the last attempt was final by itself) and `elapsed()` the call's duration.
+    when the last attempt was final by itself).
+
+    *counted* calls earn the budget its share of retries (`record_attempt`): a cancel, a
+    status read, a token exchange.  A read made as part of another call (the
+    reconciliation after a cancel) is not counted: it would earn the budget retries for
+    a call that was counted already.  *safe* requests (GETs) are also retried after a
+    2xx whose body broke off: repeating one cannot apply anything twice.
     """
 
     __slots__ = (
         "_budget",
         "_clock",
-        "_on_retry",
+        "_counted",
+        "_observer",
         "_policy",
         "_rng",
         "_safe",
@@ -141,20 +154,20 @@ class RetryLoop:
         *,
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
+        observer: RetryObserver,
         rng: Callable[[], float] = random.random,
-        on_retry: Callable[[Outcome, int, float], None] | None = None,
         start: float | None = None,
         safe: bool = False,
+        counted: bool = True,
     ) -> None:
         self._policy = policy
-        # A safe request (a GET) is also retried after a body cut mid-way (a 200 whose
-        # body broke off): repeating it cannot apply anything twice.
         self._safe = safe
+        self._counted = counted
         self._budget = budget
         self._clock = clock
         self._sleep = sleep
         self._rng = rng
-        self._on_retry = on_retry
+        self._observer = observer
         self.start = clock() if start is None else start
         self.history: list[Attempt] = []
         self.stop_reason: StopReason | None = None
@@ -164,10 +177,6 @@ class RetryLoop:
     def deadline(self) -> float:
         """The call's deadline in seconds."""
         return self._policy.deadline
-
-    def elapsed(self) -> float:
-        """Seconds since the call started."""
-        return self._clock() - self.start
 
     def remaining(self) -> float:
         """Seconds left before the deadline (may be <= 0)."""
@@ -181,38 +190,32 @@ class RetryLoop:
         """
         Run `attempt(*args)` until it succeeds, fails for good, or a limit stops it.
 
-        The first attempt runs before tenacity is involved: most calls end there, and
-        building a retrying object for them would be pure overhead.  When it asks for a
-        retry, tenacity takes over from attempt 1's outcome (`retry_after_first`), so every
-        decision (retry, wait, stop) is still tenacity's.
+        The first attempt runs before tenacity is involved: building a retrying object
+        for a call that ends at once would be pure overhead.  When it asks for a retry,
+        tenacity takes over from attempt 1's outcome, so every decision (retry, wait,
+        stop) is still tenacity's.
         """
-        self.start_call()
+        if self._counted:
+            self._budget.record_attempt()
         first = await attempt(*args)
-        if not self.wants_retry(first):
+        if first.kind is None or not self._should_retry(first):
             return first
-        return await self.retry_after_first(first, attempt, *args)
-
-    def start_call(self) -> None:
-        """Count the call's first attempt in the budget (callers of `retry_after_first`)."""
-        self._budget.record_attempt()
-
-    def wants_retry(self, first: Outcome) -> bool:
-        """Whether the first attempt's outcome calls for `retry_after_first`."""
-        return first.kind is not None and self._should_retry(first)
+        return await self._retry_after_first(first, attempt, args)
 
     def _should_retry(self, outcome: Outcome) -> bool:
-        if self._policy.should_retry(outcome):
-            return True
-        status = outcome.http_status
-        return (
-            self._safe
-            and outcome.kind in _TRANSPORT_KINDS
-            and status is not None
-            and 200 <= status < 300
+        return attempt_retryable(
+            outcome.kind,
+            outcome.http_status,
+            outcome.refused,
+            self._policy.retry_statuses,
+            safe=self._safe,
         )
 
-    async def retry_after_first(
-        self, first: Outcome, attempt: Callable[..., Awaitable[Outcome]], *args: object
+    async def _retry_after_first(
+        self,
+        first: Outcome,
+        attempt: Callable[..., Awaitable[Outcome]],
+        args: tuple[object, ...],
     ) -> Outcome:
         """Hand the call to tenacity, which starts from the first attempt's outcome."""
         replay: list[Outcome] = [first]
@@ -251,12 +254,13 @@ class RetryLoop:
             self.stop_reason = "attempts"
             return True
         wait = state.upcoming_sleep
-        if self.elapsed() + wait >= self._policy.deadline:
+        if self._clock() - self.start + wait >= self._policy.deadline:
             self.stop_reason = "deadline"
             self.refused_wait = wait
             return True
         if not self._budget.try_acquire():
             self.stop_reason = "budget"
+            self._observer.budget_refused(state.attempt_number)
             return True
         return False
 
@@ -264,8 +268,7 @@ class RetryLoop:
         wait = state.upcoming_sleep
         if self.history:
             self.history[-1] = attrs.evolve(self.history[-1], delay=wait)
-        if self._on_retry is not None:
-            self._on_retry(_last(state), state.attempt_number, wait)
+        self._observer.retry_scheduled(_last(state), state.attempt_number, wait)
 
     def _give_up(self, state: _t.RetryCallState) -> Outcome:
         return _last(state)

@@ -20,14 +20,16 @@ import base64
 import binascii
 import inspect
 import json
-import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from datetime import datetime
+from typing import Protocol, runtime_checkable
 
 from attrs import field, frozen
+
+from ._events import WARNING, Events, TokenFailed, TokenRefreshed
+from ._logging import default_events
 
 __all__ = [
     "AccessToken",
@@ -39,10 +41,7 @@ __all__ = [
     "TokenProvider",
     "as_provider",
     "jwt_expiry",
-    "parse_auth_response",
 ]
-
-logger = logging.getLogger("klavi_async")
 
 DEFAULT_LIFETIME = 60.0
 """Seconds a token is trusted when neither the provider nor the JWT says otherwise."""
@@ -219,64 +218,6 @@ def jwt_expiry(token: str) -> float | None:
     return None
 
 
-def _number(value: object) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _parse_expire(value: object) -> datetime | None:
-    number = _number(value)
-    if number is not None:
-        if number > 1e11:  # epoch milliseconds
-            number /= 1000.0
-        try:
-            return datetime.fromtimestamp(number, UTC)
-        except (OverflowError, OSError, ValueError):
-            return None
-    if isinstance(value, str):
-        text = value.strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
-        try:
-            when = datetime.fromisoformat(text)
-        except ValueError:
-            return None
-        return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-    return None
-
-
-def parse_auth_response(body: Any) -> AccessToken:
-    """
-    Read Klavi's auth response: `accessToken` plus `expireIn` or `expire`.
-
-    `expireIn` is seconds (a number or a numeric string); `expire` an ISO time or epoch
-    seconds (or milliseconds).  Raises `ValueError` when no usable token is present; the
-    message never holds the token.
-    """
-    if not isinstance(body, dict):
-        raise ValueError("the auth response is not a JSON object")
-    token = body.get("accessToken")
-    if not isinstance(token, str) or not token.strip():
-        raise ValueError("the auth response has no accessToken")
-    try:
-        expire_in = _number(body.get("expireIn"))
-        if expire_in is not None:
-            return AccessToken(token.strip(), expires_in=expire_in)
-        return AccessToken(token.strip(), expires_at=_parse_expire(body.get("expire")))
-    except ValueError:
-        raise ValueError("the auth response's accessToken is not a usable token") from None
-
-
 def _accept(produced: object) -> tuple[AccessToken | None, str]:
     """The provider's answer as an `AccessToken`, or None and why it is refused."""
     if isinstance(produced, str):
@@ -300,12 +241,14 @@ class TokenCache:
     """
     The cache in front of one provider, shared by every call of one client.  Strictly private.
 
-    `fetches` counts provider calls.  Not thread-safe: one cache per event loop.
+    `fetches` counts provider calls; `refreshing` says whether one is in flight.  Not
+    thread-safe: one cache per event loop.
     """
 
     __slots__ = (
         "_advisory_after",
         "_clock",
+        "_events",
         "_expires_at",
         "_inflight",
         "_provider",
@@ -321,8 +264,10 @@ class TokenCache:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        events: Events | None = None,
     ) -> None:
         self._provider = provider
+        self._events = default_events() if events is None else events
         self._clock = clock
         self._wall = wall
         self._token: Bearer | None = None
@@ -331,6 +276,11 @@ class TokenCache:
         self._advisory_after = 0.0
         self._inflight: asyncio.Task[Bearer] | None = None
         self.fetches = 0
+
+    @property
+    def refreshing(self) -> bool:
+        """True while a provider call is in flight."""
+        return self._inflight is not None
 
     def peek(self) -> Bearer | None:
         """The cached token if it may still be used, without waiting; None otherwise."""
@@ -380,11 +330,9 @@ class TokenCache:
         error = task.exception()  # also marks it retrieved when nobody waited
         if error is not None:
             self._advisory_after = self._clock() + ADVISORY_RETRY_DELAY
-            logger.warning(
-                "token provider failed: %s",
-                error.message if isinstance(error, TokenError) else type(error).__name__,
-                extra={"klavi_event": "token_failed"},
-            )
+            if self._events.wants(WARNING):
+                message = error.message if isinstance(error, TokenError) else type(error).__name__
+                self._events.emit(TokenFailed(message=message))
 
     async def _fetch(self) -> Bearer:
         self.fetches += 1
@@ -407,9 +355,8 @@ class TokenCache:
         self._refresh_at = now + lifetime - min(MAX_REFRESH_MARGIN, lifetime / 2)
         self._expires_at = now + lifetime - min(MAX_MANDATORY_MARGIN, lifetime / 10)
         self._advisory_after = 0.0
-        logger.debug(
-            "token refreshed; valid for %.0f s", lifetime, extra={"klavi_event": "token_refreshed"}
-        )
+        if self._events.wants(TokenRefreshed.level):
+            self._events.emit(TokenRefreshed(lifetime=lifetime))
         return token
 
     def _lifetime(self, access: AccessToken) -> float:

@@ -13,15 +13,17 @@ import math
 import platform
 import ssl as _ssl
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, Protocol
 
 import aiohttp
 from yarl import URL
 
-from ._errors import ClientClosedError, ErrorKind
+from ._errors import ClientClosedError
+from ._kinds import ErrorKind
+from ._speedups import request_headers
 from ._tokens import Bearer
 
-__all__ = ["Response", "Transport", "TransportFailure", "user_agent"]
+__all__ = ["HTTPTransport", "Response", "Transport", "TransportFailure", "user_agent"]
 
 DEFAULT_MAX_BODY: Final = 1024 * 1024
 _CONNECT_SHARE: Final = 0.99
@@ -56,11 +58,6 @@ class Response:
         self.body = body
         self.cut = cut
 
-    @property
-    def truncated(self) -> bool:
-        """True when the body could not be read whole."""
-        return self.cut is not None
-
 
 class TransportFailure(Exception):
     """
@@ -77,12 +74,39 @@ class TransportFailure(Exception):
         self.sent = sent
 
 
+class HTTPTransport(Protocol):
+    """
+    What the client sends requests through: `Transport`, or a fake in a unit test.
+
+    `request()` returns a `Response` (any status) or raises `TransportFailure` when no
+    usable response arrived; it must add `auth.header` as `Authorization` itself, in a
+    dict of its own.  `aclose()` releases what it holds; it is called once.
+    """
+
+    async def request(
+        self,
+        method: str,
+        url: URL,
+        *,
+        headers: dict[str, str],
+        body: bytes | None,
+        timeout: float,
+        auth: Bearer | None = None,
+    ) -> Response:
+        """Send one request."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the connections."""
+        ...
+
+
 class Transport:
-    """One HTTP session for one client.  Strictly private."""
+    """One aiohttp session for one client.  Strictly private."""
 
     __slots__ = (
-        "_connector_args",
         "_max_body",
+        "_max_connections",
         "_owns_session",
         "_request_ssl",
         "_session",
@@ -109,7 +133,7 @@ class Transport:
         self._owns_session = session is None
         self._ssl = ssl
         self._max_body = max_body
-        self._connector_args = {"limit": max_connections}
+        self._max_connections = max_connections
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         # Our own connector carries the TLS setting; a borrowed session needs it per request.
         self._request_ssl: _ssl.SSLContext | bool = (
@@ -117,15 +141,21 @@ class Transport:
         )
 
     @property
-    def owns_session(self) -> bool:
-        """True when the session is ours to close."""
-        return self._owns_session
+    def ssl(self) -> _ssl.SSLContext | bool | None:
+        """The TLS setting the client was given (None: aiohttp's default verification)."""
+        return self._ssl
 
-    def _get_session(self) -> aiohttp.ClientSession:
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        """The session, once the first request made (or was given) one."""
+        return self._session
+
+    def get_session(self) -> aiohttp.ClientSession:
+        """The session, created on first use (a borrowed one must still be open)."""
         session = self._session
         if session is None:
             connector = aiohttp.TCPConnector(
-                limit=self._connector_args["limit"],
+                limit=self._max_connections,
                 ssl=True if self._ssl is None else self._ssl,
             )
             session = aiohttp.ClientSession(
@@ -171,15 +201,12 @@ class Transport:
         here: no frame that saw the header travels with it (error reporters capture
         locals).
         """
-        session = self._get_session()
-        if auth is not None or not self._owns_session:
-            sent_headers = {**headers}
-            if auth is not None:
-                sent_headers["Authorization"] = auth.header
-            if not self._owns_session:
-                sent_headers["User-Agent"] = self._user_agent
-        else:
-            sent_headers = headers
+        session = self.get_session()
+        sent_headers = request_headers(
+            headers,
+            None if auth is None else auth.header,
+            None if self._owns_session else self._user_agent,
+        )
         resp: aiohttp.ClientResponse | None = None
         cancelled: tuple[object, ...] = ()
         try:
@@ -202,73 +229,37 @@ class Transport:
                     ):
                         # The common case, inline: no extra coroutine on the hot path.
                         return Response(status, resp.headers, await resp.read())
-                    raw, over = await self._read_capped(resp)
-                except aiohttp.ClientPayloadError as exc:
-                    resp.close()
-                    return Response(status, resp.headers, b"", _payload_cut(exc, timeout))
-                except TimeoutError:
-                    resp.close()
-                    return Response(
-                        status,
-                        resp.headers,
-                        b"",
-                        (ErrorKind.TIMEOUT, f"the body did not arrive within {timeout:g} s"),
-                    )
+                    return await self._read_uncommon(resp, timeout)
                 except (aiohttp.ClientError, OSError) as exc:
                     resp.close()
-                    return Response(
-                        status,
-                        resp.headers,
-                        b"",
-                        (ErrorKind.NETWORK, f"the connection failed mid-body: {_describe(exc)}"),
-                    )
-                if over:
-                    resp.close()
-                    return Response(
-                        status,
-                        resp.headers,
-                        b"",
-                        (
-                            ErrorKind.UNEXPECTED_RESPONSE,
-                            f"the body is larger than max_response_size ({self._max_body} bytes)",
-                        ),
-                    )
-                return Response(status, resp.headers, raw)
+                    return Response(status, resp.headers, b"", _body_cut(exc, timeout))
         except asyncio.CancelledError as exc:
             cancelled = exc.args
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise TransportFailure(
-                ErrorKind.TIMEOUT, f"no connection within {timeout:g} s", sent=False
-            ) from exc
-        except TimeoutError as exc:
-            raise TransportFailure(
-                ErrorKind.TIMEOUT, f"no response within {timeout:g} s", sent=True
-            ) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise TransportFailure(
-                ErrorKind.NETWORK, f"cannot connect: {_describe(exc)}", sent=False
-            ) from exc
-        except aiohttp.InvalidURL as exc:
-            raise TransportFailure(ErrorKind.NETWORK, "invalid URL", sent=False) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise TransportFailure(
-                ErrorKind.NETWORK, f"connection failed: {_scrub(_describe(exc), auth)}", sent=True
-            ) from exc
         except Exception as exc:
-            if session.closed:
+            if session.closed and _failure(exc, timeout, auth) is None:
                 raise ClientClosedError(
                     "the HTTP session was closed while a call was running"
                 ) from None
-            # aiohttp refused to build the request (a header value it will not send, ...):
-            # nothing left.  Only the exception's type: its text may quote a header.
-            raise TransportFailure(
-                ErrorKind.INVALID_REQUEST,
-                f"the request could not be built ({type(exc).__name__})",
-                sent=False,
-            ) from exc
+            raise _failure(exc, timeout, auth) or _unbuildable(exc) from exc
         # Only a cancellation gets here.  Drop what this frame still holds, then raise.
         resp = sent_headers = None  # type: ignore[assignment]
         raise asyncio.CancelledError(*cancelled)
+
+    async def _read_uncommon(self, resp: aiohttp.ClientResponse, timeout: float) -> Response:
+        """A body of unknown or too large a length, or encoded: read under the cap."""
+        raw, over = await self._read_capped(resp)
+        if over:
+            resp.close()
+            return Response(
+                resp.status,
+                resp.headers,
+                b"",
+                (
+                    ErrorKind.UNEXPECTED_RESPONSE,
+                    f"the body is larger than max_response_size ({self._max_body} bytes)",
+                ),
+            )
+        return Response(resp.status, resp.headers, raw)
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
         """
@@ -296,6 +287,52 @@ class Transport:
             await session.close()
             # Let the connector's transports finish closing (aiohttp's advice).
             await asyncio.sleep(0)
+
+
+def _body_cut(exc: BaseException, timeout: float) -> tuple[ErrorKind, str]:
+    """Why a body could not be read whole, by the exception that stopped the read."""
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return _payload_cut(exc, timeout)
+    if isinstance(exc, TimeoutError):
+        return ErrorKind.TIMEOUT, f"the body did not arrive within {timeout:g} s"
+    return ErrorKind.NETWORK, f"the connection failed mid-body: {_describe(exc)}"
+
+
+def _failure(exc: Exception, timeout: float, auth: Bearer | None) -> TransportFailure | None:
+    """
+    The `TransportFailure` for what aiohttp raised, the most specific first.
+
+    None when it is no transport error at all (aiohttp refused to build the request, or
+    the session was closed under the call).
+    """
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return TransportFailure(
+            ErrorKind.TIMEOUT, f"no connection within {timeout:g} s", sent=False
+        )
+    if isinstance(exc, TimeoutError):
+        return TransportFailure(ErrorKind.TIMEOUT, f"no response within {timeout:g} s", sent=True)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return TransportFailure(ErrorKind.NETWORK, f"cannot connect: {_describe(exc)}", sent=False)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return TransportFailure(ErrorKind.NETWORK, "invalid URL", sent=False)
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return TransportFailure(
+            ErrorKind.NETWORK, f"connection failed: {_scrub(_describe(exc), auth)}", sent=True
+        )
+    return None
+
+
+def _unbuildable(exc: Exception) -> TransportFailure:
+    """
+    aiohttp refused to build the request (a header value it will not send, ...).
+
+    Nothing left.  Only the exception's type is kept: its text may quote a header.
+    """
+    return TransportFailure(
+        ErrorKind.INVALID_REQUEST,
+        f"the request could not be built ({type(exc).__name__})",
+        sent=False,
+    )
 
 
 def _payload_cut(exc: aiohttp.ClientPayloadError, timeout: float) -> tuple[ErrorKind, str]:

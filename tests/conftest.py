@@ -2,8 +2,10 @@
 Shared fixtures: loopback servers and the secret-leak guard.
 
 Every test runs with the `klavi_async` logger at DEBUG and a handler that keeps every
-record; at teardown the guard fails the test if any record (message or `extra` value)
-holds a registered secret: a token, a secret key or a full CPF/CNPJ.
+record; the same guard subscribes to the events of every client the test builds, and
+keeps each result and error they report.  At teardown it fails the test if any record
+(message or `extra` value), result or error holds a registered secret: a token, a
+secret key or a full CPF/CNPJ.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestServer
 
-from klavi_async import _client, _errors
+from klavi_async import KlaviError
 from klavi_async._documents import normalize_document
-from klavi_async._results import CancelFailed, Cancelled
+from klavi_async._events import subscribed
 
 # Documents used across the suite (valid ones from reference/openfinance-brasil.md).
 CPF = "529.982.247-25"
@@ -35,7 +37,7 @@ _RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({})))
 
 
 class LeakGuard(logging.Handler):
-    """Keeps every `klavi_async` record and checks them for secrets."""
+    """Keeps every `klavi_async` record, result and error, and checks them for secrets."""
 
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
@@ -46,6 +48,21 @@ class LeakGuard(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
+
+    # An events subscriber too: every event, whatever its level.
+
+    def wants(self, level: int) -> bool:
+        return True
+
+    def __call__(self, event: Any) -> None:
+        result = getattr(event, "result", None)
+        if result is not None:
+            self.objects.append(result)
+            if not result.ok:  # what `unwrap()` would raise
+                self.objects.append(KlaviError.from_result(result))
+        error = getattr(event, "error", None)
+        if error is not None:
+            self.objects.append(error)
 
     def add(self, *secrets: str) -> None:
         """Register more strings that must never be logged."""
@@ -80,42 +97,16 @@ class LeakGuard(logging.Handler):
 
 
 @pytest.fixture(autouse=True)
-def leak_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[LeakGuard]:
+def leak_guard() -> Iterator[LeakGuard]:
     """Fail the test if a secret reaches a log record, a result's repr/str or an error message."""
     guard = LeakGuard()
     logger = logging.getLogger("klavi_async")
     old_level = logger.level
     logger.addHandler(guard)
     logger.setLevel(logging.DEBUG)
-
-    original_cancelled = _client._Call.log_cancelled
-    original_failed = _client._Call.log_failed
-    original_invalid = _client.KlaviClient._invalid
-    original_error_init = _errors.KlaviError.__init__
-
-    def log_cancelled(self: _client._Call, result: Cancelled) -> None:
-        guard.objects.append(result)
-        original_cancelled(self, result)
-
-    def log_failed(self: _client._Call, result: CancelFailed) -> None:
-        guard.objects.append(result)
-        original_failed(self, result)
-
-    def invalid(self: _client.KlaviClient, *args: Any) -> CancelFailed:
-        result = original_invalid(self, *args)
-        guard.objects.append(result)
-        return result
-
-    def error_init(self: _errors.KlaviError, *args: Any, **kwargs: Any) -> None:
-        original_error_init(self, *args, **kwargs)
-        guard.objects.append(self)
-
-    monkeypatch.setattr(_client._Call, "log_cancelled", log_cancelled)
-    monkeypatch.setattr(_client._Call, "log_failed", log_failed)
-    monkeypatch.setattr(_client.KlaviClient, "_invalid", invalid)
-    monkeypatch.setattr(_errors.KlaviError, "__init__", error_init)
     try:
-        yield guard
+        with subscribed(guard):
+            yield guard
     finally:
         logger.removeHandler(guard)
         logger.setLevel(old_level)

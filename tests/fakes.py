@@ -8,13 +8,20 @@ client's behaviour against exact bytes, independent of the emulator's state mach
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from attrs import define, field
+from multidict import CIMultiDict
+from yarl import URL
+
+from klavi_async import KlaviClient, RetryPolicy
+from klavi_async._tokens import Bearer
+from klavi_async._transport import Response, TransportFailure
 
 from .conftest import ServerFactory
 
@@ -135,3 +142,79 @@ class ScriptedKlavi:
                 self.in_flight -= 1
 
         return handle
+
+
+Handler = Callable[["Sent"], "Response | TransportFailure | Awaitable[Response | TransportFailure]"]
+
+
+@define
+class Sent:
+    """One request as the client handed it to the transport."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes | None
+    timeout: float
+    authorization: str | None
+
+    def json(self) -> Any:
+        return None if self.body is None else json.loads(self.body)
+
+
+class MockTransport:
+    """
+    A transport without sockets (httpx's `MockTransport`, for klavi): *handler* answers.
+
+    The handler gets a `Sent` and returns (or, when async, resolves to) a `Response`, or a
+    `TransportFailure` to raise.  Build the client with `mock_client()`.
+    """
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.sent: list[Sent] = []
+        self.closed = False
+
+    async def request(
+        self,
+        method: str,
+        url: URL,
+        *,
+        headers: dict[str, str],
+        body: bytes | None,
+        timeout: float,
+        auth: Bearer | None = None,
+    ) -> Response:
+        sent = Sent(
+            method, str(url), dict(headers), body, timeout, None if auth is None else auth.header
+        )
+        self.sent.append(sent)
+        answer = self.handler(sent)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        if isinstance(answer, TransportFailure):
+            raise answer
+        return answer
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def json_response(status: int, body: Any = None, **headers: str) -> Response:
+    """A whole `Response` with a JSON body (or none)."""
+    raw = b"" if body is None else json.dumps(body).encode()
+    return Response(status, CIMultiDict(headers), raw)
+
+
+def mock_client(
+    handler: Handler,
+    token: object = "tok-mock",  # noqa: S107 - a test token
+    **kwargs: Any,
+) -> tuple[KlaviClient, MockTransport]:
+    """A `KlaviClient` on a new `MockTransport`, and the transport."""
+    kwargs.setdefault("base_url", "http://127.0.0.1:9")
+    if kwargs.pop("retry_disabled", False):
+        kwargs["retry"] = RetryPolicy.disabled()
+    kwargs.setdefault("retry", RetryPolicy(initial_backoff=0, jitter=False))
+    transport = MockTransport(handler)
+    return KlaviClient._with_transport(transport, token, **kwargs), transport  # type: ignore[arg-type]

@@ -9,7 +9,10 @@ from typing import Any
 import attrs
 import pytest
 
-from klavi_async import RetryBudget, RetryBudgetStats
+from klavi_async import (
+    RetryBudget,
+    RetryBudgetStats,
+)
 
 
 class FakeClock:
@@ -226,3 +229,57 @@ def test_frozen_identity_compared_and_repr_without_internals() -> None:
     assert budget != RetryBudget(clock=budget.clock)  # shared state: equal only to itself
     assert budget == budget
     assert repr(budget) == "RetryBudget(ratio=0.2, min_per_second=10.0, window=10.0)"
+
+
+# Folded in from test_units.py.
+
+
+class StepClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_budget_arithmetic_and_sliding_window() -> None:
+    clock = StepClock()
+    budget = RetryBudget(clock=clock)
+    for _ in range(300):
+        budget.record_attempt()
+    granted = sum(budget.try_acquire() for _ in range(500))
+    assert granted == 160  # 0.2 * 300 + 10/s * 10 s
+    stats = budget.stats()
+    assert (stats.first_attempts, stats.retries, stats.total_rejected) == (300, 160, 340)
+    assert stats.available == 0
+    clock.now += 5.0
+    assert not budget.try_acquire()  # still inside the window
+    clock.now += 5.5
+    assert budget.stats().first_attempts == 0  # everything slid out
+    assert budget.try_acquire()
+    clock.now += 100.0
+    assert budget.stats().retries == 0
+    assert budget.stats().total_retries == 161
+    budget.reset()
+    assert budget.stats().total_first_attempts == 0
+
+
+def test_budget_partial_slide() -> None:
+    clock = StepClock()
+    budget = RetryBudget(ratio=1.0, min_per_second=0.0, window=10.0, clock=clock)
+    budget.record_attempt()
+    clock.now += 5.0
+    budget.record_attempt()
+    clock.now += 5.5  # the first bucket expired, the second not yet
+    assert budget.stats().first_attempts == 1
+
+
+def test_unlimited_budget_and_validation() -> None:
+    budget = RetryBudget.unlimited()
+    assert budget.is_unlimited
+    assert all(budget.try_acquire() for _ in range(1000))
+    assert math.isinf(budget.stats().available)
+    with pytest.raises(ValueError, match="ratio"):
+        RetryBudget(ratio=-1)
+    with pytest.raises(ValueError, match="window"):
+        RetryBudget(window=0)

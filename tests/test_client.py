@@ -184,12 +184,12 @@ async def test_works_without_async_with_and_closes_its_session(serve: ServerFact
     base = await ScriptedKlavi().start(serve)
     client = KlaviClient(TOKEN, base_url=base)
     assert (await client.cancel_payment("p1", cancelled_by=CPF)).ok
-    session = client._transport._session
+    session = client._transport.session
     assert session is not None and not session.closed
-    assert len(client._documents) == 1  # the validated document, remembered ...
+    assert len(client._canceller.documents) == 1  # the validated document, remembered ...
     await client.aclose()
     assert session.closed
-    assert len(client._documents) == 0  # ... until the client closes
+    assert len(client._canceller.documents) == 0  # ... until the client closes
 
 
 async def test_borrowed_session_is_used_and_never_closed(serve: ServerFactory) -> None:
@@ -377,7 +377,7 @@ async def test_a_cancelled_aclose_still_forgets_the_documents() -> None:
     client = KlaviClient(hanging_provider, base_url="http://127.0.0.1:9")
     batch = client.cancel_many([CancelRequest("p1", CPF)], concurrency=1)
     pending = asyncio.ensure_future(anext(batch))
-    while not len(client._documents):  # validated, now waiting for a token
+    while not len(client._canceller.documents):  # validated, now waiting for a token
         await asyncio.sleep(0.001)
     closing = asyncio.ensure_future(client.aclose())
     await asyncio.sleep(0)  # aclose() is waiting for the batch's worker
@@ -385,9 +385,23 @@ async def test_a_cancelled_aclose_still_forgets_the_documents() -> None:
     with pytest.raises(asyncio.CancelledError):
         await closing
     assert client.closed
-    assert len(client._documents) == 0
+    assert len(client._canceller.documents) == 0
     pending.cancel()
     with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, ClientClosedError):
         await pending
     await batch.aclose()
     await client.aclose()
+
+
+# Folded in from test_units.py.
+
+
+async def test_a_document_passed_as_payment_id_is_not_echoed() -> None:
+    from klavi_async import KlaviClient
+
+    async with KlaviClient(TOKEN, base_url="http://127.0.0.1:9") as client:
+        result = await client.cancel_payment(CPF, cancelled_by=CPF)
+    assert isinstance(result, CancelFailed)
+    assert result.kind is ErrorKind.INVALID_REQUEST
+    assert CPF not in repr(result)
+    assert result.payment_id == "***.982.247-**"

@@ -6,7 +6,10 @@ import inspect
 
 import pytest
 
-from klavi_async import Environment, KlaviClient
+from klavi_async import (
+    Environment,
+    KlaviClient,
+)
 from klavi_async._config import (
     AUTOMATIC_CANCEL_PATH,
     CANCEL_PATH,
@@ -181,3 +184,20 @@ def test_a_non_string_is_a_type_error(url: object) -> None:
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+# Folded in from test_units.py.
+
+
+def test_environments_and_base_urls() -> None:
+    assert Environment.parse(" Testing ") is Environment.TESTING
+    assert Environment.SANDBOX.base_url == "https://api-sandbox.klavi.ai"
+    with pytest.raises(ValueError, match="sandbox, testing, production"):
+        Environment.parse("staging")
+    assert check_base_url("https://gw.example.com/klavi/") == "https://gw.example.com/klavi"
+    assert check_base_url("http://app.localhost:8000") == "http://app.localhost:8000"
+    for bad in ("https://u:p@host", "https://host/?q=1", "https://host/#f", "http://[::2]"):
+        with pytest.raises(ValueError, match="base_url"):
+            check_base_url(bad)
+    with pytest.raises(TypeError):
+        check_base_url(b"https://host")  # type: ignore[arg-type]

@@ -9,7 +9,10 @@ import string
 import pytest
 from hypothesis import given, strategies as st
 
-from klavi_async import deterministic_idempotency_key, mask_document
+from klavi_async import (
+    deterministic_idempotency_key,
+    mask_document,
+)
 from klavi_async._documents import (
     DocumentCache,
     InvalidInput,
@@ -690,3 +693,19 @@ def test_the_document_cache_is_bounded_and_forgets_the_oldest_first() -> None:
     assert repr(cache) == "<DocumentCache 3/3>"
     cache.clear()
     assert len(cache) == 0
+
+
+# Folded in from test_units.py.
+
+
+@given(st.text(max_size=120))
+def test_payment_id_validation_fuzz(text: str) -> None:
+    from klavi_async._documents import InvalidInput, validate_payment_id
+
+    try:
+        assert validate_payment_id(text) == text
+    except InvalidInput as exc:
+        assert "payment_id" in str(exc)
+    else:
+        assert 1 <= len(text) <= 100
+        assert text.isascii()

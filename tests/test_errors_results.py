@@ -7,7 +7,6 @@ from typing import Any
 
 import attrs
 import pytest
-from hypothesis import given, strategies as st
 from multidict import CIMultiDict
 
 import klavi_async
@@ -35,13 +34,14 @@ from klavi_async import (
     TransportError,
     UnauthorizedError,
     UnexpectedResponseError,
-    _results,
 )
 from klavi_async._errors import error_class
-from klavi_async._outcome import classify_response
+from klavi_async._outcome import (
+    classify_response,
+)
 
-CPF = "529.982.247-25"
-CPF_BARE = "52998224725"
+from .conftest import CPF, CPF_BARE
+
 CNPJ = "11.222.333/0001-81"
 
 CONTRACT_KINDS = {
@@ -515,50 +515,97 @@ def test_cancelled_and_terminal(value: str, cancelled_: bool, terminal: bool) ->
     assert status.terminal is terminal
 
 
-def test_the_fast_constructors_cover_every_field() -> None:
-    """A field added to Attempt or Cancelled must be added to its fast constructor too."""
-    assert {f.name for f in attrs.fields(Attempt)} == set(_results.ATTEMPT_FIELDS)
-    assert {f.name for f in attrs.fields(Cancelled)} == set(_results.CANCELLED_FIELDS)
+# Folded in from test_units.py.
 
 
-@given(
-    number=st.integers(1, 10),
-    http_status=st.none() | st.integers(100, 599),
-    kind=st.none() | st.sampled_from(ErrorKind),
-    code=st.none() | st.text(max_size=5),
-    ambiguous=st.booleans(),
-    duration=st.floats(0, 10),
-    retry_after=st.none() | st.floats(0, 10),
-    request_id=st.none() | st.text(max_size=5),
-    token_refreshed=st.booleans(),
-)
-def test_new_attempt_equals_the_attrs_constructor(**values: Any) -> None:
-    fast = _results.new_attempt(**values)
-    assert type(fast) is Attempt
-    assert fast == Attempt(**values)
-    assert repr(fast) == repr(Attempt(**values))
-    assert fast.delay is None
+def failed_result(**overrides: object) -> CancelFailed:
+    fields: dict[str, object] = {
+        "payment_id": "p1",
+        "idempotency_key": "k",
+        "interaction_id": "i",
+        "attempts": 1,
+        "history": (Attempt(number=1, http_status=416, kind=ErrorKind.NOT_CANCELLABLE),),
+        "elapsed": 0.1,
+        "kind": ErrorKind.NOT_CANCELLABLE,
+        "http_status": 416,
+        "code": "4101",
+        "message": "refused",
+        "retryable": False,
+        "payment_status": "PAYMENT_COMPLETED",
+    }
+    fields.update(overrides)
+    return CancelFailed(**fields)  # type: ignore[arg-type]
 
 
-@given(
-    payment_id=st.text(min_size=1, max_size=8),
-    idempotency_key=st.none() | st.text(max_size=8),
-    interaction_id=st.text(max_size=8),
-    attempts=st.integers(1, 3),
-    elapsed=st.floats(0, 10),
-    consent_id=st.none() | st.text(max_size=8),
-    http_status=st.none() | st.integers(100, 599),
-    body=st.none() | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-    already_cancelled=st.booleans(),
-    reconciled=st.booleans(),
-)
-def test_new_cancelled_equals_the_attrs_constructor(attempts: int, **values: Any) -> None:
-    history = tuple(Attempt(number=n, http_status=200, kind=None) for n in range(1, attempts + 1))
-    fast = _results.new_cancelled(history=history, **values)
-    slow = Cancelled(history=history, attempts=attempts, **values)
-    assert type(fast) is Cancelled
-    assert fast == slow
-    assert repr(fast) == repr(slow)
-    assert fast.to_record() == slow.to_record()
+def test_kinds_and_their_exceptions() -> None:
+    assert {k.value for k in ErrorKind} == {k.name.lower() for k in ErrorKind}
+    retryable = {k for k in ErrorKind if k.retryable}
+    assert retryable == {
+        ErrorKind.RATE_LIMITED,
+        ErrorKind.SERVER_ERROR,
+        ErrorKind.TIMEOUT,
+        ErrorKind.NETWORK,
+    }
+    for kind in ErrorKind:
+        assert error_class(kind).kind is kind
+        assert issubclass(error_class(kind), KlaviError)
+    assert issubclass(error_class(ErrorKind.TIMEOUT), TimeoutError)
+    assert issubclass(error_class(ErrorKind.NETWORK), ConnectionError)
+
+
+def test_unwrap_and_records() -> None:
+    result = failed_result()
+    with pytest.raises(NotCancellableError) as caught:
+        result.unwrap()
+    error = caught.value
+    assert (error.payment_id, error.http_status, error.code) == ("p1", 416, "4101")
+    assert error.result is result
+    assert str(error) == (
+        "not_cancellable: refused (payment p1, HTTP 416, code 4101, status PAYMENT_COMPLETED)"
+    )
+    assert "outcome unknown" in str(KlaviError("m", outcome_unknown=True))
+    record = result.to_record()
+    assert record["kind"] == "not_cancellable"
+    assert record["ok"] is False
+    assert json.dumps(record)
+    ok = Cancelled(
+        payment_id="p1",
+        idempotency_key="k",
+        interaction_id="i",
+        attempts=1,
+        history=(),
+        elapsed=0.1,
+        http_status=200,
+        body={"cancelledBy": CPF_BARE},
+    )
+    assert ok.unwrap() is ok
+    assert ok.ok and not result.ok
+    assert CPF_BARE not in repr(ok)
+    assert ok.to_record()["ok"] is True
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
-        fast.payment_id = "other"  # type: ignore[misc]
+        ok.attempts = 2  # type: ignore[misc]
+
+
+def test_cancel_request_repr_masks_a_formatted_document() -> None:
+    request = CancelRequest("p1", CPF)
+    assert CPF not in repr(request) and CPF_BARE not in repr(request)
+    assert "***.982.247-**" in repr(request)
+
+
+def test_payment_status_from_body() -> None:
+    body = {
+        "id": "p1",
+        "status": "SOMETHING_NEW",
+        "amount": 12.5,
+        "statusReason": {"code": "NAO_INFORMADO", "message": f"by {CPF_BARE}"},
+        "clientRequestId": True,
+    }
+    status = PaymentStatus.from_body("p0", body)
+    assert status is not None
+    assert status.status == "SOMETHING_NEW"
+    assert status.amount == "12.5"
+    assert status.client_request_id is None
+    assert CPF_BARE not in (status.status_reason_message or "")
+    assert not status.cancelled
+    assert PaymentStatus.from_body("p0", {"status": " "}) is None
+    assert PaymentStatus.from_body("p0", {"status": "CANCELLED", "statusReason": []}) is not None

@@ -433,7 +433,7 @@ async def test_a_pool_wait_timeout_is_not_ambiguous(serve: ServerFactory) -> Non
         TOKEN, base_url=base, retry=policy, max_connections=1, timeout=0.3
     ) as klavi:
         # The pool's only connection is busy with a slow request of the same session.
-        session = klavi._transport._get_session()
+        session = klavi._transport.get_session()
         busy = asyncio.create_task(session.get(base + "/slow"))
         await asyncio.wait_for(holding.wait(), 5)
         result = await klavi.cancel_payment("p1", cancelled_by=CPF)

@@ -10,20 +10,22 @@ import pytest
 from hypothesis import given, strategies as st
 from multidict import CIMultiDict
 
-from klavi_async import ErrorKind
+from klavi_async import (
+    ErrorKind,
+)
 from klavi_async._outcome import (
     MAX_HINT_SECONDS,
     REFUSAL_CODE,
     Outcome,
     classify_response,
     parse_error_body,
-    parse_json,
     parse_retry_after,
     transport_outcome,
 )
+from klavi_async._speedups import parse_json
 
-CPF_BARE = "52998224725"
-CPF = "529.982.247-25"
+from .conftest import CPF, CPF_BARE
+
 CNPJ = "11.222.333/0001-81"
 
 
@@ -244,71 +246,6 @@ def test_json_that_is_not_an_object_gives_no_code_and_no_message(raw: bytes) -> 
     outcome = classify(503, raw)
     assert outcome.body == json.loads(raw)
     assert outcome.message == "HTTP 503 Service Unavailable"
-
-
-def test_parse_json() -> None:
-    assert parse_json(b"") is None
-    assert parse_json(b'{"a": 1}') == {"a": 1}
-    assert parse_json('{"a": "\u00e9"}'.encode("utf-16")) == {"a": "\u00e9"}  # json sniffs it
-    assert parse_json(b"\xff\xfe\xfd") is None
-    assert parse_json(b"[" * 100_000) is None  # RecursionError is caught
-    assert parse_json(b"NaN") != parse_json(b"NaN")  # json's NaN literal is kept as a float
-
-
-def _reference_parse(raw: bytes) -> object:
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-
-
-_json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
-    ),
-    max_leaves=10,
-)
-
-
-@given(
-    value=_json_values,
-    before=st.sampled_from(["", " ", "\n\t ", "\ufeff", "\x0b"]),
-    after=st.sampled_from(["", " \r\n", "x", "}", " 1", "\x0c"]),
-    encoding=st.sampled_from(["utf-8", "utf-16", "utf-32"]),
-)
-def test_parse_json_agrees_with_json_loads(
-    value: object, before: str, after: str, encoding: str
-) -> None:
-    raw = (before + json.dumps(value) + after).encode(encoding)
-    assert parse_json(raw) == _reference_parse(raw)
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        b"\xef\xbb\xbf[]",  # UTF-8 BOM: json.loads(bytes) accepts it
-        b"1\x00",  # json detects UTF-16-LE
-        b"1\x00\x00\x00",  # UTF-32-LE
-        b"\x001",  # UTF-16-BE
-        b"a\x00b",
-        b" {} \r\n",
-        b"{} x",
-        b"\x0b{}",
-        b"\xed\xa0\x80",  # a UTF-8-encoded surrogate
-        b'"\xed\xa0\x80"',
-        b"\x00",
-        b"7",
-    ],
-)
-def test_parse_json_edge_cases_match_json_loads(raw: bytes) -> None:
-    assert json.dumps(parse_json(raw)) == json.dumps(_reference_parse(raw))
-
-
-@given(st.binary(max_size=64))
-def test_parse_json_agrees_with_json_loads_on_any_bytes(raw: bytes) -> None:
-    # Compared as JSON text, so that NaN (which json accepts) equals itself.
-    assert json.dumps(parse_json(raw)) == json.dumps(_reference_parse(raw))
 
 
 @pytest.mark.parametrize("status", [400, 500])
@@ -547,3 +484,149 @@ def test_parse_retry_after_never_raises(value: str, ms: str, now: float) -> None
     ):
         hint = parse_retry_after(CIMultiDict(headers), now=now)
         assert hint is None or (math.isfinite(hint) and 0 <= hint <= MAX_HINT_SECONDS)
+
+
+# Folded in from test_units.py.
+
+
+def classify_raw(status: int, body: object = b"", **headers: str) -> object:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return classify_response(status, CIMultiDict(headers), raw)
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "ambiguous"),
+    [
+        (200, None, False),
+        (201, None, False),
+        (204, None, False),
+        (307, ErrorKind.UNEXPECTED_RESPONSE, False),
+        (400, ErrorKind.BAD_REQUEST, False),
+        (401, ErrorKind.UNAUTHORIZED, False),
+        (403, ErrorKind.FORBIDDEN, False),
+        (404, ErrorKind.NOT_FOUND, False),
+        (405, ErrorKind.UNEXPECTED_RESPONSE, False),
+        (408, ErrorKind.TIMEOUT, False),
+        (409, ErrorKind.CONFLICT, False),
+        (410, ErrorKind.NOT_FOUND, False),
+        (416, ErrorKind.NOT_CANCELLABLE, False),
+        (422, ErrorKind.BAD_REQUEST, False),
+        (429, ErrorKind.RATE_LIMITED, False),
+        (500, ErrorKind.SERVER_ERROR, True),
+        (501, ErrorKind.SERVER_ERROR, False),
+        (502, ErrorKind.SERVER_ERROR, True),
+        (503, ErrorKind.SERVER_ERROR, False),
+        (504, ErrorKind.SERVER_ERROR, True),
+        (529, ErrorKind.RATE_LIMITED, False),
+        (599, ErrorKind.SERVER_ERROR, True),
+    ],
+)
+def test_status_map(status: int, kind: ErrorKind | None, ambiguous: bool) -> None:
+    outcome = classify_raw(status)
+    assert outcome.kind is kind  # type: ignore[attr-defined]
+    assert outcome.ambiguous is ambiguous  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "message"),
+    [
+        ({"statusCode": 416, "error": "Business", "message": "nope"}, None, "nope"),
+        ({"statusCode": "4101", "message": "qr"}, "4101", "qr"),
+        (
+            {"errors": [{"code": "PARAMETRO_INVALIDO", "title": "T", "detail": "D"}], "meta": {}},
+            "PARAMETRO_INVALIDO",
+            "D",
+        ),
+        ({"error": {"code": "X1", "title": "Title only"}}, "X1", "Title only"),
+        ({"error": "FORBIDDEN_SCOPE"}, "FORBIDDEN_SCOPE", "FORBIDDEN_SCOPE"),
+        ({"code": 77, "detail": "why"}, "77", "why"),
+        (
+            b"<html><head><title>502 Bad &amp; Gateway</title></head></html>",
+            None,
+            "502 Bad & Gateway",
+        ),
+        (b"plain <b>text</b>", None, "plain text"),
+        (b"", None, ""),
+        (b"{broken", None, "{broken"),
+        ([1, 2], None, ""),
+        (b"\xff\xfe\x00bad", None, "\ufffd\ufffd bad"),
+    ],
+)
+def test_error_body_shapes_of_each_form(body: object, code: str | None, message: str) -> None:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    _, parsed_code, parsed_message = parse_error_body(raw, status=416)
+    assert parsed_code == code
+    assert parsed_message == message
+
+
+def test_refusal_code_wins_over_status_but_not_in_free_text() -> None:
+    refusal = {"errors": [{"code": "X"}, {"code": "PAGAMENTO_NAO_PERMITE_CANCELAMENTO"}]}
+    assert classify_raw(200, refusal).kind is ErrorKind.NOT_CANCELLABLE  # type: ignore[attr-defined]
+    assert classify_raw(422, refusal).kind is ErrorKind.NOT_CANCELLABLE  # type: ignore[attr-defined]
+    mention = {"note": "PAGAMENTO_NAO_PERMITE_CANCELAMENTO appears in prose"}
+    outcome = classify_raw(200, mention)
+    assert outcome.kind is None  # type: ignore[attr-defined]
+    assert outcome.body == mention  # type: ignore[attr-defined]
+    conflict = classify_raw(422, {"errors": [{"code": "ERRO_IDEMPOTENCIA"}]})
+    assert conflict.kind is ErrorKind.CONFLICT  # type: ignore[attr-defined]
+
+
+def test_messages_are_scrubbed_clipped_and_request_ids_read() -> None:
+    outcome = classify_raw(
+        400, {"message": f"bad cancelledBy {CPF_BARE} " + "x" * 500}, **{"x-request-id": "req-1"}
+    )
+    assert CPF_BARE not in outcome.message  # type: ignore[attr-defined]
+    assert len(outcome.message) == 300  # type: ignore[attr-defined]
+    assert outcome.request_id == "req-1"  # type: ignore[attr-defined]
+    empty = classify_raw(418)
+    assert empty.message == "HTTP 418 I'm a Teapot"  # type: ignore[attr-defined]
+    assert classify_raw(299).kind is None  # type: ignore[attr-defined]
+    assert classify_raw(600).message == "HTTP 600 unknown status"  # type: ignore[attr-defined]
+    assert transport_outcome(ErrorKind.TIMEOUT, sent=True, message="m").ambiguous
+
+
+@given(
+    st.integers(100, 599),
+    st.binary(max_size=300),
+    st.dictionaries(
+        st.sampled_from(["retry-after", "retry-after-ms", "x-request-id", "content-type"]),
+        st.text(max_size=40),
+    ),
+)
+def test_classify_never_raises(status: int, raw: bytes, headers: dict[str, str]) -> None:
+    outcome = classify_response(status, CIMultiDict(headers), raw)
+    assert outcome.http_status == status
+    assert outcome.retry_after is None or 0 <= outcome.retry_after <= MAX_HINT_SECONDS
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Retry-After": "5"}, 5.0),
+        ({"Retry-After": " 1.5 "}, 1.5),
+        ({"Retry-After-Ms": "250", "Retry-After": "9"}, 0.25),
+        ({"retry-after-ms": "junk", "Retry-After": "3"}, 3.0),
+        ({"Retry-After": "Wed, 21 Oct 2015 07:28:30 GMT"}, 30.0),
+        ({"Retry-After": "Wed, 21 Oct 2015 07:27:00 GMT"}, 0.0),
+        ({"Retry-After": "Wed, 21 Oct 2015 07:28:30"}, 30.0),
+        ({"Retry-After": "99999999999"}, MAX_HINT_SECONDS),
+        ({"Retry-After": "-3"}, None),
+        ({"Retry-After": "nan"}, None),
+        ({"Retry-After": "soon"}, None),
+        ({"Retry-After": "1" * 40}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after(headers: dict[str, str], expected: float | None) -> None:
+    now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC).timestamp()
+    assert parse_retry_after(CIMultiDict(headers), now=now) == expected
+
+
+@given(st.text(max_size=60), st.text(max_size=20))
+def test_retry_after_never_raises(value: str, ms: str) -> None:
+    for headers in ({"retry-after": value}, {"retry-after-ms": ms}):
+        try:
+            result = parse_retry_after(CIMultiDict(headers))
+        except ValueError:  # header values with line breaks can't even be built
+            continue
+        assert result is None or 0 <= result <= MAX_HINT_SECONDS

@@ -9,8 +9,16 @@ import pytest
 from hypothesis import given, strategies as st
 from multidict import CIMultiDict
 
-from klavi_async import ErrorKind, RetryPolicy
-from klavi_async._outcome import REFUSAL_CODE, Outcome, classify_response, transport_outcome
+from klavi_async import (
+    ErrorKind,
+    RetryPolicy,
+)
+from klavi_async._outcome import (
+    REFUSAL_CODE,
+    Outcome,
+    classify_response,
+    transport_outcome,
+)
 
 CONTRACT_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
 
@@ -218,3 +226,49 @@ def test_should_retry_reads_the_status_not_the_kind() -> None:
     odd = Outcome(ErrorKind.SERVER_ERROR, 599)
     assert not RetryPolicy().should_retry(odd)
     assert RetryPolicy(retry_statuses={599}).should_retry(odd)
+
+
+# Folded in from test_units.py.
+
+
+def test_policy_defaults_match_the_contract() -> None:
+    policy = RetryPolicy()
+    assert (policy.max_attempts, policy.initial_backoff, policy.max_backoff) == (4, 0.5, 8.0)
+    assert (policy.multiplier, policy.jitter, policy.deadline) == (2.0, True, 30.0)
+    assert policy.max_retry_after == 60.0
+    assert policy.retry_statuses == frozenset({408, 429, 500, 502, 503, 504, 529})
+    assert RetryPolicy.disabled().max_attempts == 1
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        policy.max_attempts = 9  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"max_attempts": 0}, ValueError),
+        ({"max_attempts": True}, TypeError),
+        ({"max_attempts": 2.5}, TypeError),
+        ({"initial_backoff": -1}, ValueError),
+        ({"multiplier": 0.5}, ValueError),
+        ({"deadline": 0}, ValueError),
+        ({"retry_statuses": "503"}, TypeError),
+        ({"retry_statuses": {700}}, ValueError),
+        ({"retry_statuses": {True}}, ValueError),
+    ],
+)
+def test_policy_validation(kwargs: dict[str, object], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_backoff_sequence_and_jitter() -> None:
+    policy = RetryPolicy(jitter=False)
+    assert [policy.backoff(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
+    assert policy.backoff(10_000) == 8.0
+    jittered = RetryPolicy()
+    assert jittered.backoff(3, rng=lambda: 0.0) == 1.0
+    assert jittered.backoff(3, rng=lambda: 0.999999) == pytest.approx(2.0, rel=1e-5)
+
+
+def test_zero_backoff_stays_zero_for_huge_retry_numbers() -> None:
+    assert RetryPolicy(initial_backoff=0, jitter=False).backoff(5000) == 0.0

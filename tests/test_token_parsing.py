@@ -10,11 +10,17 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from hypothesis import given, strategies as st
 
-from klavi_async import AccessToken, ClientCredentials, StaticToken, TokenProvider
-from klavi_async._tokens import as_provider, jwt_expiry, parse_auth_response
+from klavi_async import (
+    AccessToken,
+    ClientCredentials,
+    StaticToken,
+    TokenProvider,
+)
+from klavi_async._auth import parse_auth_response
+from klavi_async._tokens import as_provider, jwt_expiry
 
-TOKEN = "tok-0123456789abcdef-secret"
-SECRET_KEY = "sk-test-very-secret-0001"
+from .conftest import SECRET_KEY, TOKEN
+
 EXPIRY = datetime(2030, 1, 1, tzinfo=UTC)
 
 
@@ -333,3 +339,136 @@ async def test_an_async_callable_object_is_wrapped() -> None:
 def test_anything_else_is_a_type_error(value: object) -> None:
     with pytest.raises(TypeError, match=f"got {type(value).__name__}$"):
         as_provider(value)
+
+
+# Folded in from test_units.py.
+
+
+def make_jwt(claims: object) -> str:
+    def part(obj: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none'})}.{part(claims)}.sig"
+
+
+@pytest.mark.parametrize(
+    ("body", "expires_in", "expires_at"),
+    [
+        ({"accessToken": TOKEN, "expireIn": 300}, 300.0, None),
+        ({"accessToken": TOKEN, "expireIn": " 1800 "}, 1800.0, None),
+        (
+            {"accessToken": TOKEN, "expireIn": "soon", "expire": "2030-01-01T00:00:00Z"},
+            None,
+            datetime(2030, 1, 1, tzinfo=UTC),
+        ),
+        (
+            {"accessToken": TOKEN, "expire": "2030-01-01T03:00:00+03:00"},
+            None,
+            datetime(2030, 1, 1, tzinfo=UTC),
+        ),
+        (
+            {"accessToken": TOKEN, "expire": "2030-01-01T00:00:00"},
+            None,
+            datetime(2030, 1, 1, tzinfo=UTC),
+        ),
+        ({"accessToken": TOKEN, "expire": 1893456000}, None, datetime(2030, 1, 1, tzinfo=UTC)),
+        ({"accessToken": TOKEN, "expire": 1893456000000}, None, datetime(2030, 1, 1, tzinfo=UTC)),
+        ({"accessToken": TOKEN, "expire": "garbage"}, None, None),
+        ({"accessToken": TOKEN, "expire": 1e300}, None, None),
+    ],
+)
+def test_auth_response_parsing(
+    body: dict[str, object], expires_in: float | None, expires_at: datetime | None
+) -> None:
+    token = parse_auth_response(body)
+    assert token.token == TOKEN
+    assert token.expires_in == expires_in
+    assert token.expires_at == expires_at
+
+
+@pytest.mark.parametrize(
+    "body", [None, [], {"accessToken": ""}, {"token": TOKEN}, {"accessToken": "a\nb"}]
+)
+def test_unusable_auth_responses(body: object) -> None:
+    with pytest.raises(ValueError, match=r"accessToken|JSON object") as caught:
+        parse_auth_response(body)
+    assert TOKEN not in str(caught.value)
+
+
+def test_jwt_expiry_of_odd_tokens() -> None:
+    assert jwt_expiry(make_jwt({"exp": 1893456000})) == 1893456000.0
+    assert jwt_expiry(make_jwt({"sub": "x"})) is None
+    assert jwt_expiry(make_jwt({"exp": "tomorrow"})) is None
+    assert jwt_expiry(make_jwt([1, 2])) is None
+    assert jwt_expiry("not-a-make_jwt") is None
+    assert jwt_expiry("a.%%%.c") is None
+    assert jwt_expiry("a." + "A" * 9000 + ".c") is None
+
+
+def test_provider_reprs_and_coercion() -> None:
+    assert TOKEN not in repr(StaticToken(TOKEN))
+    assert TOKEN not in repr(AccessToken(TOKEN, expires_in=5))
+    credentials = ClientCredentials("ak-0123456789", SECRET_KEY)
+    assert SECRET_KEY not in repr(credentials)
+    assert "ak-0..." in repr(credentials)
+    assert "***" in repr(ClientCredentials("short", SECRET_KEY))
+    assert isinstance(as_provider(TOKEN), StaticToken)
+    assert as_provider(credentials) is credentials
+
+    class Provider:
+        async def get_token(self) -> str:
+            return TOKEN
+
+    provider = Provider()
+    assert as_provider(provider) is provider
+
+    async def fetch() -> str:
+        return TOKEN
+
+    assert "fetch" in repr(as_provider(fetch))
+    with pytest.raises(TypeError):
+        as_provider(3.5)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(
+    st.one_of(
+        json_values,
+        st.fixed_dictionaries(
+            {"accessToken": st.text(max_size=40)},
+            optional={"expireIn": json_values, "expire": json_values},
+        ),
+    )
+)
+def test_auth_parsing_gives_a_token_or_a_value_error(body: object) -> None:
+    try:
+        token = parse_auth_response(body)
+    except ValueError as exc:
+        assert "accessToken" in str(exc) or "JSON object" in str(exc)
+    else:
+        assert token.token.strip()
+        assert token.expires_in is None or not math.isnan(token.expires_in)
+
+
+def test_a_plain_function_is_refused_as_a_provider_at_construction() -> None:
+    def not_async() -> str:
+        return TOKEN
+
+    with pytest.raises(TypeError, match="async"):
+        as_provider(not_async)
+    with pytest.raises(TypeError, match="async"):
+        as_provider(lambda: TOKEN)
+
+    class AsyncCallable:
+        async def __call__(self) -> str:
+            return TOKEN
+
+    assert as_provider(AsyncCallable()) is not None

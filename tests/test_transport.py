@@ -113,7 +113,7 @@ async def test_a_custom_ssl_context_is_accepted(serve: ServerFactory) -> None:
     context = ssl.create_default_context()
     async with KlaviClient(TOKEN, base_url=base, ssl=context) as client:
         assert (await client.cancel_payment("p1", cancelled_by=CPF)).ok
-    assert client._transport._ssl is context
+    assert client._transport.ssl is context
 
 
 async def test_mocked_retry_then_success(aiomock: aioresponses) -> None:

@@ -1,0 +1,280 @@
+"""
+The attempt every request of a client goes through, and what a client's calls share.
+
+Strictly private.  `Call.attempt()` is one attempt: token (waiting no longer than the
+deadline), send, classify, record, and on a 401 one replay with a fresh token.  The
+retry loop calls it; a cancel, its reconciliation read, a status read and the
+credentials exchange all use it.  `Shared.loop()` is the one place a retry loop is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import attrs
+from yarl import URL
+
+from ._auth import CredentialsProvider, auth_failure, replays, wait_for_token
+from ._budget import RetryBudget
+from ._errors import ClientClosedError
+from ._events import DEBUG, INFO, AttemptEnded, BudgetRefused, CallInfo, Events, RetryScheduled
+from ._kinds import result_retryable
+from ._outcome import Outcome, classify_response, cut_outcome, transport_outcome
+from ._retry import RetryLoop, RetryPolicy
+from ._speedups import new_attempt, uuid4
+from ._tokens import Bearer, ClientCredentials, TokenCache, TokenProvider
+from ._transport import HTTPTransport, Response, TransportFailure
+
+__all__ = ["Call", "Shared", "final_message"]
+
+
+class Shared:
+    """
+    What every call of one client shares.  Strictly private.
+
+    `closed` is set by `KlaviClient.aclose()`; an attempt that starts after it raises
+    `ClientClosedError`.
+    """
+
+    __slots__ = (
+        "budget",
+        "clock",
+        "closed",
+        "events",
+        "policy",
+        "sleep",
+        "timeout",
+        "tokens",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        timeout: float,
+        transport: HTTPTransport,
+        provider: TokenProvider | ClientCredentials,
+        policy: RetryPolicy,
+        budget: RetryBudget,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+        events: Events,
+    ) -> None:
+        self.timeout = timeout
+        self.transport = transport
+        self.policy = policy
+        self.budget = budget
+        self.clock = clock
+        self.sleep = sleep
+        self.events = events
+        self.closed = False
+        if isinstance(provider, ClientCredentials):
+            provider = CredentialsProvider(
+                provider, base_url, self.post_unauthorised, policy.retry_statuses
+            )
+        self.tokens = TokenCache(provider, clock=clock, events=events)
+
+    def loop(
+        self,
+        call: Call,
+        *,
+        start: float | None = None,
+        safe: bool = False,
+        counted: bool = True,
+        deadline: float | None = None,
+    ) -> RetryLoop:
+        """The one place a retry loop is built: the client's policy, budget and clock."""
+        policy = self.policy
+        if deadline is not None and policy.deadline != deadline:
+            policy = attrs.evolve(policy, deadline=deadline)
+        return RetryLoop(
+            policy,
+            self.budget,
+            clock=self.clock,
+            sleep=self.sleep,
+            observer=call,
+            start=start,
+            safe=safe,
+            counted=counted,
+        )
+
+    async def post_unauthorised(self, url: URL, headers: dict[str, str], body: bytes) -> Outcome:
+        """POST without a token under the retry policy: the credentials exchange's send."""
+        call = Call(self, "auth", None, uuid4(), authorize=False)
+        loop = self.loop(call)
+        return await loop.run(call.attempt, loop, "POST", url, headers, body)
+
+
+class Call:
+    """One call's attempts: token, send, classify, record, 401 replay.  Strictly private."""
+
+    __slots__ = (
+        "_auth_retryable",
+        "_authorize",
+        "_document",
+        "_info",
+        "_replayed",
+        "_shared",
+        "interaction_id",
+        "payment_id",
+    )
+
+    def __init__(
+        self,
+        shared: Shared,
+        payment_id: str,
+        document: str | None,
+        interaction_id: str,
+        *,
+        authorize: bool = True,
+    ) -> None:
+        self._shared = shared
+        self.payment_id = payment_id
+        self._document = document
+        self.interaction_id = interaction_id
+        self._authorize = authorize
+        self._replayed = False
+        self._auth_retryable = False
+        self._info: CallInfo | None = None
+
+    async def attempt(
+        self,
+        loop: RetryLoop,
+        method: str,
+        url: URL,
+        headers: dict[str, str],
+        body: bytes | None,
+    ) -> Outcome:
+        """
+        One attempt: get a token, send, and on a 401 refresh the token and replay once.
+
+        A single coroutine on purpose: every frame in the await chain is resumed each time
+        aiohttp wakes up, and this is the hot path of every cancel.
+        """
+        c = self._shared
+        if c.closed:
+            raise ClientClosedError("this KlaviClient was closed while a call was running")
+        # A `Bearer`, never the bare string: this frame is on every traceback of the call.
+        token: Bearer | None = None
+        if self._authorize:
+            token = c.tokens.peek()
+            if token is None:
+                try:
+                    token = await wait_for_token(c.tokens, loop.remaining(), loop.deadline)
+                except Exception as exc:
+                    return self._auth_failed(exc)
+        timeout = c.timeout
+        remaining = loop.remaining()
+        if remaining < timeout:  # keep the common value exact: its ClientTimeout is cached
+            timeout = max(remaining, 0.001)
+        refreshed = False
+        while True:
+            started = c.clock()
+            try:
+                # The transport adds the Authorization header: no dict of ours holds it.
+                response = await c.transport.request(
+                    method, url, headers=headers, body=body, timeout=timeout, auth=token
+                )
+            except TransportFailure as failure:
+                outcome = transport_outcome(
+                    failure.kind, sent=failure.sent, message=failure.message
+                )
+            else:
+                outcome = self._classify(response, token)
+            self._record(loop, method, outcome, c.clock() - started, refreshed)
+            if not replays(token, outcome, self._replayed):
+                return outcome
+            # 401: drop this token if it is still the cached one, get another, replay once.
+            self._replayed = True
+            c.tokens.invalidate(token)  # type: ignore[arg-type]  # replays() checked it
+            try:
+                fresh = await wait_for_token(c.tokens, loop.remaining(), loop.deadline)
+            except Exception as exc:
+                return self._auth_failed(exc)
+            if fresh == token:
+                return outcome  # the same token would be refused again
+            token, refreshed = fresh, True
+
+    def _classify(self, response: Response, token: Bearer | None) -> Outcome:
+        if response.cut is None:
+            return classify_response(
+                response.status,
+                response.headers,
+                response.body,
+                document=self._document,
+                token=token,
+            )
+        return cut_outcome(response.status, response.headers, *response.cut, token=token)
+
+    def _record(
+        self, loop: RetryLoop, method: str, outcome: Outcome, duration: float, refreshed: bool
+    ) -> None:
+        attempt = new_attempt(
+            number=len(loop.history) + 1,
+            http_status=outcome.http_status,
+            kind=outcome.kind,
+            code=outcome.code,
+            ambiguous=outcome.ambiguous,
+            duration=duration,
+            delay=None,
+            retry_after=outcome.retry_after,
+            request_id=outcome.request_id,
+            token_refreshed=refreshed,
+        )
+        loop.record(attempt)
+        events = self._shared.events
+        if events.wants(DEBUG):
+            events.emit(
+                AttemptEnded(
+                    call=self.info(), method=method, attempt=attempt, message=outcome.message
+                )
+            )
+
+    def _auth_failed(self, exc: Exception) -> Outcome:
+        outcome, self._auth_retryable = auth_failure(exc)
+        return outcome
+
+    def retryable(self, outcome: Outcome) -> bool:
+        """The final result's `retryable` (`_kinds`' table; auth as its failure said)."""
+        return result_retryable(outcome.kind, self._auth_retryable)
+
+    def info(self) -> CallInfo:
+        """Who this call is, for events: built (and masked) once, on first use."""
+        info = self._info
+        if info is None:
+            info = self._info = CallInfo.of(self.payment_id, self.interaction_id, self._document)
+        return info
+
+    # RetryObserver: what the retry loop decided.
+
+    def retry_scheduled(self, outcome: Outcome, attempt_number: int, delay: float) -> None:
+        events = self._shared.events
+        if events.wants(INFO):
+            events.emit(
+                RetryScheduled(
+                    call=self.info(),
+                    attempt=attempt_number,
+                    http_status=outcome.http_status,
+                    kind=outcome.kind,
+                    delay=delay,
+                )
+            )
+
+    def budget_refused(self, attempt_number: int) -> None:
+        events = self._shared.events
+        if events.wants(INFO):
+            events.emit(BudgetRefused(call=self.info(), attempt=attempt_number))
+
+
+def final_message(outcome: Outcome, loop: RetryLoop) -> str:
+    """The result's message: the last outcome's, and why retrying stopped."""
+    message = outcome.message or (outcome.kind.value if outcome.kind else "")
+    reason = loop.stop_reason
+    if reason == "budget":
+        message += " (retry budget exhausted)"
+    elif reason == "deadline":
+        message += " (deadline reached before the next attempt)"
+    elif reason == "attempts" and len(loop.history) > 1:
+        message += f" (after {len(loop.history)} attempts)"
+    return message

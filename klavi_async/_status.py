@@ -1,0 +1,79 @@
+"""
+`get_payment_status()`: one status read, retried like a cancel (a GET is safe to repeat).
+
+Strictly private.  It goes through the same attempt and retry loop as a cancel
+(`_attempt`), and raises the `KlaviError` subclass matching its failure.
+"""
+
+from __future__ import annotations
+
+from ._attempt import Call, Shared, final_message
+from ._config import INTERACTION_HEADER, Endpoints
+from ._documents import InvalidInput, clip_kept, validate_payment_id
+from ._errors import InvalidRequestError, KlaviError, UnexpectedResponseError, error_class
+from ._events import DEBUG, StatusEnded
+from ._outcome import Outcome
+from ._results import PaymentStatus
+from ._retry import RetryLoop
+from ._speedups import uuid4
+
+__all__ = ["read_status"]
+
+
+async def read_status(
+    shared: Shared, endpoints: Endpoints, payment_id: str, consent_id: str | None
+) -> PaymentStatus:
+    """`get_payment_status()`: retried like a cancel; raises the matching `KlaviError`."""
+    try:
+        validate_payment_id(payment_id)
+        if consent_id is not None:
+            validate_payment_id(consent_id, "consent_id")
+    except InvalidInput as exc:
+        # The id may be a document passed by mistake, or anything at all.
+        raise InvalidRequestError(str(exc), payment_id=clip_kept(payment_id)) from None
+    call = Call(shared, payment_id, None, uuid4())
+    loop = shared.loop(call, safe=True)
+    url = endpoints.status_url(payment_id, consent_id)
+    headers = {"Accept": "application/json", INTERACTION_HEADER: call.interaction_id}
+    outcome = await loop.run(call.attempt, loop, "GET", url, headers, None)
+    try:
+        status = _status_or_raise(payment_id, outcome, loop, call)
+    except KlaviError as error:
+        _status_ended(shared, call, None, error)
+        raise
+    _status_ended(shared, call, status, None)
+    return status
+
+
+def _status_ended(
+    shared: Shared, call: Call, status: PaymentStatus | None, error: KlaviError | None
+) -> None:
+    if shared.events.wants(DEBUG):
+        shared.events.emit(StatusEnded(call=call.info(), status=status, error=error))
+
+
+def _status_or_raise(
+    payment_id: str, outcome: Outcome, loop: RetryLoop, call: Call
+) -> PaymentStatus:
+    """The status read's result, or the `KlaviError` matching its failure."""
+    if outcome.kind is None:
+        body = outcome.body
+        status = PaymentStatus.from_body(payment_id, body) if isinstance(body, dict) else None
+        if status is None:
+            raise UnexpectedResponseError(
+                "the status response has no usable 'status' field",
+                payment_id=payment_id,
+                http_status=outcome.http_status,
+                body=body,
+            )
+        return status
+    raise error_class(outcome.kind)(
+        final_message(outcome, loop),
+        kind=outcome.kind,
+        payment_id=payment_id,
+        http_status=outcome.http_status,
+        code=outcome.code,
+        retryable=call.retryable(outcome),
+        retry_after=outcome.retry_after,
+        body=outcome.body,
+    )
