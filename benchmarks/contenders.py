@@ -82,6 +82,45 @@ async def klavi_cancel_many(base: str, n: int, concurrency: int) -> list[float]:
     return latencies
 
 
+async def klavi_cancel_many_no_telemetry(base: str, n: int, concurrency: int) -> list[float]:
+    """`klavi_cancel_many` with `telemetry=False` (what a client without opentelemetry pays)."""
+    latencies: list[float] = []
+    limit = max(100, concurrency)
+    async with KlaviClient(TOKEN, base_url=base, max_connections=limit, telemetry=False) as klavi:
+        async for result in klavi.cancel_many(_requests(n), concurrency=concurrency):
+            assert result.ok, result
+            latencies.append(result.elapsed)
+    return latencies
+
+
+async def klavi_cancel_many_otel(base: str, n: int, concurrency: int) -> list[float]:
+    """`klavi_cancel_many` reporting to the OpenTelemetry SDK, spans and metrics dropped."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    class Drop(SpanExporter):
+        def export(self, spans: object) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(Drop()))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    latencies: list[float] = []
+    async with KlaviClient(
+        TOKEN,
+        base_url=base,
+        max_connections=max(100, concurrency),
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+    ) as klavi:
+        async for result in klavi.cancel_many(_requests(n), concurrency=concurrency):
+            assert result.ok, result
+            latencies.append(result.elapsed)
+    return latencies
+
+
 async def klavi_gather(base: str, n: int, concurrency: int) -> list[float]:
     """klavi_async `cancel_payment` under `asyncio.gather` and a semaphore."""
     latencies: list[float] = []
@@ -143,6 +182,8 @@ async def aiohttp_retry_client(base: str, n: int, concurrency: int) -> list[floa
 CONTENDERS: dict[str, Contender] = {
     "raw_aiohttp": raw_aiohttp,
     "klavi_cancel_many": klavi_cancel_many,
+    "klavi_cancel_many_no_telemetry": klavi_cancel_many_no_telemetry,
+    "klavi_cancel_many_otel": klavi_cancel_many_otel,
     "klavi_gather": klavi_gather,
     "httpx": httpx_client,
     "aiohttp_retry": aiohttp_retry_client,

@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_RETRY_AFTER",
     "SHUTDOWN_TIMEOUT",
     "HttpAnswer",
+    "extra_inputs_message",
     "http_answer",
     "klavi_from_env",
     "shutting_down",
@@ -72,6 +73,16 @@ _UNKNOWN_HINT: Final = (
 _RETRY_HINT: Final = (
     "a temporary failure, the payment is not cancelled yet: retry with the same idempotency_key"
 )
+
+
+def extra_inputs_message(count: int) -> str:
+    """
+    The `msg` of the one `extra_forbidden` problem both apps report for *count* unknown keys.
+
+    A count, never the keys: a key may be a CPF, and 60,000 keys echoed one problem each
+    would turn a small body into a large answer.
+    """
+    return f"Extra inputs are not permitted ({count} unknown field{'s' if count > 1 else ''})"
 
 
 class HttpAnswer(NamedTuple):

@@ -23,18 +23,29 @@ import argparse
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import uvicorn
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from examples._web import SHUTDOWN_TIMEOUT, http_answer, klavi_from_env, shutting_down
+from examples._web import (
+    SHUTDOWN_TIMEOUT,
+    extra_inputs_message,
+    http_answer,
+    klavi_from_env,
+    shutting_down,
+)
 from klavi_async import ClientClosedError, KlaviClient
 
-__all__ = ["CancelBody", "app", "create_app", "get_klavi", "main"]
+__all__ = ["MAX_BODY_SIZE", "BodySizeLimit", "CancelBody", "app", "create_app", "get_klavi", "main"]
+
+MAX_BODY_SIZE: Final = 1024**2
+"""Bytes a request body may hold (aiohttp's default `client_max_size`); larger is a 413."""
 
 
 class CancelBody(BaseModel):
@@ -70,6 +81,8 @@ def create_app(client_factory: Callable[[], KlaviClient] = klavi_from_env) -> Fa
 
     app = FastAPI(lifespan=lifespan)
     app.add_exception_handler(RequestValidationError, _unprocessable)
+    app.add_exception_handler(StarletteHTTPException, _unparsable)
+    app.add_middleware(BodySizeLimit, limit=MAX_BODY_SIZE)
 
     @app.post("/payments/{payment_id}/cancel")
     async def cancel(
@@ -102,12 +115,82 @@ def create_app(client_factory: Callable[[], KlaviClient] = klavi_from_env) -> Fa
 
 
 async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's 422 without its `input` and `ctx` echoes: they can hold the document."""
+    """
+    FastAPI's 422 without its `input` and `ctx` echoes: they can hold the document.
+
+    Unknown keys are one `extra_forbidden` problem with a count, as in the aiohttp app:
+    a key may be a CPF, and one problem per key lets a small body make a large answer.
+    """
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    detail: list[dict[str, Any]] = [
-        {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]} for error in errors
-    ]
+    detail: list[dict[str, Any]] = []
+    extra = 0
+    for error in errors:
+        if error["type"] == "extra_forbidden":
+            extra += 1
+            continue
+        problem = {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]}
+        if problem not in detail:
+            detail.append(problem)
+    if extra:
+        detail.append(
+            {"loc": ["body"], "msg": extra_inputs_message(extra), "type": "extra_forbidden"}
+        )
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def _unparsable(request: Request, exc: Exception) -> JSONResponse:
+    """
+    A body FastAPI could not parse (not UTF-8, nested too deep) is a 422 `json_invalid`.
+
+    FastAPI answers those 400 while other malformed JSON is a 422; the aiohttp app and
+    the documented table say 422 for both.  Other HTTP errors keep their status.
+    """
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
+        problem = {"loc": ["body"], "msg": "JSON decode error", "type": "json_invalid"}
+        return JSONResponse({"detail": [problem]}, status_code=422)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+class BodySizeLimit:
+    """
+    ASGI middleware: a request body over *limit* bytes is a 413, read no further.
+
+    By `Content-Length` before the app runs, and by counting the body as it streams (a
+    chunked request has no length, and a length can lie).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_SIZE) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._too_large()(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    # Raised inside FastAPI's body read, which re-raises HTTPExceptions.
+                    raise HTTPException(413, self._message())
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _message(self) -> str:
+        return f"the request body is larger than {self.limit} bytes"
+
+    def _too_large(self) -> JSONResponse:
+        return JSONResponse({"detail": self._message()}, status_code=413)
 
 
 app = create_app()

@@ -34,6 +34,7 @@ from ._errors import (
     UnauthorizedError,
     UnexpectedResponseError,
 )
+from ._ratelimit import RateLimit, RateLimitStats
 from ._results import Attempt, CancelFailed, Cancelled, CancelRequest, CancelResult, PaymentStatus
 from ._retry import RetryPolicy
 from ._tokens import AccessToken, ClientCredentials, StaticToken, TokenProvider
@@ -66,6 +67,8 @@ __all__ = [
     "NotCancellableError",
     "NotFoundError",
     "PaymentStatus",
+    "RateLimit",
+    "RateLimitStats",
     "RateLimitedError",
     "RetryBudget",
     "RetryBudgetStats",

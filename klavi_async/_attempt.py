@@ -2,9 +2,10 @@
 The attempt every request of a client goes through, and what a client's calls share.
 
 Strictly private.  `Call.attempt()` is one attempt: token (waiting no longer than the
-deadline), send, classify, record, and on a 401 one replay with a fresh token.  The
-retry loop calls it; a cancel, its reconciliation read, a status read and the
-credentials exchange all use it.  `Shared.loop()` is the one place a retry loop is built.
+deadline), a slot of the client's rate limiter, send, classify, record, and on a 401 one
+replay with a fresh token.  The retry loop calls it; a cancel, its reconciliation read, a
+status read and the credentials exchange all use it.  `Shared.loop()` is the one place a
+retry loop is built.
 """
 
 from __future__ import annotations
@@ -17,9 +18,19 @@ from yarl import URL
 from ._auth import CredentialsProvider, auth_failure, replays, wait_for_token
 from ._budget import RetryBudget
 from ._errors import ClientClosedError
-from ._events import DEBUG, INFO, AttemptEnded, BudgetRefused, CallInfo, Events, RetryScheduled
-from ._kinds import result_retryable
+from ._events import (
+    DEBUG,
+    INFO,
+    AttemptEnded,
+    BudgetRefused,
+    CallInfo,
+    Events,
+    RateLimitWait,
+    RetryScheduled,
+)
+from ._kinds import ErrorKind, result_retryable
 from ._outcome import Outcome, classify_response, cut_outcome, transport_outcome
+from ._ratelimit import RateLimit, RateLimiter
 from ._retry import RetryLoop, RetryPolicy
 from ._speedups import new_attempt, uuid4
 from ._tokens import Bearer, ClientCredentials, TokenCache, TokenProvider
@@ -33,7 +44,9 @@ class Shared:
     What every call of one client shares.  Strictly private.
 
     `closed` is set by `KlaviClient.aclose()`; an attempt that starts after it raises
-    `ClientClosedError`.
+    `ClientClosedError`.  `limiter` is the client's one rate limiter (None when
+    `rate_limit=None`), shared by every request of every call but the credentials
+    exchange (rare, and not an API request).
     """
 
     __slots__ = (
@@ -41,6 +54,7 @@ class Shared:
         "clock",
         "closed",
         "events",
+        "limiter",
         "policy",
         "sleep",
         "timeout",
@@ -60,6 +74,7 @@ class Shared:
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
         events: Events,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self.timeout = timeout
         self.transport = transport
@@ -69,6 +84,9 @@ class Shared:
         self.sleep = sleep
         self.events = events
         self.closed = False
+        self.limiter = (
+            None if rate_limit is None else RateLimiter(rate_limit, clock=clock, sleep=sleep)
+        )
         if isinstance(provider, ClientCredentials):
             provider = CredentialsProvider(
                 provider, base_url, self.post_unauthorised, policy.retry_statuses
@@ -147,29 +165,37 @@ class Call:
         body: bytes | None,
     ) -> Outcome:
         """
-        One attempt: get a token, send, and on a 401 refresh the token and replay once.
+        One attempt: get a token, take a rate-limit slot, send, and on a 401 refresh the
+        token and replay once (in a slot of its own).
 
         A single coroutine on purpose: every frame in the await chain is resumed each time
-        aiohttp wakes up, and this is the hot path of every cancel.
+        aiohttp wakes up, and this is the hot path of every cancel.  Until the limiter is
+        engaged (the first 429 of an adaptive one) a send costs it one attribute check.
         """
         c = self._shared
         if c.closed:
             raise ClientClosedError("this KlaviClient was closed while a call was running")
         # A `Bearer`, never the bare string: this frame is on every traceback of the call.
         token: Bearer | None = None
+        limiter: RateLimiter | None = None  # the credentials exchange takes no slot
         if self._authorize:
+            limiter = c.limiter
             token = c.tokens.peek()
             if token is None:
                 try:
                     token = await wait_for_token(c.tokens, loop.remaining(), loop.deadline)
                 except Exception as exc:
                     return self._auth_failed(exc)
-        timeout = c.timeout
-        remaining = loop.remaining()
-        if remaining < timeout:  # keep the common value exact: its ClientTimeout is cached
-            timeout = max(remaining, 0.001)
         refreshed = False
         while True:
+            if limiter is not None and limiter.engaged:
+                refusal = await self._take_slot(limiter, loop)
+                if refusal is not None:
+                    return refusal
+            timeout = c.timeout
+            remaining = loop.remaining()
+            if remaining < timeout:  # keep the common value exact: its ClientTimeout is cached
+                timeout = max(remaining, 0.001)
             started = c.clock()
             try:
                 # The transport adds the Authorization header: no dict of ours holds it.
@@ -182,6 +208,8 @@ class Call:
                 )
             else:
                 outcome = self._classify(response, token)
+                if limiter is not None:  # a 429/529 throttles it, any other answer counts
+                    limiter.on_response(response.status, outcome.retry_after, started)
             self._record(loop, method, outcome, c.clock() - started, refreshed)
             if not replays(token, outcome, self._replayed):
                 return outcome
@@ -195,6 +223,31 @@ class Call:
             if fresh == token:
                 return outcome  # the same token would be refused again
             token, refreshed = fresh, True
+
+    async def _take_slot(self, limiter: RateLimiter, loop: RetryLoop) -> Outcome | None:
+        """
+        Wait for this send's slot; None once taken, or (nothing sent) the attempt's outcome
+        when the slot would come past the call's deadline.
+
+        The refusal is `RATE_LIMITED` with `retry_after` = the wait it would need, and the
+        loop stops on the deadline rule: no later attempt could be sooner.  It is not
+        recorded in the history, which holds the requests sent (as for invalid input).
+        """
+        c = self._shared
+        since = c.clock()
+        if await limiter.acquire(loop.remaining()):
+            waited = c.clock() - since
+            if waited > 0 and c.events.wants(DEBUG):
+                c.events.emit(RateLimitWait(call=self.info(), delay=waited))
+            return None
+        wait = max(limiter.delay(), 0.0)
+        loop.stop_reason, loop.refused_wait = "deadline", wait
+        return Outcome(
+            ErrorKind.RATE_LIMITED,
+            None,
+            message=f"the client's rate limit has no slot for {wait:.3g} s; nothing was sent",
+            retry_after=wait,
+        )
 
     def _classify(self, response: Response, token: Bearer | None) -> Outcome:
         if response.cut is None:

@@ -13,7 +13,8 @@ Strictly private.  `Canceller.cancel()` is the whole story of one cancel:
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Coroutine
+from typing import Any, Final
 
 from ._attempt import Call, Shared, final_message
 from ._config import INTERACTION_HEADER, Endpoints
@@ -24,14 +25,26 @@ from ._documents import (
     validate_idempotency_key,
     validate_payment_id,
 )
-from ._events import DEBUG, INFO, WARNING, CancelGaveUp, CancelRejected, CancelSucceeded, Reconciled
+from ._events import (
+    DEBUG,
+    INFO,
+    TRACE,
+    WARNING,
+    CallEnded,
+    CallInfo,
+    CallStarted,
+    CancelGaveUp,
+    CancelRejected,
+    CancelSucceeded,
+    Reconciled,
+)
 from ._kinds import ErrorKind
 from ._outcome import Outcome
 from ._results import Attempt, CancelFailed, Cancelled, CancelResult, PaymentStatus
 from ._retry import RetryLoop
 from ._speedups import cancel_body, new_cancelled, uuid4_pair
 
-__all__ = ["Canceller"]
+__all__ = ["Canceller", "path_templates"]
 
 _RECONCILE_MIN_TIMEOUT: Final = 1.0
 """A reconciliation read gets at least this long, even when the deadline has passed."""
@@ -44,17 +57,35 @@ class Canceller:
     `documents` remembers the documents validated lately (cleared by `aclose()`).
     """
 
-    __slots__ = ("_endpoints", "_key_header", "_shared", "documents")
+    __slots__ = ("_endpoints", "_key_header", "_shared", "_templates", "documents")
 
     def __init__(self, shared: Shared, endpoints: Endpoints, key_header: str | None) -> None:
         self._shared = shared
         self._endpoints = endpoints
         self._key_header = key_header
         self.documents = DocumentCache()
+        # The path templates telemetry reports (`url.template`): cancel, status, automatic.
+        self._templates = path_templates(endpoints)
 
     # -- one cancel --------------------------------------------------------------------
 
-    async def cancel(
+    def cancel(
+        self,
+        payment_id: str,
+        consent_id: str | None,
+        cancelled_by: str,
+        identifier_type: str | None,
+        idempotency_key: str | None,
+    ) -> Coroutine[Any, Any, CancelResult]:
+        """One cancel's coroutine: in a call scope only when a subscriber wants one."""
+        # A plain function returning the coroutine: no await level added to the hot path.
+        if self._shared.events.wants(TRACE):
+            return self._scoped(
+                payment_id, consent_id, cancelled_by, identifier_type, idempotency_key
+            )
+        return self._cancel(payment_id, consent_id, cancelled_by, identifier_type, idempotency_key)
+
+    async def _scoped(
         self,
         payment_id: str,
         consent_id: str | None,
@@ -62,9 +93,42 @@ class Canceller:
         identifier_type: str | None,
         idempotency_key: str | None,
     ) -> CancelResult:
+        """The cancel between `CallStarted` and `CallEnded` (ended even when cancelled)."""
+        ids = uuid4_pair()
+        info = CallInfo.of(payment_id, ids[0], None)
+        events = self._shared.events
+        automatic = consent_id is not None
+        events.emit(
+            CallStarted(
+                call=info,
+                name="cancel_automatic_payment" if automatic else "cancel_payment",
+                url_template=self._templates[2 if automatic else 0],
+                status_template=self._templates[3 if automatic else 1],
+            )
+        )
+        exception: BaseException | None = None
+        try:
+            return await self._cancel(
+                payment_id, consent_id, cancelled_by, identifier_type, idempotency_key, ids
+            )
+        except BaseException as exc:
+            exception = exc
+            raise
+        finally:
+            events.emit(CallEnded(call=info, exception=exception))
+
+    async def _cancel(
+        self,
+        payment_id: str,
+        consent_id: str | None,
+        cancelled_by: str,
+        identifier_type: str | None,
+        idempotency_key: str | None,
+        ids: tuple[str, str] | None = None,
+    ) -> CancelResult:
         """One cancel: validate → ids and request → retry loop → reconcile → result."""
         start = self._shared.clock()
-        interaction_id, generated_key = uuid4_pair()
+        interaction_id, generated_key = uuid4_pair() if ids is None else ids
         if self._key_header is None:
             key = None
         else:
@@ -247,6 +311,17 @@ class Canceller:
         return result
 
     # -- the status read and the credentials exchange ----------------------------------
+
+
+def path_templates(endpoints: Endpoints) -> tuple[str, str, str, str]:
+    """The request paths as templates, base path included: cancel, status, automatic ones."""
+    base = endpoints.base.raw_path.rstrip("/")
+    return (
+        base + endpoints.cancel,
+        base + endpoints.status,
+        base + endpoints.automatic_cancel,
+        base + endpoints.automatic_status,
+    )
 
 
 def _outcome_unknown(status: PaymentStatus | None, history: tuple[Attempt, ...]) -> bool:

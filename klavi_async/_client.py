@@ -34,21 +34,27 @@ from ._config import (
     STATUS_PATH,
     Endpoints,
     Environment,
+    check_call_args,
     check_client_config,
     check_int,
     client_kwargs_from_env,
+    client_settings,
 )
 from ._errors import ClientClosedError
 from ._logging import default_events
+from ._ratelimit import RateLimit, RateLimitStats
 from ._results import CancelRequest, CancelResult, PaymentStatus
 from ._retry import RetryPolicy
 from ._status import read_status
+from ._telemetry import subscribe_telemetry
 from ._tokens import AccessToken, ClientCredentials, TokenProvider, as_provider
 from ._transport import DEFAULT_MAX_BODY, HTTPTransport, Transport, user_agent
 from ._version import version
 
 if TYPE_CHECKING:
     import aiohttp
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["KlaviClient"]
 
@@ -68,7 +74,10 @@ class KlaviClient:
     *token_provider* may be a `TokenProvider`, `ClientCredentials`, a token string, or an
     async callable taking no arguments and returning `str | AccessToken`.  A caller's
     *session* is borrowed and never closed.  `https` is required except for loopback
-    hosts.  *clock* and *sleep* exist for tests (a fake monotonic clock and sleep).
+    hosts.  *rate_limit* is a `RateLimit` (adaptive by default: unthrottled until Klavi's
+    first 429), a number (a fixed cap in requests per second) or None (off).  *clock* and
+    *sleep* exist for tests (a fake monotonic clock and sleep).  *telemetry* and the
+    providers: OpenTelemetry, on by default when installed (docs/observability.md).
     """
 
     def __init__(
@@ -79,6 +88,7 @@ class KlaviClient:
         base_url: str | None = None,
         retry: RetryPolicy | None = None,
         retry_budget: RetryBudget | None = None,
+        rate_limit: RateLimit | float | None = RateLimit(),  # noqa: B008  # frozen, shared
         timeout: float = 10.0,
         max_connections: int = 100,
         session: aiohttp.ClientSession | None = None,
@@ -91,7 +101,11 @@ class KlaviClient:
         automatic_status_path: str = AUTOMATIC_STATUS_PATH,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        telemetry: bool | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
+        paths = (cancel_path, status_path, automatic_cancel_path, automatic_status_path)
         self._base_url = check_client_config(
             environment,
             base_url,
@@ -102,10 +116,11 @@ class KlaviClient:
             max_response_size,
             idempotency_header,
             ssl,
-            (cancel_path, status_path, automatic_cancel_path, automatic_status_path),
+            paths,
         )
-        self._retry = retry if retry is not None else RetryPolicy()
-        self._budget = retry_budget if retry_budget is not None else RetryBudget()
+        self._retry, self._budget, self._rate_limit = client_settings(
+            retry, retry_budget, rate_limit
+        )
         self._transport: HTTPTransport = Transport(
             user_agent=user_agent(version),
             max_connections=max_connections,
@@ -114,9 +129,20 @@ class KlaviClient:
             max_body=max_response_size,
         )
         self._provider = as_provider(token_provider)
-        self._shared = Shared(
+        self._shared = self._share(float(timeout), clock, sleep)
+        self._endpoints = Endpoints(self._base_url, *paths)
+        self._canceller = Canceller(self._shared, self._endpoints, idempotency_header)
+        subscribe_telemetry(self, telemetry, tracer_provider, meter_provider)
+        self._closed = False
+        self._batches: dict[int, set[asyncio.Task[Any]]] = {}
+
+    def _share(
+        self, timeout: float, clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]]
+    ) -> Shared:
+        """What every call of this client shares (one place, so `__init__` stays short)."""
+        return Shared(
             base_url=self._base_url,
-            timeout=float(timeout),
+            timeout=timeout,
             transport=self._transport,
             provider=self._provider,
             policy=self._retry,
@@ -124,13 +150,8 @@ class KlaviClient:
             clock=clock,
             sleep=sleep,
             events=default_events(),
+            rate_limit=self._rate_limit,
         )
-        self._endpoints = Endpoints(
-            self._base_url, cancel_path, status_path, automatic_cancel_path, automatic_status_path
-        )
-        self._canceller = Canceller(self._shared, self._endpoints, idempotency_header)
-        self._closed = False
-        self._batches: dict[int, set[asyncio.Task[Any]]] = {}
 
     @classmethod
     def _with_transport(
@@ -177,6 +198,16 @@ class KlaviClient:
     def retry_budget(self) -> RetryBudget:
         """The retry budget shared by every call of this client."""
         return self._budget
+
+    def rate_limit_stats(self) -> RateLimitStats | None:
+        """
+        The rate limiter now: allowed rate, throttles seen, time spent waiting.
+
+        None when the client has no limiter (`rate_limit=None`): nothing is counted then,
+        and a snapshot of zeros would say no 429 came back when some may have.
+        """
+        limiter = self._shared.limiter
+        return None if limiter is None else limiter.stats()
 
     @property
     def closed(self) -> bool:
@@ -248,7 +279,7 @@ class KlaviClient:
         of the wrong type) and lets `asyncio.CancelledError` through.
         """
         self._check_open()
-        _check_args(payment_id, cancelled_by, identifier_type, idempotency_key, None)
+        check_call_args(payment_id, cancelled_by, identifier_type, idempotency_key, None)
         return await self._canceller.cancel(
             payment_id, None, cancelled_by, identifier_type, idempotency_key
         )
@@ -264,7 +295,7 @@ class KlaviClient:
     ) -> CancelResult:
         """Cancel one Automatic Pix payment of *consent_id*; same results as `cancel_payment`."""
         self._check_open()
-        _check_args(payment_id, cancelled_by, identifier_type, idempotency_key, consent_id)
+        check_call_args(payment_id, cancelled_by, identifier_type, idempotency_key, consent_id)
         return await self._canceller.cancel(
             payment_id, consent_id, cancelled_by, identifier_type, idempotency_key
         )
@@ -302,7 +333,7 @@ class KlaviClient:
         self._check_open()
         if not isinstance(request, CancelRequest):
             raise TypeError(f"expected a CancelRequest, got {type(request).__name__}")
-        _check_args(
+        check_call_args(
             request.payment_id,
             request.cancelled_by,
             request.identifier_type,
@@ -340,29 +371,3 @@ class KlaviClient:
         if consent_id is not None and not isinstance(consent_id, str):
             raise TypeError(f"consent_id must be a str, got {type(consent_id).__name__}")
         return await read_status(self._shared, self._endpoints, payment_id, consent_id)
-
-
-def _check_args(
-    payment_id: object,
-    cancelled_by: object,
-    identifier_type: object,
-    idempotency_key: object,
-    consent_id: object,
-) -> None:
-    if (
-        type(payment_id) is str
-        and type(cancelled_by) is str
-        and (identifier_type is None or type(identifier_type) is str)
-        and (idempotency_key is None or type(idempotency_key) is str)
-        and (consent_id is None or type(consent_id) is str)
-    ):
-        return  # the common case in one expression; the loop below names the culprit
-    for name, value, optional in (
-        ("payment_id", payment_id, False),
-        ("cancelled_by", cancelled_by, False),
-        ("identifier_type", identifier_type, True),
-        ("idempotency_key", idempotency_key, True),
-        ("consent_id", consent_id, True),
-    ):
-        if not isinstance(value, str) and not (optional and value is None):
-            raise TypeError(f"{name} must be a str, got {type(value).__name__}")

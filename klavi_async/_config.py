@@ -16,6 +16,7 @@ from typing import Any, Final
 from yarl import URL
 
 from ._budget import RetryBudget
+from ._ratelimit import RateLimit
 from ._retry import RetryPolicy
 from ._tokens import ClientCredentials, StaticToken
 
@@ -28,7 +29,9 @@ __all__ = [
     "Endpoints",
     "Environment",
     "check_base_url",
+    "check_call_args",
     "check_client_config",
+    "client_settings",
     "client_kwargs_from_env",
     "check_int",
     "check_number",
@@ -250,3 +253,41 @@ def check_client_config(
     ):
         check_path(name, path, fields)
     return checked
+
+
+def client_settings(
+    retry: RetryPolicy | None, budget: RetryBudget | None, rate_limit: RateLimit | float | None
+) -> tuple[RetryPolicy, RetryBudget, RateLimit | None]:
+    """What every call of a client shares, defaults filled in; a bad *rate_limit* raises."""
+    return (
+        retry if retry is not None else RetryPolicy(),
+        budget if budget is not None else RetryBudget(),
+        RateLimit.coerce(rate_limit),
+    )
+
+
+def check_call_args(
+    payment_id: object,
+    cancelled_by: object,
+    identifier_type: object,
+    idempotency_key: object,
+    consent_id: object,
+) -> None:
+    """Raise `TypeError` naming the first argument of a call that is not a str."""
+    if (
+        type(payment_id) is str
+        and type(cancelled_by) is str
+        and (identifier_type is None or type(identifier_type) is str)
+        and (idempotency_key is None or type(idempotency_key) is str)
+        and (consent_id is None or type(consent_id) is str)
+    ):
+        return  # the common case in one expression; the loop below names the culprit
+    for name, value, optional in (
+        ("payment_id", payment_id, False),
+        ("cancelled_by", cancelled_by, False),
+        ("identifier_type", identifier_type, True),
+        ("idempotency_key", idempotency_key, True),
+        ("consent_id", consent_id, True),
+    ):
+        if not isinstance(value, str) and not (optional and value is None):
+            raise TypeError(f"{name} must be a str, got {type(value).__name__}")

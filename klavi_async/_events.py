@@ -9,6 +9,11 @@ Cost: an event is built only after `Events.wants(level)` said someone listens at
 level, so with logging off (the usual production setting below WARNING) the hot path
 pays one cheap check per place and builds nothing.
 
+Call scopes: `CallStarted` and `CallEnded` bracket each public call (one cancel, one
+status read) at `TRACE`, a level below DEBUG that logging never enables in practice, so
+they are built only when a subscriber such as OpenTelemetry asks for them; the call then
+runs in a `try`/`finally`, so `CallEnded` comes even when the call is cancelled.
+
 Safety: events never carry the token, the secret key or a full document.  `CallInfo`
 masks the document and clips the payment id when it is built; `Attempt`s and messages
 are already scrubbed.  A result event carries the result the caller gets; its `body` is
@@ -33,11 +38,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEBUG",
+    "TRACE",
     "INFO",
     "WARNING",
     "AttemptEnded",
     "BudgetRefused",
+    "CallEnded",
     "CallInfo",
+    "CallStarted",
     "CancelGaveUp",
     "CancelRejected",
     "CancelSucceeded",
@@ -53,6 +61,8 @@ __all__ = [
     "default_subscribers",
 ]
 
+TRACE = 5
+"""Below DEBUG: the call-scope events, wanted by telemetry and never by usual logging."""
 DEBUG = logging.DEBUG
 INFO = logging.INFO
 WARNING = logging.WARNING
@@ -83,6 +93,29 @@ class Event(Protocol):
     """Every event has a `level` (a `logging` level): subscribers filter on it."""
 
     level: ClassVar[int]
+
+
+@frozen(kw_only=True)
+class CallStarted:
+    """A public call starts: `cancel_payment`, `cancel_automatic_payment`, `get_payment_status`."""
+
+    level: ClassVar[int] = TRACE
+    call: CallInfo
+    """Built before validation: the id masked and clipped, no document."""
+    name: str
+    url_template: str
+    """The path template of the call's own request (base path included)."""
+    status_template: str
+    """The path template of a status read (a cancel's reconciliation reads)."""
+
+
+@frozen(kw_only=True)
+class CallEnded:
+    """A public call ended; *exception* is what it raised (a status read's error, a cancel)."""
+
+    level: ClassVar[int] = TRACE
+    call: CallInfo
+    exception: BaseException | None
 
 
 @frozen(kw_only=True)

@@ -26,6 +26,7 @@ entirely when `rate_limit=None`):
 - after a 429 or 529: `limiter.on_throttle(retry_after, sent_at=started)`, with the
   parsed Retry-After (None when absent) and the clock reading taken just before sending;
 - after any other HTTP response: `limiter.on_success()` (transport failures: nothing).
+  `on_response(status, retry_after, started)` is both in one call, what `_attempt` uses.
 
 Until the first throttle an adaptive limiter without `max_rate` is not engaged: the
 request path pays one attribute check and `on_success()` one clock read.
@@ -57,6 +58,9 @@ _MARGIN = 0.03
 """`w_max` sits this much below the rate that was throttled: the last good rate."""
 _BUCKET = 0.5
 """The meter's bucket width in seconds."""
+_CATCH_UP = 0.05
+"""How far back (s) a queued call that woke late may take its scheduled slot: sleepers wake
+a millisecond or so late, which would otherwise cost a third of the rate at 500/s."""
 
 
 def _rate(value: object, name: str) -> float:
@@ -106,6 +110,11 @@ class RateLimit:
         """A client's `rate_limit=` argument as a setting: a number is a fixed cap, None off."""
         if value is None or isinstance(value, RateLimit):
             return value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(
+                "rate_limit must be a RateLimit, a number of requests per second or None, "
+                f"got {type(value).__name__}"
+            )
         rate = _rate(value, "rate_limit")
         return cls(rate, adaptive=False, min_rate=min(1.0, rate))
 
@@ -285,7 +294,7 @@ class RateLimiter:
                 return False
             while True:
                 now = self._clock()
-                slot = self._slot(now)
+                slot = max(self._tat, self._pause_until, now - _CATCH_UP)
                 if slot <= now:
                     self._take(slot)
                     return True
@@ -297,9 +306,8 @@ class RateLimiter:
             self._leave(waiter)
 
     def _take(self, slot: float) -> None:
-        # A queued call passes its scheduled slot, not its (late) wake-up time: lateness
-        # does not drift the schedule.  A call that did not wait passes now: an idle
-        # spell earns no burst.
+        # A queued call passes its scheduled slot, not its late wake-up time (up to
+        # `_CATCH_UP`).  A call that did not wait passes now: an idle spell earns no burst.
         self._tat = slot + 1.0 / self._cubic.rate
 
     def _leave(self, waiter: _Waiter) -> None:
@@ -362,6 +370,13 @@ class RateLimiter:
                 self._cubic.decrease(self._measured_at, reading)
         if self._waiters:
             self._refuse_late_waiters()
+
+    def on_response(self, status: int, retry_after: float | None, sent_at: float) -> None:
+        """Count an HTTP response: a 429 or 529 is a throttle, any other status a success."""
+        if status == 429 or status == 529:
+            self.on_throttle(retry_after, sent_at=sent_at)
+        else:
+            self.on_success()
 
     def on_success(self) -> None:
         """Count a response that was not a throttle; the allowed rate may grow."""

@@ -7,11 +7,15 @@ Strictly private.  It goes through the same attempt and retry loop as a cancel
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from typing import Any
+
 from ._attempt import Call, Shared, final_message
+from ._cancel import path_templates
 from ._config import INTERACTION_HEADER, Endpoints
 from ._documents import InvalidInput, clip_kept, validate_payment_id
 from ._errors import InvalidRequestError, KlaviError, UnexpectedResponseError, error_class
-from ._events import DEBUG, StatusEnded
+from ._events import DEBUG, TRACE, CallEnded, CallInfo, CallStarted, StatusEnded
 from ._outcome import Outcome
 from ._results import PaymentStatus
 from ._retry import RetryLoop
@@ -20,8 +24,43 @@ from ._speedups import uuid4
 __all__ = ["read_status"]
 
 
-async def read_status(
+def read_status(
     shared: Shared, endpoints: Endpoints, payment_id: str, consent_id: str | None
+) -> Coroutine[Any, Any, PaymentStatus]:
+    """`get_payment_status()`'s coroutine: in a call scope only when a subscriber wants one."""
+    if shared.events.wants(TRACE):
+        return _scoped(shared, endpoints, payment_id, consent_id)
+    return _read(shared, endpoints, payment_id, consent_id)
+
+
+async def _scoped(
+    shared: Shared, endpoints: Endpoints, payment_id: str, consent_id: str | None
+) -> PaymentStatus:
+    """The read between `CallStarted` and `CallEnded` (ended even when cancelled)."""
+    interaction_id = uuid4()
+    info = CallInfo.of(payment_id, interaction_id, None)
+    template = path_templates(endpoints)[1 if consent_id is None else 3]
+    shared.events.emit(
+        CallStarted(
+            call=info, name="get_payment_status", url_template=template, status_template=template
+        )
+    )
+    exception: BaseException | None = None
+    try:
+        return await _read(shared, endpoints, payment_id, consent_id, interaction_id)
+    except BaseException as exc:
+        exception = exc
+        raise
+    finally:
+        shared.events.emit(CallEnded(call=info, exception=exception))
+
+
+async def _read(
+    shared: Shared,
+    endpoints: Endpoints,
+    payment_id: str,
+    consent_id: str | None,
+    interaction_id: str | None = None,
 ) -> PaymentStatus:
     """`get_payment_status()`: retried like a cancel; raises the matching `KlaviError`."""
     try:
@@ -31,7 +70,7 @@ async def read_status(
     except InvalidInput as exc:
         # The id may be a document passed by mistake, or anything at all.
         raise InvalidRequestError(str(exc), payment_id=clip_kept(payment_id)) from None
-    call = Call(shared, payment_id, None, uuid4())
+    call = Call(shared, payment_id, None, uuid4() if interaction_id is None else interaction_id)
     loop = shared.loop(call, safe=True)
     url = endpoints.status_url(payment_id, consent_id)
     headers = {"Accept": "application/json", INTERACTION_HEADER: call.interaction_id}

@@ -45,6 +45,7 @@ class LeakGuard(logging.Handler):
         self.objects: list[object] = []
         self.secrets: set[str] = {TOKEN, SECRET_KEY, CPF_BARE, CNPJ_BARE, CPF, CNPJ}
         self.secrets.add(normalize_document(CNPJ_ALNUM))
+        self.telemetry: list[Telemetry] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
@@ -91,8 +92,12 @@ class LeakGuard(logging.Handler):
                 for attempt in getattr(obj, "history", ()):
                     yield repr(attempt)
 
+    def telemetry_texts(self) -> Iterator[str]:
+        for telemetry in self.telemetry:
+            yield from telemetry.texts()
+
     def leaks(self) -> list[str]:
-        texts = [*self.texts(), *self.object_texts()]
+        texts = [*self.texts(), *self.object_texts(), *self.telemetry_texts()]
         return [t for t in texts for s in self.secrets if s in t]
 
 
@@ -111,7 +116,72 @@ def leak_guard() -> Iterator[LeakGuard]:
         logger.removeHandler(guard)
         logger.setLevel(old_level)
     leaked = guard.leaks()
-    assert not leaked, f"a secret reached a log, repr or message: {leaked[:3]}"
+    assert not leaked, f"a secret reached a log, repr, message or telemetry: {leaked[:3]}"
+
+
+class Telemetry:
+    """
+    OpenTelemetry SDK providers that keep everything in memory, for one test.
+
+    Pass `tracer_provider` and `meter_provider` to a client; `spans()` are the finished
+    spans, `points(name)` a metric's data points.  The leak guard reads every span name,
+    attribute, event, status and metric attribute for secrets at teardown.
+    """
+
+    def __init__(self) -> None:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        self.exporter = InMemorySpanExporter()
+        # No atexit hooks: nothing here runs a thread, and a test builds many providers.
+        self.tracer_provider = TracerProvider(shutdown_on_exit=False)
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader], shutdown_on_exit=False)
+
+    def kwargs(self) -> dict[str, Any]:
+        """The client keyword arguments that report here."""
+        return {"tracer_provider": self.tracer_provider, "meter_provider": self.meter_provider}
+
+    def spans(self) -> list[Any]:
+        return list(self.exporter.get_finished_spans())
+
+    def points(self, name: str) -> list[Any]:
+        """The data points of metric *name* collected now (cumulative)."""
+        data = self.reader.get_metrics_data()
+        found: list[Any] = []
+        for resource in data.resource_metrics if data else ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == name:
+                        found.extend(metric.data.data_points)
+        return found
+
+    def texts(self) -> Iterator[str]:
+        for span in self.spans():
+            yield span.name
+            yield repr(dict(span.attributes or {}))
+            yield str(span.status.description)
+            for event in span.events:
+                yield event.name
+                yield repr(dict(event.attributes or {}))
+        data = self.reader.get_metrics_data()
+        for resource in data.resource_metrics if data else ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    for point in metric.data.data_points:
+                        yield repr(dict(point.attributes or {}))
+
+
+@pytest.fixture
+def telemetry(leak_guard: LeakGuard) -> Telemetry:
+    """In-memory OpenTelemetry providers whose output the leak guard checks."""
+    recorded = Telemetry()
+    leak_guard.telemetry.append(recorded)
+    return recorded  # read by the leak guard at its teardown, after the test's own
 
 
 ServerFactory = Callable[[web.Application], Awaitable[str]]

@@ -33,7 +33,7 @@ from ._webapps import (
     session_closed,
     sigterm_under_load,
 )
-from .conftest import CPF
+from .conftest import CPF, CPF_BARE
 
 
 @asynccontextmanager
@@ -125,4 +125,29 @@ async def test_a_request_after_close_is_a_503_not_a_500(klavi_emulator: KlaviEmu
         assert response.status == 503
         assert response.headers["Retry-After"] == "1"
         assert "shutting down" in (await response.json())["detail"]
+    assert klavi_emulator.requests == []
+
+
+async def test_unknown_keys_are_one_problem_that_names_none(
+    klavi_emulator: KlaviEmulator,
+) -> None:
+    many = {f"k{i}": 1 for i in range(60_000)}
+    async with served(ClientFactory(klavi_emulator)) as http:
+        response = await http.post(
+            "/payments/pay-1/cancel", json={"cancelled_by": CPF, CPF_BARE: "x", CPF: True}
+        )
+        assert response.status == 422
+        text = await response.text()
+        assert CPF_BARE not in text and CPF not in text
+        assert (await response.json())["detail"] == [
+            {
+                "loc": ["body"],
+                "msg": "Extra inputs are not permitted (2 unknown fields)",
+                "type": "extra_forbidden",
+            }
+        ]
+        response = await http.post("/payments/pay-1/cancel", json=many)
+        assert response.status == 422
+        answer = await response.read()
+        assert len(answer) < 1_000  # not one problem per key
     assert klavi_emulator.requests == []

@@ -19,7 +19,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from examples.fastapi_app import create_app, get_klavi
+from examples.fastapi_app import MAX_BODY_SIZE, create_app, get_klavi
 from klavi_async import ClientCredentials, KlaviClient
 from klavi_async.testing import KlaviEmulator
 
@@ -37,7 +37,7 @@ from ._webapps import (
     session_closed,
     sigterm_under_load,
 )
-from .conftest import CPF
+from .conftest import CPF, CPF_BARE
 
 
 @asynccontextmanager
@@ -163,3 +163,77 @@ async def test_sigterm_under_load_answers_every_request_in_flight() -> None:
     # uvicorn finishes, then re-raises the signal it caught: killed by SIGTERM, cleanly.
     check_shutdown(run, 20, {0, -signal.SIGTERM})
     assert "Finished server process" in run.stderr
+
+
+async def test_unknown_keys_are_one_problem_that_names_none(
+    klavi_emulator: KlaviEmulator,
+) -> None:
+    many = {f"k{i}": 1 for i in range(60_000)}
+    async with served(ClientFactory(klavi_emulator)) as (_, http):
+        response = await http.post(
+            "/payments/pay-1/cancel", json={"cancelled_by": CPF, CPF_BARE: "x", CPF: True}
+        )
+        assert response.status_code == 422
+        assert CPF_BARE not in response.text and CPF not in response.text
+        assert response.json()["detail"] == [
+            {
+                "loc": ["body"],
+                "msg": "Extra inputs are not permitted (2 unknown fields)",
+                "type": "extra_forbidden",
+            }
+        ]
+        response = await http.post("/payments/pay-1/cancel", json=many)
+        assert response.status_code == 422
+        assert len(response.content) < 1_000  # not one problem per key
+    assert klavi_emulator.requests == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 100_000,
+        b'{"cancelled_by":' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+        b'{"cancelled_by": "\xff\xfe"}',
+    ],
+    ids=["deep", "deep_in_a_field", "not_utf8"],
+)
+async def test_an_unparsable_body_is_a_422_json_invalid_like_aiohttp(
+    klavi_emulator: KlaviEmulator, raw: bytes
+) -> None:
+    async with served(ClientFactory(klavi_emulator)) as (_, http):
+        response = await http.post(
+            "/payments/pay-1/cancel", content=raw, headers={"Content-Type": "application/json"}
+        )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["type"] == "json_invalid"
+    assert klavi_emulator.requests == []
+
+
+async def test_a_body_over_one_mib_is_a_413(klavi_emulator: KlaviEmulator) -> None:
+    big = b'{"cancelled_by": "%s", "consent_id": "%s"}' % (CPF.encode(), b"x" * MAX_BODY_SIZE)
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it streams
+        for start in range(0, len(big), 64 * 1024):
+            yield big[start : start + 64 * 1024]
+
+    async with served(ClientFactory(klavi_emulator)) as (_, http):
+        declared = await http.post(
+            "/payments/pay-1/cancel", content=big, headers={"Content-Type": "application/json"}
+        )
+        streamed = await http.post(
+            "/payments/pay-1/cancel",
+            content=chunks(),
+            headers={"Content-Type": "application/json"},
+        )
+        payment_id = klavi_emulator.add_payment()
+        at_the_limit = await http.post(
+            f"/payments/{payment_id}/cancel",
+            content=b'{"cancelled_by": "%s"}' % CPF.encode() + b" " * (MAX_BODY_SIZE - 40),
+            headers={"Content-Type": "application/json"},
+        )
+    assert declared.status_code == 413
+    assert "Content-Length" not in streamed.request.headers
+    assert streamed.status_code == 413
+    assert CPF not in declared.text and CPF not in streamed.text
+    assert at_the_limit.status_code == 200, at_the_limit.text
+    assert klavi_emulator.effects[payment_id] == 1

@@ -10,14 +10,30 @@ from typing import Final
 
 import click
 
+from .._ratelimit import RateLimit
 from ._common import client_from_env, fail_usage, say
 from ._process import start_in_fast_allocator_state
 from ._rows import InputError
 from ._runner import run_batch
 
-__all__ = ["MAX_CONCURRENCY", "cancel_batch"]
+__all__ = ["MAX_CONCURRENCY", "cancel_batch", "rate_limit_option"]
 
 MAX_CONCURRENCY: Final = 10_000
+
+
+def rate_limit_option(rate_limit: float | None, adaptive: bool) -> RateLimit:
+    """
+    The client's `rate_limit` from `--rate-limit` and `--no-adaptive`.
+
+    Without flags, the client's default (adaptive, no cap); `--rate-limit` caps that;
+    `--no-adaptive` makes the cap fixed and means nothing without one (a usage error:
+    the limiter cannot be switched off from the command line, only capped).
+    """
+    if rate_limit is None:
+        if not adaptive:
+            fail_usage("--no-adaptive needs --rate-limit RPS: the fixed rate to send at")
+        return RateLimit()
+    return RateLimit(rate_limit, adaptive=adaptive, min_rate=min(1.0, rate_limit))
 
 
 @click.command("cancel-batch")
@@ -30,10 +46,27 @@ MAX_CONCURRENCY: Final = 10_000
     show_default=True,
     help="Cancels in flight at once (1-10000).",
 )
-@click.option("--rate-limit", type=click.FloatRange(min=0, min_open=True), help="Cancels/s.")
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="RPS",
+    help="Requests/s at most (retries and status reads included); adaptive below it.",
+)
+@click.option(
+    "--no-adaptive",
+    "adaptive",
+    flag_value=False,
+    default=True,
+    help="Send at exactly --rate-limit (a fixed cap), not adapting to Klavi's 429s.",
+)
 @click.option("--grace", type=click.FloatRange(min=0), default=10.0, hidden=True)
 def cancel_batch(
-    input_path: str, out_path: str, concurrency: int, rate_limit: float | None, grace: float
+    input_path: str,
+    out_path: str,
+    concurrency: int,
+    rate_limit: float | None,
+    adaptive: bool,
+    grace: float,
 ) -> None:
     """Cancel every payment in INPUT (CSV or JSONL; '-' reads JSONL from stdin).
 
@@ -42,8 +75,9 @@ def cancel_batch(
     good, 2 usage or rejected credentials, 3 some items not final yet (rerun), 130
     interrupted.
     """
+    setting = rate_limit_option(rate_limit, adaptive)
     start_in_fast_allocator_state()  # this process is ours: see _process.py
-    client = client_from_env()
+    client = client_from_env(rate_limit=setting)
 
     async def run() -> int:
         async with client:
@@ -52,7 +86,6 @@ def cancel_batch(
                 input_path,
                 out_path,
                 concurrency=concurrency,
-                rate_limit=rate_limit,
                 grace=grace,
                 progress=None,
                 echo=say,

@@ -123,7 +123,6 @@ async def run_demo(
                     str(source),
                     str(results),
                     concurrency=32,
-                    rate_limit=None,
                     grace=10.0,
                     progress=progress,
                     echo=echo,

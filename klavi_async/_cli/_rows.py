@@ -210,7 +210,18 @@ def open_rows(path: str) -> tuple[IO[str], Iterator[Row]]:
 
 def _csv_rows(reader: csv.DictReader[str], handle: IO[str]) -> Iterator[Row]:
     with handle:
-        for line, record in enumerate(reader, start=1):
+        line = 0
+        while True:
+            line += 1
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # e.g. a field over csv.field_size_limit()
+                # The reader has consumed the line it failed on and goes on with the
+                # next one.  The error's text is the csv module's own, never the field.
+                yield _broken(line, f"the row is not valid CSV ({exc})")
+                continue
             yield parse_row(line, record)
 
 
@@ -221,7 +232,7 @@ def _jsonl_rows(handle: IO[str]) -> Iterator[Row]:
                 continue
             try:
                 data = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested too deep
                 yield _broken(line, "the line is not valid JSON")
                 continue
             yield parse_row(line, data)

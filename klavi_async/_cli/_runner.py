@@ -56,9 +56,13 @@ def _never_reached_klavi(result: CancelResult) -> TypeGuard[CancelFailed]:
 
 def _invalid_result(row: Row) -> CancelFailed:
     """The result for a row that holds no request: rejected locally, nothing sent."""
+    from .._documents import clip_kept  # here, not at the top: one edit while _runner moves
+
+    # The row's values may be anything (a CPF in payment_id, 1 MB of text): masked and
+    # clipped.  Resume matches this final line by request_digest, not by payment_id.
     return CancelFailed(
-        payment_id=row.payment_id,
-        consent_id=row.consent_id,
+        payment_id=clip_kept(row.payment_id) if row.payment_id else row.payment_id,
+        consent_id=clip_kept(row.consent_id) if row.consent_id else row.consent_id,
         idempotency_key=None,
         interaction_id=str(uuid.uuid4()),  # as for any cancel rejected before sending
         attempts=0,
@@ -105,24 +109,6 @@ class _Sent:
         return line, digest
 
 
-class _Pacer:
-    """Spaces the cancels' starts by 1/*rate* seconds; a stop ends the wait at once."""
-
-    def __init__(self, rate: float | None, stop: asyncio.Event) -> None:
-        self._interval = 1.0 / rate if rate else 0.0
-        self._stop = stop
-        self._next_at = time.monotonic()
-
-    async def wait(self) -> None:
-        if not self._interval:
-            return
-        delay = self._next_at - time.monotonic()
-        if delay > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
-        self._next_at = max(self._next_at, time.monotonic()) + self._interval
-
-
 class _BatchRun:
     """One batch over open files: feeds `cancel_many`, writes the lines, obeys the stops."""
 
@@ -157,10 +143,10 @@ class _BatchRun:
         self._consumer: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    async def run(self, concurrency: int, rate_limit: float | None) -> None:
+    async def run(self, concurrency: int) -> None:
         """Send every row not final yet; on a stop, count the rows left unsent."""
         self._feed.start()
-        self._consumer = consumer = asyncio.ensure_future(self._consume(concurrency, rate_limit))
+        self._consumer = consumer = asyncio.ensure_future(self._consume(concurrency))
         try:
             with on_stop_signals(self._on_signal):
                 with contextlib.suppress(asyncio.CancelledError):
@@ -224,7 +210,7 @@ class _BatchRun:
             )
         return request
 
-    async def _requests(self, pacer: _Pacer) -> AsyncIterator[CancelRequest]:
+    async def _requests(self) -> AsyncIterator[CancelRequest]:
         quiet = 0
         while not self._stop.is_set():
             row = await self._feed.next()
@@ -236,15 +222,16 @@ class _BatchRun:
                 if quiet % 256 == 0:
                     await asyncio.sleep(0)  # a long run of rows sending nothing: let signals in
                 continue
-            await pacer.wait()
-            if self._stop.is_set():
+            if self._stop.is_set():  # set while the feed was read
                 self.summary.unfinished += 1  # taken, never sent
                 return
             self._sent.add(row, request.idempotency_key)
             yield request
 
-    async def _consume(self, concurrency: int, rate_limit: float | None) -> None:
-        requests = self._requests(_Pacer(rate_limit, self._stop))
+    async def _consume(self, concurrency: int) -> None:
+        # The pace is the client's: its rate limiter (cancel-batch --rate-limit) spaces the
+        # sends of every cancel, retries included, and backs off on Klavi's 429s.
+        requests = self._requests()
         results = self._client.cancel_many(requests, concurrency=concurrency)
         async with contextlib.aclosing(results):
             async for result in results:
@@ -327,7 +314,6 @@ async def run_batch(
     out_path: str,
     *,
     concurrency: int,
-    rate_limit: float | None,
     grace: float,
     progress: bool | None,
     echo: Callable[[str], None],
@@ -355,7 +341,7 @@ async def run_batch(
     )
     batch = _BatchRun(client, feed, state, out, bar, grace=grace, echo=echo)
     try:
-        await batch.run(concurrency, rate_limit)
+        await batch.run(concurrency)
     finally:
         feed.close()
         bar.close()

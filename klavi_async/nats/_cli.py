@@ -21,7 +21,7 @@ from .. import CancelRequest, KlaviClient
 from .._cli._process import start_in_fast_allocator_state
 from .._cli._rows import InputError, read_rows
 from .._cli._signals import on_stop_signals
-from ._streams import connect, enqueue, ensure_streams
+from ._streams import connect, ensure_streams, publish_requests
 from ._worker import CancelWorker
 
 __all__ = ["add_commands"]
@@ -102,6 +102,7 @@ async def run_enqueue(input_path: str, url: str) -> int:
     rows = read_rows(input_path)  # InputError before connecting
     rejected = 0
     duplicates = 0
+    published = 0
 
     def requests() -> Iterator[CancelRequest]:
         nonlocal rejected
@@ -116,19 +117,29 @@ async def run_enqueue(input_path: str, url: str) -> int:
         nonlocal duplicates
         duplicates += 1
 
+    def on_stored(request: CancelRequest) -> None:
+        nonlocal published
+        published += 1
+
     started = time.monotonic()
     nc = await _connect(url)
+    failed = False
     try:
         js = nc.jetstream()
         await ensure_streams(js)
-        published = await enqueue(js, requests(), on_duplicate=on_duplicate)
+        await publish_requests(js, requests(), on_stored=on_stored, on_duplicate=on_duplicate)
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        failed = True
+        _echo(f"enqueue: stopped by {type(exc).__name__}; the rest of the input was not sent")
     finally:
+        # Printed however it ended (before closing, which may fail too): the counts say
+        # what the server already stored.
+        click.echo(
+            f"published {published}, dropped as duplicates {duplicates}, "
+            f"rejected {rejected}, elapsed {time.monotonic() - started:.1f} s"
+        )
         await nc.close()
-    click.echo(
-        f"published {published}, dropped as duplicates {duplicates}, "
-        f"rejected {rejected}, elapsed {time.monotonic() - started:.1f} s"
-    )
-    return EXIT_FAILED if rejected else EXIT_OK
+    return EXIT_FAILED if rejected or failed else EXIT_OK
 
 
 def add_commands(cli: click.Group) -> None:

@@ -18,6 +18,7 @@ from attrs import frozen
 
 from .. import CancelFailed, CancelRequest, CancelResult, ErrorKind
 from .._cli._rows import parse_row  # the cancel-batch row rules, shared on purpose
+from .._documents import clip_kept
 
 __all__ = ["Action", "Decision", "Poison", "decide", "is_final", "parse_request"]
 
@@ -41,7 +42,7 @@ class Poison:
     """A message that cannot be a cancel request; its reason never holds a document."""
 
     reason: str
-    """`bad_json`, `not_an_object`, `missing_field` or `invalid_request`."""
+    """`bad_json`, `not_an_object`, `missing_field`, `invalid_request` or `worker_error`."""
     message: str
     payment_id: str | None = None
     consent_id: str | None = None
@@ -72,7 +73,7 @@ def parse_request(data: bytes) -> CancelRequest | Poison:
     """Turn a message body into a request, with the rules of `cancel-batch` rows."""
     try:
         value = json.loads(data)
-    except ValueError:  # includes bytes that are not UTF-8
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deep
         return Poison("bad_json", "the message is not valid JSON")
     if not isinstance(value, dict):
         return Poison("not_an_object", "the message is not a JSON object")
@@ -82,9 +83,9 @@ def parse_request(data: bytes) -> CancelRequest | Poison:
         return Poison(
             "missing_field",
             f"the message is {row.error}",
-            payment_id=_clip(row.payment_id) or None,
-            consent_id=row.consent_id,
-            idempotency_key=key if isinstance(key, str) else None,
+            payment_id=_kept(row.payment_id),
+            consent_id=_kept(row.consent_id),
+            idempotency_key=_kept(key if isinstance(key, str) else None),
         )
     return row.request
 
@@ -133,18 +134,24 @@ def decide(
         return Decision(Action.NAK, delay=retry_delay, halt=True)
     record = outcome.to_record()
     record["deliveries"] = delivery_count
-    msg_id = outcome.idempotency_key or f"result-{ref}"
+    key = outcome.idempotency_key
     if is_final(outcome):
+        # The key: one final record per request, even when a worker dies before acking.
+        msg_id = key or f"result-{ref}"
         return Decision(Action.ACK, record=record, subject=RESULTS_SUBJECT, msg_id=msg_id)
     if delivery_count >= max_deliver:
+        # Not the bare key: a non-final record must not block the final record of the
+        # same request enqueued again later.  Stable across this message's redeliveries.
+        msg_id = f"{key}:unsettled:{ref}" if key else f"result-{ref}"
         return Decision(Action.TERM, record=record, subject=RESULTS_SUBJECT, msg_id=msg_id)
     delay = outcome.retry_after if isinstance(outcome, CancelFailed) else None
     return Decision(Action.NAK, delay=delay if delay and delay > 0 else retry_delay)
 
 
-def _clip(value: str) -> str:
-    # What a poison message carries is kept only as far as a valid id could go.
-    return value if len(value) <= 100 else value[:100] + "..."
+def _kept(value: str | None, limit: int = 100) -> str | None:
+    # What a poison message carries is kept only as far as a valid id could go, with
+    # documents masked: it may be anything (a CPF in the wrong field, 800 KB of text).
+    return clip_kept(value, limit) if value else None
 
 
 def _dead(poison: Poison, delivery_count: int, ref: str) -> Decision:
@@ -152,11 +159,32 @@ def _dead(poison: Poison, delivery_count: int, ref: str) -> Decision:
         "ok": False,
         "kind": ErrorKind.INVALID_REQUEST.value,
         "reason": poison.reason,
-        "message": poison.message,
-        "payment_id": poison.payment_id,
-        "consent_id": poison.consent_id,
-        "idempotency_key": poison.idempotency_key,
+        "message": _kept(poison.message, 500),
+        "payment_id": _kept(poison.payment_id),
+        "consent_id": _kept(poison.consent_id),
+        "idempotency_key": _kept(poison.idempotency_key),
         "deliveries": delivery_count,
         "source": ref,
     }
-    return Decision(Action.TERM, record=record, subject=DEAD_SUBJECT, msg_id=f"dead-{ref}")
+    return Decision(Action.TERM, record=record, subject=DEAD_SUBJECT, msg_id=dead_letter_id(ref))
+
+
+def dead_letter_id(ref: str) -> str:
+    """The de-duplication id of the dead letter of the message *ref* names."""
+    return f"dead-{ref}"
+
+
+def minimal_dead_letter(reason: str, delivery_count: int, ref: str) -> dict[str, Any]:
+    """
+    A dead letter holding only *reason* and the source: for when the full one can't be sent.
+
+    A record too large for the server (or a worker failing on the message) would
+    otherwise leave the message unsettled, redelivered for ever.
+    """
+    return {
+        "ok": False,
+        "kind": ErrorKind.INVALID_REQUEST.value,
+        "reason": reason,
+        "deliveries": delivery_count,
+        "source": ref,
+    }

@@ -169,35 +169,55 @@ async def enqueue(
     A request published before, inside the stream's duplicate window, is dropped by the
     server: it is not counted, and *on_duplicate* (if given) is called with it.  Raises
     `TypeError` for an item that is not a `CancelRequest` (or has fields of the wrong
-    types) before publishing it; the requests before it are published.
+    types) before publishing it; the requests before it are published, as they are when
+    *requests* itself raises.
     """
     stored = 0
+
+    def count(request: CancelRequest) -> None:
+        nonlocal stored
+        stored += 1
+
+    await publish_requests(js, requests, on_stored=count, on_duplicate=on_duplicate)
+    return stored
+
+
+async def publish_requests(
+    js: JetStreamContext,
+    requests: Iterable[CancelRequest],
+    *,
+    on_stored: Callable[[CancelRequest], object],
+    on_duplicate: Callable[[CancelRequest], object] | None = None,
+) -> None:
+    """
+    `enqueue()`, reporting each request as the server answers it.
+
+    What the server stored is known even when it fails part-way (the CLI prints it).
+    """
     window: list[tuple[CancelRequest, bytes, dict[str, str]]] = []
 
     async def flush() -> None:
-        nonlocal stored
+        batch = window[:]
+        window.clear()  # a failing flush is not retried by the `finally` below
         acks = await asyncio.gather(
             *(
                 js.publish(REQUESTS_SUBJECT, body, headers=headers or None)
-                for _, body, headers in window
+                for _, body, headers in batch
             )
         )
-        for (request, _, _), ack in zip(window, acks, strict=True):
-            if ack.duplicate:
-                if on_duplicate is not None:
-                    on_duplicate(request)
-            else:
-                stored += 1
-        window.clear()
+        for (request, _, _), ack in zip(batch, acks, strict=True):
+            if not ack.duplicate:
+                on_stored(request)
+            elif on_duplicate is not None:
+                on_duplicate(request)
 
-    for request in requests:
-        try:
+    try:
+        for request in requests:
             body, headers = request_message(request)
-        except TypeError:
+            window.append((request, body, headers))
+            if len(window) >= _PUBLISH_WINDOW:
+                await flush()
+    finally:
+        # Whatever stopped the loop (a bad item, the input failing), what was read is sent.
+        if window:
             await flush()
-            raise
-        window.append((request, body, headers))
-        if len(window) >= _PUBLISH_WINDOW:
-            await flush()
-    await flush()
-    return stored

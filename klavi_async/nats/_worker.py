@@ -6,7 +6,9 @@ The loop fetches as many messages as there are free slots (never more in flight 
 record `decide()` asks for and only then acks, naks or terms.  A worker killed between
 the publish and the ack leaves the message to be redelivered: the cancel is re-sent with
 the same key and the record republished with the same `Nats-Msg-Id`, which the results
-stream drops as a duplicate, so each request keeps exactly one record.
+stream drops as a duplicate, so each request keeps exactly one record.  A message the
+worker fails on, or whose record is too large to publish, ends in a dead letter: the
+server redelivers without limit, so leaving it unsettled would loop for ever.
 """
 
 from __future__ import annotations
@@ -15,16 +17,31 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Final, Literal
 
 import nats.errors
+import nats.js.errors
 from attrs import define
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from .. import CancelRequest, CancelResult, KlaviClient, deterministic_idempotency_key
-from ._decide import DEAD_SUBJECT, Action, Decision, decide, parse_request
+from .. import (
+    CancelRequest,
+    CancelResult,
+    ClientClosedError,
+    KlaviClient,
+    deterministic_idempotency_key,
+)
+from ._decide import (
+    DEAD_SUBJECT,
+    Action,
+    Decision,
+    dead_letter_id,
+    decide,
+    minimal_dead_letter,
+    parse_request,
+)
 from ._streams import MSG_ID, REQUESTS_STREAM
 
 __all__ = ["CancelWorker", "WorkerStats"]
@@ -33,6 +50,9 @@ logger = logging.getLogger("klavi_async.nats")
 
 _FETCH_TIMEOUT = 0.5  # how long one pull waits for messages; bounds how late a stop is seen
 _RETRY_PAUSE = 0.25  # after a broker error (e.g. the server is restarting)
+_TOO_LARGE_CODE: Final = 10054  # JetStream: "message size exceeds maximum allowed"
+
+_Published = Literal["stored", "failed", "too_large"]
 
 
 @define
@@ -222,17 +242,39 @@ class CancelWorker:
             if delivery > 1:
                 stats.redelivered += 1
             ref = f"{meta.stream}:{meta.sequence.stream}"
-            parsed = parse_request(msg.data)
-            outcome = await self._cancel(parsed) if isinstance(parsed, CancelRequest) else parsed
-            decision = decide(delivery, self._max_deliver, outcome, self._retry_delay, ref=ref)
-            await self._settle(msg, decision)
+            decision = await self._decision(msg.data, delivery, ref)
+            await self._settle(msg, decision, delivery, ref)
         except Exception:
-            # A bug or a broker failure: leave the message; it comes back after ack_wait.
+            # A broker failure (or the client closed under us): leave the message; it
+            # comes back after ack_wait.
             stats.unsettled += 1
             logger.exception("a delivery could not be handled; it will be redelivered")
         finally:
             del self._active[id(msg)]
             stats.in_flight -= 1
+
+    async def _decision(self, data: bytes, delivery: int, ref: str) -> Decision:
+        """What `decide()` says for this delivery; a dead letter if the worker fails on it."""
+        try:
+            parsed = parse_request(data)
+            outcome = await self._cancel(parsed) if isinstance(parsed, CancelRequest) else parsed
+            return decide(delivery, self._max_deliver, outcome, self._retry_delay, ref=ref)
+        except ClientClosedError:
+            raise  # the worker's fault, not the message's: it comes back to another worker
+        except Exception as exc:
+            # Failing on this message once means failing on it every time, and the server
+            # redelivers without limit: end it with a dead letter rather than loop.  The
+            # type only: an exception's text may hold what the message held (a document).
+            name = type(exc).__name__
+            logger.error("the worker failed on %s (%s): dead-lettered", ref, name)
+            record = minimal_dead_letter("worker_error", delivery, ref)
+            record["message"] = (
+                f"the worker failed on this message ({name}); if it was a valid request, "
+                "check the payment's status before enqueueing it again"
+            )
+            return Decision(
+                Action.TERM, record=record, subject=DEAD_SUBJECT, msg_id=dead_letter_id(ref)
+            )
 
     async def _cancel(self, request: CancelRequest) -> CancelResult:
         key = request.idempotency_key
@@ -256,7 +298,7 @@ class CancelWorker:
             idempotency_key=key,
         )
 
-    async def _settle(self, msg: Msg, decision: Decision) -> None:
+    async def _settle(self, msg: Msg, decision: Decision, delivery: int, ref: str) -> None:
         stats = self.stats
         if decision.halt:
             self.halted = "Klavi refused the credentials: check them and restart the worker"
@@ -264,14 +306,18 @@ class CancelWorker:
                 logger.error("stopping: %s", self.halted)
             self._halt.set()
         record, subject, msg_id = decision.record, decision.subject, decision.msg_id
-        if (
-            record is not None
-            and subject
-            and msg_id
-            and not await self._publish(subject, msg_id, record)
-        ):
-            stats.unsettled += 1
-            return  # no record, no ack: the message comes back after ack_wait
+        if record is not None and subject and msg_id:
+            published = await self._publish(subject, msg_id, record)
+            if published == "too_large":
+                # It never will fit: end the message with a dead letter that does.
+                logger.warning("the record of %s is too large to publish: dead-lettered", ref)
+                record = minimal_dead_letter("record_too_large", delivery, ref)
+                subject, msg_id = DEAD_SUBJECT, dead_letter_id(ref)
+                decision = Decision(Action.TERM, record=record, subject=subject, msg_id=msg_id)
+                published = await self._publish(subject, msg_id, record)
+            if published != "stored":
+                stats.unsettled += 1
+                return  # no record, no ack: the message comes back after ack_wait
         if decision.action is Action.NAK:
             await msg.nak(delay=decision.delay or self._retry_delay)
             stats.naked += 1
@@ -287,7 +333,7 @@ class CancelWorker:
             if record is not None and record.get("ok") is True:
                 stats.ok += 1
 
-    async def _publish(self, subject: str, msg_id: str, record: dict[str, Any]) -> bool:
+    async def _publish(self, subject: str, msg_id: str, record: dict[str, Any]) -> _Published:
         """Publish a record, retrying through a reconnect within ack_wait."""
         body = json.dumps(record, separators=(",", ":")).encode()
         deadline = time.monotonic() + self._ack_wait
@@ -295,13 +341,21 @@ class CancelWorker:
         while True:
             try:
                 ack = await self._js.publish(subject, body, headers={MSG_ID: msg_id})
+            except nats.errors.MaxPayloadError:
+                return "too_large"  # over the server's max_payload: no retry can help
+            except nats.js.errors.APIError as exc:
+                if exc.err_code == _TOO_LARGE_CODE:  # over the stream's max_msg_size
+                    return "too_large"
+                if time.monotonic() + pause > deadline:
+                    logger.warning("could not publish a record (%s)", type(exc).__name__)
+                    return "failed"
             except (nats.errors.Error, TimeoutError) as exc:
                 if time.monotonic() + pause > deadline:
                     logger.warning("could not publish a record (%s)", type(exc).__name__)
-                    return False
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 2.0)
-                continue
-            if ack.duplicate:
-                self.stats.duplicates += 1
-            return True
+                    return "failed"
+            else:
+                if ack.duplicate:
+                    self.stats.duplicates += 1
+                return "stored"
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)

@@ -101,7 +101,8 @@ def test_last_delivery_publishes_the_non_final_record_and_terminates() -> None:
     decision = decide(10, 10, result, 5.0, ref="S:1")
     assert decision.action is Action.TERM
     assert decision.subject == RESULTS_SUBJECT
-    assert decision.msg_id == "kc1-abc"
+    # Not the bare key: it must not block the final record of a later re-enqueue.
+    assert decision.msg_id == "kc1-abc:unsettled:S:1"
     assert decision.record is not None
     assert decision.record["ok"] is False
     assert decision.record["retryable"] is True
@@ -200,7 +201,7 @@ def test_poison_keeps_what_identifies_the_message_but_no_document() -> None:
     poison = parse_request(data.encode())
     assert isinstance(poison, Poison)
     assert poison.message == "the message is missing cancelled_by"
-    assert poison.payment_id == "x" * 100 + "..."
+    assert poison.payment_id == "x" * 100 + "…(clipped)"
     assert poison.idempotency_key == "k-9"
     record = decide(1, 10, poison, 1.0, ref="S:1").record
     assert CPF not in json.dumps(record)

@@ -1,0 +1,491 @@
+"""
+`KlaviClient(rate_limit=...)`: the client's one rate limiter on every request it sends.
+
+Timing is checked two ways: with an injected clock and sleep (exact slots, no waiting),
+and on the wire against the server's arrival times, only ever as lower bounds (a slow
+machine makes arrivals later, never earlier), so nothing here can flake on load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import math
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from multidict import CIMultiDict
+
+from klavi_async import (
+    CancelFailed,
+    CancelRequest,
+    ClientCredentials,
+    ErrorKind,
+    KlaviClient,
+    RateLimit,
+    RateLimitedError,
+    RateLimitStats,
+    RetryPolicy,
+)
+from klavi_async._events import RateLimitWait, subscribed
+from klavi_async._ratelimit import RateLimiter
+from klavi_async._transport import Response, TransportFailure
+from klavi_async.testing import KlaviEmulator
+
+from .conftest import CPF, TOKEN, ServerFactory
+from .fakes import CANCEL, Reply, ScriptedKlavi, Sent, json_response, mock_client
+from .test_ratelimit import VirtualLoop, run as run_virtual
+
+NO_BACKOFF = RetryPolicy(initial_backoff=0, jitter=False)
+
+Answer = Callable[[Sent], "Response | TransportFailure | Awaitable[Response | TransportFailure]"]
+
+
+def timed_client(
+    loop: asyncio.AbstractEventLoop, answer: Answer, **kwargs: Any
+) -> tuple[KlaviClient, list[tuple[float, Sent]]]:
+    """A mock-transport client on *loop*'s (virtual) clock; the list gets (time, request)."""
+    sends: list[tuple[float, Sent]] = []
+
+    async def handler(sent: Sent) -> Response | TransportFailure:
+        sends.append((loop.time(), sent))
+        reply = answer(sent)
+        if inspect.isawaitable(reply):
+            reply = await reply
+        return reply
+
+    kwargs.setdefault("retry", NO_BACKOFF)
+    client, _ = mock_client(handler, clock=loop.time, **kwargs)
+    return client, sends
+
+
+def ok(_: Sent) -> Response:
+    return json_response(200, {"status": "CANCELED"})
+
+
+def throttled(retry_after: str | None = None) -> Response:
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    return json_response(429, {"message": "slow down"}, **headers)
+
+
+def scripted(*replies: Response | TransportFailure, latency: float = 0.0) -> Answer:
+    """Answer with *replies* in turn, then 200; each after *latency* seconds (virtual)."""
+    queue = list(replies)
+
+    async def answer(_: Sent) -> Response | TransportFailure:
+        if latency:
+            await asyncio.sleep(latency)
+        return queue.pop(0) if queue else json_response(200, {})
+
+    return answer
+
+
+def ids(sends: list[tuple[float, Sent]]) -> list[str]:
+    return [sent.url.rsplit("/", 2)[-2] for _, sent in sends]
+
+
+# -- the argument -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rate_limit", "engaged", "allowed"),
+    [
+        (RateLimit(), False, None),
+        (RateLimit(max_rate=80.0, min_rate=5.0), True, 80.0),
+        (50.0, True, 50.0),
+        (20, True, 20.0),
+        (0.5, True, 0.5),
+    ],
+)
+async def test_the_rate_limit_argument_forms(
+    rate_limit: RateLimit | float, engaged: bool, allowed: float | None
+) -> None:
+    async with KlaviClient(TOKEN, base_url="http://127.0.0.1:9", rate_limit=rate_limit) as klavi:
+        stats = klavi.rate_limit_stats()
+    assert stats == RateLimitStats(
+        allowed_rate=allowed, throttle_events=0, wait_time=0.0, waits=0, engaged=engaged
+    )
+
+
+async def test_the_default_is_adaptive_and_unthrottled() -> None:
+    async with KlaviClient(TOKEN, base_url="http://127.0.0.1:9") as klavi:
+        stats = klavi.rate_limit_stats()
+    assert stats is not None and not stats.engaged and stats.allowed_rate is None
+
+
+async def test_rate_limit_none_has_no_limiter_and_no_stats() -> None:
+    async with KlaviClient(TOKEN, base_url="http://127.0.0.1:9", rate_limit=None) as klavi:
+        assert klavi.rate_limit_stats() is None
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        (True, TypeError, "rate_limit must be a RateLimit, a number"),
+        (False, TypeError, "got bool"),
+        ("10", TypeError, "got str"),
+        ([10], TypeError, "got list"),
+        (0, ValueError, "rate_limit must be a finite number > 0"),
+        (-5.0, ValueError, "rate_limit must be a finite number > 0"),
+        (math.nan, ValueError, "finite"),
+        (math.inf, ValueError, "finite"),
+    ],
+)
+def test_a_bad_rate_limit_is_refused(value: object, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        KlaviClient(TOKEN, base_url="http://127.0.0.1:9", rate_limit=value)  # type: ignore[arg-type]
+
+
+# -- Retry-After pauses the whole client --------------------------------------------------
+
+
+@pytest.mark.parametrize("rate_limit", [RateLimit(min_rate=500.0), 1000.0], ids=["adaptive", "cap"])
+async def test_a_retry_after_pauses_every_call_of_the_client(
+    serve: ServerFactory, rate_limit: RateLimit | float
+) -> None:
+    pause = 0.4
+    fake = ScriptedKlavi()
+    fake.on(CANCEL, Reply(429, {"message": "slow down"}, headers={"Retry-After": f"{pause}"}))
+    base = await fake.start(serve)
+    async with KlaviClient(TOKEN, base_url=base, retry=NO_BACKOFF, rate_limit=rate_limit) as klavi:
+        first = asyncio.create_task(klavi.cancel_payment("pay-0", cancelled_by=CPF))
+        while (stats := klavi.rate_limit_stats()) is None or stats.throttle_events == 0:
+            await asyncio.sleep(0.002)
+        answered = fake.cancels()[0].time  # the 429 left the server after this
+        others = [klavi.cancel_payment(f"pay-{i}", cancelled_by=CPF) for i in range(1, 9)]
+        results = [await first, *await asyncio.gather(*others)]
+        stats = klavi.rate_limit_stats()
+    assert all(r.ok for r in results)
+    arrivals = [s.time for s in fake.cancels()]
+    assert len(arrivals) == 10  # the 429, its retry, eight others
+    # Nothing, the throttled call's retry included, reached the server inside the pause
+    # (the 5 ms margin covers the client reading the clock a little after the server).
+    assert min(arrivals[1:]) >= answered + pause - 0.005
+    assert stats is not None and stats.throttle_events == 1 and stats.wait_time > 0
+
+
+# -- a fixed cap ---------------------------------------------------------------------------
+
+
+def test_a_fixed_cap_spaces_requests_exactly() -> None:
+    async def main(loop: VirtualLoop) -> None:
+        client, sends = timed_client(loop, ok, rate_limit=10.0)
+        async with client:
+            results = await asyncio.gather(
+                *(client.cancel_payment(f"pay-{i}", cancelled_by=CPF) for i in range(5))
+            )
+            stats = client.rate_limit_stats()
+        assert all(r.ok for r in results)
+        assert [round(t, 9) for t, _ in sends] == [0.0, 0.1, 0.2, 0.3, 0.4]
+        assert stats is not None and stats.allowed_rate == 10.0 and stats.engaged
+        assert stats.waits == 4 and stats.wait_time == pytest.approx(0.1 + 0.2 + 0.3 + 0.4)
+
+    run_virtual(main)
+
+
+async def test_a_fixed_cap_spaces_requests_on_the_wire(serve: ServerFactory) -> None:
+    fake = ScriptedKlavi()
+    base = await fake.start(serve)
+    async with KlaviClient(TOKEN, base_url=base, rate_limit=50.0) as klavi:
+        requests = [CancelRequest(f"pay-{i}", CPF) for i in range(10)]
+        results = [r async for r in klavi.cancel_many(requests, concurrency=10)]
+    assert all(r.ok for r in results)
+    arrivals = sorted(s.time for s in fake.cancels())
+    assert arrivals[-1] - arrivals[0] >= 9 / 50 - 0.005  # ten sends, nine intervals of 20 ms
+
+
+def test_a_fixed_cap_is_not_lowered_by_throttles() -> None:
+    async def main(loop: VirtualLoop) -> None:
+        client, sends = timed_client(loop, scripted(throttled("0.5")), rate_limit=10.0)
+        async with client:
+            for i in range(3):
+                assert (await client.cancel_payment(f"pay-{i}", cancelled_by=CPF)).ok
+            stats = client.rate_limit_stats()
+        # The 429 paused the client 0.5 s; the retry and the next ones then went at 10/s.
+        assert [round(t, 9) for t, _ in sends] == [0.0, 0.5, 0.6, 0.7]
+        assert stats is not None and stats.allowed_rate == 10.0 and stats.throttle_events == 1
+
+    run_virtual(main)
+
+
+# -- the adaptive rate and the stats -----------------------------------------------------
+
+
+def test_stats_after_throttles() -> None:
+    async def main(loop: VirtualLoop) -> None:
+        replies = [json_response(200, {}) for _ in range(20)] + [throttled("1"), throttled()]
+        answer = scripted(*replies, latency=0.01)  # 100 answers a second, one at a time
+        client, sends = timed_client(loop, answer, rate_limit=RateLimit(min_rate=2.0))
+        async with client:
+            for i in range(30):
+                assert (await client.cancel_payment(f"pay-{i}", cancelled_by=CPF)).ok
+            stats = client.rate_limit_stats()
+        assert stats is not None and stats.engaged and stats.throttle_events == 2
+        # The first 429 came after 20 answers in 0.2 s: the rate drops from that, not 100/s.
+        assert stats.allowed_rate is not None and 2.0 <= stats.allowed_rate < 20.0
+        assert stats.waits >= 8 and stats.wait_time > 0
+        paused_until = sends[20][0] + 0.01 + 1.0  # the 429's answer, then its Retry-After
+        assert all(t >= paused_until - 1e-9 for t, _ in sends[21:])  # nothing in the pause
+
+    run_virtual(main)
+
+
+def test_success_grows_an_engaged_adaptive_rate() -> None:
+    async def main(loop: VirtualLoop) -> None:
+        answer = scripted(throttled(), latency=0.01)
+        client, _ = timed_client(loop, answer, rate_limit=RateLimit(min_rate=5.0))
+        async with client:
+            await client.cancel_payment("pay-0", cancelled_by=CPF)
+            after_throttle = client.rate_limit_stats()
+            requests = [CancelRequest(f"pay-{i}", CPF) for i in range(1, 400)]
+            async for result in client.cancel_many(requests, concurrency=16):
+                assert result.ok
+            later = client.rate_limit_stats()
+        assert after_throttle is not None and after_throttle.allowed_rate == 5.0
+        assert later is not None and later.allowed_rate is not None
+        assert later.allowed_rate > 5.0 and later.throttle_events == 1
+
+    run_virtual(main)
+
+
+# -- no request bypasses the limiter ---------------------------------------------------
+
+
+def test_no_request_bypasses_the_limiter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries, the 401 replay, reconciliation reads and status reads all take slots."""
+    acquired: list[float] = []
+    original = RateLimiter.acquire
+
+    async def counted(self: RateLimiter, max_wait: float = math.inf) -> bool:
+        acquired.append(asyncio.get_running_loop().time())
+        return await original(self, max_wait)
+
+    monkeypatch.setattr(RateLimiter, "acquire", counted)
+    seen: Counter[str] = Counter()
+
+    def answer(sent: Sent) -> Response:
+        payment = sent.url.rsplit("/", 2)[-2]
+        seen[payment] += 1
+        if sent.url.endswith("/status"):
+            return json_response(200, {"status": "PAYMENT_COMPLETED"})
+        if payment in ("pay-retry", "pay-401") and seen[payment] == 1:
+            return json_response(503 if payment == "pay-retry" else 401, {})
+        if payment == "pay-refused":
+            return json_response(416, {"statusCode": "NOPE"})
+        return json_response(200, {})
+
+    tokens = iter(["tok-1", "tok-2"])
+
+    async def provider() -> str:
+        return next(tokens)
+
+    async def main(loop: VirtualLoop) -> None:
+        client, sends = timed_client(loop, answer, token=provider, rate_limit=20.0)
+        async with client:
+            assert (await client.cancel_payment("pay-retry", cancelled_by=CPF)).ok
+            assert (await client.cancel_payment("pay-401", cancelled_by=CPF)).ok
+            refused = await client.cancel_payment("pay-refused", cancelled_by=CPF)
+            status = await client.get_payment_status("pay-status")
+        assert isinstance(refused, CancelFailed) and refused.kind is ErrorKind.NOT_CANCELLABLE
+        assert status.status == "PAYMENT_COMPLETED"
+        # retry (2), 401 + replay (2), refusal + reconciliation read (2), status read (1)
+        assert [sent.method for _, sent in sends] == ["POST"] * 5 + ["GET"] * 2
+        assert ids(sends) == ["pay-retry"] * 2 + ["pay-401"] * 2 + ["pay-refused"] * 2 + [
+            "pay-status"
+        ]
+        times = [t for t, _ in sends]
+        assert len(acquired) == len(times)  # every send asked for its slot ...
+        assert all(a <= t for a, t in zip(acquired, times, strict=True))  # ... before it went
+        assert [round(b - a, 9) for a, b in itertools.pairwise(times)] == [0.05] * 6
+
+    run_virtual(main)
+
+
+def test_the_credentials_exchange_takes_no_slot() -> None:
+    def answer(sent: Sent) -> Response:
+        if sent.url.endswith("/auth"):
+            return json_response(200, {"accessToken": "tok-x", "expiresIn": 300})
+        return json_response(200, {})
+
+    async def main(loop: VirtualLoop) -> None:
+        credentials = ClientCredentials("ak", "sk-secret")
+        client, sends = timed_client(loop, answer, token=credentials, rate_limit=1.0)
+        async with client:
+            assert (await client.cancel_payment("pay-1", cancelled_by=CPF)).ok
+            stats = client.rate_limit_stats()
+        assert [sent.url.rsplit("/", 1)[-1] for _, sent in sends] == ["auth", "cancel"]
+        # At 1/s a slot for /auth would have held the cancel back a whole second.
+        assert [t for t, _ in sends] == [0.0, 0.0]
+        assert stats is not None and stats.waits == 0
+
+    run_virtual(main)
+
+
+# -- the deadline rule --------------------------------------------------------------------
+
+
+def test_a_slot_past_the_deadline_is_rate_limited_and_sends_nothing() -> None:
+    async def main(loop: VirtualLoop) -> None:
+        policy = RetryPolicy(initial_backoff=0, jitter=False, deadline=0.5)
+        client, sends = timed_client(loop, ok, rate_limit=1.0, retry=policy)
+        async with client:
+            first, second = await asyncio.gather(
+                client.cancel_payment("pay-1", cancelled_by=CPF),
+                client.cancel_payment("pay-2", cancelled_by=CPF),
+            )
+            with pytest.raises(RateLimitedError) as raised:
+                await client.get_payment_status("pay-3")
+        assert first.ok
+        assert isinstance(second, CancelFailed)
+        assert second.kind is ErrorKind.RATE_LIMITED and second.retryable
+        assert second.http_status is None and not second.outcome_unknown
+        assert second.retry_after == pytest.approx(1.0)  # the slot it would need, 1 s away
+        assert second.attempts == 0 and second.history == ()  # no request was sent
+        assert "rate limit" in second.message and "deadline" in second.message
+        assert raised.value.retry_after == pytest.approx(1.0)
+        assert raised.value.http_status is None
+        assert ids(sends) == ["pay-1"]  # nothing else was sent
+        assert loop.time() == 0.0  # and nobody waited for a slot it could not use
+
+    run_virtual(main)
+
+
+def test_a_pause_past_the_deadline_fails_later_calls_without_sending() -> None:
+    async def main(loop: VirtualLoop) -> None:
+        policy = RetryPolicy(initial_backoff=0, jitter=False, deadline=2.0)
+        client, sends = timed_client(loop, scripted(throttled("5")), retry=policy)
+        async with client:
+            first = await client.cancel_payment("pay-1", cancelled_by=CPF)
+            second = await client.cancel_payment("pay-2", cancelled_by=CPF)
+        assert isinstance(first, CancelFailed) and first.kind is ErrorKind.RATE_LIMITED
+        assert first.http_status == 429 and first.retry_after == 5.0
+        assert isinstance(second, CancelFailed) and second.kind is ErrorKind.RATE_LIMITED
+        assert second.http_status is None and second.retry_after == pytest.approx(5.0)
+        assert ids(sends) == ["pay-1"]
+
+    run_virtual(main)
+
+
+def test_a_call_that_waited_emits_a_rate_limit_wait() -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.events: list[Any] = []
+
+        def wants(self, level: int) -> bool:
+            return True
+
+        def __call__(self, event: Any) -> None:
+            self.events.append(event)
+
+    async def main(loop: VirtualLoop) -> list[Any]:
+        recorder = Recorder()
+        with subscribed(recorder):
+            client, _ = timed_client(loop, ok, rate_limit=4.0)
+        async with client:
+            await asyncio.gather(
+                *(client.cancel_payment(f"pay-{i}", cancelled_by=CPF) for i in range(3))
+            )
+        return recorder.events
+
+    events = run_virtual(main)
+    waits = [e for e in events if isinstance(e, RateLimitWait)]
+    assert sorted(round(e.delay, 9) for e in waits) == [0.25, 0.5]
+    assert {e.call.payment_id for e in waits} == {"pay-1", "pay-2"}
+
+
+def test_a_cancelled_call_gives_its_slot_back() -> None:
+    async def main(loop: VirtualLoop) -> None:
+        client, sends = timed_client(loop, ok, rate_limit=1.0)
+        async with client:
+            assert (await client.cancel_payment("pay-0", cancelled_by=CPF)).ok
+            waiting = asyncio.create_task(client.cancel_payment("pay-1", cancelled_by=CPF))
+            await asyncio.sleep(0.5)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert (await client.cancel_payment("pay-2", cancelled_by=CPF)).ok
+        assert ids(sends) == ["pay-0", "pay-2"]
+        assert [t for t, _ in sends] == [0.0, 1.0]  # pay-2 took the slot pay-1 left
+
+    run_virtual(main)
+
+
+# -- off ----------------------------------------------------------------------------------
+
+
+def test_rate_limit_none_never_throttles() -> None:
+    async def main(loop: VirtualLoop) -> None:
+        first_tries = iter([throttled("3"), throttled("3")])
+
+        def answer(sent: Sent) -> Response:
+            if "pay-1/" in sent.url:
+                return next(first_tries, None) or json_response(200, {})
+            return json_response(200, {})
+
+        client, sends = timed_client(loop, answer, rate_limit=None)
+        async with client:
+            first = asyncio.create_task(client.cancel_payment("pay-1", cancelled_by=CPF))
+            await asyncio.sleep(1.0)  # inside the 429's Retry-After
+            others = [client.cancel_payment(f"pay-{i}", cancelled_by=CPF) for i in range(2, 12)]
+            results = [*await asyncio.gather(*others), await first]
+        assert all(r.ok for r in results)
+        # Only the throttled call waited (its retry loop honours Retry-After); the others
+        # went at once, inside the pause a limiter would have imposed on them.
+        assert [round(t, 9) for t, _ in sends] == [0.0] + [1.0] * 10 + [3.0, 6.0]
+
+    run_virtual(main)
+
+
+def test_transport_failures_feed_the_limiter_nothing() -> None:
+    async def main(loop: VirtualLoop) -> None:
+        failure = TransportFailure(ErrorKind.NETWORK, "connect failed", sent=False)
+        client, sends = timed_client(loop, scripted(failure, failure))
+        async with client:
+            assert (await client.cancel_payment("pay-1", cancelled_by=CPF)).ok
+            stats = client.rate_limit_stats()
+        assert len(sends) == 3
+        assert stats == RateLimitStats(
+            allowed_rate=None, throttle_events=0, wait_time=0.0, waits=0, engaged=False
+        )
+
+    run_virtual(main)
+
+
+def test_a_throttle_whose_body_broke_off_still_throttles() -> None:
+    async def main(loop: VirtualLoop) -> None:
+        cut = Response(
+            429, CIMultiDict({"Retry-After": "2"}), b"", cut=(ErrorKind.NETWORK, "broke off")
+        )
+        client, sends = timed_client(loop, scripted(cut))
+        async with client:
+            first = asyncio.create_task(client.cancel_payment("pay-1", cancelled_by=CPF))
+            await asyncio.sleep(0.5)
+            assert (await client.cancel_payment("pay-2", cancelled_by=CPF)).ok
+            await first
+            stats = client.rate_limit_stats()
+        assert stats is not None and stats.throttle_events == 1 and stats.engaged
+        assert min(t for t, _ in sends[1:]) >= 2.0  # pay-2 waited out the pause
+
+    run_virtual(main)
+
+
+# -- against the emulator's TPS limit ----------------------------------------------------
+
+
+async def test_a_batch_against_a_tps_limit_ends_with_no_rate_limited_failure() -> None:
+    async with KlaviEmulator(tps_limit=100) as emulator:
+        payments = [emulator.add_payment("PAYMENT_PENDING") for _ in range(300)]
+        credentials = ClientCredentials(emulator.access_key, emulator.secret_key)
+        async with KlaviClient(credentials, base_url=emulator.url) as klavi:
+            requests = [CancelRequest(pid, CPF) for pid in payments]
+            results = [r async for r in klavi.cancel_many(requests, concurrency=32)]
+            stats = klavi.rate_limit_stats()
+        cancels = [r for r in emulator.requests if r.route == "cancel"]
+        assert all(emulator.effects[pid] == 1 for pid in payments)
+    assert len(results) == 300
+    assert Counter(r.kind for r in results if isinstance(r, CancelFailed)) == Counter()
+    assert sum(r.status == 429 for r in cancels) / len(cancels) <= 0.10
+    assert stats is not None and stats.engaged and stats.throttle_events >= 1
