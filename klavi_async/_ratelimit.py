@@ -17,19 +17,13 @@ to the next one.  So there is one timer however many wait (no thundering herd), 
 order is exactly arrival order, and a rate change or a pause reaches every queued call
 at once, since each head computes its slot when it gets the turn.
 
-How the client wires it (`limiter = RateLimiter(config, clock=..., sleep=...)`, skipped
-entirely when `rate_limit=None`):
-
-- before every request it sends (cancels and status reads, first attempts, retries and
-  the 401 replay): `if limiter.engaged and not await limiter.acquire(remaining):` fail
-  that attempt as RATE_LIMITED with `retry_after=limiter.delay()`, without sending;
-- after a 429 or 529: `limiter.on_throttle(retry_after, sent_at=started)`, with the
-  parsed Retry-After (None when absent) and the clock reading taken just before sending;
-- after any other HTTP response: `limiter.on_success()` (transport failures: nothing).
-  `on_response(status, retry_after, started)` is both in one call, what `_attempt` uses.
+The client (`_attempt`) takes a slot before every request it sends for cancels and status
+reads when the limiter is `engaged` (a slot past the deadline fails the attempt as
+RATE_LIMITED, nothing sent), and reports every HTTP answer with `on_response()`.
 
 Until the first throttle an adaptive limiter without `max_rate` is not engaged: the
-request path pays one attribute check and `on_success()` one clock read.
+request path pays one attribute check and `on_success()` one clock read.  A first 429
+with fewer than `_EVIDENCE` answers accepted in the last second only pauses.
 """
 
 from __future__ import annotations
@@ -59,8 +53,9 @@ _MARGIN = 0.03
 _BUCKET = 0.5
 """The meter's bucket width in seconds."""
 _CATCH_UP = 0.05
-"""How far back (s) a queued call that woke late may take its scheduled slot: sleepers wake
-a millisecond or so late, which would otherwise cost a third of the rate at 500/s."""
+"""How far back (s) a late-waking queued call may take its slot (else -1/3 of 500/s)."""
+_EVIDENCE = 5.0
+"""Accepted answers in the last second a first decrease needs; a 429 before only pauses."""
 
 
 def _rate(value: object, name: str) -> float:
@@ -83,11 +78,9 @@ def _min_rate(value: object) -> float:
 @frozen
 class RateLimit:
     """
-    How fast a client may send.  Frozen; share it freely.
-
-    Adaptive (the default): unthrottled until the first 429 or 529, then a CUBIC-style
-    rate that drops on throttles and grows back, never above `max_rate` (when given) nor
-    below `min_rate`.  `adaptive=False` is a fixed cap of `max_rate` requests per second.
+    How fast a client may send (frozen).  Adaptive (the default): unthrottled until the
+    first 429 or 529, then a CUBIC-style rate that drops on throttles and grows back, never
+    above `max_rate` (when given) nor below `min_rate`.  `adaptive=False`: a fixed cap.
     """
 
     max_rate: float | None = field(default=None, converter=_optional_rate)
@@ -137,10 +130,8 @@ class RateLimitStats:
 
 class _Meter:
     """
-    Accepted responses per second over the last second, from 0.5 s buckets.
-
-    A sliding sum rather than botocore's 0.8-weighted average: one empty bucket (a
-    Retry-After pause) would cut that average by 80 % and the rate cap with it.
+    Accepted responses per second over the last second, from 0.5 s buckets: a sliding sum,
+    since an empty bucket (a pause) would cut botocore's 0.8-weighted average by 80 %.
     """
 
     __slots__ = ("count", "end", "prev", "prev2")
@@ -259,7 +250,8 @@ class RateLimiter:
     @property
     def rate(self) -> float | None:
         """The allowed rate in requests per second (None while unthrottled)."""
-        return self._cubic.rate if self.engaged else None
+        rate = self._cubic.rate
+        return rate if self.engaged and rate != math.inf else None
 
     def _slot(self, now: float) -> float:
         return max(self._tat, self._pause_until, now)
@@ -357,17 +349,14 @@ class RateLimiter:
         if not self._adaptive:
             pass  # a fixed cap only pauses
         elif fresh:
-            measured = not self.engaged
+            measured = self._cubic.rate == math.inf  # no rate yet: read the accepted one
             current = self._meter.rate(now) if measured else self._cubic.rate
-            self._cubic.decrease(now, max(current, self._cubic.min_rate))
-            self._last_decrease, self._measured_at = now, (now if measured else None)
-            self.engaged = True
+            if not measured or current >= _EVIDENCE:
+                self._cubic.decrease(now, max(current, self._cubic.min_rate))
+                self._last_decrease, self._measured_at = now, (now if measured else None)
+            self.engaged = True  # the pause applies either way
         elif self._measured_at is not None:
-            # The first decrease came from the accepted rate, read when the first 429 came
-            # back; responses to the same burst still arriving complete that reading.
-            reading = self._meter.rate(now)
-            if reading * (1 - _MARGIN) > self._cubic.w_max:
-                self._cubic.decrease(self._measured_at, reading)
+            self._complete_first_reading(now)
         if self._waiters:
             self._refuse_late_waiters()
 
@@ -386,7 +375,18 @@ class RateLimiter:
             meter.roll(now)
         meter.count += 1
         if self.engaged and self._adaptive:
+            if self._measured_at is not None:
+                self._complete_first_reading(now)
             self._cubic.grow(now, 2.0 * meter.rate(now))
+
+    def _complete_first_reading(self, now: float) -> None:
+        # Answers to the first burst still arriving within a second complete the first reading.
+        if now - self._measured_at > 1.0:  # type: ignore[operator]  # the caller checked
+            self._measured_at = None
+            return
+        reading = self._meter.rate(now)
+        if reading * (1 - _MARGIN) > self._cubic.w_max:
+            self._cubic.decrease(self._measured_at, reading)  # type: ignore[arg-type]
 
     def stats(self) -> RateLimitStats:
         """The limiter's counters now."""

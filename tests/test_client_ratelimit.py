@@ -155,7 +155,10 @@ async def test_a_retry_after_pauses_every_call_of_the_client(
         while (stats := klavi.rate_limit_stats()) is None or stats.throttle_events == 0:
             await asyncio.sleep(0.002)
         answered = fake.cancels()[0].time  # the 429 left the server after this
-        others = [klavi.cancel_payment(f"pay-{i}", cancelled_by=CPF) for i in range(1, 9)]
+        others = [
+            asyncio.create_task(klavi.cancel_payment(f"pay-{i}", cancelled_by=CPF))
+            for i in range(1, 9)
+        ]
         results = [await first, *await asyncio.gather(*others)]
         stats = klavi.rate_limit_stats()
     assert all(r.ok for r in results)
@@ -235,18 +238,42 @@ def test_stats_after_throttles() -> None:
 
 def test_success_grows_an_engaged_adaptive_rate() -> None:
     async def main(loop: VirtualLoop) -> None:
-        answer = scripted(throttled(), latency=0.01)
+        # Twenty answers accepted in the last second, then a 429: the first decrease starts
+        # from that accepted rate (0.7 x 20/s), then successes grow it again.
+        answer = scripted(*[json_response(200, {}) for _ in range(20)], throttled(), latency=0.01)
         client, _ = timed_client(loop, answer, rate_limit=RateLimit(min_rate=5.0))
         async with client:
-            await client.cancel_payment("pay-0", cancelled_by=CPF)
+            for i in range(21):
+                await client.cancel_payment(f"warm-{i}", cancelled_by=CPF)
             after_throttle = client.rate_limit_stats()
             requests = [CancelRequest(f"pay-{i}", CPF) for i in range(1, 400)]
             async for result in client.cancel_many(requests, concurrency=16):
                 assert result.ok
             later = client.rate_limit_stats()
-        assert after_throttle is not None and after_throttle.allowed_rate == 5.0
+        assert after_throttle is not None and after_throttle.allowed_rate is not None
+        assert 5.0 <= after_throttle.allowed_rate < 20.0  # about 0.7 x the accepted 20/s
         assert later is not None and later.allowed_rate is not None
-        assert later.allowed_rate > 5.0 and later.throttle_events == 1
+        assert later.allowed_rate > after_throttle.allowed_rate and later.throttle_events == 1
+
+    run_virtual(main)
+
+
+def test_a_first_429_with_nothing_accepted_yet_pauses_but_keeps_the_rate() -> None:
+    # A 429 on the very first request says nothing about the server's rate: taking the
+    # accepted rate (zero) as the base would drop the client to min_rate (1/s) for minutes.
+    async def main(loop: VirtualLoop) -> None:
+        client, sends = timed_client(loop, scripted(throttled("0.5")), rate_limit=RateLimit())
+        async with client:
+            first = await client.cancel_payment("pay-0", cancelled_by=CPF)
+            stats = client.rate_limit_stats()
+            started = loop.time()
+            for i in range(1, 21):
+                assert (await client.cancel_payment(f"pay-{i}", cancelled_by=CPF)).ok
+            elapsed = loop.time() - started
+        assert first.ok and first.attempts == 2
+        assert sends[1][0] - sends[0][0] >= 0.5  # the Retry-After was honoured
+        assert stats is not None and stats.engaged and stats.allowed_rate is None
+        assert elapsed < 0.5  # twenty cancels at full speed, not at min_rate
 
     run_virtual(main)
 

@@ -494,6 +494,19 @@ def test_a_signal_stops_a_batch_reading_an_endless_stdin(tmp_path: Path, signum:
 
 
 @pytest.mark.slow
+def wait_for_handler(pid: int, signum: int, timeout: float = 20.0) -> None:
+    """Wait until process *pid* catches *signum* (Linux: `SigCgt` in /proc/PID/status)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+        if int(caught.split()[1], 16) & (1 << (signum - 1)):
+            time.sleep(0.2)  # the handler is in; let it reach the read it blocks on
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"process {pid} never installed a handler for signal {signum}")
+
+
 def test_a_signal_stops_a_batch_whose_stdin_never_sends_a_row(tmp_path: Path) -> None:
     with emulator_in_thread() as emu:
         out = tmp_path / "out.jsonl"
@@ -505,7 +518,7 @@ def test_a_signal_stops_a_batch_whose_stdin_never_sends_a_row(tmp_path: Path) ->
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(0.5)  # let it start and block on the empty pipe
+        wait_for_handler(batch.pid, signal.SIGTERM)  # started: it blocks on the empty pipe
         batch.send_signal(signal.SIGTERM)
         assert batch.stdin is not None and batch.stderr is not None
         try:
