@@ -1,5 +1,5 @@
 """
-One cancel, top to bottom, and the attempt every request of a client goes through.
+One cancel, top to bottom.
 
 Strictly private.  `Canceller.cancel()` is the whole story of one cancel:
 
@@ -309,8 +309,6 @@ class Canceller:
         if self._shared.events.wants(INFO):
             self._shared.events.emit(CancelRejected(result=result))
         return result
-
-    # -- the status read and the credentials exchange ----------------------------------
 
 
 def path_templates(endpoints: Endpoints) -> tuple[str, str, str, str]:
