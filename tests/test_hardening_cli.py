@@ -18,12 +18,12 @@ import pytest
 from aiohttp import web
 
 from klavi_async import RetryPolicy, deterministic_idempotency_key
-from klavi_async._cli import main
 from klavi_async._cli._demo import run_demo
 from klavi_async._cli._emulator import reachable_url
 from klavi_async._cli._runner import DEAD_ENDPOINT_AFTER
 
 from .conftest import CPF, CPF_BARE, TOKEN
+from .test_cli import run
 from .test_cli_process import CLI, cli_env, emulator_in_thread, records, wait_for_lines
 from .threaded import serve_in_thread
 
@@ -85,14 +85,6 @@ def klavi(env: pytest.MonkeyPatch) -> Iterator[Klavi]:
     with serve_in_thread(fake.app) as url:
         env.setenv("KLAVI_BASE_URL", url)
         yield fake
-
-
-def run(argv: list[str]) -> int:
-    with pytest.raises(SystemExit) as exited:
-        main(argv)
-    code = exited.value.code
-    assert isinstance(code, int)
-    return code
 
 
 def jsonl(path: Path, *rows: dict[str, str]) -> Path:

