@@ -2,15 +2,20 @@
 A client-side rate limiter: send at the rate the server accepts, not into its 429s.
 
 `RateLimit` is the frozen setting; `RateLimiter` the runtime state, one per client and
-shared by all its calls.  The arithmetic is synchronous and separate from the waiting:
-`_Cubic` decides the allowed rate, `_Meter` measures the accepted rate, and the limiter
-hands out send times by virtual scheduling (GCRA): the next request may go at
-`max(tat, pause_until)` and moves `tat` on by `1 / rate`.
+shared by all its calls.  The arithmetic lives in `_ratecurve` (what rate when); here is
+the waiting.  Send times are handed out by virtual scheduling (GCRA): the next request may
+go at `max(tat, pause_until)`, and taking it moves `tat` on by one interval.
 
-Not botocore's CUBIC as is: with a Retry-After pause on every throttle, its 4-7 s cycles
-spend a second in each pause and land at 0.7-0.8 of the limit.  Here the drop to `beta`
-is won back within the pause, `w_max` sits just under the throttled rate, the probe past
-it is slow (cycles of 10-20 s), and the answers to one burst count as one decrease.
+An adaptive limiter has three phases:
+
+- free: until the first 429 (or 529) it is not `engaged` without a `max_rate`, and the
+  request path pays one attribute check and `on_success()` one clock read;
+- ramp: a first throttle pauses for its Retry-After and starts a `_Ramp` from `min_rate`
+  at the end of the pause, doubling every 0.1 s; the next throttle ends it with a reading
+  of the accepted rate (see `_ratecurve` for why the first throttle decides no rate), and
+  a ramp that outgrows the traffic (no call waited for `_RAMP_IDLE`) or reaches `max_rate`
+  goes back to free;
+- cubic: from that reading on, `_Cubic`.
 
 Waiters queue FIFO and only the head sleeps, to its own slot; taking it passes the turn
 to the next one.  So there is one timer however many wait (no thundering herd), the
@@ -20,10 +25,6 @@ at once, since each head computes its slot when it gets the turn.
 The client (`_attempt`) takes a slot before every request it sends for cancels and status
 reads when the limiter is `engaged` (a slot past the deadline fails the attempt as
 RATE_LIMITED, nothing sent), and reports every HTTP answer with `on_response()`.
-
-Until the first throttle an adaptive limiter without `max_rate` is not engaged: the
-request path pays one attribute check and `on_success()` one clock read.  A first 429
-with fewer than `_EVIDENCE` answers accepted in the last second only pauses.
 """
 
 from __future__ import annotations
@@ -36,26 +37,16 @@ from collections.abc import Awaitable, Callable
 
 from attrs import field, frozen
 
+from ._ratecurve import _BUCKET, _MARGIN, _Cubic, _Meter, _Ramp
+
 __all__ = ["RateLimit", "RateLimitStats", "RateLimiter"]
 
-_BETA = 0.7
-"""Multiplicative decrease on a throttle (CUBIC's, and botocore's)."""
-_C_RECOVER = 12.0
-"""CUBIC's C (requests/s per s^3) below `w_max`: back in about 1-2 s, mostly inside the
-Retry-After pause that came with the throttle.  (botocore's 0.4 takes 4-7 s at 100-500/s.)"""
-_C_PROBE = 0.0005
-"""CUBIC's C above `w_max`: a slow probe (+0.5/s after 10 s, +13.5/s after 30 s), since
-every probe past the limit costs a whole-client pause.  Both constants are absolute, not
-proportional to the rate: equal growth for unequal flows is what drifts them to fair
-shares (a proportional growth would keep any ratio forever)."""
-_MARGIN = 0.03
-"""`w_max` sits this much below the rate that was throttled: the last good rate."""
-_BUCKET = 0.5
-"""The meter's bucket width in seconds."""
-_CATCH_UP = 0.05
-"""How far back (s) a late-waking queued call may take its slot (else -1/3 of 500/s)."""
-_EVIDENCE = 5.0
-"""Accepted answers in the last second a first decrease needs; a 429 before only pauses."""
+_CATCH_UP = 0.02
+"""How far back (s) a late-waking queued call may take its slot (else -1/3 of 500/s).  Under
+the margin below the throttled rate (`_MARGIN` of one second's worth): the burst a stalled
+event loop catches up with fits under the limit."""
+_RAMP_IDLE = 1.0
+"""A ramp that has kept no call waiting for this long is over: the limit is not in sight."""
 
 
 def _rate(value: object, name: str) -> float:
@@ -128,72 +119,6 @@ class RateLimitStats:
     """Whether requests go through the limiter's schedule (True from the first throttle on)."""
 
 
-class _Meter:
-    """
-    Accepted responses per second over the last second, from 0.5 s buckets: a sliding sum,
-    since an empty bucket (a pause) would cut botocore's 0.8-weighted average by 80 %.
-    """
-
-    __slots__ = ("count", "end", "prev", "prev2")
-
-    def __init__(self, now: float) -> None:
-        self.end = now + _BUCKET
-        self.count = self.prev = self.prev2 = 0
-
-    def roll(self, now: float) -> None:
-        steps = int((now - self.end) / _BUCKET) + 1
-        self.prev2, self.prev = (self.prev, self.count) if steps == 1 else (0, 0)
-        if steps == 2:
-            self.prev2 = self.count
-        self.count = 0
-        self.end += steps * _BUCKET
-
-    def rate(self, now: float) -> float:
-        if now >= self.end:
-            self.roll(now)
-        # The current bucket covers `into` seconds; the one before last fills up the second.
-        into = now - (self.end - _BUCKET)
-        return self.count + self.prev + self.prev2 * (1.0 - into / _BUCKET)
-
-
-class _Cubic:
-    """
-    The allowed rate: `C * (t - K)**3 + w_max`, `t` seconds after the last decrease.
-
-    A decrease takes the rate to `beta` times the rate at the throttle and sets `w_max`
-    just below that rate (lower still, by CUBIC's fast convergence, when it is below the
-    previous `w_max`: a flow that lost ground yields some more); `K` is when the curve is
-    back at `w_max`.  Concave and quick up to it (`_C_RECOVER`), flat around it, then
-    convex and slow past it (`_C_PROBE`).
-    """
-
-    __slots__ = ("k", "max_rate", "min_rate", "rate", "t0", "w_max")
-
-    def __init__(self, min_rate: float, max_rate: float) -> None:
-        self.min_rate, self.max_rate = min_rate, max_rate
-        self.rate = max_rate
-        self.w_max = self.t0 = self.k = 0.0
-
-    def decrease(self, now: float, current: float) -> None:
-        current = min(current, self.max_rate)
-        w_max = current * (1 - _MARGIN)
-        if current < self.w_max:
-            w_max = min(w_max, current * (1 + _BETA) / 2)
-        self.w_max = w_max
-        self.rate = max(self.min_rate, current * _BETA)
-        self.t0 = now
-        self.k = math.cbrt(max(w_max - self.rate, 0.0) / _C_RECOVER)
-
-    def grow(self, now: float, cap: float) -> float:
-        t = now - self.t0 - self.k
-        target = (_C_RECOVER if t < 0 else _C_PROBE) * t**3 + self.w_max
-        # Never more than `cap` (twice the accepted rate) above where it is: an idle
-        # spell does not let the curve run away, and a pause does not pull it down.
-        target = min(target, max(self.rate, cap), self.max_rate)
-        self.rate = max(target, self.min_rate, self.rate)
-        return self.rate
-
-
 class _Waiter:
     __slots__ = ("deadline", "future", "since")
 
@@ -214,9 +139,12 @@ class RateLimiter:
         "_clock",
         "_cubic",
         "_last_decrease",
+        "_last_wait",
         "_measured_at",
         "_meter",
         "_pause_until",
+        "_ramp",
+        "_reading",
         "_sleep",
         "_tat",
         "_throttles",
@@ -241,7 +169,10 @@ class RateLimiter:
         """Read before every request: False means send at once, without awaiting anything."""
         now = clock()
         self._meter = _Meter(now)
-        self._tat = self._pause_until = self._last_decrease = -math.inf
+        self._tat = self._pause_until = self._last_decrease = self._last_wait = -math.inf
+        self._ramp: _Ramp | None = None
+        self._reading = False
+        """Whether `_cubic` has a reading (the cubic phase); neither this nor a ramp: free."""
         self._measured_at: float | None = None
         self._waiters: deque[_Waiter] = deque()
         self._throttles = self._waits = 0
@@ -250,17 +181,23 @@ class RateLimiter:
     @property
     def rate(self) -> float | None:
         """The allowed rate in requests per second (None while unthrottled)."""
-        rate = self._cubic.rate
+        ramp = self._ramp
+        rate = self._cubic.rate if ramp is None else ramp.rate(self._clock())
         return rate if self.engaged and rate != math.inf else None
 
     def _slot(self, now: float) -> float:
         return max(self._tat, self._pause_until, now)
 
+    def _after(self, slot: float, n: float = 1.0) -> float:
+        """When the `n`-th slot after `slot` comes, at the allowed rate."""
+        ramp = self._ramp
+        return slot + n / self._cubic.rate if ramp is None else ramp.after(slot, n)
+
     def delay(self) -> float:
         """Seconds until a request queued now could go (what a refused call reports)."""
         now = self._clock()
-        interval = 1.0 / self._cubic.rate if self.engaged else 0.0
-        return self._slot(now) + len(self._waiters) * interval - now
+        slot = self._slot(now)
+        return (self._after(slot, len(self._waiters)) if self.engaged else slot) - now
 
     async def acquire(self, max_wait: float = math.inf) -> bool:
         """
@@ -281,6 +218,7 @@ class RateLimiter:
         waiter = _Waiter(now, now + max_wait, future)
         self._waiters.append(waiter)
         self._waits += 1
+        self._last_wait = now
         try:
             if future is not None and not await future:
                 return False
@@ -300,7 +238,7 @@ class RateLimiter:
     def _take(self, slot: float) -> None:
         # A queued call passes its scheduled slot, not its late wake-up time (up to
         # `_CATCH_UP`).  A call that did not wait passes now: an idle spell earns no burst.
-        self._tat = slot + 1.0 / self._cubic.rate
+        self._tat = self._after(slot)
 
     def _leave(self, waiter: _Waiter) -> None:
         waiters = self._waiters
@@ -316,13 +254,11 @@ class RateLimiter:
     def _refuse_late_waiters(self) -> None:
         # After a decrease or a pause, queued calls whose slot now falls past their
         # deadline are told at once rather than when their turn comes.
-        now = self._clock()
-        interval = 1.0 / self._cubic.rate
-        slot = self._slot(now)
+        slot = self._slot(self._clock())
         kept: deque[_Waiter] = deque()
         for waiter in self._waiters:
             future = waiter.future
-            late = slot + len(kept) * interval > waiter.deadline
+            late = self._after(slot, len(kept)) > waiter.deadline
             if kept and late and future is not None and not future.done():
                 future.set_result(False)
             else:
@@ -333,9 +269,9 @@ class RateLimiter:
         self, retry_after: float | None = None, *, sent_at: float | None = None
     ) -> None:
         """
-        Count a 429/529: pause for `retry_after`, and (adaptive) lower the rate.
+        Count a 429/529: pause for `retry_after`, and (adaptive) start a ramp or lower the rate.
 
-        Only a request sent after the last decrease can cause another one: the burst of
+        Only a request sent after the last change can cause another one: the burst of
         throttles answering requests sent at the old rate is one signal, not many.
         """
         now = self._clock()
@@ -349,14 +285,20 @@ class RateLimiter:
         if not self._adaptive:
             pass  # a fixed cap only pauses
         elif fresh:
-            measured = self._cubic.rate == math.inf  # no rate yet: read the accepted one
-            current = self._meter.rate(now) if measured else self._cubic.rate
-            if not measured or current >= _EVIDENCE:
-                self._cubic.decrease(now, max(current, self._cubic.min_rate))
-                self._last_decrease, self._measured_at = now, (now if measured else None)
-            self.engaged = True  # the pause applies either way
+            self._last_decrease = now
+            if self._ramp is not None:  # the ramp found the limit: read this process's part
+                self._ramp = None
+                self._cubic.decrease(now, max(self._meter.rate(now), self._cubic.min_rate))
+                self._reading, self._measured_at = True, now
+            elif self._reading:
+                self._cubic.decrease(now, self._cubic.rate)
+                self._measured_at = None
+            else:  # the first throttle: ramp up from the end of the pause
+                cubic = self._cubic
+                self._ramp = _Ramp(max(now, self._pause_until), cubic.min_rate, cubic.max_rate)
+                self.engaged = True
         elif self._measured_at is not None:
-            self._complete_first_reading(now)
+            self._complete_reading(now)
         if self._waiters:
             self._refuse_late_waiters()
 
@@ -374,13 +316,23 @@ class RateLimiter:
         if now >= meter.end:
             meter.roll(now)
         meter.count += 1
-        if self.engaged and self._adaptive:
+        if self._reading and self._adaptive:
             if self._measured_at is not None:
-                self._complete_first_reading(now)
+                self._complete_reading(now)
             self._cubic.grow(now, 2.0 * meter.rate(now))
+        elif self._ramp is not None:
+            self._end_ramp_unless_needed(self._ramp, now)
 
-    def _complete_first_reading(self, now: float) -> None:
-        # Answers to the first burst still arriving within a second complete the first reading.
+    def _end_ramp_unless_needed(self, ramp: _Ramp, now: float) -> None:
+        # A ramp past `max_rate`, or one that kept no call waiting for `_RAMP_IDLE`, found
+        # no limit (the first throttle was not the rate, or the traffic stopped): free again.
+        if ramp.rate(now) >= ramp.cap or now - max(self._last_wait, ramp.origin) >= _RAMP_IDLE:
+            self._ramp = None
+            self._cubic.rate = ramp.cap
+            self.engaged = ramp.cap != math.inf
+
+    def _complete_reading(self, now: float) -> None:
+        # Answers still arriving within a second of the ramp's end complete its reading.
         if now - self._measured_at > 1.0:  # type: ignore[operator]  # the caller checked
             self._measured_at = None
             return
