@@ -94,13 +94,22 @@ class _Ramp:
 
     def after(self, slot: float, n: float = 1.0) -> float:
         """The `n`-th slot after `slot`: where the curve's integral from `slot` reaches `n`."""
-        # The integral of start * 2**(t / D) from a to b is start * D / ln 2 * (2**(b/D) -
-        # 2**(a/D)); set it to n and solve for b.  (`1 / rate(slot)` would hold the rate of
-        # the slow start of the curve for a whole interval: 1 s at 1/s, ten doublings.)
-        doublings = self._doublings(slot)
-        grown = math.exp2(doublings) + n * math.log(2.0) / (self.start * _DOUBLING)
-        step = max(_DOUBLING * (math.log2(grown) - doublings), n / self.cap)
-        return slot + step
+        # The integral of start * 2**(t / D) from a to b is (rate(b) - rate(a)) * D / ln 2;
+        # set it to n and solve for b.  Past the cap the curve is flat: n / cap per slot.
+        # (`1 / rate(slot)` would hold the rate of the curve's slow start for a whole
+        # interval: 1 s at 1/s, ten doublings.)
+        if n <= 0:
+            return slot
+        rate = self.rate(slot)
+        reach = (self.cap - rate) * _DOUBLING / math.log(2.0)  # requests until the cap
+        if n <= reach:
+            doublings = self._doublings(slot)
+            grown = math.exp2(doublings) + n * math.log(2.0) / (self.start * _DOUBLING)
+            return slot + _DOUBLING * (math.log2(grown) - doublings)
+        capped_at = (
+            slot if reach <= 0 else self.origin + _DOUBLING * math.log2(self.cap / self.start)
+        )
+        return max(capped_at, slot) + (n - max(reach, 0.0)) / self.cap
 
 
 class _Cubic:

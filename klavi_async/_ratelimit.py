@@ -37,9 +37,9 @@ from collections.abc import Awaitable, Callable
 
 from attrs import field, frozen
 
-from ._ratecurve import _BUCKET, _MARGIN, _Cubic, _Meter, _Ramp
+from ._ratecurve import _BUCKET, _DOUBLING, _MARGIN, _Cubic, _Meter, _Ramp
 
-__all__ = ["RateLimit", "RateLimitStats", "RateLimiter"]
+__all__ = ["MAX_RATE", "MIN_RATE", "RateLimit", "RateLimitStats", "RateLimiter"]
 
 _CATCH_UP = 0.02
 """How far back (s) a late-waking queued call may take its slot (else -1/3 of 500/s).  Under
@@ -49,12 +49,21 @@ _RAMP_IDLE = 1.0
 """A ramp that has kept no call waiting for this long is over: the limit is not in sight."""
 
 
+MIN_RATE = 0.001
+"""The lowest rate a setting may name (one request in about 17 minutes)."""
+MAX_RATE = 1_000_000.0
+"""The highest (beyond any one client; and the ramp's arithmetic stays finite within it)."""
+
+
 def _rate(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number of requests per second, got {value!r}")
     rate = float(value)
-    if not (rate > 0 and math.isfinite(rate)):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    if not MIN_RATE <= rate <= MAX_RATE:  # NaN too
+        raise ValueError(
+            f"{name} must be between {MIN_RATE:g} and {MAX_RATE:,.0f} requests per second, "
+            f"got {value!r}"
+        )
     return rate
 
 
@@ -276,17 +285,19 @@ class RateLimiter:
         """
         now = self._clock()
         self._throttles += 1
-        if retry_after is not None and retry_after > 0:
-            self._pause_until = max(self._pause_until, now + retry_after)
+        changed = False
+        if retry_after is not None and retry_after > 0 and now + retry_after > self._pause_until:
+            self._pause_until, changed = now + retry_after, True
         if sent_at is None:
             fresh = now - self._last_decrease >= _BUCKET
-        else:
-            fresh = sent_at >= self._last_decrease
+        else:  # sent in the very tick of the last change: it may have been sent before it
+            fresh = sent_at > self._last_decrease
+        ramp = self._ramp
         if not self._adaptive:
             pass  # a fixed cap only pauses
         elif fresh:
-            self._last_decrease = now
-            if self._ramp is not None:  # the ramp found the limit: read this process's part
+            self._last_decrease, changed = now, True
+            if ramp is not None:  # the ramp found the limit: read this process's part
                 self._ramp = None
                 self._cubic.decrease(now, max(self._meter.rate(now), self._cubic.min_rate))
                 self._reading, self._measured_at = True, now
@@ -299,7 +310,13 @@ class RateLimiter:
                 self.engaged = True
         elif self._measured_at is not None:
             self._complete_reading(now)
-        if self._waiters:
+        elif ramp is not None and self._tat <= ramp.origin < self._pause_until - _DOUBLING:
+            # A late answer to the first burst asked for a longer pause before the ramp
+            # took a slot: start the curve at its end.  (Not for the milliseconds by which
+            # the burst's other answers extend it: processes throttled by the same full
+            # window keep the same origin, the first 429's.)
+            ramp.origin = self._pause_until
+        if changed and self._waiters:
             self._refuse_late_waiters()
 
     def on_response(self, status: int, retry_after: float | None, sent_at: float) -> None:
@@ -324,9 +341,20 @@ class RateLimiter:
             self._end_ramp_unless_needed(self._ramp, now)
 
     def _end_ramp_unless_needed(self, ramp: _Ramp, now: float) -> None:
-        # A ramp past `max_rate`, or one that kept no call waiting for `_RAMP_IDLE`, found
-        # no limit (the first throttle was not the rate, or the traffic stopped): free again.
-        if ramp.rate(now) >= ramp.cap or now - max(self._last_wait, ramp.origin) >= _RAMP_IDLE:
+        # A ramp at `max_rate` found no limit below it: the cubic rule takes over there.  One
+        # that kept no call waiting for `_RAMP_IDLE`, with none queued and no pause running,
+        # found no limit either (the first throttle was not the rate, or the traffic
+        # stopped): free again.
+        if ramp.rate(now) >= ramp.cap:  # at max_rate: the cubic rule from there on
+            self._ramp, self._reading = None, True
+            cubic = self._cubic
+            cubic.rate = cubic.w_max = ramp.cap
+            cubic.t0, cubic.k = now, 0.0
+        elif (
+            not self._waiters
+            and now >= self._pause_until
+            and now - max(self._last_wait, ramp.origin) >= _RAMP_IDLE
+        ):
             self._ramp = None
             self._cubic.rate = ramp.cap
             self.engaged = ramp.cap != math.inf

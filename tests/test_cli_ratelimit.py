@@ -126,7 +126,7 @@ def test_no_adaptive_without_a_rate_is_a_usage_error(
     assert built == [] and server.arrivals == [] and not out.exists()
 
 
-@pytest.mark.parametrize("value", ["0", "-3", "fast"])
+@pytest.mark.parametrize("value", ["0", "-3", "fast", "nan", "inf", "1e7", "0.0001"])
 def test_a_bad_rate_is_a_usage_error(
     server: Recording, tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
 ) -> None:

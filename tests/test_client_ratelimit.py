@@ -128,10 +128,11 @@ async def test_rate_limit_none_has_no_limiter_and_no_stats() -> None:
         (False, TypeError, "got bool"),
         ("10", TypeError, "got str"),
         ([10], TypeError, "got list"),
-        (0, ValueError, "rate_limit must be a finite number > 0"),
-        (-5.0, ValueError, "rate_limit must be a finite number > 0"),
-        (math.nan, ValueError, "finite"),
-        (math.inf, ValueError, "finite"),
+        (0, ValueError, "rate_limit must be between 0.001 and 1,000,000 requests per second"),
+        (-5.0, ValueError, "rate_limit must be between"),
+        (1e7, ValueError, "rate_limit must be between"),
+        (math.nan, ValueError, "between"),
+        (math.inf, ValueError, "between"),
     ],
 )
 def test_a_bad_rate_limit_is_refused(value: object, error: type[Exception], match: str) -> None:

@@ -84,6 +84,9 @@ def test_defaults_and_fields() -> None:
         ({"min_rate": False}, TypeError, "min_rate"),
         ({"min_rate": 0.0}, ValueError, "min_rate"),
         ({"min_rate": math.inf}, ValueError, "min_rate"),
+        ({"min_rate": 5e-324}, ValueError, "between 0.001 and 1,000,000"),
+        ({"max_rate": 1e7}, ValueError, "max_rate must be between"),
+        ({"max_rate": math.nan}, ValueError, "max_rate must be between"),
         ({"max_rate": 5, "min_rate": 10}, ValueError, "exceeds max_rate"),
         ({"adaptive": 1}, TypeError, "adaptive"),
         ({"adaptive": False}, ValueError, "rate_limit=None"),
@@ -139,7 +142,7 @@ def test_unthrottled_until_the_first_throttle_then_a_ramp_from_the_end_of_the_pa
     clock.now += 1.0 + 3 * _DOUBLING
     assert limiter.rate == pytest.approx(16.0)
     # Answers to the burst's other requests do not end the ramp: they were sent before it.
-    limiter.on_throttle(1.0, sent_at=0.79)
+    limiter.on_throttle(None, sent_at=0.79)
     assert limiter.rate == pytest.approx(16.0)
 
 
@@ -181,6 +184,11 @@ def test_ramp_slots_follow_the_curve() -> None:
     assert ramp.after(10.0, 200) == pytest.approx(slots[-1])
     # A cap holds the slots one interval apart once the curve is past it.
     capped = _Ramp(0.0, 1.0, 50.0)
+    walked = [0.0]
+    for _ in range(120):  # across the cap: up the curve, then flat
+        walked.append(capped.after(walked[-1]))
+    assert capped.after(0.0, 120) == pytest.approx(walked[-1])
+    assert capped.after(0.0, 90) == pytest.approx(walked[90])
     assert capped.rate(5.0) == 50.0
     assert capped.after(5.0) == pytest.approx(5.02)
     assert capped.after(5.0, 10) == pytest.approx(5.2)
@@ -209,7 +217,7 @@ def test_a_ramp_that_keeps_no_call_waiting_goes_back_to_free() -> None:
     assert took < 0.5 + 1.2 + 2.0  # the pause, the ramp to 200/s, then full speed
 
 
-def test_a_ramp_that_reaches_max_rate_holds_it() -> None:
+def test_a_ramp_that_reaches_max_rate_holds_it_under_the_cubic_rule() -> None:
     clock = FakeClock()
     limiter = RateLimiter(RateLimit(50.0), clock=clock, sleep=no_sleep)
     limiter.on_throttle(None, sent_at=0.0)
@@ -218,8 +226,81 @@ def test_a_ramp_that_reaches_max_rate_holds_it() -> None:
     assert limiter.rate == 50.0
     limiter.on_success()
     assert limiter.engaged and limiter.rate == 50.0
-    limiter.on_throttle(None, sent_at=clock.now)  # free again: a throttle starts a new ramp
-    assert limiter.rate == 1.0
+    # No new ramp from 1/s (a limit just under max_rate would cycle through ramps): a decrease.
+    limiter.on_throttle(None, sent_at=clock.now)
+    assert limiter.rate == pytest.approx(50.0 * _BETA)
+
+
+def test_the_ramp_does_not_end_while_calls_are_queued() -> None:
+    # 2,000 calls queued behind the pause: the ramp spreads them along its curve, however
+    # long ago the last call joined the queue (it used to let the rest go in one burst).
+    async def main(loop: VirtualLoop) -> list[float]:
+        limiter = RateLimiter(RateLimit(), clock=loop.time)
+        limiter.on_throttle(1.0, sent_at=0.0)
+        times: list[float] = []
+
+        async def one() -> None:
+            assert await limiter.acquire()
+            times.append(loop.time())
+            if len(times) < 2000:
+                assert limiter.engaged
+            limiter.on_success()
+
+        await asyncio.gather(*(one() for _ in range(2000)))
+        return times
+
+    times = run(main)
+    assert times[-1] == pytest.approx(_Ramp(1.0, 1.0, math.inf).after(1.0, 1999), abs=0.03)
+    assert max(times.count(t) for t in set(times)) <= 2
+
+
+def test_a_ramp_does_not_end_during_a_pause_and_a_longer_pause_moves_its_start() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    limiter.on_throttle(None, sent_at=0.0)  # no Retry-After: the ramp would start at once
+    clock.now = 0.3
+    limiter.on_throttle(5.0, sent_at=-0.1)  # a late answer to the burst: pause to 5.3 s
+    clock.now = 1.0
+    limiter.on_success()
+    assert limiter.engaged  # not back to free with a pause running
+    assert run(lambda _: limiter.acquire(max_wait=0.0)) is False
+    clock.now = 5.3
+    assert limiter.rate == 1.0  # the curve starts at the pause's end, not 5.3 s up it
+    # The milliseconds by which the burst's other 429s extend a pause do not move it.
+    clock.now = 10.0
+    other = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    other.on_throttle(1.0, sent_at=9.99)
+    clock.now = 10.02
+    other.on_throttle(1.0, sent_at=9.995)
+    clock.now = 11.02
+    assert other.rate == pytest.approx(2 ** (0.02 / _DOUBLING))
+
+
+def test_a_429_for_a_request_sent_in_the_same_tick_is_not_fresh() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    for _ in range(50):
+        limiter.on_success()
+    limiter.on_throttle(None, sent_at=0.0)
+    limiter.on_throttle(None, sent_at=0.0)  # a coarse clock: same reading, still the burst
+    clock.now = 0.5
+    assert limiter.rate == pytest.approx(32.0)  # still ramping, not read from the burst
+
+
+def test_a_capped_ramp_refuses_at_once_what_it_would_refuse_later() -> None:
+    async def main(loop: VirtualLoop) -> list[tuple[bool, float]]:
+        limiter = RateLimiter(RateLimit(50.0), clock=loop.time)
+        limiter.on_throttle(None, sent_at=-1.0)
+
+        async def one() -> tuple[bool, float]:
+            return await limiter.acquire(max_wait=2.2), loop.time()
+
+        return await asyncio.gather(*(one() for _ in range(110)))
+
+    results = run(main)
+    assert all(when <= 2.2 + 1e-9 for ok, when in results if ok)
+    assert all(when == 0.0 for ok, when in results if not ok)  # told at once
+    assert sum(ok for ok, _ in results) == pytest.approx(89, abs=1)
 
 
 def test_queued_calls_are_not_refused_for_the_ramps_slow_start() -> None:

@@ -5,12 +5,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 from typing import Final
 
 import click
 
-from .._ratelimit import RateLimit
+from .._ratelimit import MAX_RATE, MIN_RATE, RateLimit
 from ._common import client_from_env, fail_usage, say
 from ._process import start_in_fast_allocator_state
 from ._rows import InputError
@@ -36,6 +37,15 @@ def rate_limit_option(rate_limit: float | None, adaptive: bool) -> RateLimit:
     return RateLimit(rate_limit, adaptive=adaptive, min_rate=min(1.0, rate_limit))
 
 
+def _requests_per_second(
+    ctx: click.Context, param: click.Parameter, value: float | None
+) -> float | None:
+    # click's FloatRange lets NaN through (every comparison with it is false).
+    if value is not None and math.isnan(value):
+        raise click.BadParameter("must be a number of requests per second, not NaN")
+    return value
+
+
 @click.command("cancel-batch")
 @click.argument("input_path", metavar="INPUT")
 @click.option("--out", "out_path", required=True, help="Results file (JSON Lines).")
@@ -48,7 +58,8 @@ def rate_limit_option(rate_limit: float | None, adaptive: bool) -> RateLimit:
 )
 @click.option(
     "--rate-limit",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(MIN_RATE, MAX_RATE),
+    callback=_requests_per_second,
     metavar="RPS",
     help="Requests/s at most (retries and status reads included); adaptive below it.",
 )
