@@ -12,9 +12,9 @@ An adaptive limiter has three phases:
   request path pays one attribute check and `on_success()` one clock read;
 - ramp: a first throttle pauses for its Retry-After and starts a `_Ramp` from `min_rate`
   at the end of the pause, doubling every 0.1 s; the next throttle ends it with a reading
-  of the accepted rate (see `_ratecurve` for why the first throttle decides no rate), and
-  a ramp that outgrows the traffic (no call waited for `_RAMP_IDLE`) or reaches `max_rate`
-  goes back to free;
+  of the accepted rate (see `_ratecurve` for why the first throttle decides no rate); a
+  ramp that outgrows the traffic (no call waited for `_RAMP_IDLE`, none queued, no pause
+  running) goes back to free, and one that reaches `max_rate` goes on as cubic from there;
 - cubic: from that reading on, `_Cubic`.
 
 Waiters queue FIFO and only the head sleeps, to its own slot; taking it passes the turn
