@@ -140,6 +140,11 @@ class _Cubic:
         self.t0 = now
         self.k = math.cbrt(max(w_max - self.rate, 0.0) / _C_RECOVER)
 
+    def hold(self, now: float, rate: float) -> None:
+        """Take `rate` as the last good rate, reached now: flat there, then the probe."""
+        self.rate = self.w_max = rate
+        self.t0, self.k = now, 0.0
+
     def grow(self, now: float, cap: float) -> float:
         t = now - self.t0 - self.k
         target = (_C_RECOVER if t < 0 else _C_PROBE) * t**3 + self.w_max

@@ -39,7 +39,7 @@ from attrs import field, frozen
 
 from ._ratecurve import _BUCKET, _DOUBLING, _MARGIN, _Cubic, _Meter, _Ramp
 
-__all__ = ["MAX_RATE", "MIN_RATE", "RateLimit", "RateLimitStats", "RateLimiter"]
+__all__ = ["MAX_RATE", "MIN_RATE", "RateLimit", "RateLimitStats", "RateLimiter", "rate_value"]
 
 _CATCH_UP = 0.02
 """How far back (s) a late-waking queued call may take its slot (else -1/3 of 500/s).  Under
@@ -55,7 +55,8 @@ MAX_RATE = 1_000_000.0
 """The highest (beyond any one client; and the ramp's arithmetic stays finite within it)."""
 
 
-def _rate(value: object, name: str) -> float:
+def rate_value(value: object, name: str) -> float:
+    """`value` as a rate for setting `name`; TypeError or ValueError when it is none."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number of requests per second, got {value!r}")
     rate = float(value)
@@ -68,11 +69,11 @@ def _rate(value: object, name: str) -> float:
 
 
 def _optional_rate(value: object) -> float | None:
-    return None if value is None else _rate(value, "max_rate")
+    return None if value is None else rate_value(value, "max_rate")
 
 
 def _min_rate(value: object) -> float:
-    return _rate(value, "min_rate")
+    return rate_value(value, "min_rate")
 
 
 @frozen
@@ -108,7 +109,7 @@ class RateLimit:
                 "rate_limit must be a RateLimit, a number of requests per second or None, "
                 f"got {type(value).__name__}"
             )
-        rate = _rate(value, "rate_limit")
+        rate = rate_value(value, "rate_limit")
         return cls(rate, adaptive=False, min_rate=min(1.0, rate))
 
 
@@ -347,16 +348,13 @@ class RateLimiter:
         # stopped): free again.
         if ramp.rate(now) >= ramp.cap:  # at max_rate: the cubic rule from there on
             self._ramp, self._reading = None, True
-            cubic = self._cubic
-            cubic.rate = cubic.w_max = ramp.cap
-            cubic.t0, cubic.k = now, 0.0
+            self._cubic.hold(now, ramp.cap)
         elif (
             not self._waiters
             and now >= self._pause_until
             and now - max(self._last_wait, ramp.origin) >= _RAMP_IDLE
         ):
-            self._ramp = None
-            self._cubic.rate = ramp.cap
+            self._ramp = None  # `_cubic` is as it was built: a ramp follows only free
             self.engaged = ramp.cap != math.inf
 
     def _complete_reading(self, now: float) -> None:

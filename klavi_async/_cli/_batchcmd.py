@@ -5,13 +5,12 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import sys
 from typing import Final
 
 import click
 
-from .._ratelimit import MAX_RATE, MIN_RATE, RateLimit
+from .._ratelimit import RateLimit, rate_value
 from ._common import client_from_env, fail_usage, say
 from ._process import start_in_fast_allocator_state
 from ._rows import InputError
@@ -40,10 +39,11 @@ def rate_limit_option(rate_limit: float | None, adaptive: bool) -> RateLimit:
 def _requests_per_second(
     ctx: click.Context, param: click.Parameter, value: float | None
 ) -> float | None:
-    # click's FloatRange lets NaN through (every comparison with it is false).
-    if value is not None and math.isnan(value):
-        raise click.BadParameter("must be a number of requests per second, not NaN")
-    return value
+    # The library's own check (its bounds, NaN): a usage error here, not a traceback later.
+    try:
+        return None if value is None else rate_value(value, "RPS")
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 @click.command("cancel-batch")
@@ -58,7 +58,7 @@ def _requests_per_second(
 )
 @click.option(
     "--rate-limit",
-    type=click.FloatRange(MIN_RATE, MAX_RATE),
+    type=float,
     callback=_requests_per_second,
     metavar="RPS",
     help="Requests/s at most (retries and status reads included); adaptive below it.",
