@@ -31,10 +31,14 @@ _MARGIN = 0.05
 """`w_max` sits this much below the rate that was throttled: the last good rate."""
 _K = 0.6
 """Seconds from a decrease back to `w_max` (CUBIC's K, here a constant)."""
-_C_PROBE = 0.25
+_C_PROBE = 0.1
 """Past `w_max` the rate is `w_max * (1 + _C_PROBE * t**3)`: +0.3 % after 0.25 s, +3 %
 after 0.5 s, +25 % after 1 s, 3x after 2 s.  Against a steady limit a cycle is about 1.5 s
 with one burst of 429s; a limit that rises is found within a few seconds."""
+_C_ADD = 5.0
+"""And past `w_max` the same for every process, in requests per second: +5/s after 1 s.
+Equal growth for unequal shares drifts them to fair ones (AIMD's convergence), and a
+process squeezed to a small share climbs back."""
 _BUCKET = 0.5
 """The meter's bucket width in seconds."""
 _DOUBLING = 0.1
@@ -167,7 +171,10 @@ class _Cubic:
 
     def grow(self, now: float, cap: float) -> float:
         t = now - self.t0 - _K
-        target = self.w_max * (1.0 + (self.c if t < 0 else _C_PROBE) * t**3)
+        if t < 0:
+            target = self.w_max * (1.0 + self.c * t**3)
+        else:
+            target = self.w_max * (1.0 + _C_PROBE * t**3) + _C_ADD * t**3
         # Never more than `cap` (twice the accepted rate) above where it is: an idle
         # spell does not let the curve run away, and a pause does not pull it down.
         target = min(target, max(self.rate, cap), self.max_rate)

@@ -70,8 +70,11 @@ _FULL = 0.5
 _SHARE = 0.05
 """The share of the last second's answers refused that is rate evidence (unless the noise
 measured is higher: then 1.5 times the noise)."""
-_TRIAL = 20
+_TRIAL = 50
 """Answers to requests sent after a decrease that judge it (noise or rate)."""
+_TRIAL_REFUSED = 5
+"""Refusals among them below which a decrease is never judged noise (a handful of 429s
+from other processes' probes must not undo it)."""
 _TRIAL_DELAY = 1.0
 """A decrease is judged on requests sent this long after it: a window filled before it (a
 second's, as Klavi's TPS limit is counted) refuses for that long whatever is sent."""
@@ -226,6 +229,7 @@ class RateLimiter:
         "_run",
         "_run_start",
         "_sleep",
+        "_suspect",
         "_tat",
         "_throttles",
         "_trial",
@@ -260,6 +264,7 @@ class RateLimiter:
         self._measured_at: float | None = None
         self._run, self._run_start = 0, -math.inf
         self._noise, self._noise_at = 0.0, -math.inf
+        self._suspect = False
         self._waiters: deque[_Waiter] = deque()
         self._nap: asyncio.Future[object] | None = None
         self._throttles = self._waits = 0
@@ -473,7 +478,11 @@ class RateLimiter:
         if share >= _FULL:  # most of what is sent is refused: a full window, as a run
             self._start_hold(now, wait, origin=self._run_start)
             return
-        if self._trial is not None or share < self._threshold(now):
+        if (
+            self._trial is not None
+            or share < self._threshold(now)
+            or now - self._meter.started < 1.0  # a start: a second's answers, or a run
+        ):
             return
         trial = _Trial(now, share, self)
         current = self._meter.rate(now)
@@ -502,7 +511,16 @@ class RateLimiter:
         # Noise refuses as often whatever the rate, and at random: a refusal follows a
         # refusal about as often as the share.  A window that others keep full refuses
         # in runs.
-        if share >= _TRIAL_SAME * trial.share and trial.repeats <= 2 * share * trial.bad + 2:
+        same = (
+            trial.bad >= _TRIAL_REFUSED
+            and share >= _TRIAL_SAME * trial.share
+            and trial.repeats <= 2 * share * trial.bad + 1
+        )
+        # Noise is steady: only two decreases in a row that changed nothing undo the
+        # second (other processes' probes past a shared limit make one now and then).
+        suspect, self._suspect = self._suspect, same
+        if same and suspect:
+            self._suspect = False
             self._cubic.restore(trial.saved)
             self._reading, self.engaged = trial.reading, trial.engaged
             self._noise, self._noise_at = share, now

@@ -168,8 +168,10 @@ def simulate(server: Server, clients: list[Client], *, seed: int = 1) -> None:
             payment = next(queue, None)
             if payment is None:
                 return
-            client.results[await call(loop, client, budget, who, payment)] += 1
-        return
+            result = await call(loop, client, budget, who, payment)
+            client.results[result] += 1
+            if result == "rate_limited (limiter)":
+                await asyncio.sleep(0.01)  # a worker moves on to its next message
 
     async def sampler(loop: VirtualLoop, client: Client, done: asyncio.Event) -> None:
         while not done.is_set():
