@@ -264,7 +264,7 @@ class RateLimiter:
         self._measured_at: float | None = None
         self._run, self._run_start = 0, -math.inf
         self._noise, self._noise_at = 0.0, -math.inf
-        self._suspect = False
+        self._suspect: _Trial | None = None
         self._waiters: deque[_Waiter] = deque()
         self._nap: asyncio.Future[object] | None = None
         self._throttles = self._waits = 0
@@ -358,7 +358,9 @@ class RateLimiter:
         # `_CATCH_UP`).  A call that did not wait passes now: an idle spell earns no burst.
         hold = self._hold
         if hold is not None:  # a probe: the next one only after an interval without answer
-            self._tat, self._pause_until = slot, slot + hold.interval
+            self._pause_until = slot + hold.interval
+            ramp = self._ramp
+            self._tat = slot + 1.0 / self._cubic.rate if ramp is None else ramp.after(slot)
         else:
             self._tat = self._after(slot)
 
@@ -448,11 +450,9 @@ class RateLimiter:
 
     def _start_hold(self, now: float, wait: float | None, *, origin: float) -> None:
         # Send nothing until the pause has passed since `origin` (the run's first refusal),
-        # then probe.  Nothing accepted in the last second: a storm from the start, and a
-        # probe accepted restores the rate instead of starting a ramp.
+        # then probe.  Whether it was a full window or a storm, the first probe tells.
         pause = _PROBE_FIRST if wait is None else wait
-        accepted, _ = self._meter.counts(now)
-        hold = _Hold(origin + pause, pause, storm=accepted < 1.0)
+        hold = _Hold(origin + pause, pause, storm=False)
         self._hold = hold
         self._trial, self._measured_at = None, None
         self._run, self._last_change = 0, now
@@ -518,11 +518,12 @@ class RateLimiter:
         )
         # Noise is steady: only two decreases in a row that changed nothing undo the
         # second (other processes' probes past a shared limit make one now and then).
-        suspect, self._suspect = self._suspect, same
-        if same and suspect:
-            self._suspect = False
-            self._cubic.restore(trial.saved)
-            self._reading, self.engaged = trial.reading, trial.engaged
+        suspect = self._suspect
+        self._suspect = (suspect or trial) if same else None
+        if same and suspect is not None:  # back to before the first of the two
+            self._suspect = None
+            self._cubic.restore(suspect.saved)
+            self._reading, self.engaged = suspect.reading, suspect.engaged
             self._noise, self._noise_at = share, now
             self._wake()
 
