@@ -82,7 +82,9 @@ _TRIAL_SAME = 0.85
 """A decrease after which the share refused stays above this part of what it was did not
 help: the 429s were noise."""
 _NOISE_HALF_LIFE = 10.0
-"""Seconds over which the noise remembered halves: a limit that appears later is seen."""
+"""Seconds over which the noise remembered halves: a limit that appears later is seen, and
+steady noise is judged again about this often (other processes' probes past a shared
+limit can pass for noise now and then: what they make us ignore is soon forgotten)."""
 _PROBE_FIRST = 0.25
 """The pause before the first probe of a hold when the server gave no Retry-After."""
 _PROBE_MAX = 2.0
@@ -497,7 +499,7 @@ class RateLimiter:
 
     def _threshold(self, now: float) -> float:
         noise = self._noise * math.exp2((self._noise_at - now) / _NOISE_HALF_LIFE)
-        return min(max(_SHARE, 1.5 * noise), 0.5)
+        return min(max(_SHARE, 1.5 * noise), _FULL)
 
     def _judge(self, trial: _Trial, now: float) -> None:
         # Enough answers to requests sent after the decrease: did it make 429s rarer?

@@ -236,7 +236,7 @@ def test_a_decrease_that_does_not_make_429s_rarer_twice_is_undone_as_noise() -> 
     assert limiter.engaged  # a fifth refused looks like rate at first
     noisy(2 * (_TRIAL_DELAY + _TRIAL / 200) + 1.5)  # one trial suspect, a second: noise
     assert not limiter.engaged
-    noisy(5.0)  # and remembered: the same share no longer lowers the rate
+    noisy(3.0)  # and remembered: the same share no longer lowers the rate
     assert not limiter.engaged
 
 
