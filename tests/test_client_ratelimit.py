@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 from multidict import CIMultiDict
 
 from klavi_async import (
@@ -561,3 +562,97 @@ async def test_a_batch_against_a_tps_limit_ends_with_no_rate_limited_failure() -
     later = [r for r in cancels if r.time >= cancels[0].time + 1.0]
     assert sum(r.status == 429 for r in later) / len(later) <= 0.05
     assert stats is not None and stats.engaged and stats.throttle_events >= 1
+
+
+# -- fault shapes on the wire: a storm, noise, a huge Retry-After -------------------------
+
+
+class FaultyKlavi:
+    """A loopback Klavi answering 429s by a rule: a storm in time, or noise by attempt."""
+
+    def __init__(
+        self,
+        *,
+        storm: float = 0.0,
+        noise_every: int = 0,
+        retry_after: str = "1",
+    ) -> None:
+        self.storm, self.noise_every, self.retry_after = storm, noise_every, retry_after
+        self.started: float | None = None
+        self.attempts: Counter[str] = Counter()
+        self.log: list[tuple[float, int]] = []
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        now = asyncio.get_running_loop().time()
+        if self.started is None:
+            self.started = now
+        payment = request.match_info["id"]
+        self.attempts[payment] += 1
+        refused = now - self.started < self.storm or (
+            self.noise_every
+            and self.attempts[payment] == 1
+            and int(payment.rsplit("-", 1)[1]) % self.noise_every == 0
+        )
+        status = 429 if refused else 200
+        self.log.append((now, status))
+        headers = {"Retry-After": self.retry_after} if refused else {}
+        return web.json_response({} if not refused else {"message": "slow"}, status=status, headers=headers)
+
+    async def start(self, serve: ServerFactory) -> str:
+        app = web.Application()
+        app.router.add_post("/payment/customer/v1/instant/payments/{id}/cancel", self.cancel)
+        return await serve(app)
+
+
+async def _batch(base: str, n: int, **options: Any) -> tuple[list[Any], float]:
+    started = asyncio.get_running_loop().time()
+    async with KlaviClient(TOKEN, base_url=base, **options) as klavi:
+        requests = (CancelRequest(f"pay-{i}", CPF) for i in range(n))
+        results = [r async for r in klavi.cancel_many(requests, concurrency=64)]
+    return results, asyncio.get_running_loop().time() - started
+
+
+async def test_a_storm_that_ends_costs_only_the_storm(serve: ServerFactory) -> None:
+    # Every request refused for 3 s, then an open Klavi: the default client holds (one
+    # probe a Retry-After) instead of spending its calls' attempts, and is back at full
+    # speed when the storm ends.
+    open_klavi = FaultyKlavi()
+    _, open_elapsed = await _batch(await open_klavi.start(serve), 1500)
+    klavi = FaultyKlavi(storm=3.0)
+    results, elapsed = await _batch(await klavi.start(serve), 1500)
+    assert all(r.ok for r in results) and len(results) == 1500
+    during = [t for t, status in klavi.log if status == 429]
+    assert len(during) <= 64 + 10  # the first burst, then a probe a second
+    assert elapsed <= 3.0 + 2.0 + 2 * open_elapsed  # the storm, a probe's wait, the batch
+
+
+async def test_one_off_429s_cost_next_to_nothing(serve: ServerFactory) -> None:
+    # One 429 (Retry-After: 0) on the first attempt of every fifth payment: a gateway's
+    # noise.  No cancel fails, and the batch takes about as long as with no limiter.
+    policy = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
+    timings = {}
+    for name, rate_limit in (("off", None), ("on", RateLimit())):
+        klavi = FaultyKlavi(noise_every=5, retry_after="0")
+        results, timings[name] = await _batch(
+            await klavi.start(serve), 1000, rate_limit=rate_limit, retry=policy
+        )
+        assert all(r.ok for r in results) and len(results) == 1000
+    assert timings["on"] <= 1.3 * timings["off"] + 0.5
+
+
+async def test_a_huge_retry_after_pauses_only_its_call_up_to_max_retry_after(
+    serve: ServerFactory,
+) -> None:
+    klavi = FaultyKlavi(noise_every=1_000_000, retry_after="86400")  # pay-0 only
+    base = await klavi.start(serve)
+    policy = RetryPolicy(max_retry_after=2.0)
+    async with KlaviClient(TOKEN, base_url=base, retry=policy) as client:
+        first = asyncio.create_task(client.cancel_payment("pay-0", cancelled_by=CPF))
+        while not klavi.log:
+            await asyncio.sleep(0.005)
+        others = [await client.cancel_payment(f"pay-{i}", cancelled_by=CPF) for i in range(1, 20)]
+        assert not first.done()  # the others went while pay-0 waits out its Retry-After
+        result = await first
+    assert all(r.ok for r in others)
+    assert result.ok and result.attempts == 2
+    assert 2.0 <= result.elapsed < 30.0  # the cap, not a day
