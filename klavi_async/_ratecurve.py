@@ -57,7 +57,7 @@ class _Meter:
     second old has seen half a second).
     """
 
-    __slots__ = ("bad", "end", "ok", "prev", "prev2", "prev_bad", "prev2_bad", "started")
+    __slots__ = ("bad", "end", "ok", "prev", "prev2", "prev2_bad", "prev_bad", "started")
 
     def __init__(self, now: float) -> None:
         self.started = now

@@ -42,22 +42,22 @@ RATE_LIMITED, nothing sent), and reports every HTTP answer with `on_response()`.
 
 from __future__ import annotations
 
-import asyncio
 import math
-import time
-from collections import deque
-from collections.abc import Awaitable, Callable
 
-from attrs import field, frozen
+from ._ratecurve import _BUCKET, _MARGIN, _Cubic, _Ramp
+from ._ratequeue import _CATCH_UP, _Hold, _Queue, _Trial
+from ._ratesettings import MAX_RATE, MIN_RATE, RateLimit, RateLimitStats, rate_value
 
-from ._ratecurve import _BUCKET, _MARGIN, _Cubic, _Meter, _Ramp
+__all__ = [
+    "_CATCH_UP",
+    "MAX_RATE",
+    "MIN_RATE",
+    "RateLimit",
+    "RateLimitStats",
+    "RateLimiter",
+    "rate_value",
+]
 
-__all__ = ["MAX_RATE", "MIN_RATE", "RateLimit", "RateLimitStats", "RateLimiter", "rate_value"]
-
-_CATCH_UP = 0.02
-"""How far back (s) a late-waking queued call may take its slot (else -1/3 of 500/s).  Under
-the margin below the throttled rate (`_MARGIN` of one second's worth): the burst a stalled
-event loop catches up with fits under the limit."""
 _RAMP_IDLE = 1.0
 """A ramp that has kept no call waiting for this long is over: the limit is not in sight."""
 _RUN = 8
@@ -92,310 +92,16 @@ _PROBE_MAX = 2.0
 ended costs at most this much more)."""
 
 
-MIN_RATE = 0.001
-"""The lowest rate a setting may name (one request in about 17 minutes)."""
-MAX_RATE = 1_000_000.0
-"""The highest (beyond any one client; and the ramp's arithmetic stays finite within it)."""
-
-
-def rate_value(value: object, name: str) -> float:
-    """`value` as a rate for setting `name`; TypeError or ValueError when it is none."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of requests per second, got {value!r}")
-    rate = float(value)
-    if not MIN_RATE <= rate <= MAX_RATE:  # NaN too
-        raise ValueError(
-            f"{name} must be between {MIN_RATE:g} and {MAX_RATE:,.0f} requests per second, "
-            f"got {value!r}"
-        )
-    return rate
-
-
-def _optional_rate(value: object) -> float | None:
-    return None if value is None else rate_value(value, "max_rate")
-
-
-def _min_rate(value: object) -> float:
-    return rate_value(value, "min_rate")
-
-
-@frozen
-class RateLimit:
+class RateLimiter(_Queue):
     """
-    How fast a client may send (frozen).  Adaptive (the default): unthrottled until the
-    first 429 or 529, then a CUBIC-style rate that drops on throttles and grows back, never
-    above `max_rate` (when given) nor below `min_rate`.  `adaptive=False`: a fixed cap.
-    """
-
-    max_rate: float | None = field(default=None, converter=_optional_rate)
-    adaptive: bool = field(default=True, kw_only=True)
-    min_rate: float = field(default=1.0, kw_only=True, converter=_min_rate)
-
-    def __attrs_post_init__(self) -> None:
-        if not isinstance(self.adaptive, bool):
-            raise TypeError(f"adaptive must be a bool, got {self.adaptive!r}")
-        if not self.adaptive and self.max_rate is None:
-            raise ValueError(
-                "RateLimit(adaptive=False) needs max_rate; pass rate_limit=None to switch "
-                "rate limiting off"
-            )
-        if self.max_rate is not None and self.min_rate > self.max_rate:
-            raise ValueError(f"min_rate ({self.min_rate:g}) exceeds max_rate ({self.max_rate:g})")
-
-    @classmethod
-    def coerce(cls, value: RateLimit | float | None) -> RateLimit | None:
-        """A client's `rate_limit=` argument as a setting: a number is a fixed cap, None off."""
-        if value is None or isinstance(value, RateLimit):
-            return value
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(
-                "rate_limit must be a RateLimit, a number of requests per second or None, "
-                f"got {type(value).__name__}"
-            )
-        rate = rate_value(value, "rate_limit")
-        return cls(rate, adaptive=False, min_rate=min(1.0, rate))
-
-
-@frozen(kw_only=True)
-class RateLimitStats:
-    """A snapshot of a client's rate limiter."""
-
-    allowed_rate: float | None
-    """Requests per second allowed now; None while sending is unthrottled."""
-    throttle_events: int
-    """429 and 529 responses seen."""
-    wait_time: float
-    """Seconds calls spent waiting for a slot, summed over calls."""
-    waits: int
-    """Requests that had to wait for their slot."""
-    engaged: bool
-    """Whether requests go through the limiter's schedule (True from the first throttle on)."""
-
-
-class _Waiter:
-    __slots__ = ("deadline", "future", "priority", "since")
-
-    def __init__(
-        self, since: float, deadline: float, future: asyncio.Future[bool] | None, priority: bool
-    ) -> None:
-        self.since, self.deadline, self.future = since, deadline, future
-        self.priority = priority
-
-
-class _Hold:
-    """Sending held after a run of refusals: one probe at a time until one is accepted."""
-
-    __slots__ = ("interval", "origin", "storm")
-
-    def __init__(self, origin: float, interval: float, storm: bool) -> None:
-        self.origin, self.interval, self.storm = origin, interval, storm
-
-
-class _Trial:
-    """A decrease on trial: the answers to requests sent after it, and what was before it."""
-
-    __slots__ = ("at", "bad", "engaged", "last_bad", "ok", "reading", "repeats", "saved", "share")
-
-    def __init__(self, at: float, share: float, limiter: RateLimiter) -> None:
-        self.at, self.share = at, share
-        self.ok = self.bad = self.repeats = 0
-        self.last_bad = False
-        self.saved = limiter._cubic.save()
-        self.reading, self.engaged = limiter._reading, limiter.engaged
-
-
-class RateLimiter:
-    """
-    One client's limiter: every request takes a slot.  Strictly private.
+    One client's limiter: every request takes a slot (`_Queue`), and every answer says
+    something about the rate (here).  Strictly private.
 
     Not thread-safe: one limiter per event loop.  `clock` must be monotonic; `sleep` is
     awaited by the one call at the head of the queue.
     """
 
-    __slots__ = (
-        "_adaptive",
-        "_capped",
-        "_clock",
-        "_cubic",
-        "_hold",
-        "_last_change",
-        "_last_wait",
-        "_measured_at",
-        "_meter",
-        "_nap",
-        "_noise",
-        "_noise_at",
-        "_pause_until",
-        "_ramp",
-        "_reading",
-        "_run",
-        "_run_start",
-        "_sleep",
-        "_suspect",
-        "_tat",
-        "_throttles",
-        "_trial",
-        "_wait_time",
-        "_waiters",
-        "_waits",
-        "engaged",
-    )
-
-    def __init__(
-        self,
-        config: RateLimit,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
-    ) -> None:
-        self._clock, self._sleep = clock, sleep
-        self._adaptive = config.adaptive
-        self._capped = config.max_rate is not None
-        max_rate = math.inf if config.max_rate is None else config.max_rate
-        self._cubic = _Cubic(config.min_rate, max_rate)
-        self.engaged: bool = self._capped
-        """Read before every request: False means send at once, without awaiting anything."""
-        now = clock()
-        self._meter = _Meter(now)
-        self._tat = self._pause_until = self._last_change = self._last_wait = -math.inf
-        self._ramp: _Ramp | None = None
-        self._hold: _Hold | None = None
-        self._trial: _Trial | None = None
-        self._reading = False
-        """Whether `_cubic` has a reading (the cubic phase); neither this nor a ramp: free."""
-        self._measured_at: float | None = None
-        self._run, self._run_start = 0, -math.inf
-        self._noise, self._noise_at = 0.0, -math.inf
-        self._suspect: _Trial | None = None
-        self._waiters: deque[_Waiter] = deque()
-        self._nap: asyncio.Future[object] | None = None
-        self._throttles = self._waits = 0
-        self._wait_time = 0.0
-
-    @property
-    def rate(self) -> float | None:
-        """The allowed rate in requests per second (None while unthrottled)."""
-        ramp = self._ramp
-        rate = self._cubic.rate if ramp is None else ramp.rate(self._clock())
-        return rate if self.engaged and rate != math.inf else None
-
-    def _slot(self, now: float) -> float:
-        return max(self._tat, self._pause_until, now)
-
-    def _after(self, slot: float, n: float = 1.0) -> float:
-        """When the `n`-th slot after `slot` comes, at the allowed rate."""
-        if self._hold is not None:  # when the hold ends, all at once for all we know
-            return slot
-        ramp = self._ramp
-        return slot + n / self._cubic.rate if ramp is None else ramp.after(slot, n)
-
-    def delay(self) -> float:
-        """Seconds until a request queued now could go (what a refused call reports)."""
-        return self._delay(len(self._waiters))
-
-    def _delay(self, ahead: int) -> float:
-        now = self._clock()
-        slot = self._slot(now)
-        return (self._after(slot, ahead) if self.engaged else slot) - now
-
-    async def acquire(self, max_wait: float = math.inf, *, priority: bool = False) -> bool:
-        """
-        Wait for a slot and take it; False, at once and taking nothing, if it would come
-        more than `max_wait` seconds from now (or, for a queued call, past that deadline).
-
-        A `priority` call queues behind the head and the other priority calls only.  A
-        cancelled call leaves the queue and passes its turn on; its slot goes to the next.
-        """
-        if not self.engaged:
-            return True
-        now = self._clock()
-        waiters = self._waiters
-        if not waiters and self._slot(now) <= now:
-            self._take(now)
-            return True
-        place = len(waiters)
-        if priority and waiters:
-            place = 1
-            while place < len(waiters) and waiters[place].priority:
-                place += 1
-        if self._delay(place) > max_wait:
-            return False
-        future = asyncio.get_running_loop().create_future() if waiters else None
-        waiter = _Waiter(now, now + max_wait, future, priority)
-        waiters.insert(place, waiter)
-        self._waits += 1
-        self._last_wait = now
-        try:
-            if future is not None and not await future:
-                return False
-            while True:
-                now = self._clock()
-                slot = max(self._tat, self._pause_until, now - _CATCH_UP)
-                if slot <= now:
-                    self._take(slot)
-                    return True
-                if slot > waiter.deadline:
-                    return False
-                await self._doze(slot - now)
-        finally:
-            self._wait_time += self._clock() - waiter.since
-            self._leave(waiter)
-
-    async def _doze(self, seconds: float) -> None:
-        # The head's one timer, cut short by `_wake()` when calls may go sooner.
-        nap = asyncio.ensure_future(self._sleep(seconds))
-        self._nap = nap
-        try:
-            await asyncio.wait((nap,))
-        finally:
-            nap.cancel()
-            self._nap = None
-
-    def _wake(self) -> None:
-        if self._nap is not None:
-            self._nap.cancel()
-
-    def _take(self, slot: float) -> None:
-        # A queued call passes its scheduled slot, not its late wake-up time (up to
-        # `_CATCH_UP`).  A call that did not wait passes now: an idle spell earns no burst.
-        hold = self._hold
-        if hold is not None:  # a probe: the next one only after an interval without answer
-            self._pause_until = slot + hold.interval
-            ramp = self._ramp
-            self._tat = slot + 1.0 / self._cubic.rate if ramp is None else ramp.after(slot)
-        else:
-            self._tat = self._after(slot)
-
-    def _leave(self, waiter: _Waiter) -> None:
-        waiters = self._waiters
-        if waiters and waiters[0] is waiter:
-            waiters.popleft()
-            if waiters:
-                future = waiters[0].future
-                if future is not None and not future.done():
-                    future.set_result(True)
-        elif waiter in waiters:
-            waiters.remove(waiter)
-
-    def _refuse_late_waiters(self) -> None:
-        # After a decrease or a pause, queued calls whose slot now falls past their
-        # deadline are told at once rather than when their turn comes.
-        slot = self._slot(self._clock())
-        kept: deque[_Waiter] = deque()
-        for waiter in self._waiters:
-            future = waiter.future
-            late = self._after(slot, len(kept)) > waiter.deadline
-            if kept and late and future is not None and not future.done():
-                future.set_result(False)
-            else:
-                kept.append(waiter)
-        self._waiters = kept
-
-    def _pause(self, until: float) -> None:
-        if until > self._pause_until:
-            self._pause_until = until
-            if self._waiters:
-                self._refuse_late_waiters()
+    __slots__ = ()
 
     # -- what the answers say ----------------------------------------------------------
 
@@ -540,9 +246,10 @@ class RateLimiter:
         if not self.engaged:
             return
         fresh = sent_at is None or sent_at > self._last_change
-        if self._hold is not None:
+        hold = self._hold
+        if hold is not None:
             if fresh:
-                self._release(now)
+                self._release(hold, now)
             elif self._measured_at is not None:  # the ramp's last answers, still coming
                 self._complete_reading(now)
             return
@@ -561,11 +268,9 @@ class RateLimiter:
         elif self._ramp is not None:
             self._end_ramp_unless_needed(self._ramp, now)
 
-    def _release(self, now: float) -> None:
+    def _release(self, hold: _Hold, now: float) -> None:
         # A probe was accepted.  After a full window (its first probe accepted) a ramp
         # finds this process's part; after a storm the rate is what it was before.
-        hold = self._hold
-        assert hold is not None  # noqa: S101  # the caller checked
         self._hold, self._last_change = None, now
         self._pause_until = -math.inf
         if self._adaptive and not hold.storm:

@@ -596,7 +596,9 @@ class FaultyKlavi:
         status = 429 if refused else 200
         self.log.append((now, status))
         headers = {"Retry-After": self.retry_after} if refused else {}
-        return web.json_response({} if not refused else {"message": "slow"}, status=status, headers=headers)
+        return web.json_response(
+            {} if not refused else {"message": "slow"}, status=status, headers=headers
+        )
 
     async def start(self, serve: ServerFactory) -> str:
         app = web.Application()

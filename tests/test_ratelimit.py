@@ -5,10 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import random
-import selectors
-from collections import deque
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -406,7 +402,6 @@ def test_ramp_slots_follow_the_curve() -> None:
     assert capped.after(5.0, 10) == pytest.approx(5.2)
     # An idle hour does not overflow.
     assert ramp.rate(3600.0) == 2.0**60 and ramp.after(3600.0) >= 3600.0
-
 
 
 # -- the queue ------------------------------------------------------------------------
