@@ -189,7 +189,7 @@ class Call:
         refreshed = False
         while True:
             if limiter is not None and limiter.engaged:
-                refusal = await self._take_slot(limiter, loop)
+                refusal = await self._take_slot(limiter, loop, method == "GET")
                 if refusal is not None:
                     return refusal
             timeout = c.timeout
@@ -209,7 +209,7 @@ class Call:
             else:
                 outcome = self._classify(response, token)
                 if limiter is not None:  # a 429/529 throttles it, any other answer counts
-                    limiter.on_response(response.status, outcome.retry_after, started)
+                    self._tell(limiter, response.status, outcome.retry_after, started)
             self._record(loop, method, outcome, c.clock() - started, refreshed)
             if not replays(token, outcome, self._replayed):
                 return outcome
@@ -224,10 +224,22 @@ class Call:
                 return outcome  # the same token would be refused again
             token, refreshed = fresh, True
 
-    async def _take_slot(self, limiter: RateLimiter, loop: RetryLoop) -> Outcome | None:
+    def _tell(
+        self, limiter: RateLimiter, status: int, retry_after: float | None, sent_at: float
+    ) -> None:
+        # The pause a Retry-After may ask of the whole client is the policy's cap at most:
+        # one `Retry-After: 86400` must not stop every later call for a day.
+        if retry_after is not None:
+            retry_after = min(retry_after, self._shared.policy.max_retry_after)
+        limiter.on_response(status, retry_after, sent_at)
+
+    async def _take_slot(
+        self, limiter: RateLimiter, loop: RetryLoop, priority: bool
+    ) -> Outcome | None:
         """
         Wait for this send's slot; None once taken, or (nothing sent) the attempt's outcome
-        when the slot would come past the call's deadline.
+        when the slot would come past the call's deadline.  A status read (`priority`)
+        queues ahead of the cancels: it settles the outcome of one already sent.
 
         The refusal is `RATE_LIMITED` with `retry_after` = the wait it would need, and the
         loop stops on the deadline rule: no later attempt could be sooner.  It is not
@@ -235,7 +247,7 @@ class Call:
         """
         c = self._shared
         since = c.clock()
-        if await limiter.acquire(loop.remaining()):
+        if await limiter.acquire(loop.remaining(), priority=priority):
             waited = c.clock() - since
             if waited > 0 and c.events.wants(DEBUG):
                 c.events.emit(RateLimitWait(call=self.info(), delay=waited))

@@ -74,10 +74,11 @@ class KlaviClient:
     *token_provider* may be a `TokenProvider`, `ClientCredentials`, a token string, or an
     async callable taking no arguments and returning `str | AccessToken`.  A caller's
     *session* is borrowed and never closed.  `https` is required except for loopback
-    hosts.  *rate_limit* is a `RateLimit` (adaptive by default: unthrottled until Klavi's
-    first 429), a number (a fixed cap in requests per second) or None (off).  *clock* and
-    *sleep* exist for tests (a fake monotonic clock and sleep).  *telemetry* and the
-    providers: OpenTelemetry, on by default when installed (docs/observability.md).
+    hosts.  *rate_limit* is a `RateLimit` (adaptive by default: unthrottled until the
+    answers show Klavi refusing a share of them), a number (a fixed cap in requests per
+    second) or None (off).  *clock* and *sleep* exist for tests (a fake monotonic clock
+    and sleep).  *telemetry* and the providers: OpenTelemetry, on by default when
+    installed (docs/observability.md).
     """
 
     def __init__(

@@ -1,24 +1,24 @@
 """
 The rate limiter's arithmetic, with no waiting in it: what rate is allowed when.
 
-`_Meter` measures this client's accepted answers per second; `_Ramp` is the start after a
-first throttle; `_Cubic` is the rate after that.  `_ratelimit.RateLimiter` owns one of
-each and does the scheduling and waiting.
+`_Meter` counts this client's answers over the last second (accepted and throttled);
+`_Ramp` is the search for the limit after a full window; `_Cubic` the rate after that.
+`_ratelimit.RateLimiter` owns one of each, decides which applies, and does the waiting.
 
-Why a ramp first.  A first throttle ends an unthrottled burst, and how much of the limit
-each process got in that burst is luck (measured here: 79/21 for two processes started
-within a millisecond, as the CPU happened to schedule them).  A rate derived from it keeps
-that split, since the probe past it must be slow (every probe costs a Retry-After pause).
-So the first throttle decides no rate: every process throttled by the same full window
-ramps from `min_rate` on the same curve, from the same moment (the end of the pause the
-server asked for), and the next throttle, which ends the ramp, finds each holding an equal
-part of the window.  That reading starts the CUBIC rule.  The price: one more throttle
-and pause per start (about the Retry-After, once).
+Why a ramp after a full window.  When a burst fills Klavi's window (at a client's start,
+or when another process joins one at the limit), how much of the limit each process got
+is luck (measured here: 79/21 for two processes started within a millisecond).  A rate
+derived from it keeps that split.  So a full window decides no rate: every process
+throttled by it ramps from `min_rate` on the same curve, from the same moment (the first
+refusal plus the pause the server asked for), and the next throttle, which ends the ramp,
+finds each holding an equal part of the window.  That reading starts the cubic rule.
 
-Not botocore's CUBIC as is: with a Retry-After pause on every throttle, its 4-7 s cycles
-spend a second in each pause and land at 0.7-0.8 of the limit.  Here the drop to `beta`
-is won back within the pause, `w_max` sits just under the throttled rate, the probe past
-it is slow (cycles of 10-20 s), and the answers to one burst count as one decrease.
+The cubic rule is CUBIC's shape, scaled by the last good rate: a decrease to `_BETA` of the
+accepted rate, back to just under it within `_K` seconds (concave), flat around it, then
+a probe past it that doubles the rate's excess every ~0.6 s (convex).  Scaled, so a limit
+of 100/s and one of 10,000/s are followed on the same time scale, and a limit that rises
+threefold is found in about 2.5 s.  A process's share never drifts from the rule itself:
+fair shares come from the synchronised ramps.
 """
 
 from __future__ import annotations
@@ -26,16 +26,19 @@ from __future__ import annotations
 import math
 
 _BETA = 0.7
-"""Multiplicative decrease on a throttle (CUBIC's, and botocore's)."""
-_C_RECOVER = 12.0
-"""CUBIC's C (requests/s per s^3) below `w_max`: back in about 1-2 s, mostly inside the
-Retry-After pause that came with the throttle.  (botocore's 0.4 takes 4-7 s at 100-500/s.)"""
-_C_PROBE = 0.0005
-"""CUBIC's C above `w_max`: a slow probe (+0.5/s after 10 s, +13.5/s after 30 s), since
-every probe past the limit costs a whole-client pause.  Both constants are absolute, not
-proportional to the rate: equal growth for unequal flows drifts them to fair shares."""
+"""Multiplicative decrease on rate evidence, of the accepted rate (CUBIC's, botocore's)."""
 _MARGIN = 0.05
 """`w_max` sits this much below the rate that was throttled: the last good rate."""
+_K = 0.6
+"""Seconds from a decrease back to `w_max` (CUBIC's K, here a constant)."""
+_C_PROBE = 0.1
+"""Past `w_max` the rate is `w_max * (1 + _C_PROBE * t**3)`: +0.3 % after 0.25 s, +3 %
+after 0.5 s, +25 % after 1 s, 3x after 2 s.  Against a steady limit a cycle is about 1.5 s
+with one burst of 429s; a limit that rises is found within a few seconds."""
+_C_ADD = 5.0
+"""And past `w_max` the same for every process, in requests per second: +5/s after 1 s.
+Equal growth for unequal shares drifts them to fair ones (AIMD's convergence), and a
+process squeezed to a small share climbs back."""
 _BUCKET = 0.5
 """The meter's bucket width in seconds."""
 _DOUBLING = 0.1
@@ -48,30 +51,49 @@ _RAMP_MAX_DOUBLINGS = 60.0
 
 class _Meter:
     """
-    Accepted responses per second over the last second, from 0.5 s buckets: a sliding sum,
-    since an empty bucket (a pause) would cut botocore's 0.8-weighted average by 80 %.
+    Answers per second over the last second, from 0.5 s buckets: a sliding sum, since an
+    empty bucket (a pause) would cut botocore's 0.8-weighted average by 80 %.  `ok` counts
+    accepted answers, `bad` throttles; `started` scales the first second (a meter half a
+    second old has seen half a second).
     """
 
-    __slots__ = ("count", "end", "prev", "prev2")
+    __slots__ = ("bad", "end", "ok", "prev", "prev2", "prev2_bad", "prev_bad", "started")
 
     def __init__(self, now: float) -> None:
+        self.started = now
         self.end = now + _BUCKET
-        self.count = self.prev = self.prev2 = 0
+        self.ok = self.prev = self.prev2 = 0
+        self.bad = self.prev_bad = self.prev2_bad = 0
 
     def roll(self, now: float) -> None:
         steps = int((now - self.end) / _BUCKET) + 1
-        self.prev2, self.prev = (self.prev, self.count) if steps == 1 else (0, 0)
-        if steps == 2:
-            self.prev2 = self.count
-        self.count = 0
+        if steps == 1:
+            self.prev2, self.prev = self.prev, self.ok
+            self.prev2_bad, self.prev_bad = self.prev_bad, self.bad
+        elif steps == 2:
+            self.prev2, self.prev = self.ok, 0
+            self.prev2_bad, self.prev_bad = self.bad, 0
+        else:
+            self.prev2 = self.prev = self.prev2_bad = self.prev_bad = 0
+        self.ok = self.bad = 0
         self.end += steps * _BUCKET
 
-    def rate(self, now: float) -> float:
+    def _weight(self, now: float) -> float:
+        # The current bucket covers `into` seconds; the one before last fills up the second.
         if now >= self.end:
             self.roll(now)
-        # The current bucket covers `into` seconds; the one before last fills up the second.
-        into = now - (self.end - _BUCKET)
-        return self.count + self.prev + self.prev2 * (1.0 - into / _BUCKET)
+        return 1.0 - (now - (self.end - _BUCKET)) / _BUCKET
+
+    def rate(self, now: float) -> float:
+        """Accepted answers per second."""
+        weight = self._weight(now)
+        return (self.ok + self.prev + self.prev2 * weight) / min(now - self.started + 1e-9, 1.0)
+
+    def counts(self, now: float) -> tuple[float, float]:
+        """Accepted and throttled answers over the last second."""
+        weight = self._weight(now)
+        ok = self.ok + self.prev + self.prev2 * weight
+        return ok, self.bad + self.prev_bad + self.prev2_bad * weight
 
 
 class _Ramp:
@@ -114,40 +136,45 @@ class _Ramp:
 
 class _Cubic:
     """
-    The allowed rate: `C * (t - K)**3 + w_max`, `t` seconds after the last decrease.
+    The allowed rate: `w_max * (1 + c * (t - _K)**3)`, `t` seconds after the last decrease.
 
-    A decrease takes the rate to `beta` times the rate at the throttle and sets `w_max`
-    just below that rate (lower still, by CUBIC's fast convergence, when it is below the
-    previous `w_max`: a flow that lost ground yields some more); `K` is when the curve is
-    back at `w_max`.  Concave and quick up to it (`_C_RECOVER`), flat around it, then
-    convex and slow past it (`_C_PROBE`).
+    A decrease takes the rate to `_BETA` times the rate it is given (the accepted one) and
+    sets `w_max` just below that; `c` below `w_max` is what brings the curve back to it in
+    `_K` seconds, past it `_C_PROBE`.  `save()` and `restore()` undo a decrease that turned
+    out to be noise.
     """
 
-    __slots__ = ("k", "max_rate", "min_rate", "rate", "t0", "w_max")
+    __slots__ = ("c", "max_rate", "min_rate", "rate", "t0", "w_max")
 
     def __init__(self, min_rate: float, max_rate: float) -> None:
         self.min_rate, self.max_rate = min_rate, max_rate
         self.rate = max_rate
-        self.w_max = self.t0 = self.k = 0.0
+        self.w_max = self.t0 = self.c = 0.0
 
     def decrease(self, now: float, current: float) -> None:
-        current = min(current, self.max_rate)
-        w_max = current * (1 - _MARGIN)
-        if current < self.w_max:
-            w_max = min(w_max, current * (1 + _BETA) / 2)
-        self.w_max = w_max
+        current = min(max(current, self.min_rate), self.max_rate)
+        self.w_max = current * (1 - _MARGIN)
         self.rate = max(self.min_rate, current * _BETA)
         self.t0 = now
-        self.k = math.cbrt(max(w_max - self.rate, 0.0) / _C_RECOVER)
+        self.c = max(1.0 - self.rate / self.w_max, 0.0) / _K**3
 
     def hold(self, now: float, rate: float) -> None:
         """Take `rate` as the last good rate, reached now: flat there, then the probe."""
         self.rate = self.w_max = rate
-        self.t0, self.k = now, 0.0
+        self.t0, self.c = now - _K, 0.0
+
+    def save(self) -> tuple[float, float, float, float]:
+        return self.rate, self.w_max, self.t0, self.c
+
+    def restore(self, saved: tuple[float, float, float, float]) -> None:
+        self.rate, self.w_max, self.t0, self.c = saved
 
     def grow(self, now: float, cap: float) -> float:
-        t = now - self.t0 - self.k
-        target = (_C_RECOVER if t < 0 else _C_PROBE) * t**3 + self.w_max
+        t = now - self.t0 - _K
+        if t < 0:
+            target = self.w_max * (1.0 + self.c * t**3)
+        else:
+            target = self.w_max * (1.0 + _C_PROBE * t**3) + _C_ADD * t**3
         # Never more than `cap` (twice the accepted rate) above where it is: an idle
         # spell does not let the curve run away, and a pause does not pull it down.
         target = min(target, max(self.rate, cap), self.max_rate)

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 from multidict import CIMultiDict
 
 from klavi_async import (
@@ -144,31 +145,40 @@ def test_a_bad_rate_limit_is_refused(value: object, error: type[Exception], matc
 
 
 @pytest.mark.parametrize("rate_limit", [RateLimit(min_rate=500.0), 1000.0], ids=["adaptive", "cap"])
-async def test_a_retry_after_pauses_every_call_of_the_client(
+async def test_a_run_of_refusals_holds_every_call_of_the_client(
     serve: ServerFactory, rate_limit: RateLimit | float
 ) -> None:
+    # Eight 429s in a row: the server refuses whatever is sent.  Nothing more goes out
+    # until the Retry-After has passed since the first refusal; then one probe, and once
+    # it is accepted, the rest.
     pause = 0.4
     fake = ScriptedKlavi()
-    fake.on(CANCEL, Reply(429, {"message": "slow down"}, headers={"Retry-After": f"{pause}"}))
+    throttle = Reply(429, {"message": "slow down"}, headers={"Retry-After": f"{pause}"})
+    fake.on(CANCEL, *[throttle] * 8)
     base = await fake.start(serve)
     async with KlaviClient(TOKEN, base_url=base, retry=NO_BACKOFF, rate_limit=rate_limit) as klavi:
-        first = asyncio.create_task(klavi.cancel_payment("pay-0", cancelled_by=CPF))
-        while (stats := klavi.rate_limit_stats()) is None or stats.throttle_events == 0:
+        burst = [
+            asyncio.create_task(klavi.cancel_payment(f"pay-{i}", cancelled_by=CPF))
+            for i in range(8)
+        ]
+        while (stats := klavi.rate_limit_stats()) is None or stats.throttle_events < 8:
             await asyncio.sleep(0.002)
-        answered = fake.cancels()[0].time  # the 429 left the server after this
+        held = klavi.rate_limit_stats()
+        first_refused = fake.cancels()[0].time  # the first 429 left the server after this
         others = [
             asyncio.create_task(klavi.cancel_payment(f"pay-{i}", cancelled_by=CPF))
-            for i in range(1, 9)
+            for i in range(8, 16)
         ]
-        results = [await first, *await asyncio.gather(*others)]
+        results = await asyncio.gather(*burst, *others)
         stats = klavi.rate_limit_stats()
     assert all(r.ok for r in results)
+    assert held is not None and held.engaged
     arrivals = [s.time for s in fake.cancels()]
-    assert len(arrivals) == 10  # the 429, its retry, eight others
-    # Nothing, the throttled call's retry included, reached the server inside the pause
-    # (the 5 ms margin covers the client reading the clock a little after the server).
-    assert min(arrivals[1:]) >= answered + pause - 0.005
-    assert stats is not None and stats.throttle_events == 1 and stats.wait_time > 0
+    assert len(arrivals) == 24  # eight 429s, their eight retries, eight others
+    # Nothing reached the server inside the pause (5 ms: the client reads its clock a
+    # little after the server).
+    assert min(arrivals[8:]) >= first_refused + pause - 0.005
+    assert stats is not None and stats.throttle_events == 8 and stats.wait_time > 0
 
 
 # -- a fixed cap ---------------------------------------------------------------------------
@@ -218,70 +228,87 @@ def test_a_fixed_cap_is_not_lowered_by_throttles() -> None:
 # -- the adaptive rate and the stats -----------------------------------------------------
 
 
-def test_stats_after_throttles() -> None:
+def test_stats_after_a_run_of_refusals() -> None:
     async def main(loop: VirtualLoop) -> None:
-        replies = [json_response(200, {}) for _ in range(20)] + [throttled("1"), throttled()]
-        answer = scripted(*replies, latency=0.01)  # 100 answers a second, one at a time
+        replies = [json_response(200, {}) for _ in range(20)] + [throttled("1")] * 8
+        answer = scripted(*replies, latency=0.01)  # 100 answers a second
         client, sends = timed_client(loop, answer, rate_limit=RateLimit(min_rate=2.0))
         async with client:
-            for i in range(30):
-                assert (await client.cancel_payment(f"pay-{i}", cancelled_by=CPF)).ok
+            results = await asyncio.gather(
+                *(client.cancel_payment(f"pay-{i}", cancelled_by=CPF) for i in range(20)),
+            )
+            burst = [
+                asyncio.create_task(client.cancel_payment(f"pay-{i}", cancelled_by=CPF))
+                for i in range(20, 40)
+            ]
+            results += await asyncio.gather(*burst)
             stats = client.rate_limit_stats()
-        assert stats is not None and stats.engaged and stats.throttle_events == 2
-        # The first 429 came after 20 answers in 0.2 s: the rate drops from that, not 100/s.
-        assert stats.allowed_rate is not None and 2.0 <= stats.allowed_rate < 20.0
-        assert stats.waits >= 8 and stats.wait_time > 0
-        paused_until = sends[20][0] + 0.01 + 1.0  # the 429's answer, then its Retry-After
-        assert all(t >= paused_until - 1e-9 for t, _ in sends[21:])  # nothing in the pause
+        assert all(r.ok for r in results)
+        assert stats is not None and stats.engaged and stats.throttle_events == 8
+        assert stats.waits >= 1 and stats.wait_time > 0
+        first_refused = sends[20][0] + 0.01  # the first 429's answer
+        # The burst of twenty went before any answer; after it, nothing in the pause.
+        assert all(t >= first_refused + 1.0 - 1e-9 for t, _ in sends[40:])
 
     run_virtual(main)
 
 
-def test_success_grows_an_engaged_adaptive_rate() -> None:
+def test_a_share_of_429s_lowers_the_rate_and_success_grows_it_again() -> None:
     async def main(loop: VirtualLoop) -> None:
-        # A first 429 starts a ramp; twenty answers accepted in the next second, then a 429
-        # ends it: the rate starts from that accepted rate (0.7 x 20/s), then grows again.
-        replies = [throttled(), *[json_response(200, {}) for _ in range(20)], throttled()]
-        answer = scripted(*replies, latency=0.01)
+        # 100 answers a second for 1.5 s, then one 429 in every five for a second (a rate
+        # that is too high for the server, which answers the rest): the rate drops to
+        # 0.7 x the accepted rate, and grows again once the 429s stop.
+        throttling = (1.5, 2.5)
+        count = itertools.count()
+
+        async def answer(_: Sent) -> Response:
+            await asyncio.sleep(0.01)
+            if throttling[0] <= loop.time() < throttling[1] and next(count) % 5 == 0:
+                return throttled()
+            return json_response(200, {})
+
         client, _ = timed_client(loop, answer, rate_limit=RateLimit(min_rate=5.0))
         async with client:
-            for i in range(21):
+            for i in range(150):
                 await client.cancel_payment(f"warm-{i}", cancelled_by=CPF)
-            assert client.rate_limit_stats().throttle_events == 2  # type: ignore[union-attr]
-            after_throttle = client.rate_limit_stats()
-            requests = [CancelRequest(f"pay-{i}", CPF) for i in range(1, 400)]
+            assert client.rate_limit_stats().engaged is False  # type: ignore[union-attr]
+            requests = (CancelRequest(f"pay-{i}", CPF) for i in range(100))
+            async for result in client.cancel_many(requests, concurrency=4):
+                assert result.ok
+            lowered = client.rate_limit_stats()
+            requests = (CancelRequest(f"more-{i}", CPF) for i in range(1500))
             async for result in client.cancel_many(requests, concurrency=16):
                 assert result.ok
             later = client.rate_limit_stats()
-        assert after_throttle is not None and after_throttle.allowed_rate is not None
-        assert 5.0 <= after_throttle.allowed_rate < 20.0  # about 0.7 x the accepted 20/s
+        assert lowered is not None and lowered.engaged and lowered.allowed_rate is not None
+        assert lowered.throttle_events >= 3
         assert later is not None and later.allowed_rate is not None
-        assert later.allowed_rate > after_throttle.allowed_rate and later.throttle_events == 2
+        assert later.allowed_rate > lowered.allowed_rate
 
     run_virtual(main)
 
 
-def test_a_first_429_that_was_not_the_rate_costs_one_ramp_then_the_limiter_is_off() -> None:
-    # A 429 on the very first request says nothing about the server's rate: the client
-    # waits out its Retry-After, ramps up from min_rate (1/s, doubling every 0.1 s), and
-    # once the ramp outgrows the calls, sends unthrottled again.
+def test_a_lone_429_changes_nothing_but_its_own_call() -> None:
+    # One 429 among accepted answers says nothing about the server's rate: its call waits
+    # out the Retry-After (capped by the policy), and every other call goes at once.
     async def main(loop: VirtualLoop) -> None:
-        answer = scripted(throttled("0.5"), latency=0.005)
-        client, sends = timed_client(loop, answer, rate_limit=RateLimit())
+        answer = scripted(throttled("86400"), latency=0.005)
+        policy = RetryPolicy(initial_backoff=0, jitter=False, max_retry_after=2.0)
+        client, sends = timed_client(loop, answer, rate_limit=RateLimit(), retry=policy)
         async with client:
-            first = await client.cancel_payment("pay-0", cancelled_by=CPF)
-            stats = client.rate_limit_stats()
+            first = asyncio.create_task(client.cancel_payment("pay-0", cancelled_by=CPF))
+            await asyncio.sleep(0.1)
             started = loop.time()
             for i in range(1, 400):
                 assert (await client.cancel_payment(f"pay-{i}", cancelled_by=CPF)).ok
             elapsed = loop.time() - started
-            after = client.rate_limit_stats()
-        assert first.ok and first.attempts == 2
-        assert sends[1][0] - sends[0][0] >= 0.5  # the Retry-After was honoured
-        assert stats is not None and stats.engaged and stats.allowed_rate is not None
-        # 399 cancels at 200/s take 2 s; the ramp costs well under one more second.
-        assert elapsed < 3.0
-        assert after is not None and not after.engaged and after.allowed_rate is None
+            assert (await first).ok
+            stats = client.rate_limit_stats()
+        assert ids(sends).count("pay-0") == 2
+        retried = [t for t, sent in sends if "pay-0/" in sent.url][1]
+        assert retried == pytest.approx(2.005)  # the Retry-After capped at max_retry_after
+        assert elapsed == pytest.approx(399 * 0.005)  # nobody else waited
+        assert stats is not None and not stats.engaged and stats.throttle_events == 1
 
     run_virtual(main)
 
@@ -294,9 +321,11 @@ def test_no_request_bypasses_the_limiter(monkeypatch: pytest.MonkeyPatch) -> Non
     acquired: list[float] = []
     original = RateLimiter.acquire
 
-    async def counted(self: RateLimiter, max_wait: float = math.inf) -> bool:
+    async def counted(
+        self: RateLimiter, max_wait: float = math.inf, *, priority: bool = False
+    ) -> bool:
         acquired.append(asyncio.get_running_loop().time())
-        return await original(self, max_wait)
+        return await original(self, max_wait, priority=priority)
 
     monkeypatch.setattr(RateLimiter, "acquire", counted)
     seen: Counter[str] = Counter()
@@ -388,18 +417,21 @@ def test_a_slot_past_the_deadline_is_rate_limited_and_sends_nothing() -> None:
     run_virtual(main)
 
 
-def test_a_pause_past_the_deadline_fails_later_calls_without_sending() -> None:
+def test_a_hold_past_the_deadline_fails_later_calls_without_sending() -> None:
     async def main(loop: VirtualLoop) -> None:
         policy = RetryPolicy(initial_backoff=0, jitter=False, deadline=2.0)
-        client, sends = timed_client(loop, scripted(throttled("5")), retry=policy)
+        client, sends = timed_client(loop, scripted(*[throttled("5")] * 8), retry=policy)
         async with client:
-            first = await client.cancel_payment("pay-1", cancelled_by=CPF)
-            second = await client.cancel_payment("pay-2", cancelled_by=CPF)
-        assert isinstance(first, CancelFailed) and first.kind is ErrorKind.RATE_LIMITED
-        assert first.http_status == 429 and first.retry_after == 5.0
-        assert isinstance(second, CancelFailed) and second.kind is ErrorKind.RATE_LIMITED
-        assert second.http_status is None and second.retry_after == pytest.approx(5.0)
-        assert ids(sends) == ["pay-1"]
+            burst = await asyncio.gather(
+                *(client.cancel_payment(f"pay-{i}", cancelled_by=CPF) for i in range(8))
+            )
+            later = await client.cancel_payment("pay-8", cancelled_by=CPF)
+        for first in burst:
+            assert isinstance(first, CancelFailed) and first.kind is ErrorKind.RATE_LIMITED
+            assert first.http_status == 429 and first.retry_after == 5.0
+        assert isinstance(later, CancelFailed) and later.kind is ErrorKind.RATE_LIMITED
+        assert later.http_status is None and later.retry_after == pytest.approx(5.0)
+        assert "pay-8" not in ids(sends)
 
     run_virtual(main)
 
@@ -489,20 +521,23 @@ def test_transport_failures_feed_the_limiter_nothing() -> None:
     run_virtual(main)
 
 
-def test_a_throttle_whose_body_broke_off_still_throttles() -> None:
+def test_a_throttle_whose_body_broke_off_still_counts() -> None:
     async def main(loop: VirtualLoop) -> None:
         cut = Response(
             429, CIMultiDict({"Retry-After": "2"}), b"", cut=(ErrorKind.NETWORK, "broke off")
         )
-        client, sends = timed_client(loop, scripted(cut))
+        client, sends = timed_client(loop, scripted(*[cut] * 8))
         async with client:
-            first = asyncio.create_task(client.cancel_payment("pay-1", cancelled_by=CPF))
+            burst = [
+                asyncio.create_task(client.cancel_payment(f"pay-{i}", cancelled_by=CPF))
+                for i in range(8)
+            ]
             await asyncio.sleep(0.5)
-            assert (await client.cancel_payment("pay-2", cancelled_by=CPF)).ok
-            await first
+            assert (await client.cancel_payment("pay-8", cancelled_by=CPF)).ok
+            await asyncio.gather(*burst)
             stats = client.rate_limit_stats()
-        assert stats is not None and stats.throttle_events == 1 and stats.engaged
-        assert min(t for t, _ in sends[1:]) >= 2.0  # pay-2 waited out the pause
+        assert stats is not None and stats.throttle_events == 8
+        assert min(t for t, _ in sends[8:]) >= 2.0  # eight in a row: a hold, waited out
 
     run_virtual(main)
 
@@ -522,5 +557,104 @@ async def test_a_batch_against_a_tps_limit_ends_with_no_rate_limited_failure() -
         assert all(emulator.effects[pid] == 1 for pid in payments)
     assert len(results) == 300
     assert Counter(r.kind for r in results if isinstance(r, CancelFailed)) == Counter()
-    assert sum(r.status == 429 for r in cancels) / len(cancels) <= 0.10
+    # The first, unthrottled second overfills the window (the 429s tell the client the
+    # limit); after it, at most 5 % of the requests are refused.
+    later = [r for r in cancels if r.time >= cancels[0].time + 1.0]
+    assert sum(r.status == 429 for r in later) / len(later) <= 0.05
     assert stats is not None and stats.engaged and stats.throttle_events >= 1
+
+
+# -- fault shapes on the wire: a storm, noise, a huge Retry-After -------------------------
+
+
+class FaultyKlavi:
+    """A loopback Klavi answering 429s by a rule: a storm in time, or noise by attempt."""
+
+    def __init__(
+        self,
+        *,
+        storm: float = 0.0,
+        noise_every: int = 0,
+        retry_after: str = "1",
+    ) -> None:
+        self.storm, self.noise_every, self.retry_after = storm, noise_every, retry_after
+        self.started: float | None = None
+        self.attempts: Counter[str] = Counter()
+        self.log: list[tuple[float, int]] = []
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        now = asyncio.get_running_loop().time()
+        if self.started is None:
+            self.started = now
+        payment = request.match_info["id"]
+        self.attempts[payment] += 1
+        refused = now - self.started < self.storm or (
+            self.noise_every
+            and self.attempts[payment] == 1
+            and int(payment.rsplit("-", 1)[1]) % self.noise_every == 0
+        )
+        status = 429 if refused else 200
+        self.log.append((now, status))
+        headers = {"Retry-After": self.retry_after} if refused else {}
+        return web.json_response(
+            {} if not refused else {"message": "slow"}, status=status, headers=headers
+        )
+
+    async def start(self, serve: ServerFactory) -> str:
+        app = web.Application()
+        app.router.add_post("/payment/customer/v1/instant/payments/{id}/cancel", self.cancel)
+        return await serve(app)
+
+
+async def _batch(base: str, n: int, **options: Any) -> tuple[list[Any], float]:
+    started = asyncio.get_running_loop().time()
+    async with KlaviClient(TOKEN, base_url=base, **options) as klavi:
+        requests = (CancelRequest(f"pay-{i}", CPF) for i in range(n))
+        results = [r async for r in klavi.cancel_many(requests, concurrency=64)]
+    return results, asyncio.get_running_loop().time() - started
+
+
+async def test_a_storm_that_ends_costs_only_the_storm(serve: ServerFactory) -> None:
+    # Every request refused for 3 s, then an open Klavi: the default client holds (one
+    # probe a Retry-After) instead of spending its calls' attempts, and is back at full
+    # speed when the storm ends.
+    open_klavi = FaultyKlavi()
+    _, open_elapsed = await _batch(await open_klavi.start(serve), 1500)
+    klavi = FaultyKlavi(storm=3.0)
+    results, elapsed = await _batch(await klavi.start(serve), 1500)
+    assert all(r.ok for r in results) and len(results) == 1500
+    during = [t for t, status in klavi.log if status == 429]
+    assert len(during) <= 64 + 10  # the first burst, then a probe a second
+    assert elapsed <= 3.0 + 2.0 + 2 * open_elapsed  # the storm, a probe's wait, the batch
+
+
+async def test_one_off_429s_cost_next_to_nothing(serve: ServerFactory) -> None:
+    # One 429 (Retry-After: 0) on the first attempt of every fifth payment: a gateway's
+    # noise.  No cancel fails, and the batch takes about as long as with no limiter.
+    policy = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
+    timings = {}
+    for name, rate_limit in (("off", None), ("on", RateLimit())):
+        klavi = FaultyKlavi(noise_every=5, retry_after="0")
+        results, timings[name] = await _batch(
+            await klavi.start(serve), 1000, rate_limit=rate_limit, retry=policy
+        )
+        assert all(r.ok for r in results) and len(results) == 1000
+    assert timings["on"] <= 1.3 * timings["off"] + 0.5
+
+
+async def test_a_huge_retry_after_pauses_only_its_call_up_to_max_retry_after(
+    serve: ServerFactory,
+) -> None:
+    klavi = FaultyKlavi(noise_every=1_000_000, retry_after="86400")  # pay-0 only
+    base = await klavi.start(serve)
+    policy = RetryPolicy(max_retry_after=2.0)
+    async with KlaviClient(TOKEN, base_url=base, retry=policy) as client:
+        first = asyncio.create_task(client.cancel_payment("pay-0", cancelled_by=CPF))
+        while not klavi.log:
+            await asyncio.sleep(0.005)
+        others = [await client.cancel_payment(f"pay-{i}", cancelled_by=CPF) for i in range(1, 20)]
+        assert not first.done()  # the others went while pay-0 waits out its Retry-After
+        result = await first
+    assert all(r.ok for r in others)
+    assert result.ok and result.attempts == 2
+    assert 2.0 <= result.elapsed < 30.0  # the cap, not a day

@@ -5,50 +5,25 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import random
-import selectors
-from collections import deque
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from klavi_async._ratecurve import _BETA, _C_PROBE, _DOUBLING, _MARGIN, _Cubic, _Ramp
-from klavi_async._ratelimit import _CATCH_UP, RateLimit, RateLimiter, RateLimitStats
+from klavi_async import RetryPolicy
+from klavi_async._ratecurve import _BETA, _C_ADD, _C_PROBE, _DOUBLING, _K, _MARGIN, _Cubic, _Ramp
+from klavi_async._ratelimit import (
+    _CATCH_UP,
+    _PROBE_MAX,
+    _RUN,
+    _TRIAL,
+    _TRIAL_DELAY,
+    RateLimit,
+    RateLimiter,
+    RateLimitStats,
+)
 
-
-class _VirtualSelector(selectors.DefaultSelector):
-    """Never blocks: a wait for the next timer moves the loop's clock to it instead."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.now = 0.0
-
-    def select(self, timeout: float | None = None) -> list[Any]:
-        if timeout is None:
-            raise RuntimeError("deadlock: nothing scheduled and nothing ready")
-        self.now += max(timeout, 0.0)
-        return super().select(0)
-
-
-class VirtualLoop(asyncio.SelectorEventLoop):
-    """An event loop on virtual time: `asyncio.sleep(60)` takes microseconds."""
-
-    def __init__(self) -> None:
-        self._virtual = _VirtualSelector()
-        super().__init__(self._virtual)
-
-    def time(self) -> float:
-        return self._virtual.now
-
-
-def run(main: Callable[[VirtualLoop], Coroutine[Any, Any, Any]]) -> Any:
-    loop = VirtualLoop()
-    try:
-        return loop.run_until_complete(main(loop))
-    finally:
-        loop.close()
+from .ratesim import Client, Server, VirtualLoop, late_sleep, run, simulate
 
 
 class FakeClock:
@@ -109,64 +84,297 @@ def test_coerce() -> None:
         RateLimit.coerce(-1)
 
 
-# -- the rate rule --------------------------------------------------------------------
+# -- the rate rule ------------------------------------------------------------
 
 
-def read(limiter: RateLimiter, clock: FakeClock, accepted: int) -> None:
-    """Take *limiter* into the cubic phase: a first throttle, a ramp, `accepted` answers
-    accepted over 0.5 s, and the throttle that ends the ramp (rate `beta * accepted`)."""
-    limiter.on_throttle(None, sent_at=clock.now)
-    clock.now += 0.5
-    for _ in range(accepted):
-        limiter.on_success()
-    limiter.on_throttle(None, sent_at=clock.now)
-    clock.now += 1.5  # past the reading's completion
+def refuse(limiter: RateLimiter, clock: FakeClock, n: int, retry_after: float | None = 1.0) -> None:
+    """*n* refusals in a row, 1 ms apart, each for a request sent just before."""
+    for _ in range(n):
+        clock.now += 0.001
+        limiter.on_throttle(retry_after, sent_at=clock.now - 0.0005)
 
 
-def test_unthrottled_until_the_first_throttle_then_a_ramp_from_the_end_of_the_pause() -> None:
-    clock = FakeClock()
-    limiter = RateLimiter(RateLimit(min_rate=2.0), clock=clock, sleep=no_sleep)
-    assert limiter.engaged is False
-    assert run(lambda _: limiter.acquire(max_wait=0.0)) is True
-    for _ in range(80):
+def accept(limiter: RateLimiter, clock: FakeClock, n: int, spacing: float = 0.01) -> None:
+    for _ in range(n):
+        clock.now += spacing
+        limiter.on_success(clock.now - spacing / 2)
+
+
+def lowered(limiter: RateLimiter, clock: FakeClock) -> None:
+    """Into the cubic phase from a second of 100/s with one refusal in ten."""
+    for i in range(100):
         clock.now += 0.01
-        limiter.on_success()
-    assert limiter.stats() == RateLimitStats(
-        allowed_rate=None, throttle_events=0, wait_time=0.0, waits=0, engaged=False
-    )
-    limiter.on_throttle(1.0, sent_at=clock.now - 0.01)
-    # The 80 accepted decide nothing: a ramp from min_rate, starting when the pause ends.
-    assert limiter.engaged and limiter.stats().throttle_events == 1
-    assert limiter.rate == 2.0
-    assert limiter.delay() == pytest.approx(1.0)
-    clock.now += 1.0 + 3 * _DOUBLING
-    assert limiter.rate == pytest.approx(16.0)
-    # Answers to the burst's other requests do not end the ramp: they were sent before it.
-    limiter.on_throttle(None, sent_at=0.79)
-    assert limiter.rate == pytest.approx(16.0)
+        if i % 10 == 9:
+            limiter.on_throttle(1.0, sent_at=clock.now - 0.005)
+        else:
+            limiter.on_success(clock.now - 0.005)
 
 
-def test_the_throttle_ending_the_ramp_reads_the_accepted_rate_and_late_answers_complete_it() -> (
-    None
-):
+def test_a_lone_429_changes_nothing() -> None:
     clock = FakeClock()
     limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
-    limiter.on_throttle(None, sent_at=0.0)
-    clock.now = 0.4
-    for _ in range(30):
-        limiter.on_success()
-    limiter.on_throttle(1.0, sent_at=0.39)  # sent during the ramp: it ends the ramp
-    assert limiter.rate == pytest.approx(30 * _BETA)
-    for _ in range(30):  # the rest of the ramp's requests were accepted too
-        limiter.on_success()
-    limiter.on_throttle(1.0, sent_at=0.38)
-    assert limiter.rate == pytest.approx(60 * _BETA)
-    limiter.on_throttle(1.0, sent_at=0.38)  # nothing new: no change
-    assert limiter.rate == pytest.approx(60 * _BETA)
-    clock.now = 1.5  # a second on, the reading is complete
-    for _ in range(200):
-        limiter.on_success()
-    assert limiter.rate < 200 * _BETA
+    assert limiter.engaged is False
+    accept(limiter, clock, 150)
+    limiter.on_throttle(86400.0, sent_at=clock.now)
+    accept(limiter, clock, 50)
+    limiter.on_throttle(None, sent_at=clock.now)
+    assert limiter.stats() == RateLimitStats(
+        allowed_rate=None, throttle_events=2, wait_time=0.0, waits=0, engaged=False
+    )
+    assert limiter.delay() == 0.0
+
+
+def test_a_share_of_429s_lowers_the_rate_to_beta_of_the_accepted_rate() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    accept(limiter, clock, 100)  # a second at 100/s
+    lowered(limiter, clock)
+    assert limiter.engaged
+    rate = limiter.rate
+    assert rate is not None and _BETA * 85 <= rate <= (1 - _MARGIN) * 95
+
+
+def test_no_share_is_evidence_in_the_first_second() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    for _ in range(40):  # a fifth refused, but only 0.36 s of answers: not yet evidence
+        accept(limiter, clock, 4, spacing=0.002)
+        refuse(limiter, clock, 1)
+    assert limiter.engaged is False
+
+
+def test_a_run_of_refusals_holds_then_the_first_probe_starts_a_ramp() -> None:
+    async def main(loop: VirtualLoop) -> None:
+        clock = FakeClock()
+        clock.now = loop.time()
+        limiter = RateLimiter(RateLimit(min_rate=2.0), clock=loop.time)
+        for _ in range(50):
+            limiter.on_success(loop.time())
+        first = loop.time()
+        for _ in range(_RUN):
+            limiter.on_throttle(1.0, sent_at=first)
+        assert limiter.engaged and limiter.delay() == pytest.approx(1.0)
+        assert not await limiter.acquire(max_wait=0.5)  # the pause is longer than that
+        assert await limiter.acquire()  # the probe, at the end of the pause
+        assert loop.time() == pytest.approx(first + 1.0)
+        assert limiter.delay() == pytest.approx(1.0)  # nothing more until it is answered
+        probe = loop.time()
+        waiting = asyncio.ensure_future(limiter.acquire())
+        await asyncio.sleep(0.01)
+        limiter.on_success(probe)  # accepted: the window was full, a ramp from min_rate
+        assert await waiting
+        assert loop.time() == pytest.approx(probe + 0.01)  # woken at once
+        assert limiter.rate == pytest.approx(2.0 * 2 ** (0.01 / _DOUBLING))
+
+    run(main)
+
+
+def test_a_storm_restores_the_rate_from_before_it() -> None:
+    async def main(loop: VirtualLoop) -> None:
+        limiter = RateLimiter(RateLimit(), clock=loop.time)
+        for _ in range(_RUN):  # a storm from the very start
+            limiter.on_throttle(None, sent_at=loop.time())
+        assert limiter.engaged
+        interval = 0.25
+        for _ in range(6):  # every probe refused: the pause doubles up to _PROBE_MAX
+            assert await limiter.acquire()
+            sent = loop.time()
+            await asyncio.sleep(0.001)
+            limiter.on_throttle(None, sent_at=sent)
+            interval = min(2 * interval, _PROBE_MAX)
+            assert limiter.delay() == pytest.approx(interval)
+        assert await limiter.acquire()
+        limiter.on_success(loop.time())  # the storm is over: unthrottled, as before it
+        assert not limiter.engaged and limiter.rate is None
+
+    run(main)
+
+
+def test_a_storm_in_the_cubic_phase_restores_that_rate() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    accept(limiter, clock, 100)
+    lowered(limiter, clock)
+    before = limiter.rate
+    refuse(limiter, clock, _RUN, retry_after=1.0)
+    clock.now += 1.0
+    assert run(lambda _: limiter.acquire(max_wait=0.0))  # the probe
+    refuse(limiter, clock, 1, retry_after=1.0)  # refused: a storm
+    clock.now += 1.0
+    assert run(lambda _: limiter.acquire(max_wait=0.0))
+    clock.now += 0.001
+    limiter.on_success(clock.now - 0.0005)
+    assert limiter.rate == before
+
+
+def test_a_retry_after_pause_is_what_the_caller_passes() -> None:
+    # The client caps Retry-After at the policy's max_retry_after before telling the
+    # limiter; the limiter pauses for what it is told.
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    refuse(limiter, clock, _RUN, retry_after=2.0)
+    assert limiter.delay() == pytest.approx(2.0 - (_RUN - 1) * 0.001)
+
+
+def test_a_decrease_that_does_not_make_429s_rarer_twice_is_undone_as_noise() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+
+    def noisy(seconds: float) -> None:  # one in five refused, whatever the rate
+        for i in range(int(seconds * 200)):
+            clock.now += 0.005
+            if i % 5 == 0:
+                limiter.on_throttle(0.0, sent_at=clock.now - 0.001)
+            else:
+                limiter.on_success(clock.now - 0.001)
+
+    noisy(1.2)
+    assert limiter.engaged  # a fifth refused looks like rate at first
+    noisy(2 * (_TRIAL_DELAY + _TRIAL / 200) + 1.5)  # one trial suspect, a second: noise
+    assert not limiter.engaged
+    noisy(3.0)  # and remembered: the same share no longer lowers the rate
+    assert not limiter.engaged
+
+
+def test_a_decrease_that_makes_429s_rarer_stands() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    accept(limiter, clock, 100)
+    lowered(limiter, clock)
+    rate = limiter.rate
+    accept(limiter, clock, 200)  # no refusal at the lower rate: it was the rate
+    assert limiter.engaged and limiter.rate is not None and limiter.rate >= rate
+
+
+def test_the_ramp_ends_on_a_throttle_with_a_reading_and_a_hold() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    clock.now = 1.0
+    refuse(limiter, clock, _RUN)
+    clock.now += 1.0
+    assert run(lambda _: limiter.acquire(max_wait=0.0))
+    accept(limiter, clock, 1, spacing=0.001)  # the probe: a ramp from min_rate
+    assert limiter.rate is not None and limiter.rate < 2.0
+    accept(limiter, clock, 60, spacing=0.005)
+    refuse(limiter, clock, 2, retry_after=1.0)  # the ramp found the limit
+    assert limiter.rate == pytest.approx(_BETA * 61, rel=0.05)
+    assert limiter.delay() > 0.9  # and the window drains before it goes on
+
+
+def test_cubic_curve() -> None:
+    cubic = _Cubic(1.0, math.inf)
+    cubic.decrease(0.0, 100.0)
+    w_max = 100 * (1 - _MARGIN)
+    assert (cubic.rate, cubic.w_max) == (pytest.approx(70.0), pytest.approx(w_max))
+    previous = cubic.rate
+    for t in (0.25 * _K, 0.5 * _K, 0.75 * _K):
+        rate = cubic.grow(t, math.inf)
+        assert previous < rate < w_max
+        previous = rate
+    assert cubic.grow(_K, math.inf) == pytest.approx(w_max)
+    # Past K a probe scaled by w_max, plus the same for every process.
+    assert cubic.grow(_K + 1, math.inf) == pytest.approx(w_max * (1 + _C_PROBE) + _C_ADD)
+    assert cubic.grow(_K + 2, math.inf) == pytest.approx(w_max * (1 + 8 * _C_PROBE) + 8 * _C_ADD)
+
+
+def test_growth_never_more_than_the_cap_above_the_rate_and_never_down() -> None:
+    cubic = _Cubic(1.0, math.inf)
+    cubic.decrease(0.0, 100.0)
+    assert cubic.grow(1000.0, 80.0) == 80.0  # twice the accepted rate, not the curve's
+    assert cubic.grow(1001.0, 10.0) == 80.0  # a pause empties the meter: the rate stays
+
+
+def test_save_and_restore() -> None:
+    cubic = _Cubic(1.0, math.inf)
+    cubic.decrease(0.0, 100.0)
+    saved = cubic.save()
+    cubic.decrease(1.0, 50.0)
+    cubic.restore(saved)
+    assert (cubic.rate, cubic.w_max) == (pytest.approx(70.0), pytest.approx(95.0))
+
+
+def test_max_and_min_rate() -> None:
+    cubic = _Cubic(10.0, 50.0)
+    cubic.decrease(0.0, 5.0)
+    assert cubic.rate == 10.0
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(50, min_rate=10), clock=clock, sleep=no_sleep)
+    accept(limiter, clock, 100)
+    lowered(limiter, clock)
+    assert limiter.rate is not None and 10.0 <= limiter.rate < 50.0
+    for _ in range(5000):
+        clock.now += 0.01
+        limiter.on_success(clock.now - 0.001)
+    assert limiter.rate == 50.0
+
+
+def test_fixed_cap_holds_but_keeps_its_rate() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit.coerce(20.0), clock=clock)  # type: ignore[arg-type]
+    accept(limiter, clock, 10)
+    refuse(limiter, clock, 3)
+    assert limiter.rate == 20.0 and limiter.delay() <= 0.05  # a few 429s: nothing
+    refuse(limiter, clock, _RUN, retry_after=3.0)
+    assert limiter.delay() == pytest.approx(3.0, abs=0.01)
+    clock.now += 3.0
+    assert run(lambda _: limiter.acquire(max_wait=0.0))
+    accept(limiter, clock, 1, spacing=0.001)
+    assert limiter.rate == 20.0 and limiter.delay() <= 0.05
+
+
+def test_a_status_read_queues_ahead_of_the_cancels() -> None:
+    async def main(loop: VirtualLoop) -> list[str]:
+        limiter = RateLimiter(RateLimit(10, adaptive=False), clock=loop.time)
+        order: list[str] = []
+
+        async def one(name: str, priority: bool) -> None:
+            assert await limiter.acquire(priority=priority)
+            order.append(name)
+
+        tasks = [asyncio.ensure_future(one(f"cancel-{i}", False)) for i in range(5)]
+        await asyncio.sleep(0.01)
+        tasks += [asyncio.ensure_future(one(f"read-{i}", True)) for i in range(2)]
+        await asyncio.gather(*tasks)
+        return order
+
+    # cancel-0 went at once and cancel-1 was the head, asleep to its slot; the reads
+    # go right after it, before the other cancels, in their own order.
+    assert run(main) == ["cancel-0", "cancel-1", "read-0", "read-1"] + [
+        f"cancel-{i}" for i in range(2, 5)
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["ok", "429", "429-old"]),
+            st.floats(0, 2),
+            st.floats(0, 2) | st.none(),
+        ),
+        max_size=300,
+    ),
+    st.floats(1, 50),
+    st.floats(1, 500) | st.none(),
+)
+def test_rate_stays_within_bounds(
+    events: list[tuple[str, float, float | None]], min_rate: float, span: float | None
+) -> None:
+    max_rate = None if span is None else min_rate + span
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(max_rate, min_rate=min_rate), clock=clock)
+    for kind, step, retry_after in events:
+        clock.now += step
+        if kind == "ok":
+            limiter.on_success(clock.now - 0.001)
+        else:
+            sent = clock.now - 0.001 if kind == "429" else -1.0
+            limiter.on_throttle(retry_after, sent_at=sent)
+        rate = limiter.rate
+        if rate is not None:
+            assert min_rate <= rate <= (max_rate or math.inf)
+        assert limiter.delay() >= 0.0
+        assert limiter.delay() <= 2.0 + 1e-9  # never past what it was told to wait
 
 
 def test_ramp_slots_follow_the_curve() -> None:
@@ -196,256 +404,20 @@ def test_ramp_slots_follow_the_curve() -> None:
     assert ramp.rate(3600.0) == 2.0**60 and ramp.after(3600.0) >= 3600.0
 
 
-def test_a_ramp_that_keeps_no_call_waiting_goes_back_to_free() -> None:
-    # A 429 that was not the rate (a single planned one, say): once the ramp outgrows the
-    # traffic the limiter is off the request path again, as before any throttle.
-    async def main(loop: VirtualLoop) -> tuple[RateLimitStats, float]:
-        limiter = RateLimiter(RateLimit(), clock=loop.time)
-        limiter.on_throttle(0.5, sent_at=0.0)
-
-        async def steady(n: int) -> None:  # 200 calls a second, one at a time
-            for _ in range(n):
-                assert await limiter.acquire()
-                await asyncio.sleep(0.005)
-                limiter.on_success()
-
-        await steady(400)
-        return limiter.stats(), loop.time()
-
-    stats, took = run(main)
-    assert stats.engaged is False and stats.allowed_rate is None
-    assert took < 0.5 + 1.2 + 2.0  # the pause, the ramp to 200/s, then full speed
-
-
-def test_a_ramp_that_reaches_max_rate_holds_it_under_the_cubic_rule() -> None:
-    clock = FakeClock()
-    limiter = RateLimiter(RateLimit(50.0), clock=clock, sleep=no_sleep)
-    limiter.on_throttle(None, sent_at=0.0)
-    assert limiter.rate == 1.0
-    clock.now = 1.0  # 2**10 past 50/s
-    assert limiter.rate == 50.0
-    limiter.on_success()
-    assert limiter.engaged and limiter.rate == 50.0
-    # No new ramp from 1/s (a limit just under max_rate would cycle through ramps): a decrease.
-    limiter.on_throttle(None, sent_at=clock.now)
-    assert limiter.rate == pytest.approx(50.0 * _BETA)
-
-
-def test_the_ramp_does_not_end_while_calls_are_queued() -> None:
-    # 2,000 calls queued behind the pause: the ramp spreads them along its curve, however
-    # long ago the last call joined the queue (it used to let the rest go in one burst).
-    async def main(loop: VirtualLoop) -> list[float]:
-        limiter = RateLimiter(RateLimit(), clock=loop.time)
-        limiter.on_throttle(1.0, sent_at=0.0)
-        times: list[float] = []
-
-        async def one() -> None:
-            assert await limiter.acquire()
-            times.append(loop.time())
-            if len(times) < 2000:
-                assert limiter.engaged
-            limiter.on_success()
-
-        await asyncio.gather(*(one() for _ in range(2000)))
-        return times
-
-    times = run(main)
-    assert times[-1] == pytest.approx(_Ramp(1.0, 1.0, math.inf).after(1.0, 1999), abs=0.03)
-    assert max(times.count(t) for t in set(times)) <= 2
-
-
-def test_a_ramp_does_not_end_during_a_pause_and_a_longer_pause_moves_its_start() -> None:
-    clock = FakeClock()
-    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
-    limiter.on_throttle(None, sent_at=0.0)  # no Retry-After: the ramp would start at once
-    clock.now = 0.3
-    limiter.on_throttle(5.0, sent_at=-0.1)  # a late answer to the burst: pause to 5.3 s
-    clock.now = 1.0
-    limiter.on_success()
-    assert limiter.engaged  # not back to free with a pause running
-    assert run(lambda _: limiter.acquire(max_wait=0.0)) is False
-    clock.now = 5.3
-    assert limiter.rate == 1.0  # the curve starts at the pause's end, not 5.3 s up it
-    # The milliseconds by which the burst's other 429s extend a pause do not move it.
-    clock.now = 10.0
-    other = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
-    other.on_throttle(1.0, sent_at=9.99)
-    clock.now = 10.02
-    other.on_throttle(1.0, sent_at=9.995)
-    clock.now = 11.02
-    assert other.rate == pytest.approx(2 ** (0.02 / _DOUBLING))
-
-
-def test_a_429_for_a_request_sent_in_the_same_tick_is_not_fresh() -> None:
-    clock = FakeClock()
-    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
-    for _ in range(50):
-        limiter.on_success()
-    limiter.on_throttle(None, sent_at=0.0)
-    limiter.on_throttle(None, sent_at=0.0)  # a coarse clock: same reading, still the burst
-    clock.now = 0.5
-    assert limiter.rate == pytest.approx(32.0)  # still ramping, not read from the burst
-
-
-def test_a_capped_ramp_refuses_at_once_what_it_would_refuse_later() -> None:
-    async def main(loop: VirtualLoop) -> list[tuple[bool, float]]:
-        limiter = RateLimiter(RateLimit(50.0), clock=loop.time)
-        limiter.on_throttle(None, sent_at=-1.0)
-
-        async def one() -> tuple[bool, float]:
-            return await limiter.acquire(max_wait=2.2), loop.time()
-
-        return await asyncio.gather(*(one() for _ in range(110)))
-
-    results = run(main)
-    assert all(when <= 2.2 + 1e-9 for ok, when in results if ok)
-    assert all(when == 0.0 for ok, when in results if not ok)  # told at once
-    assert sum(ok for ok, _ in results) == pytest.approx(89, abs=1)
-
-
-def test_queued_calls_are_not_refused_for_the_ramps_slow_start() -> None:
-    # At 1/s, 64 queued calls would take 64 s; on the ramp, they all go within a second.
-    async def main(loop: VirtualLoop) -> list[bool]:
-        limiter = RateLimiter(RateLimit(), clock=loop.time)
-        limiter.on_throttle(1.0, sent_at=0.0)
-        results = await asyncio.gather(*(limiter.acquire(max_wait=3.0) for _ in range(64)))
-        assert loop.time() < 2.0
-        return results
-
-    assert all(run(main))
-
-
-def test_a_burst_of_throttles_is_one_decrease() -> None:
-    clock = FakeClock()
-    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
-    read(limiter, clock, 100)
-    assert limiter.engaged and limiter.rate == pytest.approx(70.0)
-    sent = clock.now
-    clock.now += 0.01
-    limiter.on_throttle(None, sent_at=sent)
-    assert limiter.rate == pytest.approx(49.0)
-    for i in range(20):  # answers to requests sent before the decrease
-        clock.now += 0.001
-        limiter.on_throttle(None, sent_at=sent + i * 0.0005)
-    assert limiter.rate == pytest.approx(49.0)
-    clock.now += 0.01
-    limiter.on_throttle(None, sent_at=clock.now - 0.005)  # sent at the new rate
-    assert limiter.rate == pytest.approx(49.0 * _BETA)
-    assert limiter.stats().throttle_events == 24
-
-
-def test_without_sent_at_one_decrease_per_half_second() -> None:
-    clock = FakeClock()
-    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
-    read(limiter, clock, 100)
-    limiter.on_throttle()
-    start = clock.now
-    clock.now = start + 0.49
-    limiter.on_throttle()
-    assert limiter.rate == pytest.approx(49.0)
-    clock.now = start + 0.5
-    limiter.on_throttle()
-    assert limiter.rate == pytest.approx(34.3)
-
-
-def test_cubic_curve() -> None:
-    cubic = _Cubic(1.0, math.inf)
-    cubic.decrease(0.0, 100.0)
-    w_max = 100 * (1 - _MARGIN)
-    assert (cubic.rate, cubic.w_max) == (pytest.approx(70.0), pytest.approx(w_max))
-    k = cubic.k
-    assert 0.5 < k < 2.0  # quick recovery: mostly inside a Retry-After pause
-    uncapped = math.inf
-    previous = cubic.rate
-    for t in (0.25 * k, 0.5 * k, 0.75 * k):
-        rate = cubic.grow(t, uncapped)
-        assert previous < rate < w_max
-        previous = rate
-    assert cubic.grow(k, uncapped) == pytest.approx(w_max)
-    # Past K a slow probe: C_PROBE * (t - K)^3 above w_max.
-    assert cubic.grow(k + 10, uncapped) == pytest.approx(w_max + _C_PROBE * 1000)
-    assert cubic.grow(k + 40, uncapped) == pytest.approx(w_max + _C_PROBE * 40**3)
-
-
-def test_growth_never_more_than_the_cap_above_the_rate_and_never_down() -> None:
-    cubic = _Cubic(1.0, math.inf)
-    cubic.decrease(0.0, 100.0)
-    assert cubic.grow(1000.0, 80.0) == 80.0  # twice the accepted rate, not the curve's 500k
-    assert cubic.grow(1001.0, 10.0) == 80.0  # a pause empties the meter: the rate stays
-
-
-def test_fast_convergence_yields_more_below_the_last_w_max() -> None:
-    cubic = _Cubic(1.0, math.inf)
-    cubic.decrease(0.0, 100.0)
-    cubic.decrease(5.0, 80.0)
-    assert cubic.w_max == pytest.approx(80 * (1 + _BETA) / 2)
-
-
-def test_max_and_min_rate() -> None:
-    clock = FakeClock()
-    limiter = RateLimiter(RateLimit(50, min_rate=10), clock=clock, sleep=no_sleep)
-    for _ in range(20):
-        clock.now += 1.0
-        limiter.on_throttle(None, sent_at=clock.now)
-    assert limiter.rate == 10.0
-    for _ in range(5000):
-        clock.now += 0.01
-        limiter.on_success()
-    assert limiter.rate == 50.0
-
-
-def test_fixed_cap_pauses_but_keeps_its_rate() -> None:
-    clock = FakeClock()
-    limiter = RateLimiter(RateLimit.coerce(20.0), clock=clock)  # type: ignore[arg-type]
-    limiter.on_throttle(3.0, sent_at=0.0)
-    limiter.on_success()
-    assert limiter.rate == 20.0
-    assert limiter.delay() == pytest.approx(3.0)
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.sampled_from(["ok", "429", "429-burst"]),
-            st.floats(0, 5),
-            st.floats(0, 2) | st.none(),
-        ),
-        max_size=200,
-    ),
-    st.floats(1, 50),
-    st.floats(1, 500) | st.none(),
-)
-def test_rate_stays_within_bounds(
-    events: list[tuple[str, float, float | None]], min_rate: float, span: float | None
-) -> None:
-    max_rate = None if span is None else min_rate + span
-    clock = FakeClock()
-    limiter = RateLimiter(RateLimit(max_rate, min_rate=min_rate), clock=clock)
-    for kind, step, retry_after in events:
-        clock.now += step
-        if kind == "ok":
-            limiter.on_success()
-        else:
-            sent = clock.now - 0.01 if kind == "429" else -1.0
-            limiter.on_throttle(retry_after, sent_at=sent)
-        rate = limiter.rate
-        if rate is not None:
-            assert min_rate <= rate <= (max_rate or math.inf)
-        assert limiter.delay() >= 0.0
-
-
 # -- the queue ------------------------------------------------------------------------
 
 
 def test_retry_after_pauses_every_waiter() -> None:
     async def main(loop: VirtualLoop) -> list[float]:
         limiter = RateLimiter(RateLimit(1000, adaptive=False), clock=loop.time)
-        limiter.on_throttle(2.0, sent_at=0.0)  # a 2 s pause, 1000/s after it
+        for _ in range(_RUN):  # a run of refusals: a 2 s pause, a probe, 1000/s after it
+            limiter.on_throttle(2.0, sent_at=0.0)
 
         async def one() -> float:
             assert await limiter.acquire()
-            return loop.time()
+            sent = loop.time()
+            limiter.on_success(sent)  # answered at once
+            return sent
 
         times = await asyncio.gather(*(one() for _ in range(8)))
         stats = limiter.stats()
@@ -501,7 +473,8 @@ def test_a_pause_refuses_queued_calls_it_would_keep_past_their_deadline() -> Non
 
         tasks = [asyncio.ensure_future(one(w)) for w in (1.0, 1.0, 1.0, 5.0)]
         await asyncio.sleep(0.01)
-        limiter.on_throttle(2.0)  # fixed cap: no decrease, a pause to 2.01
+        for _ in range(_RUN):  # fixed cap: no decrease, a pause to 2.01
+            limiter.on_throttle(2.0, sent_at=0.005)
         return await asyncio.gather(*tasks)
 
     # The first went at 0; the head (due at 0.1) finds the pause when it wakes and gives
@@ -509,19 +482,10 @@ def test_a_pause_refuses_queued_calls_it_would_keep_past_their_deadline() -> Non
     assert run(main) == [(True, 0.0), (False, 0.1), (False, 0.01), (True, 2.01)]
 
 
-def _late_sleep(lateness: float) -> Callable[[float], Coroutine[Any, Any, None]]:
-    """A sleep that wakes `lateness` seconds late, as a busy event loop does."""
-
-    async def sleep(delay: float) -> None:
-        await asyncio.sleep(delay + lateness)
-
-    return sleep
-
-
 def test_a_late_wake_up_does_not_drift_the_schedule() -> None:
     async def main(loop: VirtualLoop) -> list[float]:
         limiter = RateLimiter(
-            RateLimit(100, adaptive=False), clock=loop.time, sleep=_late_sleep(0.003)
+            RateLimit(100, adaptive=False), clock=loop.time, sleep=late_sleep(0.003)
         )
 
         async def one() -> float:
@@ -540,7 +504,7 @@ def test_a_late_wake_up_does_not_drift_the_schedule() -> None:
 def test_a_stalled_loop_earns_at_most_the_catch_up_burst() -> None:
     async def main(loop: VirtualLoop) -> list[float]:
         limiter = RateLimiter(
-            RateLimit(100, adaptive=False), clock=loop.time, sleep=_late_sleep(1.0)
+            RateLimit(100, adaptive=False), clock=loop.time, sleep=late_sleep(1.0)
         )
 
         async def one() -> float:
@@ -558,133 +522,140 @@ def test_a_stalled_loop_earns_at_most_the_catch_up_burst() -> None:
     assert times[len(burst) + 1] > 1.01
 
 
-# -- simulations ----------------------------------------------------------------------
+# -- simulations: the fault shapes, on virtual time ----------------------------------------
 
 
-class WindowServer:
-    """The emulator's `tps_limit`: 429 (Retry-After 1) past `limit` accepted in any 1 s."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.recent: deque[float] = deque()
-        self.log: list[tuple[float, int, bool]] = []
-
-    def admit(self, now: float, who: int) -> bool:
-        while self.recent and now - self.recent[0] >= 1.0:
-            self.recent.popleft()
-        accepted = len(self.recent) < self.limit
-        if accepted:
-            self.recent.append(now)
-        self.log.append((now, who, accepted))
-        return accepted
-
-
-def simulate(
-    limit: int,
-    concurrency: int,
-    clients: int,
-    duration: float,
-    warm_up: float,
-    seed: int = 1,
-    lateness: float | tuple[float, ...] = 0.0,
-    starts: tuple[float, ...] | None = None,
-) -> tuple[float, float, list[float]]:
-    """
-    Goodput / limit, 429 share and each client's share after the warm-up.
-
-    `lateness` is how late the limiter's sleeps wake up (a real, busy event loop's), one
-    for all clients or one per client; `starts` when each client starts sending.
-    """
-    late = (lateness,) * clients if isinstance(lateness, float) else lateness
-    server = WindowServer(limit)
-    rng = random.Random(seed)
-
-    async def caller(loop: VirtualLoop, limiter: RateLimiter, who: int) -> None:
-        if starts:
-            await asyncio.sleep(starts[who])
-        while loop.time() < duration:
-            if limiter.engaged:
-                assert await limiter.acquire()
-            sent = loop.time()
-            await asyncio.sleep(0.002 + rng.random() * 0.004)
-            accepted = server.admit(loop.time(), who)
-            await asyncio.sleep(0.002 + rng.random() * 0.002)
-            if accepted:
-                limiter.on_success()
-            else:
-                limiter.on_throttle(1.0, sent_at=sent)
-                await asyncio.sleep(1.0)  # the call's own retry waits out Retry-After too
-
-    async def main(loop: VirtualLoop) -> None:
-        limiters = [
-            RateLimiter(RateLimit(), clock=loop.time, sleep=_late_sleep(late[who]))
-            for who in range(clients)
-        ]
-        await asyncio.gather(
-            *(
-                caller(loop, lim, who)
-                for who, lim in enumerate(limiters)
-                for _ in range(concurrency)
-            )
-        )
-
-    run(main)
-    log = [entry for entry in server.log if entry[0] >= warm_up]
-    accepted = [sum(1 for _, w, ok in log if ok and w == who) for who in range(clients)]
-    goodput = sum(accepted) / (duration - warm_up) / limit
-    throttled = sum(1 for *_, ok in log if not ok) / len(log)
-    return goodput, throttled, [a / sum(accepted) for a in accepted]
+def steady(limit: int) -> Server:
+    return Server(limit=lambda _: limit)
 
 
 @pytest.mark.parametrize(("limit", "concurrency"), [(100, 64), (500, 128)])
-def test_one_client_runs_at_the_limit(limit: int, concurrency: int) -> None:
-    goodput, throttled, _ = simulate(limit, concurrency, 1, duration=70.0, warm_up=10.0)
-    assert goodput >= 0.9
-    assert throttled <= 0.05
+def test_one_client_runs_at_a_steady_limit(limit: int, concurrency: int) -> None:
+    server, client = steady(limit), Client(until=40.0, concurrency=concurrency)
+    simulate(server, [client])
+    assert server.accepted(None, 10.0, 40.0) / 30.0 / limit >= 0.9
+    assert server.share_refused(10.0, 40.0) <= 0.05
+    assert set(client.results) == {"ok"}  # nothing failed RATE_LIMITED
 
 
 @pytest.mark.parametrize(("limit", "concurrency"), [(500, 128), (200, 32), (100, 64)])
 def test_one_client_runs_at_the_limit_on_a_late_event_loop(limit: int, concurrency: int) -> None:
-    # The bench's shapes; a sleep 1 ms late used to cost a third of the rate at 500/s.
-    goodput, throttled, _ = simulate(
-        limit, concurrency, 1, duration=40.0, warm_up=10.0, lateness=0.001
-    )
-    assert goodput >= 0.9
-    assert throttled <= 0.05
+    # A sleep 1 ms late (a busy event loop) used to cost a third of the rate at 500/s.
+    server = steady(limit)
+    simulate(server, [Client(until=30.0, concurrency=concurrency, lateness=0.001)])
+    assert server.accepted(None, 10.0, 30.0) / 20.0 / limit >= 0.9
+    assert server.share_refused(10.0, 30.0) <= 0.05
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_two_clients_started_together_share_fairly_on_unequally_late_loops(seed: int) -> None:
-    # The bench's two processes: one batch's length, released together, one process's
-    # event loop later than the other's.
-    goodput, throttled, shares = simulate(
-        100, 64, 2, duration=32.0, warm_up=2.0, seed=seed, lateness=(0.0005, 0.004)
-    )
-    assert goodput >= 0.85
-    assert throttled <= 0.05
+def test_two_clients_started_together_share_fairly(seed: int) -> None:
+    server = steady(100)
+    clients = [Client(until=32.0, lateness=late) for late in (0.0005, 0.004)]
+    simulate(server, clients, seed=seed)
+    shares = [server.accepted(who, 4.0, 32.0) for who in range(2)]
+    assert sum(shares) / 28.0 / 100 >= 0.85
+    assert server.share_refused(4.0, 32.0) <= 0.06
     for share in shares:
-        assert abs(share * 2 - 1) <= 0.2, shares
+        assert abs(share / sum(shares) * 2 - 1) <= 0.2, shares
 
 
-@pytest.mark.parametrize(("starts", "seed"), [((0.0, 0.01), 1), ((0.02, 0.0), 2)])
-def test_two_clients_whose_first_bursts_split_unevenly_still_share_fairly(
-    starts: tuple[float, float], seed: int
-) -> None:
-    # One client 10-20 ms ahead takes nearly all of the first window (the bench measured
-    # 79/21 from CPU scheduling alone); the ramp after the first pause evens that out.
-    goodput, throttled, shares = simulate(
-        100, 64, 2, duration=32.0, warm_up=4.0, seed=seed, lateness=(0.0005, 0.004), starts=starts
-    )
-    assert goodput >= 0.9
-    assert throttled <= 0.05
+@pytest.mark.parametrize("seed", [1, 2])
+def test_three_clients_share_a_limit(seed: int) -> None:
+    server = steady(100)
+    simulate(server, [Client(until=60.0) for _ in range(3)], seed=seed)
+    shares = [server.accepted(who, 20.0, 60.0) for who in range(3)]
+    assert sum(shares) / 40.0 / 100 >= 0.85
+    assert server.share_refused(20.0, 60.0) <= 0.08
     for share in shares:
-        assert abs(share * 2 - 1) <= 0.1, shares
+        assert abs(share / sum(shares) * 3 - 1) <= 0.25, shares
 
 
-@pytest.mark.parametrize(("clients", "seed"), [(2, 1), (2, 2), (3, 1), (3, 2)])
-def test_clients_sharing_a_limit_converge_to_fair_shares(clients: int, seed: int) -> None:
-    goodput, throttled, shares = simulate(100, 64, clients, 120.0, 30.0, seed=seed)
-    assert goodput >= 0.85
-    assert throttled <= 0.05
-    for share in shares:
-        assert abs(share * clients - 1) <= 0.2, shares
+@pytest.mark.parametrize("retry_after", [1.0, None], ids=["retry-after", "none"])
+def test_a_storm_that_ends_costs_only_the_storm(retry_after: float | None) -> None:
+    # Every request refused for 3 s, then an open Klavi: 3,000 cancels at concurrency 64.
+    server = Server(storms=((0.0, 3.0),), retry_after=retry_after)
+    client = Client(payments=3000)
+    simulate(server, [client])
+    assert client.results == {"ok": 3000}
+    assert client.finished <= 3.0 + 3.0
+    assert len(server.log) <= 3000 + 200  # held during the storm, not hammering
+
+
+@pytest.mark.parametrize("length", [0.3, 1.5, 8.0])
+def test_storms_of_other_lengths(length: float) -> None:
+    server = Server(storms=((0.5, 0.5 + length),), retry_after=1.0, status=529)
+    client = Client(payments=4000)
+    simulate(server, [client])
+    off = Client(payments=4000, rate_limit=None)
+    simulate(Server(), [off])
+    assert client.results == {"ok": 4000}
+    assert client.finished <= 0.5 + length + 2.0 + off.finished
+
+
+@pytest.mark.parametrize("every", [5, 20])
+def test_one_off_429s_cost_next_to_nothing(every: int) -> None:
+    # A 429 (Retry-After: 0) on the first attempt of every fifth payment: noise.
+    def noise(payment: int, attempt: int) -> bool:
+        return attempt == 1 and payment % every == 0
+
+    runs = []
+    for rate_limit in (RateLimit(), None):
+        client = Client(payments=1000, rate_limit=rate_limit)
+        simulate(Server(noise=noise, retry_after=0.0), [client])
+        runs.append(client)
+    on, off = runs
+    assert on.results == {"ok": 1000}
+    assert on.finished <= 1.3 * off.finished
+
+
+def test_long_noise_is_learnt_and_costs_little() -> None:
+    def noise(payment: int, attempt: int) -> bool:
+        return attempt == 1 and payment % 5 == 0
+
+    runs = []
+    for rate_limit in (RateLimit(), None):
+        client = Client(payments=10_000, rate_limit=rate_limit)
+        simulate(Server(noise=noise, retry_after=None), [client])
+        runs.append(client)
+    on, off = runs
+    assert on.results == {"ok": 10_000}
+    assert on.finished <= 1.3 * off.finished
+
+
+def test_a_huge_retry_after_pauses_at_most_max_retry_after() -> None:
+    # The server asks for a day; the policy's max_retry_after (2 s) caps what the
+    # client waits, and a lone 429 pauses nobody else.
+    def once(payment: int, attempt: int) -> bool:
+        return payment == 0 and attempt == 1
+
+    client = Client(payments=500, concurrency=8, policy=RetryPolicy(max_retry_after=2.0))
+    simulate(Server(noise=once, retry_after=86400.0), [client])
+    assert client.results == {"ok": 500}
+    assert client.finished <= 2.5
+
+
+def test_a_limit_that_moves_is_followed_both_ways() -> None:
+    def limit(t: float) -> float:
+        return 200 if t < 8 else 100 if t < 16 else 300
+
+    server = Server(limit=limit)
+    simulate(server, [Client(until=24.0)])
+    for start, end, value in ((3.0, 8.0, 200), (11.0, 16.0, 100), (19.0, 24.0, 300)):
+        assert server.accepted(None, start, end) / (end - start) / value >= 0.85
+    assert server.share_refused(4.0, 24.0) <= 0.05
+
+
+def test_a_limit_that_flaps() -> None:
+    def limit(t: float) -> float:
+        return 300 if int(t) % 4 < 2 else 100  # 300/s and 100/s, two seconds each
+
+    server = Server(limit=limit, retry_after=None)
+    client = Client(until=30.0)
+    simulate(server, [client])
+    # Faster than a rise is found (about 3 s), so followed at about its low value (a
+    # known limit); what matters is that nothing fails and few requests are refused
+    # (with the limiter off: 9,000 calls fail and 69 % of requests are 429s).
+    offered = sum(limit(t + 0.5) for t in range(6, 30))
+    assert server.accepted(None, 6.0, 30.0) / offered >= 0.45
+    assert server.share_refused(6.0, 30.0) <= 0.06
+    assert set(client.results) == {"ok"}

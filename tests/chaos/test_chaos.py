@@ -12,6 +12,7 @@ import asyncio
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -86,9 +87,15 @@ def matrix(title: str, rows: Counter[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+LIMITER: dict[str, dict[str, Any]] = {"default": {}, "off": {"rate_limit": None}}
+COUNTS: dict[tuple[float, str], tuple[int, int]] = {}
+"""(fault rate, limiter) -> (RATE_LIMITED, outcome_unknown): the limiter's cost, compared."""
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("limiter", ["off", "default"])
 @pytest.mark.parametrize("rate", [0.10, 0.30, 0.50])
-async def test_chaos(rate: float, report_matrix: Callable[[str], None]) -> None:
+async def test_chaos(rate: float, limiter: str, report_matrix: Callable[[str], None]) -> None:
     rng = random.Random(int(rate * 100))
     rates = {name: share * rate for name, share in FAULT_MIX.items()}
     emulator = KlaviEmulator(
@@ -109,16 +116,15 @@ async def test_chaos(rate: float, report_matrix: Callable[[str], None]) -> None:
         credentials = ClientCredentials(emulator.access_key, emulator.secret_key)
         policy = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, deadline=DEADLINE)
         started = asyncio.get_running_loop().time()
-        # The injected 429s are random faults, not a rate the server enforces: the adaptive
-        # limiter (tested on its own against the emulator's TPS limit) would read them as
-        # one and slow the batch down; this suite is about retries and reconciliation.
+        # The client's defaults, the adaptive rate limiter included: the injected 429s are
+        # noise it must not mistake for a rate (it must cost no RATE_LIMITED failure).
         async with KlaviClient(
             credentials,
             base_url=emulator.url,
             retry=policy,
             timeout=TIMEOUT,
             max_connections=64,
-            rate_limit=None,
+            **LIMITER[limiter],
         ) as klavi:
             requests = (CancelRequest(payment_id, CPF) for payment_id in initial)
             results = [r async for r in klavi.cancel_many(requests, concurrency=64)]
@@ -186,9 +192,16 @@ async def test_chaos(rate: float, report_matrix: Callable[[str], None]) -> None:
         for r in results
     )
     faults = sum(r.fault is not None for r in emulator.requests)
+    rate_limited = sum(r.kind is ErrorKind.RATE_LIMITED for r in results if not r.ok)
+    COUNTS[(rate, limiter)] = (rate_limited, unknown)
+    other = COUNTS.get((rate, "off" if limiter == "default" else "default"))
+    if other is not None:  # the limiter costs nothing here: within 2 % of the batch
+        for with_it, without in zip(COUNTS[(rate, "default")], COUNTS[(rate, "off")], strict=True):
+            assert abs(with_it - without) <= 0.02 * CANCELS, COUNTS
     report_matrix(
         matrix(
-            f"\n{rate:.0%} faults: {CANCELS} cancels, {sent} cancel requests, {faults} faults "
+            f"\n{rate:.0%} faults, limiter {limiter}: {CANCELS} cancels, {rate_limited} "
+            f"RATE_LIMITED, {sent} cancel requests, {faults} faults "
             f"injected (reads included), {budget.total_retries} retries "
             f"({budget.total_rejected} refused by the budget), {unknown} outcome unknown "
             f"({unread} with every status read failed, {unknown - unread} with a request "

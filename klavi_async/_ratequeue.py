@@ -1,0 +1,255 @@
+"""
+The rate limiter's state and its waiting: the queue of calls, virtual scheduling (GCRA)
+and holds.  `_ratelimit.RateLimiter` adds what the answers mean; this module knows only
+when the next request may go.
+
+Send times are handed out by virtual scheduling: the next request may go at
+`max(tat, pause_until)`, and taking it moves `tat` on by one interval at the allowed rate
+(`_Cubic`'s or the `_Ramp`'s).  During a hold, one probe goes per interval instead.
+Waiters queue FIFO and only the head sleeps, to its own slot; taking it passes the turn
+to the next one.  So there is one timer however many wait (no thundering herd), and a
+rate change or a pause reaches every queued call at once, since each head computes its
+slot when it gets the turn (a change that lets calls go sooner wakes the head).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from ._ratecurve import _Cubic, _Meter, _Ramp
+from ._ratesettings import RateLimit
+
+_CATCH_UP = 0.02
+"""How far back (s) a late-waking queued call may take its slot (else -1/3 of 500/s).  Under
+the margin below the throttled rate (`_MARGIN` of one second's worth): the burst a stalled
+event loop catches up with fits under the limit."""
+
+
+class _Waiter:
+    __slots__ = ("deadline", "future", "priority", "since")
+
+    def __init__(
+        self, since: float, deadline: float, future: asyncio.Future[bool] | None, priority: bool
+    ) -> None:
+        self.since, self.deadline, self.future = since, deadline, future
+        self.priority = priority
+
+
+class _Hold:
+    """Sending held after a run of refusals: one probe at a time until one is accepted."""
+
+    __slots__ = ("interval", "origin", "storm")
+
+    def __init__(self, origin: float, interval: float, storm: bool) -> None:
+        self.origin, self.interval, self.storm = origin, interval, storm
+
+
+class _Trial:
+    """A decrease on trial: the answers to requests sent after it, and what was before it."""
+
+    __slots__ = ("at", "bad", "engaged", "last_bad", "ok", "reading", "repeats", "saved", "share")
+
+    def __init__(self, at: float, share: float, limiter: _Queue) -> None:
+        self.at, self.share = at, share
+        self.ok = self.bad = self.repeats = 0
+        self.last_bad = False
+        self.saved = limiter._cubic.save()
+        self.reading, self.engaged = limiter._reading, limiter.engaged
+
+
+class _Queue:
+    """
+    One client's limiter: every request takes a slot.  Strictly private.
+
+    Not thread-safe: one limiter per event loop.  `clock` must be monotonic; `sleep` is
+    awaited by the one call at the head of the queue.
+    """
+
+    __slots__ = (
+        "_adaptive",
+        "_capped",
+        "_clock",
+        "_cubic",
+        "_hold",
+        "_last_change",
+        "_last_wait",
+        "_measured_at",
+        "_meter",
+        "_nap",
+        "_noise",
+        "_noise_at",
+        "_pause_until",
+        "_ramp",
+        "_reading",
+        "_run",
+        "_run_start",
+        "_sleep",
+        "_suspect",
+        "_tat",
+        "_throttles",
+        "_trial",
+        "_wait_time",
+        "_waiters",
+        "_waits",
+        "engaged",
+    )
+
+    def __init__(
+        self,
+        config: RateLimit,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        self._clock, self._sleep = clock, sleep
+        self._adaptive = config.adaptive
+        self._capped = config.max_rate is not None
+        max_rate = math.inf if config.max_rate is None else config.max_rate
+        self._cubic = _Cubic(config.min_rate, max_rate)
+        self.engaged: bool = self._capped
+        """Read before every request: False means send at once, without awaiting anything."""
+        now = clock()
+        self._meter = _Meter(now)
+        self._tat = self._pause_until = self._last_change = self._last_wait = -math.inf
+        self._ramp: _Ramp | None = None
+        self._hold: _Hold | None = None
+        self._trial: _Trial | None = None
+        self._reading = False
+        """Whether `_cubic` has a reading (the cubic phase); neither this nor a ramp: free."""
+        self._measured_at: float | None = None
+        self._run, self._run_start = 0, -math.inf
+        self._noise, self._noise_at = 0.0, -math.inf
+        self._suspect: _Trial | None = None
+        self._waiters: deque[_Waiter] = deque()
+        self._nap: asyncio.Future[object] | None = None
+        self._throttles = self._waits = 0
+        self._wait_time = 0.0
+
+    @property
+    def rate(self) -> float | None:
+        """The allowed rate in requests per second (None while unthrottled)."""
+        ramp = self._ramp
+        rate = self._cubic.rate if ramp is None else ramp.rate(self._clock())
+        return rate if self.engaged and rate != math.inf else None
+
+    def _slot(self, now: float) -> float:
+        return max(self._tat, self._pause_until, now)
+
+    def _after(self, slot: float, n: float = 1.0) -> float:
+        """When the `n`-th slot after `slot` comes, at the allowed rate."""
+        if self._hold is not None:  # when the hold ends, all at once for all we know
+            return slot
+        ramp = self._ramp
+        return slot + n / self._cubic.rate if ramp is None else ramp.after(slot, n)
+
+    def delay(self) -> float:
+        """Seconds until a request queued now could go (what a refused call reports)."""
+        return self._delay(len(self._waiters))
+
+    def _delay(self, ahead: int) -> float:
+        now = self._clock()
+        slot = self._slot(now)
+        return (self._after(slot, ahead) if self.engaged else slot) - now
+
+    async def acquire(self, max_wait: float = math.inf, *, priority: bool = False) -> bool:
+        """
+        Wait for a slot and take it; False, at once and taking nothing, if it would come
+        more than `max_wait` seconds from now (or, for a queued call, past that deadline).
+
+        A `priority` call queues behind the head and the other priority calls only.  A
+        cancelled call leaves the queue and passes its turn on; its slot goes to the next.
+        """
+        if not self.engaged:
+            return True
+        now = self._clock()
+        waiters = self._waiters
+        if not waiters and self._slot(now) <= now:
+            self._take(now)
+            return True
+        place = len(waiters)
+        if priority and waiters:
+            place = 1
+            while place < len(waiters) and waiters[place].priority:
+                place += 1
+        if self._delay(place) > max_wait:
+            return False
+        future = asyncio.get_running_loop().create_future() if waiters else None
+        waiter = _Waiter(now, now + max_wait, future, priority)
+        waiters.insert(place, waiter)
+        self._waits += 1
+        self._last_wait = now
+        try:
+            if future is not None and not await future:
+                return False
+            while True:
+                now = self._clock()
+                slot = max(self._tat, self._pause_until, now - _CATCH_UP)
+                if slot <= now:
+                    self._take(slot)
+                    return True
+                if slot > waiter.deadline:
+                    return False
+                await self._doze(slot - now)
+        finally:
+            self._wait_time += self._clock() - waiter.since
+            self._leave(waiter)
+
+    async def _doze(self, seconds: float) -> None:
+        # The head's one timer, cut short by `_wake()` when calls may go sooner.
+        nap = asyncio.ensure_future(self._sleep(seconds))
+        self._nap = nap
+        try:
+            await asyncio.wait((nap,))
+        finally:
+            nap.cancel()
+            self._nap = None
+
+    def _wake(self) -> None:
+        if self._nap is not None:
+            self._nap.cancel()
+
+    def _take(self, slot: float) -> None:
+        # A queued call passes its scheduled slot, not its late wake-up time (up to
+        # `_CATCH_UP`).  A call that did not wait passes now: an idle spell earns no burst.
+        hold = self._hold
+        if hold is not None:  # a probe: the next one only after an interval without answer
+            self._pause_until = slot + hold.interval
+            ramp = self._ramp
+            self._tat = slot + 1.0 / self._cubic.rate if ramp is None else ramp.after(slot)
+        else:
+            self._tat = self._after(slot)
+
+    def _leave(self, waiter: _Waiter) -> None:
+        waiters = self._waiters
+        if waiters and waiters[0] is waiter:
+            waiters.popleft()
+            if waiters:
+                future = waiters[0].future
+                if future is not None and not future.done():
+                    future.set_result(True)
+        elif waiter in waiters:
+            waiters.remove(waiter)
+
+    def _refuse_late_waiters(self) -> None:
+        # After a decrease or a pause, queued calls whose slot now falls past their
+        # deadline are told at once rather than when their turn comes.
+        slot = self._slot(self._clock())
+        kept: deque[_Waiter] = deque()
+        for waiter in self._waiters:
+            future = waiter.future
+            late = self._after(slot, len(kept)) > waiter.deadline
+            if kept and late and future is not None and not future.done():
+                future.set_result(False)
+            else:
+                kept.append(waiter)
+        self._waiters = kept
+
+    def _pause(self, until: float) -> None:
+        if until > self._pause_until:
+            self._pause_until = until
+            if self._waiters:
+                self._refuse_late_waiters()
