@@ -15,10 +15,10 @@ finds each holding an equal part of the window.  That reading starts the cubic r
 
 The cubic rule is CUBIC's shape, scaled by the last good rate: a decrease to `_BETA` of the
 accepted rate, back to just under it within `_K` seconds (concave), flat around it, then
-a probe past it that doubles the rate's excess every ~0.6 s (convex).  Scaled, so a limit
-of 100/s and one of 10,000/s are followed on the same time scale, and a limit that rises
-threefold is found in about 2.5 s.  A process's share never drifts from the rule itself:
-fair shares come from the synchronised ramps.
+a probe past it growing as the cube of the time (convex).  Scaled, so a limit of 100/s and
+one of 10,000/s are followed on the same time scale and a rise is found in seconds; an
+absolute part of the probe, the same for every process, drifts unequal shares towards
+fair ones (the synchronised ramps even out processes that start together).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ _MARGIN = 0.05
 _K = 0.6
 """Seconds from a decrease back to `w_max` (CUBIC's K, here a constant)."""
 _C_PROBE = 0.1
-"""Past `w_max` the rate is `w_max * (1 + _C_PROBE * t**3)`: +0.3 % after 0.25 s, +3 %
-after 0.5 s, +25 % after 1 s, 3x after 2 s.  Against a steady limit a cycle is about 1.5 s
-with one burst of 429s; a limit that rises is found within a few seconds."""
+"""Past `w_max` the rate is `w_max * (1 + _C_PROBE * t**3)` (plus `_C_ADD`'s part): +1 %
+after 0.5 s, +10 % after 1 s, +80 % after 2 s, 3.7x after 3 s.  Against a steady limit a
+cycle is about 1.5-2 s with one burst of 429s; a limit that rises is found in seconds."""
 _C_ADD = 5.0
 """And past `w_max` the same for every process, in requests per second: +5/s after 1 s.
 Equal growth for unequal shares drifts them to fair ones (AIMD's convergence), and a

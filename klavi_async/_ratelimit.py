@@ -45,11 +45,10 @@ from __future__ import annotations
 import math
 
 from ._ratecurve import _BUCKET, _MARGIN, _Cubic, _Ramp
-from ._ratequeue import _CATCH_UP, _Hold, _Queue, _Trial
+from ._ratequeue import _Hold, _Queue, _Trial
 from ._ratesettings import MAX_RATE, MIN_RATE, RateLimit, RateLimitStats, rate_value
 
 __all__ = [
-    "_CATCH_UP",
     "MAX_RATE",
     "MIN_RATE",
     "RateLimit",
@@ -64,9 +63,9 @@ _RUN = 8
 """Refusals in a row (no accepted answer between them) that start a hold.  Noise refusing
 a fifth of the requests does that once in 390,000 answers; a full window in milliseconds."""
 _EVIDENCE = 3
+"""Throttles within the last second below which no share is rate evidence."""
 _FULL = 0.5
 """The share of the last second's answers refused that is a full window, as a run is."""
-"""Throttles within the last second below which no share is rate evidence."""
 _SHARE = 0.05
 """The share of the last second's answers refused that is rate evidence (unless the noise
 measured is higher: then 1.5 times the noise)."""
@@ -145,12 +144,7 @@ class RateLimiter(_Queue):
         if self._run == 0:
             self._run_start = now
         self._run += 1
-        trial = self._trial
-        if trial is not None and (sent_at is None or sent_at >= trial.at + _TRIAL_DELAY):
-            trial.bad += 1
-            trial.repeats += trial.last_bad
-            trial.last_bad = True
-            self._judge(trial, now)
+        self._count_for_trial(sent_at, True, now)
         if self._run >= _RUN:
             self._start_hold(now, wait, origin=self._run_start)
         elif self._adaptive:
@@ -207,6 +201,14 @@ class RateLimiter(_Queue):
         noise = self._noise * math.exp2((self._noise_at - now) / _NOISE_HALF_LIFE)
         return min(max(_SHARE, 1.5 * noise), _FULL)
 
+    def _count_for_trial(self, sent_at: float | None, refused: bool, now: float) -> None:
+        # Only requests sent `_TRIAL_DELAY` after the decrease, when the window it
+        # found full has moved on, say whether it helped.
+        trial = self._trial
+        if trial is not None and (sent_at is None or sent_at >= trial.at + _TRIAL_DELAY):
+            trial.record(refused)
+            self._judge(trial, now)
+
     def _judge(self, trial: _Trial, now: float) -> None:
         # Enough answers to requests sent after the decrease: did it make 429s rarer?
         answers = trial.ok + trial.bad
@@ -253,11 +255,7 @@ class RateLimiter(_Queue):
             elif self._measured_at is not None:  # the ramp's last answers, still coming
                 self._complete_reading(now)
             return
-        trial = self._trial
-        if trial is not None and (sent_at is None or sent_at >= trial.at + _TRIAL_DELAY):
-            trial.ok += 1
-            trial.last_bad = False
-            self._judge(trial, now)
+        self._count_for_trial(sent_at, False, now)
         if self._reading and self._adaptive:
             if self._measured_at is not None:
                 self._complete_reading(now)

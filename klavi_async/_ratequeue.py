@@ -60,13 +60,20 @@ class _Trial:
         self.saved = limiter._cubic.save()
         self.reading, self.engaged = limiter._reading, limiter.engaged
 
+    def record(self, refused: bool) -> None:
+        """Count one answer; a refusal right after a refusal is a repeat."""
+        if refused:
+            self.bad += 1
+            self.repeats += self.last_bad
+        else:
+            self.ok += 1
+        self.last_bad = refused
+
 
 class _Queue:
     """
-    One client's limiter: every request takes a slot.  Strictly private.
-
-    Not thread-safe: one limiter per event loop.  `clock` must be monotonic; `sleep` is
-    awaited by the one call at the head of the queue.
+    The state of one client's limiter and the waiting for a slot; `RateLimiter` adds the
+    decisions.  Strictly private.
     """
 
     __slots__ = (

@@ -13,6 +13,7 @@ a minute takes milliseconds and nothing depends on the machine's load.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import selectors
 from collections import Counter, deque
@@ -120,7 +121,6 @@ class Client:
     results: Counter[str] = field(default_factory=Counter)
     finished: float = 0.0
     limiter: RateLimiter | None = None
-    rates: list[tuple[float, float | None]] = field(default_factory=list)
 
 
 def simulate(server: Server, clients: list[Client], *, seed: int = 1) -> None:
@@ -173,12 +173,6 @@ def simulate(server: Server, clients: list[Client], *, seed: int = 1) -> None:
             if result == "rate_limited (limiter)":
                 await asyncio.sleep(0.01)  # a worker moves on to its next message
 
-    async def sampler(loop: VirtualLoop, client: Client, done: asyncio.Event) -> None:
-        while not done.is_set():
-            limiter = client.limiter
-            client.rates.append((loop.time(), None if limiter is None else limiter.rate))
-            await asyncio.sleep(0.1)
-
     async def one(loop: VirtualLoop, client: Client, who: int) -> None:
         await asyncio.sleep(client.start)
         if client.rate_limit is not None:
@@ -188,25 +182,14 @@ def simulate(server: Server, clients: list[Client], *, seed: int = 1) -> None:
                 sleep=late_sleep(client.lateness) if client.lateness else asyncio.sleep,
             )
         budget = RetryBudget(clock=loop.time)
-        count = range(client.payments) if client.payments is not None else _forever()
+        count = range(client.payments) if client.payments is not None else itertools.count()
         queue = iter(who * 10_000_000 + i for i in count)
-        done = asyncio.Event()
-        sampling = asyncio.ensure_future(sampler(loop, client, done))
         await asyncio.gather(
             *(caller(loop, client, budget, who, queue) for _ in range(client.concurrency))
         )
         client.finished = loop.time()
-        done.set()
-        await sampling
 
     async def main(loop: VirtualLoop) -> None:
         await asyncio.gather(*(one(loop, client, who) for who, client in enumerate(clients)))
 
     run(main)
-
-
-def _forever() -> Any:
-    i = 0
-    while True:
-        yield i
-        i += 1

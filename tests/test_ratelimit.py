@@ -13,7 +13,6 @@ from hypothesis import given, settings, strategies as st
 from klavi_async import RetryPolicy
 from klavi_async._ratecurve import _BETA, _C_ADD, _C_PROBE, _DOUBLING, _K, _MARGIN, _Cubic, _Ramp
 from klavi_async._ratelimit import (
-    _CATCH_UP,
     _PROBE_MAX,
     _RUN,
     _TRIAL,
@@ -22,6 +21,7 @@ from klavi_async._ratelimit import (
     RateLimiter,
     RateLimitStats,
 )
+from klavi_async._ratequeue import _CATCH_UP
 
 from .ratesim import Client, Server, VirtualLoop, late_sleep, run, simulate
 
@@ -592,32 +592,31 @@ def test_storms_of_other_lengths(length: float) -> None:
     assert client.finished <= 0.5 + length + 2.0 + off.finished
 
 
-@pytest.mark.parametrize("every", [5, 20])
-def test_one_off_429s_cost_next_to_nothing(every: int) -> None:
-    # A 429 (Retry-After: 0) on the first attempt of every fifth payment: noise.
+def noise_on_and_off(payments: int, every: int, retry_after: float | None) -> tuple[Client, Client]:
+    """One batch with the default limiter and one without, against 429s on the first
+    attempt of every `every`-th payment."""
+
     def noise(payment: int, attempt: int) -> bool:
         return attempt == 1 and payment % every == 0
 
     runs = []
     for rate_limit in (RateLimit(), None):
-        client = Client(payments=1000, rate_limit=rate_limit)
-        simulate(Server(noise=noise, retry_after=0.0), [client])
+        client = Client(payments=payments, rate_limit=rate_limit)
+        simulate(Server(noise=noise, retry_after=retry_after), [client])
         runs.append(client)
-    on, off = runs
+    return runs[0], runs[1]
+
+
+@pytest.mark.parametrize("every", [5, 20])
+def test_one_off_429s_cost_next_to_nothing(every: int) -> None:
+    # A 429 (Retry-After: 0) on the first attempt of every fifth payment: noise.
+    on, off = noise_on_and_off(1000, every, 0.0)
     assert on.results == {"ok": 1000}
     assert on.finished <= 1.3 * off.finished
 
 
 def test_long_noise_is_learnt_and_costs_little() -> None:
-    def noise(payment: int, attempt: int) -> bool:
-        return attempt == 1 and payment % 5 == 0
-
-    runs = []
-    for rate_limit in (RateLimit(), None):
-        client = Client(payments=10_000, rate_limit=rate_limit)
-        simulate(Server(noise=noise, retry_after=None), [client])
-        runs.append(client)
-    on, off = runs
+    on, off = noise_on_and_off(10_000, 5, None)
     assert on.results == {"ok": 10_000}
     assert on.finished <= 1.3 * off.finished
 
