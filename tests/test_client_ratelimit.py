@@ -630,16 +630,16 @@ async def test_a_storm_that_ends_costs_only_the_storm(serve: ServerFactory) -> N
 
 async def test_one_off_429s_cost_next_to_nothing(serve: ServerFactory) -> None:
     # One 429 (Retry-After: 0) on the first attempt of every fifth payment: a gateway's
-    # noise.  No cancel fails, and the batch takes about as long as with no limiter.
+    # noise.  No cancel fails and none is refused by the limiter: each noisy payment is
+    # sent twice, the others once.  (What it costs in time is measured on virtual time,
+    # `test_ratelimit.test_one_off_429s_cost_next_to_nothing`: a wall clock on a busy
+    # machine cannot tell 1.3x.)
     policy = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
-    timings = {}
-    for name, rate_limit in (("off", None), ("on", RateLimit())):
-        klavi = FaultyKlavi(noise_every=5, retry_after="0")
-        results, timings[name] = await _batch(
-            await klavi.start(serve), 1000, rate_limit=rate_limit, retry=policy
-        )
-        assert all(r.ok for r in results) and len(results) == 1000
-    assert timings["on"] <= 1.3 * timings["off"] + 0.5
+    klavi = FaultyKlavi(noise_every=5, retry_after="0")
+    results, _ = await _batch(await klavi.start(serve), 1000, retry=policy)
+    assert all(r.ok for r in results) and len(results) == 1000
+    assert len(klavi.log) == 1000 + 200
+    assert sum(status == 429 for _, status in klavi.log) == 200
 
 
 async def test_a_huge_retry_after_pauses_only_its_call_up_to_max_retry_after(
