@@ -5,6 +5,7 @@ The rate-limit workload: cancel batches against the emulator's TPS limit (Klavi'
     python benchmarks/ratelimit.py --quick --no-docs          # a smaller smoke run
     python benchmarks/ratelimit.py --only tps100    # one workload (repeatable)
     python benchmarks/ratelimit.py --rate-limit-off # the client's limiter switched off
+    python benchmarks/ratelimit.py --faults         # storms, noise, moving limits (virtual time)
 
 The emulator (`emulator_server.py --tps-limit N`) runs in its own process, a fresh one per
 workload; every client runs in a fresh process of its own (allocator equalised as in
@@ -586,8 +587,21 @@ def main() -> None:
     )
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/performance.md")
+    parser.add_argument(
+        "--faults", action="store_true", help="the fault shapes in virtual time instead"
+    )
     args = parser.parse_args()
     from bench import machine, replace_block
+
+    if args.faults:
+        import ratelimit_faults
+
+        block = ratelimit_faults.table(ratelimit_faults.measure())
+        print("\n" + block)
+        if not args.no_docs:
+            DOC.write_text(replace_block(DOC.read_text(), "ratelimit-faults", block))
+            print(f"rewrote the ratelimit-faults block of {DOC.relative_to(ROOT)}")
+        return
 
     started = time.monotonic()
     limiter = has_limiter()

@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 
 from ._ratecurve import _BUCKET, _MARGIN, _Cubic, _Ramp
-from ._ratequeue import _Hold, _Queue, _Trial
+from ._ratequeue import _Hold, _Queue, _Saved, _Trial
 from ._ratesettings import MAX_RATE, MIN_RATE, RateLimit, RateLimitStats, rate_value
 
 __all__ = [
@@ -64,6 +64,9 @@ _RUN = 8
 a fifth of the requests does that once in 390,000 answers; a full window in milliseconds."""
 _EVIDENCE = 3
 """Throttles within the last second below which no share is rate evidence."""
+_RAMP_RUN = 4
+"""Refusals in a row that end a ramp: it has filled the window (noise refusing a fifth of
+the requests does that once in 600 answers, a ramp's first second about 70)."""
 _FULL = 0.5
 """The share of the last second's answers refused that is a full window, as a run is."""
 _SHARE = 0.05
@@ -74,6 +77,12 @@ _TRIAL = 50
 _TRIAL_REFUSED = 5
 """Refusals among them below which a decrease is never judged noise (a handful of 429s
 from other processes' probes must not undo it)."""
+_TRIAL_MORE = 4
+"""Fewer refusals than `_TRIAL_REFUSED` are waited for over up to this many `_TRIAL`s."""
+_TRIAL_WAIT = 3.0
+"""Seconds after a decrease by which it is judged on what answers there are (a low rate)."""
+_TRIAL_FEWEST = 20
+"""Fewer answers than this by then judge nothing: the decrease stands."""
 _TRIAL_DELAY = 1.0
 """A decrease is judged on requests sent this long after it: a window filled before it (a
 second's, as Klavi's TPS limit is counted) refuses for that long whatever is sent."""
@@ -84,6 +93,9 @@ _NOISE_HALF_LIFE = 10.0
 """Seconds over which the noise remembered halves: a limit that appears later is seen, and
 steady noise is judged again about this often (other processes' probes past a shared
 limit can pass for noise now and then: what they make us ignore is soon forgotten)."""
+_WINDOW = 1.0
+"""The span (s) over which Klavi counts its TPS limit: a full window refuses for this long
+whatever is sent; refusals past it are a storm."""
 _PROBE_FIRST = 0.25
 """The pause before the first probe of a hold when the server gave no Retry-After."""
 _PROBE_MAX = 2.0
@@ -133,10 +145,12 @@ class RateLimiter(_Queue):
             fresh = sent_at > self._last_change
         if not fresh:
             return
-        wait = retry_after if retry_after is not None and retry_after > 0 else None
+        # A Retry-After under the first probe's pause would have probes overlap: none.
+        wait = retry_after if retry_after is not None and retry_after >= _PROBE_FIRST else None
         hold = self._hold
         if hold is not None:  # a probe refused: the server still refuses whatever is sent
-            hold.storm = True
+            # A window is counted over a second: only a refusal after that is a storm.
+            hold.storm = hold.storm or now - hold.since >= _WINDOW
             hold.interval = wait if wait is not None else min(2 * hold.interval, _PROBE_MAX)
             self._last_change = now
             self._pause(now + hold.interval)
@@ -146,27 +160,42 @@ class RateLimiter(_Queue):
         self._run += 1
         self._count_for_trial(sent_at, True, now)
         if self._run >= _RUN:
-            self._start_hold(now, wait, origin=self._run_start)
+            if self._reading and self._adaptive and self._trial is None:
+                # The cubic rule past the limit: at a high rate its overshoot comes back as
+                # a run.  A decrease first; a run of requests sent after it holds.
+                self._run = 0
+                self._decrease(now, self._meter.counts(now), run=True)
+            else:
+                self._start_hold(now, wait, origin=self._run_start)
         elif self._adaptive:
             self._weigh(now, wait)
 
     def _start_hold(self, now: float, wait: float | None, *, origin: float) -> None:
         # Send nothing until the pause has passed since `origin` (the run's first refusal),
-        # then probe.  Whether it was a full window or a storm, the first probe tells.
+        # then probe.  Whether it was a full window or a storm, the probes tell.
         pause = _PROBE_FIRST if wait is None else wait
-        hold = _Hold(origin + pause, pause, storm=False)
+        hold = _Hold(origin, origin + pause, pause)
+        if self._reading:  # what was accepted, at most what was allowed (as a decrease)
+            hold.reading = min(self._meter.rate(now), self._cubic.rate)
+        trial = self._trial
+        if trial is not None and trial.run:  # the storm's start: its end restores before it
+            hold.saved = trial.saved
         self._hold = hold
-        self._trial, self._measured_at = None, None
+        self._trial = self._suspect = self._measured_at = None
         self._run, self._last_change = 0, now
         self.engaged = True
         self._pause(max(hold.origin, now))
 
     def _weigh(self, now: float, wait: float | None) -> None:
         # A throttle among accepted answers: rate evidence only as a share of them.
-        accepted, refused = self._meter.counts(now)
+        accepted, refused = counts = self._meter.counts(now)
+        share = refused / (accepted + refused)
         ramp = self._ramp
         if ramp is not None:  # the ramp found the limit: read this process's part
-            if self._run >= 2 or refused >= _EVIDENCE:
+            # A full window refuses whatever is sent: a run (noise, a refusal now and
+            # then, must not end the ramp at a fraction of the limit, nor the refusals
+            # counted before the ramp, which the meter still holds).
+            if self._run >= _RAMP_RUN:
                 self._ramp, self._reading = None, True
                 self._cubic.decrease(now, self._meter.rate(now))
                 # The ramp overfilled the window: let it drain, then go on at the reading.
@@ -174,19 +203,28 @@ class RateLimiter(_Queue):
                 self._hold.storm = True  # type: ignore[union-attr]  # a release restores
                 self._measured_at = now
             return
-        share = refused / (accepted + refused)
         if refused < _EVIDENCE or accepted < 1.0:  # nothing accepted says nothing
             return
-        if share >= _FULL:  # most of what is sent is refused: a full window, as a run
+        if share >= _FULL and refused >= _RUN:  # most of what is sent is refused: a run
             self._start_hold(now, wait, origin=self._run_start)
             return
         if (
             self._trial is not None
             or share < self._threshold(now)
-            or now - self._meter.started < 1.0  # a start: a second's answers, or a run
+            or now - self._meter.started < _WINDOW  # a start: a second's answers, or a run
+            or now - self._last_change < _WINDOW  # answers from before the last change
         ):
             return
-        trial = _Trial(now, share, self)
+        self._decrease(now, counts, run=False)
+
+    def _decrease(self, now: float, counts: tuple[float, float], *, run: bool) -> None:
+        # Rate evidence: to `_BETA` of the accepted rate, on trial.
+        # The share judged against is at most the noise level expected (`_SHARE` or what
+        # was measured): noise that crossed the threshold was a lucky second, the share
+        # after it is not.  A decrease that helped leaves less than that.
+        accepted, refused = counts
+        share = min(refused / max(accepted + refused, 1.0), self._threshold(now))
+        trial = _Trial(now, share, self, run=run)
         current = self._meter.rate(now)
         if self._reading:
             current = min(current, self._cubic.rate)
@@ -197,9 +235,12 @@ class RateLimiter(_Queue):
         if self._waiters:
             self._refuse_late_waiters()
 
-    def _threshold(self, now: float) -> float:
+    def _noise_level(self, now: float) -> float:
         noise = self._noise * math.exp2((self._noise_at - now) / _NOISE_HALF_LIFE)
-        return min(max(_SHARE, 1.5 * noise), _FULL)
+        return min(max(_SHARE, noise), _FULL)
+
+    def _threshold(self, now: float) -> float:
+        return min(max(_SHARE, 1.5 * self._noise_level(now)), _FULL)
 
     def _count_for_trial(self, sent_at: float | None, refused: bool, now: float) -> None:
         # Only requests sent `_TRIAL_DELAY` after the decrease, when the window it
@@ -211,18 +252,27 @@ class RateLimiter(_Queue):
 
     def _judge(self, trial: _Trial, now: float) -> None:
         # Enough answers to requests sent after the decrease: did it make 429s rarer?
+        # Refusals rarer than `_TRIAL_REFUSED` in `_TRIAL` answers (but some) are waited
+        # for up to `_TRIAL_MORE` times as many (noise just over `_SHARE` must be judged
+        # too); none at all: it helped.
+        # At a low rate, what came within `_TRIAL_WAIT` (if anything was refused at all).
         answers = trial.ok + trial.bad
-        if answers < _TRIAL:
-            if now - trial.at > 2.0 + _TRIAL_DELAY:  # too few to judge: the decrease stands
-                self._trial = None
-            return
+        least = _TRIAL_REFUSED
+        more = 0 < trial.bad < _TRIAL_REFUSED and answers < _TRIAL_MORE * _TRIAL
+        if answers < _TRIAL or more:
+            if now - trial.at <= _TRIAL_WAIT:
+                return
+            if answers < _TRIAL_FEWEST:  # too few to judge: the decrease stands
+                self._trial = self._suspect = None
+                return
+            least = _EVIDENCE
         self._trial = None
         share = trial.bad / answers
         # Noise refuses as often whatever the rate, and at random: a refusal follows a
         # refusal about as often as the share.  A window that others keep full refuses
         # in runs.
         same = (
-            trial.bad >= _TRIAL_REFUSED
+            trial.bad >= least
             and share >= _TRIAL_SAME * trial.share
             and trial.repeats <= 2 * share * trial.bad + 1
         )
@@ -232,10 +282,14 @@ class RateLimiter(_Queue):
         self._suspect = (suspect or trial) if same else None
         if same and suspect is not None:  # back to before the first of the two
             self._suspect = None
-            self._cubic.restore(suspect.saved)
-            self._reading, self.engaged = suspect.reading, suspect.engaged
-            self._noise, self._noise_at = share, now
-            self._wake()
+            self._restore(suspect.saved)
+            answers += suspect.ok + suspect.bad  # the noise measured over both
+            self._noise, self._noise_at = (trial.bad + suspect.bad) / answers, now
+
+    def _restore(self, saved: _Saved) -> None:
+        cubic, self._reading, self.engaged = saved
+        self._cubic.restore(cubic)
+        self._wake()
 
     def on_success(self, sent_at: float | None = None) -> None:
         """Count a response that was not a throttle; the allowed rate may grow."""
@@ -267,16 +321,22 @@ class RateLimiter(_Queue):
             self._end_ramp_unless_needed(self._ramp, now)
 
     def _release(self, hold: _Hold, now: float) -> None:
-        # A probe was accepted.  After a full window (its first probe accepted) a ramp
-        # finds this process's part; after a storm the rate is what it was before.
+        # A probe was accepted.  After a storm the rate is what it was before.  After a
+        # full window the rate is lowered from the reading taken when it filled, or, with
+        # none (unthrottled before), a ramp finds this process's part.
         self._hold, self._last_change = None, now
         self._pause_until = -math.inf
-        if self._adaptive and not hold.storm:
+        if hold.storm or not self._adaptive:
+            if hold.saved is not None:
+                self._restore(hold.saved)
+                return
+            self.engaged = self._capped or self._reading or self._ramp is not None
+        elif hold.reading is not None:
+            self._cubic.decrease(now, hold.reading)
+        else:
             cubic = self._cubic
             self._ramp = _Ramp(min(hold.origin, now), cubic.min_rate, cubic.max_rate)
             self._reading = False
-        else:
-            self.engaged = self._capped or self._reading or self._ramp is not None
         self._wake()
 
     def _end_ramp_unless_needed(self, ramp: _Ramp, now: float) -> None:

@@ -39,26 +39,42 @@ class _Waiter:
         self.priority = priority
 
 
+_Saved = tuple[tuple[float, float, float, float], bool, bool]
+"""The rate's state (`_Cubic.save()`, whether it has a reading, whether engaged)."""
+
+
 class _Hold:
-    """Sending held after a run of refusals: one probe at a time until one is accepted."""
+    """
+    Sending held after a run of refusals: one probe at a time until one is accepted.
 
-    __slots__ = ("interval", "origin", "storm")
+    `since` is the run's first refusal; `reading` the accepted rate then, if the cubic
+    rule had one (a full window then lowers the rate from it, not from a ramp); `saved`
+    the state a storm's end restores, if not the current one (a decrease the run cut
+    short).
+    """
 
-    def __init__(self, origin: float, interval: float, storm: bool) -> None:
-        self.origin, self.interval, self.storm = origin, interval, storm
+    __slots__ = ("interval", "origin", "reading", "saved", "since", "storm")
+
+    def __init__(self, since: float, origin: float, interval: float) -> None:
+        self.since, self.origin, self.interval = since, origin, interval
+        self.storm = False
+        self.reading: float | None = None
+        self.saved: _Saved | None = None
 
 
 class _Trial:
-    """A decrease on trial: the answers to requests sent after it, and what was before it."""
+    """
+    A decrease on trial: the answers to requests sent after it, and what was before it.
+    `run`: the decrease was made on a run of refusals (which a storm also starts with).
+    """
 
-    __slots__ = ("at", "bad", "engaged", "last_bad", "ok", "reading", "repeats", "saved", "share")
+    __slots__ = ("at", "bad", "last_bad", "ok", "repeats", "run", "saved", "share")
 
-    def __init__(self, at: float, share: float, limiter: _Queue) -> None:
-        self.at, self.share = at, share
+    def __init__(self, at: float, share: float, limiter: _Queue, *, run: bool) -> None:
+        self.at, self.share, self.run = at, share, run
         self.ok = self.bad = self.repeats = 0
         self.last_bad = False
-        self.saved = limiter._cubic.save()
-        self.reading, self.engaged = limiter._reading, limiter.engaged
+        self.saved: _Saved = (limiter._cubic.save(), limiter._reading, limiter.engaged)
 
     def record(self, refused: bool) -> None:
         """Count one answer; a refusal right after a refusal is a repeat."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import random
 from typing import Any
 
 import pytest
@@ -13,7 +14,9 @@ from hypothesis import given, settings, strategies as st
 from klavi_async import RetryPolicy
 from klavi_async._ratecurve import _BETA, _C_ADD, _C_PROBE, _DOUBLING, _K, _MARGIN, _Cubic, _Ramp
 from klavi_async._ratelimit import (
+    _PROBE_FIRST,
     _PROBE_MAX,
+    _RAMP_RUN,
     _RUN,
     _TRIAL,
     _TRIAL_DELAY,
@@ -207,6 +210,94 @@ def test_a_storm_in_the_cubic_phase_restores_that_rate() -> None:
     assert limiter.rate == before
 
 
+def test_a_full_window_without_retry_after_is_not_a_storm() -> None:
+    # No Retry-After: the first probe (after _PROBE_FIRST) lands in the same second's
+    # full window.  A refusal within _WINDOW of the run's start is the window, not a
+    # storm: the first accepted probe starts a ramp rather than restoring "unthrottled".
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    accept(limiter, clock, 150)
+    refuse(limiter, clock, _RUN, retry_after=None)
+    for pause in (_PROBE_FIRST, 2 * _PROBE_FIRST):
+        assert limiter.delay() == pytest.approx(pause, abs=0.01)
+        clock.now += limiter.delay()
+        assert run(lambda _: limiter.acquire(max_wait=0.0))
+        refuse(limiter, clock, 1, retry_after=None)
+        assert limiter._hold is not None and not limiter._hold.storm
+    clock.now += limiter.delay()
+    assert run(lambda _: limiter.acquire(max_wait=0.0))
+    limiter.on_success(clock.now)
+    assert limiter._ramp is not None and limiter.engaged
+
+
+@pytest.mark.parametrize("retry_after", [0.0, 1e-6, 0.001, 0.2, math.nan])
+def test_a_tiny_retry_after_is_no_retry_after(retry_after: float) -> None:
+    # Probes a millisecond apart would overlap: a Retry-After under the first probe's
+    # pause is treated as none.
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    refuse(limiter, clock, _RUN, retry_after=retry_after)
+    assert limiter.delay() >= _PROBE_FIRST - 0.01
+    clock.now += limiter.delay()
+    assert run(lambda _: limiter.acquire(max_wait=0.0))
+    assert limiter.delay() >= _PROBE_FIRST
+
+
+def test_a_few_refusals_among_few_answers_are_no_full_window() -> None:
+    # Four refusals among eight answers at 5/s, Retry-After 60: half refused, but four
+    # is not a run; nothing else waits.
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    for _ in range(50):
+        clock.now += 0.2
+        limiter.on_success(clock.now - 0.005)
+    for status in (429, 200, 429, 200, 429, 200, 429):
+        clock.now += 0.2
+        limiter.on_response(status, 60.0, clock.now - 0.005)
+    assert limiter._hold is None
+    assert limiter.delay() < 1.0
+
+
+def test_a_run_in_the_cubic_phase_decreases_before_it_holds() -> None:
+    # At a high rate the cubic rule's overshoot comes back as a run: a decrease, not a
+    # hold.  A run of requests sent after the decrease holds; when the window has
+    # drained the rate goes on from the reading, not from a ramp at min_rate.
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    accept(limiter, clock, 2000, spacing=0.001)
+    lowered(limiter, clock)
+    accept(limiter, clock, 3000, spacing=0.001)  # a trial judged: it helped
+    assert limiter._trial is None and limiter._reading
+    before = limiter.rate
+    assert before is not None
+    refuse(limiter, clock, _RUN)
+    assert limiter._hold is None and limiter._trial is not None  # a decrease
+    assert limiter.rate == pytest.approx(_BETA * before)
+    refuse(limiter, clock, _RUN)  # sent after it: a hold
+    assert limiter._hold is not None
+    clock.now += 1.0
+    assert run(lambda _: limiter.acquire(max_wait=0.0))
+    limiter.on_success(clock.now)  # the window was full: on from the reading
+    assert limiter._ramp is None and limiter.rate is not None
+    assert limiter.rate >= _BETA * _BETA * before
+
+
+def test_a_hold_forgets_a_suspect_decrease() -> None:
+    # A decrease judged "no help" once, then a hold: the next noise verdict must not
+    # restore the state from before the hold (a rate long gone).
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    accept(limiter, clock, 400, spacing=0.005)
+    i = 0
+    while limiter._suspect is None and i < 20_000:  # 12.5 % noise, spread out
+        clock.now += 0.005
+        limiter.on_response(429 if i % 8 == 0 else 200, 1.0, clock.now - 0.004)
+        i += 1
+    assert limiter._suspect is not None
+    refuse(limiter, clock, _RUN)
+    assert limiter._suspect is None
+
+
 def test_a_retry_after_pause_is_what_the_caller_passes() -> None:
     # The client caps Retry-After at the policy's max_retry_after before telling the
     # limiter; the limiter pauses for what it is told.
@@ -256,8 +347,12 @@ def test_the_ramp_ends_on_a_throttle_with_a_reading_and_a_hold() -> None:
     accept(limiter, clock, 1, spacing=0.001)  # the probe: a ramp from min_rate
     assert limiter.rate is not None and limiter.rate < 2.0
     accept(limiter, clock, 60, spacing=0.005)
-    refuse(limiter, clock, 2, retry_after=1.0)  # the ramp found the limit
-    assert limiter.rate == pytest.approx(_BETA * 61, rel=0.05)
+    accept(limiter, clock, 1, spacing=0.005)
+    refuse(limiter, clock, 1, retry_after=1.0)  # noise: the ramp goes on
+    accept(limiter, clock, 1, spacing=0.001)
+    assert limiter._ramp is not None  # still ramping
+    refuse(limiter, clock, _RAMP_RUN, retry_after=1.0)  # a run: the ramp found the limit
+    assert limiter.rate == pytest.approx(_BETA * 63, rel=0.05)
     assert limiter.delay() > 0.9  # and the window drains before it goes on
 
 
@@ -554,7 +649,7 @@ def test_two_clients_started_together_share_fairly(seed: int) -> None:
     simulate(server, clients, seed=seed)
     shares = [server.accepted(who, 4.0, 32.0) for who in range(2)]
     assert sum(shares) / 28.0 / 100 >= 0.85
-    assert server.share_refused(4.0, 32.0) <= 0.06
+    assert server.share_refused(4.0, 32.0) <= 0.07  # each probes past its share
     for share in shares:
         assert abs(share / sum(shares) * 2 - 1) <= 0.2, shares
 
@@ -607,6 +702,38 @@ def noise_on_and_off(payments: int, every: int, retry_after: float | None) -> tu
     return runs[0], runs[1]
 
 
+@pytest.mark.parametrize(("share", "limit"), [(0.08, None), (0.08, 500), (0.15, None)])
+def test_steady_random_429s_cost_little(share: float, limit: int | None) -> None:
+    # Random 429s on a share of all requests, for a minute: the noise is learnt, the
+    # rate does not spiral down (it did: 0.22 of the limiter-off throughput at 8 %).
+    results = []
+    for rate_limit in (RateLimit(), None):
+        draw = random.Random(7).random
+        server = Server(limit=lambda _: limit, noise=lambda _p, _a, d=draw: d() < share)
+        client = Client(until=40.0, rate_limit=rate_limit)
+        simulate(server, [client])
+        results.append(client.results["ok"])
+    assert results[0] >= 0.75 * results[1]
+
+
+@pytest.mark.parametrize(("limit", "retry_after"), [(500, None), (2000, None), (2000, 1.0)])
+def test_a_limit_is_held_without_retry_after_and_at_high_rates(
+    limit: int, retry_after: float | None
+) -> None:
+    # Without a Retry-After every full window used to pass for a storm (0.57 of 500/s);
+    # at 2,000/s every overshoot restarted the ramp from min_rate (0.56).
+    server = Server(limit=lambda _: limit, retry_after=retry_after)
+    client = Client(until=30.0)
+    simulate(server, [client])
+    assert server.accepted(None, 10.0, 30.0) / 20.0 / limit >= (
+        0.9 if retry_after is None else 0.75
+    )
+    assert server.share_refused(10.0, 30.0) <= 0.06
+    # Without a Retry-After a call retries on its backoff alone: a few in 50,000 run out
+    # of attempts (limiter off: 97).
+    assert client.results["ok"] >= 0.999 * client.results.total()
+
+
 @pytest.mark.parametrize("every", [5, 20])
 def test_one_off_429s_cost_next_to_nothing(every: int) -> None:
     # A 429 (Retry-After: 0) on the first attempt of every fifth payment: noise.
@@ -656,5 +783,5 @@ def test_a_limit_that_flaps() -> None:
     # (with the limiter off: 9,000 calls fail and 69 % of requests are 429s).
     offered = sum(limit(t + 0.5) for t in range(6, 30))
     assert server.accepted(None, 6.0, 30.0) / offered >= 0.45
-    assert server.share_refused(6.0, 30.0) <= 0.06
+    assert server.share_refused(6.0, 30.0) <= 0.07
     assert set(client.results) == {"ok"}
