@@ -26,8 +26,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from klavi_async._ratelimit import RateLimit  # noqa: E402
-from tests.ratesim import Client, Server, simulate  # noqa: E402
+from klavi_async._ratelimit import RateLimit
+from tests.ratesim import Client, Server, simulate
 
 Run = Callable[[RateLimit | None], tuple[Client, str]]
 
@@ -119,7 +119,9 @@ def late_joiner(limiter: RateLimit | None) -> tuple[Client, str]:
     simulate(server, [first, second])
 
     def share(start: float) -> float:
-        return server.accepted(1, start, start + 5) / max(server.accepted(None, start, start + 5), 1)
+        return server.accepted(1, start, start + 5) / max(
+            server.accepted(None, start, start + 5), 1
+        )
 
     second.results.update(first.results)
     return second, f"the late one's share {share(15.0):.0%} at +10 s, {share(30.0):.0%} at +25 s"
@@ -160,7 +162,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         "| fault shape (virtual time) | default client | limiter off |",
         "|---|---|---|",
     ]
-    lines += [f"| {row['scenario']} | {_cell(row['default'])} | {_cell(row['off'])} |" for row in rows]
+    lines += [
+        f"| {row['scenario']} | {_cell(row['default'])} | {_cell(row['off'])} |" for row in rows
+    ]
     return "\n".join(lines)
 
 

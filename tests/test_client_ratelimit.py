@@ -33,6 +33,7 @@ from klavi_async import (
 )
 from klavi_async._events import RateLimitWait, subscribed
 from klavi_async._ratelimit import RateLimiter
+from klavi_async._ratequeue import _CATCH_UP
 from klavi_async._transport import Response, TransportFailure
 from klavi_async.testing import KlaviEmulator
 
@@ -208,7 +209,9 @@ async def test_a_fixed_cap_spaces_requests_on_the_wire(serve: ServerFactory) -> 
         results = [r async for r in klavi.cancel_many(requests, concurrency=10)]
     assert all(r.ok for r in results)
     arrivals = sorted(s.time for s in fake.cancels())
-    assert arrivals[-1] - arrivals[0] >= 9 / 50 - 0.005  # ten sends, nine intervals of 20 ms
+    # Ten sends, nine intervals of 20 ms (a head that wakes late may take its slot up to
+    # _CATCH_UP back; the server stamps a request when its loop gets to it).
+    assert arrivals[-1] - arrivals[0] >= 9 / 50 - _CATCH_UP - 0.01
 
 
 def test_a_fixed_cap_is_not_lowered_by_throttles() -> None:
@@ -616,16 +619,14 @@ async def _batch(base: str, n: int, **options: Any) -> tuple[list[Any], float]:
 
 async def test_a_storm_that_ends_costs_only_the_storm(serve: ServerFactory) -> None:
     # Every request refused for 3 s, then an open Klavi: the default client holds (one
-    # probe a Retry-After) instead of spending its calls' attempts, and is back at full
-    # speed when the storm ends.
-    open_klavi = FaultyKlavi()
-    _, open_elapsed = await _batch(await open_klavi.start(serve), 1500)
+    # probe a Retry-After) instead of spending its calls' attempts.  (What the storm costs
+    # in time is measured on virtual time, `test_ratelimit.test_a_storm_that_ends_costs_
+    # only_the_storm`: a wall clock on a busy machine cannot tell.)
     klavi = FaultyKlavi(storm=3.0)
-    results, elapsed = await _batch(await klavi.start(serve), 1500)
+    results, _ = await _batch(await klavi.start(serve), 1500)
     assert all(r.ok for r in results) and len(results) == 1500
     during = [t for t, status in klavi.log if status == 429]
     assert len(during) <= 64 + 10  # the first burst, then a probe a second
-    assert elapsed <= 3.0 + 2.0 + 2 * open_elapsed  # the storm, a probe's wait, the batch
 
 
 async def test_one_off_429s_cost_next_to_nothing(serve: ServerFactory) -> None:
