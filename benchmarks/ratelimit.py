@@ -598,6 +598,10 @@ def main() -> None:
 
         block = ratelimit_faults.table(ratelimit_faults.measure())
         print("\n" + block)
+        if not args.no_plot:
+            path = PLOT.with_name("ratelimit-faults.png")
+            ratelimit_faults.plot(path)
+            print(f"plotted {path.relative_to(ROOT)}")
         if not args.no_docs:
             DOC.write_text(replace_block(DOC.read_text(), "ratelimit-faults", block))
             print(f"rewrote the ratelimit-faults block of {DOC.relative_to(ROOT)}")

@@ -157,6 +157,64 @@ def _cell(run: dict[str, Any]) -> str:
     return f"{run['ok']:,} ok, {run['failed']:,} failed; {run['figure']}"
 
 
+def _noisy(share: float) -> Server:
+    draw = random.Random(7).random
+    return Server(limit=lambda _: 500, noise=lambda _p, _a: draw() < share)
+
+
+PANELS: list[tuple[str, Callable[[], Server], float]] = [
+    (
+        "a 3 s storm (10-13 s) in a 500/s limit",
+        lambda: Server(limit=lambda _: 500, storms=((10.0, 13.0),)),
+        20.0,
+    ),
+    (
+        "a limit moving 200 → 100 → 300/s",
+        lambda: Server(limit=lambda t: 200 if t < 8 else 100 if t < 16 else 300),
+        24.0,
+    ),
+    ("random 429s on 8 % of requests, 500/s", lambda: _noisy(0.08), 30.0),
+]
+
+
+def plot(path: Path) -> None:
+    """Accepted and refused requests per second over time, default client against off."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(PANELS), 1, figsize=(9, 8.5), dpi=110)
+    step = 1.0  # Klavi's window: finer, a client off the limiter fills it in bursts
+    for ax, (title, make, until) in zip(axes, PANELS, strict=True):
+        edges = [i * step for i in range(int(until / step) + 1)]
+        for limiter, color, label in (
+            (RateLimit(), "tab:blue", "default"),
+            (None, "tab:gray", "off"),
+        ):
+            server = make()
+            simulate(server, [Client(until=until, rate_limit=limiter)])
+            ok = [server.accepted(None, a, a + step) / step for a in edges[:-1]]
+            ax.stairs(ok, edges, color=color, lw=1.6, label=f"accepted / s, limiter {label}")
+            if limiter is not None:
+                bad = [
+                    sum(1 for t, _, accepted in server.log if a <= t < a + step and not accepted)
+                    / step
+                    for a in edges[:-1]
+                ]
+                ax.stairs(bad, edges, color="tab:red", lw=1.0, label="429s / s, limiter default")
+        limit = make().limit
+        ax.plot(edges, [limit(t) for t in edges], color="black", lw=0.8, ls="--", label="limit")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(0, 700)
+        ax.set_ylabel("per second")
+    axes[0].legend(fontsize=8, loc="upper right")
+    axes[-1].set_xlabel("seconds (virtual time)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| fault shape (virtual time) | default client | limiter off |",
@@ -170,3 +228,5 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 if __name__ == "__main__":
     print("\n" + table(measure()))
+    if "--plot" in sys.argv:
+        plot(ROOT / "docs" / "img" / "ratelimit-faults.png")

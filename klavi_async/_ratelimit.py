@@ -170,7 +170,7 @@ class RateLimiter(_Queue):
         elif self._adaptive:
             self._weigh(now, wait)
 
-    def _start_hold(self, now: float, wait: float | None, *, origin: float) -> None:
+    def _start_hold(self, now: float, wait: float | None, *, origin: float) -> _Hold:
         # Send nothing until the pause has passed since `origin` (the run's first refusal),
         # then probe.  Whether it was a full window or a storm, the probes tell.
         pause = _PROBE_FIRST if wait is None else wait
@@ -185,6 +185,7 @@ class RateLimiter(_Queue):
         self._run, self._last_change = 0, now
         self.engaged = True
         self._pause(max(hold.origin, now))
+        return hold
 
     def _weigh(self, now: float, wait: float | None) -> None:
         # A throttle among accepted answers: rate evidence only as a share of them.
@@ -199,8 +200,8 @@ class RateLimiter(_Queue):
                 self._ramp, self._reading = None, True
                 self._cubic.decrease(now, self._meter.rate(now))
                 # The ramp overfilled the window: let it drain, then go on at the reading.
-                self._start_hold(now, wait, origin=now)
-                self._hold.storm = True  # type: ignore[union-attr]  # a release restores
+                hold = self._start_hold(now, wait, origin=now)
+                hold.storm = hold.drain = True  # a release goes on at the reading
                 self._measured_at = now
             return
         if refused < _EVIDENCE or accepted < 1.0:  # nothing accepted says nothing
@@ -328,9 +329,13 @@ class RateLimiter(_Queue):
         self._pause_until = -math.inf
         if hold.storm or not self._adaptive:
             if hold.saved is not None:
-                self._restore(hold.saved)
-                return
-            self.engaged = self._capped or self._reading or self._ramp is not None
+                cubic, self._reading, self.engaged = hold.saved
+                self._cubic.restore(cubic)
+            else:
+                self.engaged = self._capped or self._reading or self._ramp is not None
+            if self._reading and self._adaptive and not hold.drain:
+                # From that rate on, not from where the probe would have grown to since.
+                self._cubic.hold(now, self._cubic.rate)
         elif hold.reading is not None:
             self._cubic.decrease(now, hold.reading)
         else:

@@ -208,6 +208,10 @@ def test_a_storm_in_the_cubic_phase_restores_that_rate() -> None:
     clock.now += 0.001
     limiter.on_success(clock.now - 0.0005)
     assert limiter.rate == before
+    # and goes on from it, not from where the probe would have grown to over the storm
+    accept(limiter, clock, 100, spacing=0.002)
+    assert before is not None and limiter.rate is not None
+    assert limiter.rate <= before * (1 + _C_PROBE * 0.2**3) + _C_ADD
 
 
 def test_a_full_window_without_retry_after_is_not_a_storm() -> None:
