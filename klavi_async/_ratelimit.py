@@ -329,8 +329,8 @@ class RateLimiter(_Queue):
         self._pause_until = -math.inf
         if hold.storm or not self._adaptive:
             if hold.saved is not None:
-                cubic, self._reading, self.engaged = hold.saved
-                self._cubic.restore(cubic)
+                saved, self._reading, self.engaged = hold.saved
+                self._cubic.restore(saved)
             else:
                 self.engaged = self._capped or self._reading or self._ramp is not None
             if self._reading and self._adaptive and not hold.drain:
