@@ -49,7 +49,7 @@ _TITLE_RE: Final = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.
 _TAG_RE: Final = re.compile(r"<[^>]*>")
 _SPACE_RE: Final = re.compile(r"\s+")
 _CODE_RE: Final = re.compile(r"[A-Z][A-Z0-9_.\-]{1,99}|\d{3,6}")
-_NUMBER_RE: Final = re.compile(r"\s*\d+(?:\.\d+)?\s*")
+_NUMBER_RE: Final = re.compile(r"[ \t]*[0-9]+(?:\.[0-9]+)?[ \t]*")  # HTTP OWS: SP, HTAB
 
 _BY_STATUS: Final[Mapping[int, ErrorKind]] = {
     400: ErrorKind.BAD_REQUEST,

@@ -403,6 +403,10 @@ NOW = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC).timestamp()
         ({"Retry-After": "inf"}, None),
         ({"Retry-After": "Infinity"}, None),
         ({"Retry-After": "soon"}, None),
+        ({"Retry-After": "0\x1f"}, None),  # a control character float() refuses
+        ({"Retry-After": "\x1c3"}, None),
+        ({"Retry-After": "\u0663"}, None),  # ٣: a digit to float(), not to HTTP
+        ({"Retry-After": "\t3 "}, 3.0),
         ({"Retry-After": ""}, None),
         ({"Retry-After": "Wed, 32 Oct 2015 07:28:30 GMT"}, None),
         ({"Retry-After": "Wed, 21 Foo 2015 07:28:30 GMT"}, None),
@@ -613,6 +617,10 @@ def test_classify_never_raises(status: int, raw: bytes, headers: dict[str, str])
         ({"Retry-After": "-3"}, None),
         ({"Retry-After": "nan"}, None),
         ({"Retry-After": "soon"}, None),
+        ({"Retry-After": "0\x1f"}, None),  # a control character float() refuses
+        ({"Retry-After": "\x1c3"}, None),
+        ({"Retry-After": "\u0663"}, None),  # ٣: a digit to float(), not to HTTP
+        ({"Retry-After": "\t3 "}, 3.0),
         ({"Retry-After": "1" * 40}, None),
         ({}, None),
     ],
