@@ -193,12 +193,21 @@ async def test_chaos(rate: float, limiter: str, report_matrix: Callable[[str], N
     )
     faults = sum(r.fault is not None for r in emulator.requests)
     rate_limited = sum(r.kind is ErrorKind.RATE_LIMITED for r in results if not r.ok)
+    # What the limiter itself refused: attempts that sent nothing for want of a slot.
+    refused = sum(
+        a.kind is ErrorKind.RATE_LIMITED and a.http_status is None
+        for r in results
+        for a in r.history
+    )
+    assert refused <= 0.02 * CANCELS
     COUNTS[(rate, limiter)] = (rate_limited, unknown)
     other = COUNTS.get((rate, "off" if limiter == "default" else "default"))
-    if other is not None:  # the limiter costs nothing here: at most 2 % of the batch more
-        # (Fewer is no cost: on a busy machine timeouts move both counts by dozens.)
+    if other is not None:  # the limiter costs next to nothing here
+        # Measured on an idle machine the counts are within 2 % of the batch either way
+        # (docs/rate-limits.md); on a busy one the timeouts alone move both by dozens
+        # from run to run, so a run is compared at 5 % (fewer is no cost).
         for with_it, without in zip(COUNTS[(rate, "default")], COUNTS[(rate, "off")], strict=True):
-            assert with_it - without <= 0.02 * CANCELS, COUNTS
+            assert with_it - without <= 0.05 * CANCELS, COUNTS
     report_matrix(
         matrix(
             f"\n{rate:.0%} faults, limiter {limiter}: {CANCELS} cancels, {rate_limited} "
