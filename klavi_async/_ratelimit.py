@@ -62,6 +62,9 @@ _RAMP_IDLE = 1.0
 _RUN = 8
 """Refusals in a row (no accepted answer between them) that start a hold.  Noise refusing
 a fifth of the requests does that once in 390,000 answers; a full window in milliseconds."""
+_RUN_CHANCE = 1e-5
+"""How rarely noise may make a run that holds: among answers refused at random at a share
+p, a run must be `log(_RUN_CHANCE) / log(p)` long (p = 0.4: 13; 0.2 and under: `_RUN`)."""
 _EVIDENCE = 3
 """Throttles within the last second below which no share is rate evidence."""
 _RAMP_RUN = 4
@@ -159,7 +162,7 @@ class RateLimiter(_Queue):
             self._run_start = now
         self._run += 1
         self._count_for_trial(sent_at, True, now)
-        if self._run >= _RUN:
+        if self._run >= _RUN and self._run >= self._run_needed(now):
             if self._reading and self._adaptive and self._trial is None:
                 # The cubic rule past the limit: at a high rate its overshoot comes back as
                 # a run.  A decrease first; a run of requests sent after it holds.
@@ -169,6 +172,15 @@ class RateLimiter(_Queue):
                 self._start_hold(now, wait, origin=self._run_start)
         elif self._adaptive:
             self._weigh(now, wait)
+
+    def _run_needed(self, now: float) -> float:
+        # Noise refusing a share p of the requests makes runs of k once in p**-k answers:
+        # among mostly accepted answers a run must be longer than that makes by chance.
+        accepted, refused = self._meter.counts(now)
+        share = (refused - self._run) / max(accepted + refused - self._run, 1.0)
+        if accepted < _RUN or share <= 0.0 or share >= _FULL:
+            return _RUN
+        return math.log(_RUN_CHANCE) / math.log(share)
 
     def _start_hold(self, now: float, wait: float | None, *, origin: float) -> _Hold:
         # Send nothing until the pause has passed since `origin` (the run's first refusal),
@@ -206,7 +218,7 @@ class RateLimiter(_Queue):
             return
         if refused < _EVIDENCE or accepted < 1.0:  # nothing accepted says nothing
             return
-        if share >= _FULL and refused >= _RUN:  # most of what is sent is refused: a run
+        if share >= _FULL and refused >= 2 * _RUN and self._run >= 2:  # most refused: a run
             self._start_hold(now, wait, origin=self._run_start)
             return
         if (

@@ -247,6 +247,20 @@ def test_a_tiny_retry_after_is_no_retry_after(retry_after: float) -> None:
     assert limiter.delay() >= _PROBE_FIRST
 
 
+def test_a_run_among_noisy_answers_must_be_longer_than_chance_makes() -> None:
+    # 40 % of the answers refused at random: runs of eight come by chance every 1,500
+    # answers.  Such a run is not a full window; a longer one (13) is.
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    for i in range(300):
+        clock.now += 0.004
+        limiter.on_response(429 if i % 5 in (0, 2) else 200, 1.0, clock.now - 0.002)
+    refuse(limiter, clock, _RUN)
+    assert limiter._hold is None
+    refuse(limiter, clock, 6)
+    assert limiter._hold is not None
+
+
 def test_a_few_refusals_among_few_answers_are_no_full_window() -> None:
     # Four refusals among eight answers at 5/s, Retry-After 60: half refused, but four
     # is not a run; nothing else waits.
@@ -706,10 +720,13 @@ def noise_on_and_off(payments: int, every: int, retry_after: float | None) -> tu
     return runs[0], runs[1]
 
 
-@pytest.mark.parametrize(("share", "limit"), [(0.08, None), (0.08, 500), (0.15, None)])
-def test_steady_random_429s_cost_little(share: float, limit: int | None) -> None:
-    # Random 429s on a share of all requests, for a minute: the noise is learnt, the
-    # rate does not spiral down (it did: 0.22 of the limiter-off throughput at 8 %).
+@pytest.mark.parametrize(
+    ("share", "limit", "floor"),
+    [(0.08, None, 0.75), (0.08, 500, 0.75), (0.15, None, 0.75)],
+)
+def test_steady_random_429s_cost_little(share: float, limit: int | None, floor: float) -> None:
+    # Random 429s on a share of all requests, for 40 s: the noise is learnt, the rate
+    # does not spiral down (it did: 0.22 of the limiter-off throughput at 8 %).
     results = []
     for rate_limit in (RateLimit(), None):
         draw = random.Random(7).random
@@ -717,7 +734,7 @@ def test_steady_random_429s_cost_little(share: float, limit: int | None) -> None
         client = Client(until=40.0, rate_limit=rate_limit)
         simulate(server, [client])
         results.append(client.results["ok"])
-    assert results[0] >= 0.75 * results[1]
+    assert results[0] >= floor * results[1]
 
 
 @pytest.mark.parametrize(("limit", "retry_after"), [(500, None), (2000, None), (2000, 1.0)])
