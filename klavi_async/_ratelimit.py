@@ -13,16 +13,21 @@ What a 429 (or 529) means is decided from the answers around it, never from one 
   its Retry-After and nothing else changes;
 - a share of the last second's answers (`_SHARE`, or more than the noise measured) is
   rate evidence: the rate drops to `_BETA` of the accepted rate (cubic rule).  The drop is
-  on trial: if the next `_TRIAL` answers are refused as often as before, the 429s were not
-  about rate, the drop is undone and that share is remembered as noise;
-- `_RUN` refusals in a row mean the server refuses whatever is sent (a full window or a
-  storm): a hold.  Nothing is sent until the Retry-After (at most the policy's
-  `max_retry_after`, passed in by the caller) has passed since the first refusal, then one
-  probe at a time.  If the first probe is accepted the window was full: a ramp from
-  `min_rate` finds this process's part (processes refused by the same window ramp in
-  step).  If not, it is a storm, which says nothing about the rate: probes go on (Retry-
-  After apart, or doubling to `_PROBE_MAX` without one) and the first accepted one
-  restores the rate from before the storm (or unthrottled).
+  on trial: if the answers to requests sent a second later are refused about as often as
+  noise would be, twice in a row, the 429s were not about rate, the drops are undone and
+  that share is remembered as noise;
+- `_RUN` refusals in a row (more among noisy answers: longer than chance makes) mean the
+  server refuses whatever is sent.  With a rate learnt, that is first a drop (the cubic
+  rule's overshoot at a high rate comes back as a run); otherwise, or if a run follows
+  the drop, a hold.  Nothing is sent until the Retry-After (at most the policy's
+  `max_retry_after`, passed in by the caller; `_PROBE_FIRST` without one) has passed
+  since the first refusal, then one probe at a time.  A probe refused more than
+  `_WINDOW` after the run began makes it a storm, which says nothing about the rate: the
+  first accepted probe restores the rate from before it (or unthrottled).  Otherwise the
+  window was full: the rate goes on from `_BETA` of the rate accepted when it filled, or,
+  unthrottled before, a ramp from `min_rate` finds this process's part (processes refused
+  by the same window ramp in step).  Probes go a Retry-After apart, or doubling to
+  `_PROBE_MAX` without one.
 
 Phases: free (unthrottled; the request path pays one attribute check, `on_success()` a
 clock read and a count), ramp (a `_Ramp`, back to free once it keeps no call waiting),
@@ -232,9 +237,9 @@ class RateLimiter(_Queue):
 
     def _decrease(self, now: float, counts: tuple[float, float], *, run: bool) -> None:
         # Rate evidence: to `_BETA` of the accepted rate, on trial.
-        # The share judged against is at most the noise level expected (`_SHARE` or what
-        # was measured): noise that crossed the threshold was a lucky second, the share
-        # after it is not.  A decrease that helped leaves less than that.
+        # The share judged against is at most the threshold it crossed: noise that crossed
+        # it was a lucky second, the share after it is not.  A decrease that helped leaves
+        # less than that.
         accepted, refused = counts
         share = min(refused / max(accepted + refused, 1.0), self._threshold(now))
         trial = _Trial(now, share, self, run=run)
@@ -298,11 +303,11 @@ class RateLimiter(_Queue):
             self._restore(suspect.saved)
             answers += suspect.ok + suspect.bad  # the noise measured over both
             self._noise, self._noise_at = (trial.bad + suspect.bad) / answers, now
+            self._wake()
 
     def _restore(self, saved: _Saved) -> None:
         cubic, self._reading, self.engaged = saved
         self._cubic.restore(cubic)
-        self._wake()
 
     def on_success(self, sent_at: float | None = None) -> None:
         """Count a response that was not a throttle; the allowed rate may grow."""
@@ -341,8 +346,7 @@ class RateLimiter(_Queue):
         self._pause_until = -math.inf
         if hold.storm or not self._adaptive:
             if hold.saved is not None:
-                saved, self._reading, self.engaged = hold.saved
-                self._cubic.restore(saved)
+                self._restore(hold.saved)
             else:
                 self.engaged = self._capped or self._reading or self._ramp is not None
             if self._reading and self._adaptive and not hold.drain:
