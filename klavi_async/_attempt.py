@@ -85,7 +85,9 @@ class Shared:
         self.events = events
         self.closed = False
         self.limiter = (
-            None if rate_limit is None else RateLimiter(rate_limit, clock=clock, sleep=sleep)
+            None
+            if rate_limit is None
+            else RateLimiter(rate_limit, clock=clock, sleep=sleep, max_pause=policy.max_retry_after)
         )
         if isinstance(provider, ClientCredentials):
             provider = CredentialsProvider(

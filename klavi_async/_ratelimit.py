@@ -159,7 +159,8 @@ class RateLimiter(_Queue):
         if hold is not None:  # a probe refused: the server still refuses whatever is sent
             # A window is counted over a second: only a refusal after that is a storm.
             hold.storm = hold.storm or now - hold.since >= _WINDOW
-            hold.interval = wait if wait is not None else min(2 * hold.interval, _PROBE_MAX)
+            interval = wait if wait is not None else min(2 * hold.interval, _PROBE_MAX)
+            hold.interval = min(interval, self._max_pause)
             self._last_change = now
             self._pause(now + hold.interval)
             return
@@ -190,7 +191,7 @@ class RateLimiter(_Queue):
     def _start_hold(self, now: float, wait: float | None, *, origin: float) -> _Hold:
         # Send nothing until the pause has passed since `origin` (the run's first refusal),
         # then probe.  Whether it was a full window or a storm, the probes tell.
-        pause = _PROBE_FIRST if wait is None else wait
+        pause = min(_PROBE_FIRST if wait is None else wait, self._max_pause)
         hold = _Hold(origin, origin + pause, pause)
         if self._reading:  # what was accepted, at most what was allowed (as a decrease)
             hold.reading = min(self._meter.rate(now), self._cubic.rate)

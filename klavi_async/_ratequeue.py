@@ -29,6 +29,10 @@ the margin below the throttled rate (`_MARGIN` of one second's worth): the burst
 event loop catches up with fits under the limit."""
 
 
+_PAUSE_FLOOR = 0.01
+"""Probes are at least this far apart (one at a time) whatever `max_pause` says."""
+
+
 class _Waiter:
     __slots__ = ("deadline", "future", "priority", "since")
 
@@ -100,6 +104,7 @@ class _Queue:
         "_hold",
         "_last_change",
         "_last_wait",
+        "_max_pause",
         "_measured_at",
         "_meter",
         "_nap",
@@ -127,8 +132,11 @@ class _Queue:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        max_pause: float = math.inf,
     ) -> None:
         self._clock, self._sleep = clock, sleep
+        self._max_pause = max(max_pause, _PAUSE_FLOOR)
+        """The longest pause between probes (the policy's `max_retry_after`)."""
         self._adaptive = config.adaptive
         self._capped = config.max_rate is not None
         max_rate = math.inf if config.max_rate is None else config.max_rate

@@ -659,3 +659,11 @@ async def test_a_huge_retry_after_pauses_only_its_call_up_to_max_retry_after(
     assert all(r.ok for r in others)
     assert result.ok and result.attempts == 2
     assert 2.0 <= result.elapsed < 30.0  # the cap, not a day
+
+
+async def test_the_limiter_pauses_at_most_the_policys_max_retry_after() -> None:
+    # The policy's cap reaches the limiter's own pauses (probes without a Retry-After).
+    policy = RetryPolicy(max_retry_after=0.5)
+    async with KlaviClient(TOKEN, base_url="http://127.0.0.1:9", retry=policy) as klavi:
+        limiter = klavi._shared.limiter
+        assert limiter is not None and limiter._max_pause == 0.5

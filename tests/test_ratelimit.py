@@ -316,6 +316,22 @@ def test_a_hold_forgets_a_suspect_decrease() -> None:
     assert limiter._suspect is None
 
 
+@pytest.mark.parametrize("max_pause", [0.0, 0.5, 1.0])
+def test_probes_without_retry_after_are_never_further_apart_than_max_pause(
+    max_pause: float,
+) -> None:
+    # The policy's max_retry_after caps the limiter's own pauses too (it doubled to 2 s).
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep, max_pause=max_pause)
+    refuse(limiter, clock, _RUN, retry_after=None)
+    for _ in range(6):
+        assert limiter.delay() <= max(max_pause, 0.01) + 1e-9
+        clock.now += limiter.delay()
+        assert run(lambda _: limiter.acquire(max_wait=0.0))
+        assert not run(lambda _: limiter.acquire(max_wait=0.0))  # one probe at a time
+        refuse(limiter, clock, 1, retry_after=None)
+
+
 def test_a_retry_after_pause_is_what_the_caller_passes() -> None:
     # The client caps Retry-After at the policy's max_retry_after before telling the
     # limiter; the limiter pauses for what it is told.
