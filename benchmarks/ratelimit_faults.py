@@ -93,22 +93,22 @@ def flapping(limiter: RateLimit | None) -> tuple[Client, str]:
     return client, f"{used:.2f} of the capacity; {server.share_refused(6.0, 30.0):.0%} 429s"
 
 
-def no_retry_after(limiter: RateLimit | None) -> tuple[Client, str]:
-    """A steady 500/s limit whose 429s carry no Retry-After."""
-    server = Server(limit=lambda _: 500, retry_after=None)
+def _steady(limiter: RateLimit | None, limit: int, retry_after: float | None) -> tuple[Client, str]:
+    server = Server(limit=lambda _: limit, retry_after=retry_after)
     client = Client(until=30.0, rate_limit=limiter)
     simulate(server, [client])
-    used = server.accepted(None, 10.0, 30.0) / 20 / 500
+    used = server.accepted(None, 10.0, 30.0) / 20 / limit
     return client, f"{used:.2f} of the limit; {server.share_refused(10.0, 30.0):.1%} 429s"
+
+
+def no_retry_after(limiter: RateLimit | None) -> tuple[Client, str]:
+    """A steady 500/s limit whose 429s carry no Retry-After."""
+    return _steady(limiter, 500, None)
 
 
 def high_limit(limiter: RateLimit | None) -> tuple[Client, str]:
     """A steady 2,000/s limit (Retry-After: 1)."""
-    server = Server(limit=lambda _: 2000)
-    client = Client(until=30.0, rate_limit=limiter)
-    simulate(server, [client])
-    used = server.accepted(None, 10.0, 30.0) / 20 / 2000
-    return client, f"{used:.2f} of the limit; {server.share_refused(10.0, 30.0):.1%} 429s"
+    return _steady(limiter, 2000, 1.0)
 
 
 def late_joiner(limiter: RateLimit | None) -> tuple[Client, str]:
