@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 
 from ._ratecurve import _BUCKET, _MARGIN, _Cubic, _Ramp
-from ._ratequeue import _Hold, _Queue, _Saved, _Trial
+from ._ratequeue import _Hold, _Queue, _Trial
 from ._ratesettings import MAX_RATE, MIN_RATE, RateLimit, RateLimitStats, rate_value
 
 __all__ = [
@@ -305,10 +305,6 @@ class RateLimiter(_Queue):
             answers += suspect.ok + suspect.bad  # the noise measured over both
             self._noise, self._noise_at = (trial.bad + suspect.bad) / answers, now
             self._wake()
-
-    def _restore(self, saved: _Saved) -> None:
-        cubic, self._reading, self.engaged = saved
-        self._cubic.restore(cubic)
 
     def on_success(self, sent_at: float | None = None) -> None:
         """Count a response that was not a throttle; the allowed rate may grow."""

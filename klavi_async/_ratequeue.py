@@ -78,7 +78,7 @@ class _Trial:
         self.at, self.share, self.run = at, share, run
         self.ok = self.bad = self.repeats = 0
         self.last_bad = False
-        self.saved: _Saved = (limiter._cubic.save(), limiter._reading, limiter.engaged)
+        self.saved = limiter._save()
 
     def record(self, refused: bool) -> None:
         """Count one answer; a refusal right after a refusal is a repeat."""
@@ -159,6 +159,13 @@ class _Queue:
         self._nap: asyncio.Future[object] | None = None
         self._throttles = self._waits = 0
         self._wait_time = 0.0
+
+    def _save(self) -> _Saved:
+        return self._cubic.save(), self._reading, self.engaged
+
+    def _restore(self, saved: _Saved) -> None:
+        cubic, self._reading, self.engaged = saved
+        self._cubic.restore(cubic)
 
     @property
     def rate(self) -> float | None:
