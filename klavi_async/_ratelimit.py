@@ -75,6 +75,9 @@ _EVIDENCE = 3
 _RAMP_RUN = 4
 """Refusals in a row that end a ramp: it has filled the window (noise refusing a fifth of
 the requests does that once in 600 answers, a ramp's first second about 70)."""
+_FEWEST = 20
+"""Answers within the last second below which no share is rate evidence: a handful (callers
+asleep in long Retry-Afters) makes any share by chance; a full window still makes a run."""
 _FULL = 0.5
 """The share of the last second's answers refused that is a full window, as a run is."""
 _SHARE = 0.05
@@ -230,6 +233,7 @@ class RateLimiter(_Queue):
         if (
             self._trial is not None
             or share < self._threshold(now)
+            or (accepted + refused < _FEWEST and not self._waiters)
             or now - self._meter.started < _WINDOW  # a start: a second's answers, or a run
             or now - self._last_change < _WINDOW  # answers from before the last change
         ):
@@ -352,8 +356,10 @@ class RateLimiter(_Queue):
         elif hold.reading is not None:
             self._cubic.decrease(now, hold.reading)
         else:
+            # From the first probe (all refused by one window ramp in step), unless later.
+            start = hold.origin if now - hold.origin < _WINDOW else now
             cubic = self._cubic
-            self._ramp = _Ramp(min(hold.origin, now), cubic.min_rate, cubic.max_rate)
+            self._ramp = _Ramp(start, cubic.min_rate, cubic.max_rate)
             self._reading = False
         self._wake()
 
