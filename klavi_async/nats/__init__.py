@@ -15,6 +15,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
     raise ImportError("klavi_async.nats needs nats-py: pip install 'klavi-async[nats]'") from exc
 
 from ._decide import Action, Decision, Poison, decide, is_final, parse_request
+from ._settle import WorkerStats
 from ._streams import (
     DEAD_SUBJECT,
     REQUESTS_STREAM,
@@ -26,7 +27,7 @@ from ._streams import (
     ensure_streams,
     request_message,
 )
-from ._worker import CancelWorker, WorkerStats
+from ._worker import CancelWorker
 
 __all__ = [
     "CancelWorker",

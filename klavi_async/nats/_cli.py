@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -27,6 +28,26 @@ from ._worker import CancelWorker
 __all__ = ["add_commands"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Seconds(click.ParamType):  # type: ignore[type-arg]
+    """A finite number of seconds above zero (click's FloatRange lets `nan` and `inf` in)."""
+
+    name = "seconds"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not 0 < seconds < math.inf:
+            self.fail(f"{value!r} is not a number of seconds above zero", param, ctx)
+        return seconds
+
+
+SECONDS = _Seconds()
 
 
 def _echo(text: str) -> None:
@@ -50,6 +71,8 @@ async def run_worker(
     max_deliver: int,
     retry_delay: float,
     progress_interval: float,
+    max_retry_delay: float = 300.0,
+    max_age: float = 86400.0,
 ) -> int:
     """Serve until SIGINT/SIGTERM, drain, return the exit status."""
     try:
@@ -68,6 +91,8 @@ async def run_worker(
                 ack_wait=ack_wait,
                 max_deliver=max_deliver,
                 retry_delay=retry_delay,
+                max_retry_delay=max_retry_delay,
+                max_age=max_age,
             )
             stop = asyncio.Event()
 
@@ -150,7 +175,7 @@ def add_commands(cli: click.Group) -> None:
     @click.option("--concurrency", type=click.IntRange(1, 10_000), default=32, show_default=True)
     @click.option(
         "--ack-wait",
-        type=click.FloatRange(min=0, min_open=True),
+        type=SECONDS,
         default=30.0,
         show_default=True,
         help="Seconds before an unacknowledged delivery goes to another worker.",
@@ -158,14 +183,28 @@ def add_commands(cli: click.Group) -> None:
     @click.option("--max-deliver", type=click.IntRange(min=1), default=10, show_default=True)
     @click.option(
         "--retry-delay",
-        type=click.FloatRange(min=0, min_open=True),
+        type=SECONDS,
         default=5.0,
         show_default=True,
-        help="Seconds before a failed cancel is retried (unless Klavi said Retry-After).",
+        help="Seconds before a failed cancel is retried; doubles with each delivery.",
+    )
+    @click.option(
+        "--max-retry-delay",
+        type=SECONDS,
+        default=300.0,
+        show_default=True,
+        help="The longest wait before a failed cancel is retried (Retry-After included).",
+    )
+    @click.option(
+        "--max-age",
+        type=SECONDS,
+        default=86400.0,
+        show_default=True,
+        help="Seconds after it was queued that a request still failing is given up.",
     )
     @click.option(
         "--progress-interval",
-        type=click.FloatRange(min=0, min_open=True),
+        type=SECONDS,
         default=10.0,
         show_default=True,
     )
@@ -175,13 +214,22 @@ def add_commands(cli: click.Group) -> None:
         ack_wait: float,
         max_deliver: int,
         retry_delay: float,
+        max_retry_delay: float,
+        max_age: float,
         progress_interval: float,
     ) -> None:
         """Cancel the requests queued on NATS JetStream until SIGINT/SIGTERM.
 
         Each request gets one record on klavi.cancel.results (or klavi.cancel.dead).
-        A signal stops taking messages; the cancels in flight finish, then it exits 0.
+        When Klavi is down (the recent cancels all fail retryably) the worker takes no
+        new message and probes with one at growing intervals; the failed ones wait
+        without spending their deliveries.  A signal stops taking messages; the
+        cancels in flight finish, then it exits 0.
         """
+        if not max_retry_delay >= retry_delay:
+            raise click.BadParameter(
+                f"must be >= --retry-delay ({retry_delay:g})", param_hint="--max-retry-delay"
+            )
         start_in_fast_allocator_state()  # this process is ours: see _cli/_process.py
         sys.exit(
             asyncio.run(
@@ -192,6 +240,8 @@ def add_commands(cli: click.Group) -> None:
                     max_deliver=max_deliver,
                     retry_delay=retry_delay,
                     progress_interval=progress_interval,
+                    max_retry_delay=max_retry_delay,
+                    max_age=max_age,
                 )
             )
         )

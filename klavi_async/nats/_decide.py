@@ -97,24 +97,34 @@ def decide(
     retry_delay: float,
     *,
     ref: str,
+    max_retry_delay: float = 300.0,
+    age: float = 0.0,
+    max_age: float = 86400.0,
 ) -> Decision:
     """
     Decide what follows one delivery of a request whose cancel gave *outcome*.
 
-    *delivery_count* is 1 for the first delivery; *max_deliver* the last one allowed.
-    *ref* names the message stably across redeliveries (e.g. `KLAVI_CANCEL:42`); it is
-    the de-duplication id of a dead letter, and of a result that carries no key.
+    *delivery_count* is 1 for the first delivery (counting only the deliveries that were
+    the message's own failures); *max_deliver* the last one allowed.  *age* is the
+    seconds since the request was enqueued.  *ref* names the message stably across
+    redeliveries (e.g. `KLAVI_CANCEL:42`); it is the de-duplication id of a dead letter,
+    and of a result that carries no key.
 
     - a poison message or an `INVALID_REQUEST`: one dead letter, then `TERM`;
     - a final outcome: its record, then `ACK`;
     - the credentials were refused: `NAK` and `halt` (no message is to blame);
-    - another failure: `NAK` after its `retry_after` or *retry_delay*, except on the
-      last allowed delivery: its record (not final), then `TERM`.
+    - another failure: `NAK` after `retry_delay * 2**(delivery_count - 1)` (or the
+      `retry_after` Klavi asked for, if longer), at most *max_retry_delay*; except on
+      the last allowed delivery or at *max_age*: its record (not final), then `TERM`.
     """
     if delivery_count < 1 or max_deliver < 1:
         raise ValueError("delivery_count and max_deliver must be >= 1")
-    if retry_delay <= 0:
+    if not retry_delay > 0:
         raise ValueError("retry_delay must be > 0 (a nak without a delay is immediate)")
+    if not max_retry_delay >= retry_delay:
+        raise ValueError("max_retry_delay must be >= retry_delay")
+    if not max_age > 0:
+        raise ValueError("max_age must be > 0")
     if isinstance(outcome, Poison):
         return _dead(outcome, delivery_count, ref)
     if isinstance(outcome, CancelFailed) and outcome.kind is ErrorKind.INVALID_REQUEST:
@@ -139,13 +149,25 @@ def decide(
         # The key: one final record per request, even when a worker dies before acking.
         msg_id = key or f"result-{ref}"
         return Decision(Action.ACK, record=record, subject=RESULTS_SUBJECT, msg_id=msg_id)
-    if delivery_count >= max_deliver:
+    if delivery_count >= max_deliver or age >= max_age:  # NaN age: not known to be old
         # Not the bare key: a non-final record must not block the final record of the
         # same request enqueued again later.  Stable across this message's redeliveries.
         msg_id = f"{key}:unsettled:{ref}" if key else f"result-{ref}"
         return Decision(Action.TERM, record=record, subject=RESULTS_SUBJECT, msg_id=msg_id)
-    delay = outcome.retry_after if isinstance(outcome, CancelFailed) else None
-    return Decision(Action.NAK, delay=delay if delay and delay > 0 else retry_delay)
+    return Decision(
+        Action.NAK, delay=redelivery_delay(delivery_count, outcome, retry_delay, max_retry_delay)
+    )
+
+
+def redelivery_delay(
+    delivery_count: int, outcome: CancelResult, retry_delay: float, max_retry_delay: float
+) -> float:
+    """`retry_delay` doubling with each delivery, or Klavi's Retry-After; at most the cap."""
+    delay = retry_delay * 2.0 ** min(delivery_count - 1, 60)  # no overflow at any count
+    asked = outcome.retry_after if isinstance(outcome, CancelFailed) else None
+    if asked is not None and asked > delay:
+        delay = asked
+    return min(delay, max_retry_delay)
 
 
 def _kept(value: str | None, limit: int = 100) -> str | None:

@@ -34,7 +34,7 @@ from .. import CancelRequest
 from .._cli._demo import DEMO_FAULTS
 from .._cli._emulator import seed_payments
 from .._cli._signals import on_stop_signals
-from ..testing import CANCELLABLE, KlaviEmulator
+from ..testing import CANCELLABLE, KlaviEmulator, RandomFaults
 from ._decide import DEAD_SUBJECT, RESULTS_SUBJECT
 from ._fleet import POLL, Echo, Fleet, nats_server_binary
 from ._streams import REQUESTS_STREAM, RESULTS_STREAM, connect, enqueue, ensure_streams
@@ -44,6 +44,8 @@ __all__ = ["FleetRun", "check_fleet", "nats_server_binary", "run_fleet_demo"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _DOCUMENTS: Final = ("529.982.247-25", "11.222.333/0001-81")
+_OUTAGE: Final = 6.0
+"""Seconds Klavi is down mid-run: the workers hold their messages and probe."""
 
 
 @define
@@ -206,6 +208,8 @@ async def _demo(
                 await victim.wait()
                 killed_at = await _stored(js, RESULTS_STREAM)
                 echo(f"SIGKILLed worker 1 (pid {victim.pid}) at {killed_at} of {total} records")
+                await _until(js, lambda n, _: n >= total // 2, deadline, total, echo)
+                outage = await _outage(js, emulator, echo)
                 await _until(js, lambda n, left: n >= total and left == 0, deadline, total, echo)
                 echo(f"every request has a record; SIGTERM to workers 2..{workers}")
                 for process in processes[1:]:
@@ -229,7 +233,7 @@ async def _demo(
                 requeued=requeued,
             )
             problems = check_fleet(run)
-            _summary(echo, run, emulator, fleet.survivor_stats(), dropped, started)
+            _summary(echo, run, emulator, fleet.survivor_stats(), dropped, started, outage)
             if problems:
                 for problem in problems:
                     echo(f"invariant failed: {problem}")
@@ -243,16 +247,17 @@ def _summary(
     echo: Echo,
     run: FleetRun,
     emulator: KlaviEmulator,
-    survivors: tuple[int, int],
+    survivors: tuple[int, int, int],
     requeue_dropped: int,
     started: float,
+    outage: str,
 ) -> None:
     ok = [r for r in run.records if r.get("ok")]
     failed = Counter(str(r.get("kind")) for r in run.records if not r.get("ok"))
     already = sum(1 for r in ok if r.get("already_cancelled"))
     reconciled = sum(1 for r in ok if r.get("reconciled"))
     again = [r["deliveries"] for r in run.records if r.get("deliveries", 1) > 1]
-    redelivered, duplicates = survivors
+    redelivered, duplicates, outages = survivors
     faults = Counter(r.fault for r in emulator.records("cancel") if r.fault)
     cancellable = sum(1 for status in run.planned.values() if status in CANCELLABLE)
     cancelled = sum(1 for n in run.effects.values() if n > 0)
@@ -287,6 +292,7 @@ def _summary(
             "duplicates dropped",
             f"{duplicates} republished records (survivors), {requeue_dropped} re-enqueued requests",
         ),
+        ("Klavi outage", f"{outage}; recognised by {outages} of the surviving workers"),
         ("worker exits", exits),
         ("elapsed", f"{time.monotonic() - started:.1f} s"),
     ]
@@ -303,6 +309,30 @@ def _summary(
         f"  payments cancelled {cancelled} of {cancellable} cancellable; "
         f"max effects per payment {max(run.effects.values(), default=0)}; "
         f"cancelled twice {sum(1 for n in run.effects.values() if n > 1)}"
+    )
+
+
+async def _outage(js: JetStreamContext, emulator: KlaviEmulator, echo: Echo) -> str:
+    """Klavi answers 503 to every cancel for `_OUTAGE` s; what reached it, when it resumed."""
+    faults, before = emulator.random_faults, len(emulator.records("cancel"))
+    at = await _stored(js, RESULTS_STREAM)
+    echo(f"Klavi down (every cancel answered 503) for {_OUTAGE:g} s at {at} records")
+    emulator.random_faults = RandomFaults({"503": 1.0})
+    try:
+        await asyncio.sleep(_OUTAGE)  # the outage itself: its length is the story
+    finally:
+        emulator.random_faults = faults
+    back = time.monotonic()
+    sent = len(emulator.records("cancel")) - before
+    last = sum(1 for r in emulator.records("cancel")[before:] if r.time >= back - 2.0)
+    echo("Klavi back")
+    # The emulator has no event for a request: poll, as `_until` polls the streams.
+    while not any(r.time >= back for r in emulator.records("cancel")[before + sent :]):  # noqa: ASYNC110
+        await asyncio.sleep(POLL)
+    first = min(r.time for r in emulator.records("cancel")[before + sent :]) - back
+    return (
+        f"down {_OUTAGE:g} s at {at} records: {sent} cancel requests reached it "
+        f"({last} in its last 2 s); the first cancel after it {first:.1f} s later"
     )
 
 

@@ -30,7 +30,9 @@ Process = asyncio.subprocess.Process
 
 POLL: Final = 0.05
 """Seconds between looks at a process or a stream."""
-STATS_RE: Final = re.compile(r"stopped; .*redelivered (\d+), duplicates dropped (\d+)")
+STATS_RE: Final = re.compile(
+    r"stopped; .*redelivered (\d+), duplicates dropped (\d+)(?:, Klavi outages (\d+))?"
+)
 """A worker's goodbye line: its redeliveries and the duplicates the server dropped."""
 
 
@@ -106,15 +108,19 @@ class Fleet:
                 raise TimeoutError
             await asyncio.sleep(POLL)
 
-    def survivor_stats(self) -> tuple[int, int]:
-        """Redeliveries and duplicates dropped, summed over the workers that said goodbye."""
-        redelivered = duplicates = 0
+    def survivor_stats(self) -> tuple[int, int, int]:
+        """
+        Redeliveries, duplicates dropped, and workers that recognised a Klavi outage, summed
+        over the workers that said goodbye.
+        """
+        redelivered = duplicates = outages = 0
         for _, log in self.workers:
             found = STATS_RE.findall(log.read_text())
             if found:
                 redelivered += int(found[-1][0])
                 duplicates += int(found[-1][1])
-        return redelivered, duplicates
+                outages += int(found[-1][2] or 0) > 0
+        return redelivered, duplicates, outages
 
     def echo_logs(self, echo: Echo) -> None:
         for number, (_, log) in enumerate(self.workers, start=1):

@@ -9,19 +9,24 @@ the same key and the record republished with the same `Nats-Msg-Id`, which the r
 stream drops as a duplicate, so each request keeps exactly one record.  A message the
 worker fails on, or whose record is too large to publish, ends in a dead letter: the
 server redelivers without limit, so leaving it unsettled would loop for ever.
+
+When Klavi is down (`_outage`: the last cancels all failed retryably) the loop fetches
+nothing, the failed messages are held (kept in progress, their deliveries unspent) and
+one of them is retried as a probe when one is due; an answer releases them all.
+Settling a delivery (the record, then ack, nak or term) is `_settle.Settler`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import math
 import time
-from typing import Any, Final, Literal
+from collections import deque
+from typing import Any
 
 import nats.errors
 import nats.js.errors
-from attrs import define
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -37,12 +42,16 @@ from ._decide import (
     DEAD_SUBJECT,
     Action,
     Decision,
+    Poison,
     dead_letter_id,
     decide,
+    is_final,
     minimal_dead_letter,
     parse_request,
 )
-from ._streams import MSG_ID, REQUESTS_STREAM
+from ._outage import Outage
+from ._settle import Settler, WorkerStats
+from ._streams import REQUESTS_STREAM
 
 __all__ = ["CancelWorker", "WorkerStats"]
 
@@ -50,39 +59,6 @@ logger = logging.getLogger("klavi_async.nats")
 
 _FETCH_TIMEOUT = 0.5  # how long one pull waits for messages; bounds how late a stop is seen
 _RETRY_PAUSE = 0.25  # after a broker error (e.g. the server is restarting)
-_TOO_LARGE_CODE: Final = 10054  # JetStream: "message size exceeds maximum allowed"
-
-_Published = Literal["stored", "failed", "too_large"]
-
-
-@define
-class WorkerStats:
-    """What a worker did so far; read it for progress lines and monitoring."""
-
-    done: int = 0
-    """Requests with their record published on `klavi.cancel.results`, then acked or termed."""
-    ok: int = 0
-    """Of those, the cancelled ones."""
-    in_flight: int = 0
-    """Messages being worked on now."""
-    naked: int = 0
-    """Deliveries handed back for a later retry."""
-    dead: int = 0
-    """Dead letters published on `klavi.cancel.dead`."""
-    redelivered: int = 0
-    """Deliveries that were not a message's first."""
-    duplicates: int = 0
-    """Record publishes the server dropped as already stored (a crash's leftovers)."""
-    unsettled: int = 0
-    """Deliveries left to come back after `ack_wait` (a record could not be published)."""
-
-    def line(self) -> str:
-        """One progress line, e.g. `done 10 (ok 9), in flight 3, naked 1, dead 0`."""
-        return (
-            f"done {self.done} (ok {self.ok}), in flight {self.in_flight}, "
-            f"naked {self.naked}, dead {self.dead}, redelivered {self.redelivered}, "
-            f"duplicates dropped {self.duplicates}"
-        )
 
 
 class CancelWorker:
@@ -94,7 +70,11 @@ class CancelWorker:
     consumer is created or updated with *ack_wait* (seconds before an unacknowledged
     delivery comes back; long cancels send `in_progress()` every third of it).  The
     server redelivers without limit and the worker itself enforces *max_deliver*, so a
-    worker killed on the last delivery still leaves the message to another.
+    worker killed on the last delivery still leaves the message to another.  A failed
+    cancel comes back after *retry_delay* doubling with each delivery, at most
+    *max_retry_delay*; a request enqueued more than *max_age* seconds ago is given up
+    with its non-final record.  In a Klavi outage (see `_outage`) the worker takes no new
+    message, holds the failed ones without spending their deliveries, and probes.
     """
 
     def __init__(
@@ -108,6 +88,8 @@ class CancelWorker:
         ack_wait: float = 30.0,
         max_deliver: int = 10,
         retry_delay: float = 5.0,
+        max_retry_delay: float = 300.0,
+        max_age: float = 86400.0,
     ) -> None:
         if not isinstance(client, KlaviClient):
             raise TypeError(f"client must be a KlaviClient, got {type(client).__name__}")
@@ -120,6 +102,10 @@ class CancelWorker:
             raise ValueError("ack_wait must be > 0")
         if not retry_delay > 0:
             raise ValueError("retry_delay must be > 0 (a nak without a delay is immediate)")
+        if not math.inf > max_retry_delay >= retry_delay:
+            raise ValueError("max_retry_delay must be >= retry_delay (and finite)")
+        if not max_age > 0:
+            raise ValueError("max_age must be > 0")
         self._client = client
         self._js = js
         self._stream = stream
@@ -128,10 +114,16 @@ class CancelWorker:
         self._ack_wait = float(ack_wait)
         self._max_deliver = max_deliver
         self._retry_delay = float(retry_delay)
+        self._max_retry_delay = float(max_retry_delay)
+        self._max_age = float(max_age)
         self._active: dict[int, list[Any]] = {}  # id(msg) -> [msg, last sign of life]
+        self._outage = Outage()
+        self._held: deque[Msg] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._halt = asyncio.Event()
         self._running = False
         self.stats = WorkerStats()
+        self._settler = Settler(js, self.stats, ack_wait=self._ack_wait, retry_delay=retry_delay)
         self.halted: str | None = None
         """Why the worker stopped on its own (refused credentials), or None."""
 
@@ -154,12 +146,23 @@ class CancelWorker:
             raise RuntimeError("this CancelWorker is already running")
         self._running = True
         stop = stop if stop is not None else asyncio.Event()
-        tasks: set[asyncio.Task[None]] = set()
+        tasks = self._tasks
         sub = await self._subscribe()
         heartbeat = asyncio.create_task(self._heartbeats())
         stopping = asyncio.create_task(self._stopping(stop))
+        loop = asyncio.get_running_loop()
         try:
             while not stopping.done():
+                outage = self._outage
+                if outage.down:  # Klavi's outage: no new message, one probe at a time
+                    if outage.probe_due(loop.time()):
+                        await self._probe(sub)
+                    else:  # until the probe (running or due) or a cancel in flight ends
+                        wait = None if outage.probing else outage.next_probe - loop.time()
+                        await asyncio.wait(
+                            {*tasks, stopping}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    continue
                 free = self._concurrency - len(tasks)
                 if free <= 0:
                     await asyncio.wait({*tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -169,20 +172,58 @@ class CancelWorker:
                         await msg.nak(delay=self._retry_delay)
                         self.stats.naked += 1
                         continue
-                    task = asyncio.create_task(self._handle(msg))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    self._start(msg)
             if tasks:
                 await asyncio.wait(tasks)
+            await self._hand_back_held()
         finally:
             for task in (*tasks, heartbeat, stopping):
                 task.cancel()
             await asyncio.gather(*tasks, heartbeat, stopping, return_exceptions=True)
+            for msg in self._held:  # cancelled: they come back after ack_wait
+                self._active.pop(id(msg), None)
+            self._held.clear()
+            self.stats.held = 0
             try:
                 await sub.unsubscribe()
             except nats.errors.Error as exc:
                 logger.debug("unsubscribe failed: %s", type(exc).__name__)
             self._running = False
+
+    def _start(self, msg: Msg, *, held: bool = False, probe: bool = False) -> None:
+        task = asyncio.create_task(self._handle(msg, held=held, probe=probe))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _probe(self, sub: JetStreamContext.PullSubscription) -> None:
+        # One held message (the longest held first), or one new one if none is held.
+        if self._held:
+            self.stats.held -= 1
+            self._start(self._held.popleft(), held=True, probe=True)
+            return
+        msgs = await self._fetch(sub, 1)
+        if not msgs:  # nothing to probe with: try again soon
+            self._outage.probing = False
+            return
+        self._start(msgs[0], probe=True)
+
+    def _release(self) -> None:
+        # Klavi answers again: every held message is retried now.
+        while self._held:
+            self.stats.held -= 1
+            self._start(self._held.popleft(), held=True)
+
+    async def _hand_back_held(self) -> None:
+        # Stopping in an outage: the held messages go back to the queue for another worker.
+        while self._held:
+            msg = self._held.popleft()
+            self.stats.held -= 1
+            self._active.pop(id(msg), None)
+            try:
+                await msg.nak(delay=self._retry_delay)
+                self.stats.naked += 1
+            except nats.errors.Error as exc:  # it comes back after ack_wait anyway
+                logger.debug("nak failed: %s", type(exc).__name__)
 
     async def _stopping(self, stop: asyncio.Event) -> None:
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._halt.wait())]
@@ -219,9 +260,10 @@ class CancelWorker:
 
     async def _heartbeats(self) -> None:
         interval = self._ack_wait / 3
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval / 2)
-            now = time.monotonic()
+            now = loop.time()
             for entry in list(self._active.values()):
                 msg, last = entry
                 if now - last < interval:
@@ -232,33 +274,70 @@ class CancelWorker:
                 except nats.errors.Error as exc:
                     logger.debug("in_progress failed: %s", type(exc).__name__)
 
-    async def _handle(self, msg: Msg) -> None:
-        stats = self.stats
+    async def _handle(self, msg: Msg, *, held: bool = False, probe: bool = False) -> None:
+        # *held*: a message held through an outage, retried; *probe*: the one that tells
+        # whether the outage is over.
+        stats, outage = self.stats, self._outage
+        loop = asyncio.get_running_loop()
         stats.in_flight += 1
-        self._active[id(msg)] = [msg, time.monotonic()]
+        self._active[id(msg)] = [msg, loop.time()]
+        keep = told = False
         try:
             meta = msg.metadata
             delivery = meta.num_delivered
-            if delivery > 1:
+            if delivery > 1 and not held:
                 stats.redelivered += 1
             ref = f"{meta.stream}:{meta.sequence.stream}"
-            decision = await self._decision(msg.data, delivery, ref)
-            await self._settle(msg, decision, delivery, ref)
+            age = self._age(meta.timestamp.timestamp())
+            outcome = await self._outcome(msg.data, delivery, ref)
+            if isinstance(outcome, CancelResult):
+                told, failed = True, not is_final(outcome)
+                change = outage.record(failed, loop.time())
+                if change == "began":
+                    stats.outages += 1
+                    logger.warning("Klavi outage: holding the failed messages; probing")
+                elif change == "ended":
+                    logger.warning("Klavi answers again: retrying the held messages")
+                    self._release()
+                if failed and outage.down and age < self._max_age:
+                    keep = True  # held: retried when Klavi answers again
+                    self._held.append(msg)
+                    stats.held += 1
+                    return
+            decision = (
+                outcome
+                if isinstance(outcome, Decision)
+                else decide(
+                    delivery, self._max_deliver, outcome, self._retry_delay, ref=ref,
+                    max_retry_delay=self._max_retry_delay, age=age, max_age=self._max_age,
+                )
+            )  # fmt: skip
+            if decision.halt:
+                self._halt_on()
+            await self._settler.settle(msg, decision, delivery, ref)
         except Exception:
             # A broker failure (or the client closed under us): leave the message; it
             # comes back after ack_wait.
             stats.unsettled += 1
             logger.exception("a delivery could not be handled; it will be redelivered")
         finally:
-            del self._active[id(msg)]
+            if not keep:
+                del self._active[id(msg)]
             stats.in_flight -= 1
+            if probe and outage.probing:  # the probe failed, or could not tell
+                outage.probe_failed(loop.time(), told=told)
 
-    async def _decision(self, data: bytes, delivery: int, ref: str) -> Decision:
-        """What `decide()` says for this delivery; a dead letter if the worker fails on it."""
+    def _age(self, enqueued: float) -> float:
+        """Seconds since the request was stored in the stream (wall clocks: a guess)."""
+        return time.time() - enqueued
+
+    async def _outcome(
+        self, data: bytes, delivery: int, ref: str
+    ) -> CancelResult | Poison | Decision:
+        """The cancel's outcome (or the poison); a dead letter if the worker fails on it."""
         try:
             parsed = parse_request(data)
-            outcome = await self._cancel(parsed) if isinstance(parsed, CancelRequest) else parsed
-            return decide(delivery, self._max_deliver, outcome, self._retry_delay, ref=ref)
+            return await self._cancel(parsed) if isinstance(parsed, CancelRequest) else parsed
         except ClientClosedError:
             raise  # the worker's fault, not the message's: it comes back to another worker
         except Exception as exc:
@@ -298,64 +377,8 @@ class CancelWorker:
             idempotency_key=key,
         )
 
-    async def _settle(self, msg: Msg, decision: Decision, delivery: int, ref: str) -> None:
-        stats = self.stats
-        if decision.halt:
-            self.halted = "Klavi refused the credentials: check them and restart the worker"
-            if not self._halt.is_set():
-                logger.error("stopping: %s", self.halted)
-            self._halt.set()
-        record, subject, msg_id = decision.record, decision.subject, decision.msg_id
-        if record is not None and subject and msg_id:
-            published = await self._publish(subject, msg_id, record)
-            if published == "too_large":
-                # It never will fit: end the message with a dead letter that does.
-                logger.warning("the record of %s is too large to publish: dead-lettered", ref)
-                record = minimal_dead_letter("record_too_large", delivery, ref)
-                subject, msg_id = DEAD_SUBJECT, dead_letter_id(ref)
-                decision = Decision(Action.TERM, record=record, subject=subject, msg_id=msg_id)
-                published = await self._publish(subject, msg_id, record)
-            if published != "stored":
-                stats.unsettled += 1
-                return  # no record, no ack: the message comes back after ack_wait
-        if decision.action is Action.NAK:
-            await msg.nak(delay=decision.delay or self._retry_delay)
-            stats.naked += 1
-            return
-        if decision.action is Action.ACK:
-            await msg.ack()
-        else:
-            await msg.term()
-        if subject == DEAD_SUBJECT:
-            stats.dead += 1
-        else:
-            stats.done += 1
-            if record is not None and record.get("ok") is True:
-                stats.ok += 1
-
-    async def _publish(self, subject: str, msg_id: str, record: dict[str, Any]) -> _Published:
-        """Publish a record, retrying through a reconnect within ack_wait."""
-        body = json.dumps(record, separators=(",", ":")).encode()
-        deadline = time.monotonic() + self._ack_wait
-        pause = 0.1
-        while True:
-            try:
-                ack = await self._js.publish(subject, body, headers={MSG_ID: msg_id})
-            except nats.errors.MaxPayloadError:
-                return "too_large"  # over the server's max_payload: no retry can help
-            except nats.js.errors.APIError as exc:
-                if exc.err_code == _TOO_LARGE_CODE:  # over the stream's max_msg_size
-                    return "too_large"
-                if time.monotonic() + pause > deadline:
-                    logger.warning("could not publish a record (%s)", type(exc).__name__)
-                    return "failed"
-            except (nats.errors.Error, TimeoutError) as exc:
-                if time.monotonic() + pause > deadline:
-                    logger.warning("could not publish a record (%s)", type(exc).__name__)
-                    return "failed"
-            else:
-                if ack.duplicate:
-                    self.stats.duplicates += 1
-                return "stored"
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 2.0)
+    def _halt_on(self) -> None:
+        self.halted = "Klavi refused the credentials: check them and restart the worker"
+        if not self._halt.is_set():
+            logger.error("stopping: %s", self.halted)
+        self._halt.set()

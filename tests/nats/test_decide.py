@@ -81,12 +81,53 @@ def test_retryable_failure_naks_with_retry_delay_and_publishes_nothing() -> None
     assert decision.subject is None
 
 
-def test_retry_after_wins_over_retry_delay() -> None:
+def test_a_longer_retry_after_wins_over_the_delay() -> None:
     result = failed(ErrorKind.RATE_LIMITED, http_status=429, retry_after=12.5)
     assert decide(2, 10, result, 5.0, ref="S:1").delay == 12.5
-    # A zero hint is not a delay: a nak without one would redeliver at once.
-    result = failed(ErrorKind.RATE_LIMITED, http_status=429, retry_after=0.0)
-    assert decide(2, 10, result, 5.0, ref="S:1").delay == 5.0
+    # A shorter one does not shorten the backoff; a zero hint is not a delay at all.
+    for hint in (0.0, 7.0):
+        result = failed(ErrorKind.RATE_LIMITED, http_status=429, retry_after=hint)
+        assert decide(2, 10, result, 5.0, ref="S:1").delay == 10.0
+
+
+def test_the_delay_doubles_with_each_delivery_up_to_max_retry_delay() -> None:
+    result = failed(ErrorKind.SERVER_ERROR, http_status=503)
+    delays = [decide(n, 100, result, 5.0, ref="S:1").delay for n in range(1, 10)]
+    assert delays == [5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0, 300.0]
+    assert decide(10**6, 10**7, result, 5.0, ref="S:1").delay == 300.0  # no overflow
+    assert decide(3, 10, result, 0.2, ref="S:1", max_retry_delay=0.5).delay == 0.5
+    # A day-long Retry-After is capped too: the message is retried within the cap.
+    result = failed(ErrorKind.RATE_LIMITED, http_status=429, retry_after=86400.0)
+    assert decide(1, 10, result, 5.0, ref="S:1").delay == 300.0
+
+
+def test_a_request_older_than_max_age_is_given_up_with_its_non_final_record() -> None:
+    result = failed(ErrorKind.SERVER_ERROR, http_status=503)
+    young = decide(1, 10, result, 5.0, ref="S:1", age=86399.0)
+    assert young.action is Action.NAK
+    old = decide(1, 10, result, 5.0, ref="S:1", age=86400.0)
+    assert old.action is Action.TERM
+    assert old.subject == RESULTS_SUBJECT
+    assert old.record is not None and old.record["ok"] is False
+    assert old.msg_id == "kc1-abc:unsettled:S:1"
+    # An age nobody can know (NaN from a broken clock) gives nothing up.
+    assert decide(1, 10, result, 5.0, ref="S:1", age=float("nan")).action is Action.NAK
+    # A final outcome is recorded whatever the age.
+    assert decide(1, 10, cancelled(), 5.0, ref="S:1", age=10**9).action is Action.ACK
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_retry_delay": 1.0}, "max_retry_delay must be >= retry_delay"),
+        ({"max_retry_delay": float("nan")}, "max_retry_delay"),
+        ({"max_age": 0.0}, "max_age must be > 0"),
+        ({"max_age": float("nan")}, "max_age must be > 0"),
+    ],
+)
+def test_bad_schedules_are_refused(options: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        decide(1, 10, cancelled(), 5.0, ref="S:1", **options)
 
 
 def test_outcome_unknown_is_not_final_even_when_not_retryable() -> None:

@@ -58,6 +58,10 @@ def test_demo_fleet_cancels_each_payment_once_with_a_worker_killed(
     assert re.search(rf"ok +{REQUESTS * 9 // 10} \(\d+ by Klavi's answer, \d+ confirmed", out)
     assert f"failed             {REQUESTS // 10} (not_cancellable {REQUESTS // 10})" in out
     assert "worker exits       worker 1 SIGKILL, worker 2 0, worker 3 0" in out
+    # Klavi down for 6 s mid-run: the survivors recognise it, hold their messages, probe.
+    assert re.search(r"Klavi down \(every cancel answered 503\) for 6 s at \d+ records", out)
+    assert re.search(r"Klavi outage +down 6 s at \d+ records: \d+ cancel requests", out)
+    assert re.search(r"recognised by [12] of the surviving workers", out)
     cancellable = REQUESTS * 8 // 10
     assert (
         f"payments cancelled {cancellable} of {cancellable} cancellable; "

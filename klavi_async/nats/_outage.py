@@ -1,0 +1,85 @@
+"""
+Telling a Klavi outage from a bad message, and when to try again.  Pure: no I/O, and
+the clock is passed in.
+
+When a worker's last `THRESHOLD` cancels, across messages, all failed retryably (a 5xx,
+a timeout, a network failure, a 429: an outcome that is not final), the failure is
+Klavi's, not the messages'.  Naking them would spend their deliveries on it (an 8 s
+outage used to end 200 requests with `max_deliver=5`) and hammer Klavi with every
+redelivery.  So the worker takes no new message and holds the ones that failed, telling
+the server it still works on them (their delivery counts do not grow), and retries one
+of them at a time: `FIRST_PROBE` after the outage was recognised, then at intervals
+doubling up to `LONGEST_PROBE`, until one is answered (cancelled, or refused for good):
+Klavi is back, and every held message is retried at once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final, Literal
+
+__all__ = ["FIRST_PROBE", "LONGEST_PROBE", "THRESHOLD", "Change", "Outage"]
+
+Change = Literal["began", "ended"] | None
+
+THRESHOLD: Final = 5
+"""Cancels in a row, across messages, that failed retryably: an outage.  One message
+Klavi keeps failing does not make one while others succeed."""
+FIRST_PROBE: Final = 1.0
+"""Seconds from recognising an outage to the first probe."""
+LONGEST_PROBE: Final = 30.0
+"""The interval between probes doubles up to this many seconds."""
+
+
+class Outage:
+    """
+    One worker's view of Klavi: up, or down and when to probe next.  Strictly private.
+
+    `record()` every cancel's outcome; while `down`, start a probe when `probe_due()`
+    and report its failure with `probe_failed()` (a success ends the outage through
+    `record()`).
+    """
+
+    __slots__ = ("_failures", "_interval", "down", "next_probe", "probing")
+
+    def __init__(self) -> None:
+        self._failures = 0
+        self._interval = FIRST_PROBE
+        self.down = False
+        self.next_probe = math.inf
+        self.probing = False
+        """A probe is running: no other starts until it ends."""
+
+    def record(self, failed: bool, now: float) -> Change:
+        """Count one cancel's outcome (*failed*: retryably); say if an outage began or ended."""
+        if not failed:
+            self._failures = 0
+            if not self.down:
+                return None
+            self.down = self.probing = False
+            self.next_probe = math.inf
+            return "ended"
+        self._failures += 1
+        if self.down or self._failures < THRESHOLD:
+            return None
+        self.down = True
+        self._interval = FIRST_PROBE
+        self.next_probe = now + FIRST_PROBE
+        return "began"
+
+    def probe_due(self, now: float) -> bool:
+        """Whether to start a probe now (and it is marked as running)."""
+        if not self.down or self.probing or now < self.next_probe:
+            return False
+        self.probing = True
+        return True
+
+    def probe_failed(self, now: float, *, told: bool = True) -> None:
+        """
+        The probe failed (*told*: Klavi failed it; else it could not tell, e.g. a poison
+        message): the next one comes twice as late, or at once.
+        """
+        self.probing = False
+        if self.down and told:
+            self._interval = min(2 * self._interval, LONGEST_PROBE)
+            self.next_probe = now + self._interval

@@ -1,0 +1,140 @@
+"""
+Settling one delivery: publish the record `decide()` asked for, then ack, nak or term.
+
+Only a stored record is followed by an ack or a term: a record that could not be
+published leaves the message unsettled, to come back after `ack_wait` (its cancel is
+re-sent with the same key, and the record republished with the same `Nats-Msg-Id`, which
+the results stream drops as a duplicate).  A record too large for the server ends the
+message with a minimal dead letter instead: it never will fit, and the server redelivers
+without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Final, Literal
+
+import nats.errors
+import nats.js.errors
+from attrs import define
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from ._decide import DEAD_SUBJECT, Action, Decision, dead_letter_id, minimal_dead_letter
+from ._streams import MSG_ID
+
+__all__ = ["Settler", "WorkerStats"]
+
+logger = logging.getLogger("klavi_async.nats")
+
+_TOO_LARGE_CODE: Final = 10054  # JetStream: "message size exceeds maximum allowed"
+
+_Published = Literal["stored", "failed", "too_large"]
+
+
+@define
+class WorkerStats:
+    """What a worker did so far; read it for progress lines and monitoring."""
+
+    done: int = 0
+    """Requests with their record published on `klavi.cancel.results`, then acked or termed."""
+    ok: int = 0
+    """Of those, the cancelled ones."""
+    in_flight: int = 0
+    """Messages being worked on now."""
+    naked: int = 0
+    """Deliveries handed back for a later retry."""
+    dead: int = 0
+    """Dead letters published on `klavi.cancel.dead`."""
+    redelivered: int = 0
+    """Deliveries that were not a message's first."""
+    duplicates: int = 0
+    """Record publishes the server dropped as already stored (a crash's leftovers)."""
+    unsettled: int = 0
+    """Deliveries left to come back after `ack_wait` (a record could not be published)."""
+    held: int = 0
+    """Messages held through a Klavi outage now, to be retried when it ends."""
+    outages: int = 0
+    """Klavi outages recognised (the worker's recent cancels all failed retryably)."""
+
+    def line(self) -> str:
+        """One progress line, e.g. `done 10 (ok 9), in flight 3, naked 1, dead 0`."""
+        return (
+            f"done {self.done} (ok {self.ok}), in flight {self.in_flight}, "
+            f"naked {self.naked}, dead {self.dead}, redelivered {self.redelivered}, "
+            f"duplicates dropped {self.duplicates}"
+            + (f", Klavi outages {self.outages} (held now {self.held})" if self.outages else "")
+        )
+
+
+class Settler:
+    """A worker's settling of deliveries: its stream context, counters and timings."""
+
+    __slots__ = ("_ack_wait", "_js", "_retry_delay", "stats")
+
+    def __init__(
+        self, js: JetStreamContext, stats: WorkerStats, *, ack_wait: float, retry_delay: float
+    ) -> None:
+        self._js, self.stats = js, stats
+        self._ack_wait, self._retry_delay = ack_wait, retry_delay
+
+    async def settle(self, msg: Msg, decision: Decision, delivery: int, ref: str) -> None:
+        """Publish the decision's record (if any), then ack, nak or term the delivery."""
+        stats = self.stats
+        record, subject, msg_id = decision.record, decision.subject, decision.msg_id
+        if record is not None and subject and msg_id:
+            published = await self.publish(subject, msg_id, record)
+            if published == "too_large":
+                # It never will fit: end the message with a dead letter that does.
+                logger.warning("the record of %s is too large to publish: dead-lettered", ref)
+                record = minimal_dead_letter("record_too_large", delivery, ref)
+                subject, msg_id = DEAD_SUBJECT, dead_letter_id(ref)
+                decision = Decision(Action.TERM, record=record, subject=subject, msg_id=msg_id)
+                published = await self.publish(subject, msg_id, record)
+            if published != "stored":
+                stats.unsettled += 1
+                return  # no record, no ack: the message comes back after ack_wait
+        if decision.action is Action.NAK:
+            await msg.nak(delay=decision.delay or self._retry_delay)
+            stats.naked += 1
+            return
+        if decision.action is Action.ACK:
+            await msg.ack()
+        else:
+            await msg.term()
+        if subject == DEAD_SUBJECT:
+            stats.dead += 1
+        else:
+            stats.done += 1
+            if record is not None and record.get("ok") is True:
+                stats.ok += 1
+
+    async def publish(self, subject: str, msg_id: str, record: dict[str, Any]) -> _Published:
+        """Publish a record, retrying through a reconnect within ack_wait."""
+        body = json.dumps(record, separators=(",", ":")).encode()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._ack_wait
+        pause = 0.1
+        while True:
+            try:
+                ack = await self._js.publish(subject, body, headers={MSG_ID: msg_id})
+            except nats.errors.MaxPayloadError:
+                return "too_large"  # over the server's max_payload: no retry can help
+            except nats.js.errors.APIError as exc:
+                if exc.err_code == _TOO_LARGE_CODE:  # over the stream's max_msg_size
+                    return "too_large"
+                if loop.time() + pause > deadline:
+                    logger.warning("could not publish a record (%s)", type(exc).__name__)
+                    return "failed"
+            except (nats.errors.Error, TimeoutError) as exc:
+                if loop.time() + pause > deadline:
+                    logger.warning("could not publish a record (%s)", type(exc).__name__)
+                    return "failed"
+            else:
+                if ack.duplicate:
+                    self.stats.duplicates += 1
+                return "stored"
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)

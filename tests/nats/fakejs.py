@@ -1,0 +1,178 @@
+"""
+An in-process JetStream for `CancelWorker` on virtual time: one work-queue stream, one
+pull consumer, the results stream's de-duplication, and the server's redelivery rules
+(`ack_wait` renewed by `in_progress()`, a delayed `nak()`, `term()`).
+
+Only what the worker uses; a real nats-server covers the wire (tests/nats/conftest.py).
+This one lets an outage of ten minutes run in milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+from typing import Any
+
+from attrs import define, field
+
+from klavi_async.nats import REQUESTS_STREAM, request_message
+
+
+@define
+class _Sequence:
+    stream: int
+
+
+@define
+class _Metadata:
+    num_delivered: int
+    stream: str
+    sequence: _Sequence
+    timestamp: datetime.datetime
+
+
+@define(eq=False)
+class FakeMsg:
+    """One delivery of a stored message."""
+
+    js: FakeJetStream
+    seq: int
+    data: bytes
+    metadata: _Metadata
+
+    async def ack(self) -> None:
+        self.js.settle(self, "ack")
+
+    async def term(self) -> None:
+        self.js.settle(self, "term")
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.js.settle(self, "nak", delay or 0.0)
+
+    async def in_progress(self) -> None:
+        self.js.renew(self)
+
+
+@define
+class _Stored:
+    data: bytes
+    stored_at: datetime.datetime
+    delivered: int = 0
+    available_at: float = 0.0
+    deadline: float | None = None
+    """While delivered and unsettled: when it comes back (ack_wait)."""
+    delivery: FakeMsg | None = None
+
+
+@define
+class _Ack:
+    duplicate: bool
+
+
+@define
+class FakeJetStream:
+    """The stream context, its pull subscription and the results, all in one."""
+
+    loop: asyncio.AbstractEventLoop
+    ack_wait: float = 30.0
+    stored: dict[int, _Stored] = field(factory=dict)
+    settled: dict[int, str] = field(factory=dict)
+    """Sequence -> "ack" or "term": how each message left the queue."""
+    naks: int = 0
+    records: list[tuple[str, dict[str, Any]]] = field(factory=list)
+    _ids: set[str] = field(factory=set)
+    _changed: asyncio.Event = field(factory=asyncio.Event)
+
+    def enqueue(self, requests: list[Any], *, age: float = 0.0) -> None:
+        """Store the requests, enqueued *age* seconds ago by the wall clock."""
+        when = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=age)
+        for request in requests:
+            body, _ = request_message(request)
+            self.stored[len(self.stored) + 1] = _Stored(body, when)
+        self._changed.set()
+
+    @property
+    def max_delivered(self) -> int:
+        return max((entry.delivered for entry in self.stored.values()), default=0)
+
+    # -- what CancelWorker calls -------------------------------------------------------
+
+    async def add_consumer(self, stream: str, config: Any) -> None:
+        assert stream == REQUESTS_STREAM
+        self.ack_wait = config.ack_wait
+
+    async def pull_subscribe_bind(self, *, durable: str, stream: str) -> FakeJetStream:
+        return self
+
+    async def unsubscribe(self) -> None:
+        return None
+
+    async def fetch(self, batch: int, timeout: float) -> list[FakeMsg]:
+        end = self.loop.time() + timeout
+        while True:
+            now = self.loop.time()
+            ready = [seq for seq in self.stored if self._available(seq, now)][:batch]
+            if ready:
+                return [self._deliver(seq, now) for seq in ready]
+            if now >= end:
+                raise TimeoutError
+            self._changed.clear()
+            wake = min([end, *self._next_times(now)])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), max(wake - now, 0.0))
+
+    async def publish(self, subject: str, body: bytes, headers: dict[str, str]) -> _Ack:
+        msg_id = headers["Nats-Msg-Id"]
+        if msg_id in self._ids:
+            return _Ack(duplicate=True)
+        self._ids.add(msg_id)
+        self.records.append((subject, json.loads(body)))
+        return _Ack(duplicate=False)
+
+    # -- the server's side -------------------------------------------------------------
+
+    def _available(self, seq: int, now: float) -> bool:
+        entry = self.stored[seq]
+        if seq in self.settled or entry.available_at > now:
+            return False
+        return entry.deadline is None or entry.deadline <= now
+
+    def _next_times(self, now: float) -> list[float]:
+        times = []
+        for seq, entry in self.stored.items():
+            if seq in self.settled:
+                continue
+            times.append(entry.deadline if entry.deadline is not None else entry.available_at)
+        return [t for t in times if t > now]
+
+    def _deliver(self, seq: int, now: float) -> FakeMsg:
+        entry = self.stored[seq]
+        entry.delivered += 1
+        entry.deadline = now + self.ack_wait
+        metadata = _Metadata(entry.delivered, REQUESTS_STREAM, _Sequence(seq), entry.stored_at)
+        entry.delivery = FakeMsg(self, seq, entry.data, metadata)
+        return entry.delivery
+
+    def _current(self, msg: FakeMsg) -> _Stored | None:
+        entry = self.stored[msg.seq]
+        # A delivery that timed out (ack_wait) and went to someone else settles nothing.
+        return entry if entry.delivery is msg and msg.seq not in self.settled else None
+
+    def settle(self, msg: FakeMsg, how: str, delay: float = 0.0) -> None:
+        entry = self._current(msg)
+        if entry is None:
+            return
+        entry.deadline, entry.delivery = None, None
+        if how == "nak":
+            self.naks += 1
+            entry.available_at = self.loop.time() + delay
+        else:
+            self.settled[msg.seq] = how
+        self._changed.set()
+
+    def renew(self, msg: FakeMsg) -> None:
+        entry = self._current(msg)
+        if entry is not None:
+            entry.deadline = self.loop.time() + self.ack_wait

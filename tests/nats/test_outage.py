@@ -1,0 +1,273 @@
+"""
+A Klavi outage against a worker: the pure rules (`Outage`), then the worker at its
+defaults on virtual time against an in-process JetStream (tests/nats/fakejs.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from nats.js import JetStreamContext
+
+from klavi_async import CancelRequest, KlaviClient, RetryPolicy
+from klavi_async._transport import Response
+from klavi_async.nats import RESULTS_SUBJECT, CancelWorker, _worker as worker_module, enqueue
+from klavi_async.nats._outage import FIRST_PROBE, LONGEST_PROBE, THRESHOLD, Outage
+from klavi_async.testing import KlaviEmulator, RandomFaults
+
+from ..conftest import CPF
+from ..fakes import Sent, json_response, mock_client
+from ..ratesim import VirtualLoop, run
+from .fakejs import FakeJetStream
+from .helpers import emulator_client, queue_empty, records, wait_for_records
+
+# -- the rules -----------------------------------------------------------------------------
+
+
+def test_an_outage_is_threshold_failures_in_a_row_and_ends_on_an_answer() -> None:
+    outage = Outage()
+    for _ in range(THRESHOLD - 1):
+        assert outage.record(True, 0.0) is None
+    assert outage.record(False, 0.0) is None  # one answer among failures: no outage
+    assert [outage.record(True, 10.0) for _ in range(THRESHOLD)][-1] == "began"
+    assert outage.down and outage.next_probe == 10.0 + FIRST_PROBE
+    assert outage.record(True, 10.5) is None  # failures while down change nothing
+    assert outage.record(False, 11.0) == "ended"
+    assert not outage.down and outage.next_probe == math.inf
+
+
+def test_probes_come_one_at_a_time_at_doubling_intervals_up_to_the_longest() -> None:
+    outage = Outage()
+    for _ in range(THRESHOLD):
+        outage.record(True, 0.0)
+    assert not outage.probe_due(FIRST_PROBE - 0.01)
+    times = []
+    now = FIRST_PROBE
+    for _ in range(8):
+        assert outage.probe_due(now)
+        assert not outage.probe_due(now)  # one probe at a time
+        times.append(now)
+        outage.probe_failed(now)
+        now = outage.next_probe
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(times)]
+    assert gaps == [2.0, 4.0, 8.0, 16.0, LONGEST_PROBE, LONGEST_PROBE, LONGEST_PROBE]
+    # A probe that could not tell (a poison message) is followed by another at once.
+    assert outage.probe_due(now)
+    outage.probe_failed(now, told=False)
+    assert outage.probe_due(now)
+
+
+def test_a_probe_failing_after_the_outage_ended_schedules_nothing() -> None:
+    outage = Outage()
+    outage.probe_failed(5.0)
+    assert not outage.down and outage.next_probe == math.inf
+
+
+# -- the worker, on virtual time ------------------------------------------------------------
+
+
+def requests(n: int) -> list[CancelRequest]:
+    return [CancelRequest(f"pay-{i:04d}", CPF) for i in range(n)]
+
+
+class Klavi:
+    """Cancels answered 503 until `up_at` (virtual seconds), then cancelled."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, up_at: float) -> None:
+        self.loop, self.up_at = loop, up_at
+        self.sent: list[tuple[float, str]] = []
+
+    def __call__(self, sent: Sent) -> Response:
+        now = self.loop.time()
+        self.sent.append((now, sent.url.rsplit("/", 2)[-2]))
+        if now < self.up_at:
+            return json_response(503)
+        return json_response(200, {"status": "CANCELED"})
+
+
+async def work(
+    loop: VirtualLoop, js: FakeJetStream, client: KlaviClient, worker: CancelWorker, until: float
+) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    while loop.time() < until and len(js.settled) < len(js.stored):
+        await asyncio.sleep(1.0)
+    stop.set()
+    await task
+    await client.aclose()
+
+
+def test_a_ten_minute_outage_at_the_defaults_abandons_nothing_and_probes_gently() -> None:
+    seen: dict[str, Any] = {}
+
+    async def main(loop: VirtualLoop) -> None:
+        js = FakeJetStream(loop)
+        js.enqueue(requests(300))
+        klavi = Klavi(loop, up_at=600.0)
+        client, _ = mock_client(klavi, retry=RetryPolicy())
+        worker = CancelWorker(client, js)  # type: ignore[arg-type]  # the fake stream
+        await work(loop, js, client, worker, until=3600.0)
+        seen.update(js=js, klavi=klavi, stats=worker.stats, end=loop.time())
+
+    run(main)
+    js, klavi, stats = seen["js"], seen["klavi"], seen["stats"]
+    # Nothing abandoned: every request cancelled, one ok record each, none given up.
+    assert Counter(js.settled.values()) == {"ack": 300}
+    subjects = Counter(subject for subject, _ in js.records)
+    assert subjects == {RESULTS_SUBJECT: 300}
+    assert all(record["ok"] for _, record in js.records)
+    assert len({record["payment_id"] for _, record in js.records}) == 300
+    # The outage cost no message more than the one delivery it had failed on before it
+    # was recognised.
+    assert js.max_delivered <= 2
+    assert stats.outages == 1 and stats.held == 0
+    # Once recognised, one probe (one cancel: its first request, and a retry when the
+    # budget's reserve allows one) at intervals doubling to 30 s: from the second minute
+    # on, at most one per 30 s.
+    late = [t for t, _ in klavi.sent if 60.0 <= t < 600.0]
+    probes = [t for t, before in zip(late, [-math.inf, *late], strict=False) if t - before > 5.0]
+    assert len(probes) <= (600.0 - 60.0) / LONGEST_PROBE + 1, probes
+    assert len(late) <= 2 * len(probes)
+    # In all, the cancels in flight when it began ran their own retries (as far as the
+    # retry budget let them), then probes only: under one request per message.
+    failed = [t for t, _ in klavi.sent if t < 600.0]
+    assert len(failed) < 300
+    assert seen["end"] <= 600.0 + LONGEST_PROBE + 10.0  # done within a probe of the end
+
+
+def test_a_request_held_past_max_age_is_given_up_with_its_non_final_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: dict[str, Any] = {}
+
+    async def main(loop: VirtualLoop) -> None:
+        # The worker's wall clock (a message's age) moves with the virtual one.
+        start = time.time()
+        wall = SimpleNamespace(time=lambda: start + loop.time())
+        monkeypatch.setattr(worker_module, "time", wall)
+        js = FakeJetStream(loop)
+        js.enqueue(requests(8), age=3500.0)  # an hour old, give or take
+        client, _ = mock_client(Klavi(loop, up_at=math.inf), retry=RetryPolicy())
+        worker = CancelWorker(client, js, concurrency=8, max_age=3600.0)  # type: ignore[arg-type]
+        await work(loop, js, client, worker, until=2000.0)
+        seen.update(js=js)
+
+    run(main)
+    js = seen["js"]
+    assert Counter(js.settled.values()) == {"term": 8}
+    assert len(js.records) == 8
+    assert not any(record["ok"] for _, record in js.records)
+    assert all(record["kind"] == "server_error" for _, record in js.records)
+
+
+def test_a_stop_during_an_outage_hands_the_held_messages_back() -> None:
+    seen: dict[str, Any] = {}
+
+    async def main(loop: VirtualLoop) -> None:
+        js = FakeJetStream(loop)
+        js.enqueue(requests(20))
+        client, _ = mock_client(Klavi(loop, up_at=math.inf), retry=RetryPolicy())
+        worker = CancelWorker(client, js, concurrency=20)  # type: ignore[arg-type]
+        await work(loop, js, client, worker, until=30.0)
+        seen.update(js=js, stats=worker.stats)
+
+    run(main)
+    js, stats = seen["js"], seen["stats"]
+    assert js.settled == {} and js.records == []  # nothing given up, nothing recorded
+    assert stats.held == 0 and stats.outages == 1
+    assert js.naks == 20  # the THRESHOLD failures, then the held ones, handed back
+    assert all(entry.delivery is None for entry in js.stored.values())
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), 1.0])
+def test_bad_max_retry_delay_is_refused(bad: float) -> None:
+    client, _ = mock_client(lambda sent: json_response(200, {"status": "CANCELED"}))
+    with pytest.raises(ValueError, match="max_retry_delay"):
+        CancelWorker(client, object(), max_retry_delay=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan")])
+def test_bad_max_age_is_refused(bad: float) -> None:
+    client, _ = mock_client(lambda sent: json_response(200, {"status": "CANCELED"}))
+    with pytest.raises(ValueError, match="max_age"):
+        CancelWorker(client, object(), max_age=bad)  # type: ignore[arg-type]
+
+
+# -- the worker against a real nats-server and the emulator --------------------------------
+
+
+async def test_an_outage_longer_than_the_schedule_abandons_nothing(js: JetStreamContext) -> None:
+    # Klavi answers 503 for 8 s; with max_deliver=5 and retry_delay=0.2 the schedule is
+    # over in about 6 s, and every request used to end with a non-final record.
+    async with KlaviEmulator() as emu:
+        requests_ = [CancelRequest(emu.add_payment(), CPF) for _ in range(200)]
+        emu.random_faults = RandomFaults({"503": 1.0}, seed=1)
+        assert await enqueue(js, requests_) == 200
+        async with emulator_client(emu, retry=RetryPolicy()) as client:
+            worker = CancelWorker(client, js, max_deliver=5, retry_delay=0.2)
+            stop = asyncio.Event()
+            task = asyncio.create_task(worker.run(stop))
+            try:
+                await wait_until(lambda: worker.stats.outages == 1)
+                began = asyncio.get_running_loop().time()
+                # The cancels in flight when it was recognised end (held), retries and all.
+                await wait_until(lambda: worker.stats.in_flight == 0)
+                held = len(emu.records("cancel"))
+                await asyncio.sleep(8.0)  # the outage itself: its length is the point
+                during = len(emu.records("cancel"))
+                probes = (asyncio.get_running_loop().time() - began) // 1 + 1
+                emu.random_faults = RandomFaults({}, seed=1)
+                await wait_for_records(js, 200, timeout=60.0)
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, timeout=30)
+        found = await records(js, RESULTS_SUBJECT)
+        assert len(found) == 200
+        assert all(record["ok"] for record, _ in found)
+        assert {record["payment_id"] for record, _ in found} == {r.payment_id for r in requests_}
+        assert all(emu.effects[r.payment_id] == 1 for r in requests_)
+        assert await queue_empty(js)
+        # At most 2 requests per message while Klavi was down, and once the outage was
+        # recognised only probes: about one per doubling interval.
+        assert during <= 2 * 200
+        # Probes at +1, +3, +7, +15 s...: at most log2 of the outage's length, a retry each.
+        assert during - held <= 2 * math.log2(probes + 1), (during, held)
+        assert worker.stats.held == 0
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--retry-delay", "10", "--max-retry-delay", "5"], "must be >= --retry-delay (10)"),
+        (["--max-age", "0"], "--max-age"),
+        (["--max-retry-delay", "nan"], "--max-retry-delay"),
+        (["--retry-delay", "inf"], "--retry-delay"),
+        (["--ack-wait", "soon"], "not a number of seconds"),
+    ],
+)
+def test_worker_schedule_usage_errors(options: list[str], message: str) -> None:
+    cli = str(Path(sys.executable).parent / "klavi-async")
+    result = subprocess.run(
+        [cli, "worker", "--nats-url", "nats://127.0.0.1:1", *options],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
