@@ -22,7 +22,7 @@ from .. import CancelRequest, KlaviClient
 from .._cli._process import start_in_fast_allocator_state
 from .._cli._rows import InputError, read_rows
 from .._cli._signals import on_stop_signals
-from ._streams import connect, ensure_streams, publish_requests
+from ._streams import LegacyStreamError, connect, ensure_streams, publish_requests
 from ._worker import CancelWorker
 
 __all__ = ["add_commands"]
@@ -83,7 +83,11 @@ async def run_worker(
     try:
         async with client:
             js = nc.jetstream()
-            await ensure_streams(js)
+            try:
+                await ensure_streams(js)
+            except LegacyStreamError as exc:
+                _echo(f"worker: {exc}")
+                return EXIT_FAILED
             worker = CancelWorker(
                 client,
                 js,
@@ -153,6 +157,9 @@ async def run_enqueue(input_path: str, url: str) -> int:
         js = nc.jetstream()
         await ensure_streams(js)
         await publish_requests(js, requests(), on_stored=on_stored, on_duplicate=on_duplicate)
+    except LegacyStreamError as exc:
+        failed = True
+        _echo(f"enqueue: {exc}; nothing was sent")
     except (nats.errors.Error, OSError, TimeoutError) as exc:
         failed = True
         _echo(f"enqueue: stopped by {type(exc).__name__}; the rest of the input was not sent")

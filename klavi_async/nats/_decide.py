@@ -11,7 +11,9 @@ broker's client.
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
+import re
 from typing import Any, Final
 
 from attrs import frozen
@@ -23,7 +25,10 @@ from .._documents import clip_kept
 __all__ = ["Action", "Decision", "Poison", "decide", "is_final", "parse_request"]
 
 RESULTS_SUBJECT: Final = "klavi.cancel.results"
+"""The records' root: each request's record is on `klavi.cancel.results.<token>`."""
 DEAD_SUBJECT: Final = "klavi.cancel.dead"
+"""The dead letters' root: each message's is on `klavi.cancel.dead.<token>`."""
+_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
 class Action(enum.Enum):
@@ -58,6 +63,8 @@ class Decision:
     """Seconds before the redelivery, for `NAK` (always set then: a plain nak is immediate)."""
     record: dict[str, Any] | None = None
     subject: str | None = None
+    """Where the record goes: one subject per request (or per dead message), which the
+    results stream keeps one record on."""
     msg_id: str | None = None
     """The de-duplication id to publish the record with."""
     halt: bool = False
@@ -148,12 +155,12 @@ def decide(
     if is_final(outcome):
         # The key: one final record per request, even when a worker dies before acking.
         msg_id = key or f"result-{ref}"
-        return Decision(Action.ACK, record=record, subject=RESULTS_SUBJECT, msg_id=msg_id)
+        return Decision(Action.ACK, record=record, subject=record_subject(key, ref), msg_id=msg_id)
     if delivery_count >= max_deliver or age >= max_age:  # NaN age: not known to be old
         # Not the bare key: a non-final record must not block the final record of the
         # same request enqueued again later.  Stable across this message's redeliveries.
         msg_id = f"{key}:unsettled:{ref}" if key else f"result-{ref}"
-        return Decision(Action.TERM, record=record, subject=RESULTS_SUBJECT, msg_id=msg_id)
+        return Decision(Action.TERM, record=record, subject=record_subject(key, ref), msg_id=msg_id)
     return Decision(
         Action.NAK, delay=redelivery_delay(delivery_count, outcome, retry_delay, max_retry_delay)
     )
@@ -188,7 +195,37 @@ def _dead(poison: Poison, delivery_count: int, ref: str) -> Decision:
         "deliveries": delivery_count,
         "source": ref,
     }
-    return Decision(Action.TERM, record=record, subject=DEAD_SUBJECT, msg_id=dead_letter_id(ref))
+    return Decision(
+        Action.TERM, record=record, subject=dead_subject(ref), msg_id=dead_letter_id(ref)
+    )
+
+
+def subject_token(name: str) -> str:
+    """
+    *name* as one subject token: itself if made of letters, digits, `_` and `-` (a key
+    from `deterministic_idempotency_key`), else `sha256-` and its hash (a key may hold
+    `.`, `*`, `>` or spaces, which a subject cannot).
+    """
+    if _TOKEN_RE.fullmatch(name):
+        return name
+    return "sha256-" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def record_subject(key: str | None, ref: str) -> str:
+    """The subject of a request's record: by its idempotency key (else the message's)."""
+    return f"{RESULTS_SUBJECT}.{subject_token(key or ref.replace(':', '-'))}"
+
+
+def dead_subject(ref: str) -> str:
+    """The subject of the dead letter of the message *ref* names."""
+    return f"{DEAD_SUBJECT}.{subject_token(ref.replace(':', '-'))}"
+
+
+def is_final_record(record: dict[str, Any]) -> bool:
+    """`is_final()` for a published record (cancelled, or failed for good)."""
+    return record.get("ok") is True or (
+        record.get("retryable") is False and record.get("outcome_unknown") is False
+    )
 
 
 def dead_letter_id(ref: str) -> str:

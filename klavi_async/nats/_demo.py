@@ -220,8 +220,8 @@ async def _demo(
                 echo("timed out, or a worker exited early; the workers' last lines:")
                 fleet.echo_logs(echo)
                 return EXIT_FAILED
-            records = await _read(js, RESULTS_SUBJECT)
-            dead = await _read(js, DEAD_SUBJECT)
+            records = await _read(js, f"{RESULTS_SUBJECT}.>")
+            dead = await _read(js, f"{DEAD_SUBJECT}.>")
             run = FleetRun(
                 planned=planned,
                 records=records,

@@ -3,8 +3,11 @@ Settling one delivery: publish the record `decide()` asked for, then ack, nak or
 
 Only a stored record is followed by an ack or a term: a record that could not be
 published leaves the message unsettled, to come back after `ack_wait` (its cancel is
-re-sent with the same key, and the record republished with the same `Nats-Msg-Id`, which
-the results stream drops as a duplicate).  A record too large for the server ends the
+re-sent with the same key, and the record republished).  Each request's record has its
+own subject, and the server keeps one: a record is published only onto an empty subject
+(`Nats-Expected-Last-Subject-Sequence: 0`), so a worker frozen past `ack_wait` and any
+duplicate window cannot add a second one; a final record replaces a non-final one (by
+its sequence), never the other way round.  A record too large for the server ends the
 message with a minimal dead letter instead: it never will fit, and the server redelivers
 without limit.
 """
@@ -22,14 +25,24 @@ from attrs import define
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from ._decide import DEAD_SUBJECT, Action, Decision, dead_letter_id, minimal_dead_letter
-from ._streams import MSG_ID
+from ._decide import (
+    DEAD_SUBJECT,
+    Action,
+    Decision,
+    dead_letter_id,
+    dead_subject,
+    is_final_record,
+    minimal_dead_letter,
+)
+from ._streams import MSG_ID, RESULTS_STREAM
 
 __all__ = ["Settler", "WorkerStats"]
 
 logger = logging.getLogger("klavi_async.nats")
 
 _TOO_LARGE_CODE: Final = 10054  # JetStream: "message size exceeds maximum allowed"
+_WRONG_LAST_CODE: Final = 10071  # JetStream: "wrong last sequence" (the subject holds one)
+EXPECTED_LAST: Final = "Nats-Expected-Last-Subject-Sequence"
 
 _Published = Literal["stored", "failed", "too_large"]
 
@@ -90,7 +103,7 @@ class Settler:
                 # It never will fit: end the message with a dead letter that does.
                 logger.warning("the record of %s is too large to publish: dead-lettered", ref)
                 record = minimal_dead_letter("record_too_large", delivery, ref)
-                subject, msg_id = DEAD_SUBJECT, dead_letter_id(ref)
+                subject, msg_id = dead_subject(ref), dead_letter_id(ref)
                 decision = Decision(Action.TERM, record=record, subject=subject, msg_id=msg_id)
                 published = await self.publish(subject, msg_id, record)
             if published != "stored":
@@ -104,7 +117,7 @@ class Settler:
             await msg.ack()
         else:
             await msg.term()
-        if subject == DEAD_SUBJECT:
+        if subject is not None and subject.startswith(DEAD_SUBJECT + "."):
             stats.dead += 1
         else:
             stats.done += 1
@@ -112,19 +125,31 @@ class Settler:
                 stats.ok += 1
 
     async def publish(self, subject: str, msg_id: str, record: dict[str, Any]) -> _Published:
-        """Publish a record, retrying through a reconnect within ack_wait."""
+        """
+        Publish *record* as the only one on *subject*, retrying through a reconnect
+        within ack_wait.  A record already there stands ("stored": nothing to add),
+        unless it is not final and this one is: then this one replaces it.
+        """
         body = json.dumps(record, separators=(",", ":")).encode()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._ack_wait
-        pause = 0.1
+        pause, expected = 0.1, 0  # the subject's last sequence we accept: 0, none
         while True:
+            headers = {MSG_ID: msg_id, EXPECTED_LAST: str(expected)}
             try:
-                ack = await self._js.publish(subject, body, headers={MSG_ID: msg_id})
+                ack = await self._js.publish(subject, body, headers=headers)
             except nats.errors.MaxPayloadError:
                 return "too_large"  # over the server's max_payload: no retry can help
             except nats.js.errors.APIError as exc:
                 if exc.err_code == _TOO_LARGE_CODE:  # over the stream's max_msg_size
                     return "too_large"
+                if exc.err_code == _WRONG_LAST_CODE and loop.time() < deadline:
+                    standing = await self._standing(subject)
+                    if standing is not None and (standing[1] or not is_final_record(record)):
+                        self.stats.duplicates += 1  # recorded before (another worker, a crash)
+                        return "stored"
+                    expected = 0 if standing is None else standing[0]
+                    continue  # replace the non-final record (or fill the emptied subject)
                 if loop.time() + pause > deadline:
                     logger.warning("could not publish a record (%s)", type(exc).__name__)
                     return "failed"
@@ -138,3 +163,16 @@ class Settler:
                 return "stored"
             await asyncio.sleep(pause)
             pause = min(pause * 2, 2.0)
+
+    async def _standing(self, subject: str) -> tuple[int, bool] | None:
+        """The sequence of the record on *subject*, and whether it is final; None: none."""
+        try:
+            msg = await self._js.get_last_msg(RESULTS_STREAM, subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        try:
+            record = json.loads(msg.data or b"")
+        except ValueError:
+            record = None  # not a record of ours: a final one replaces it
+        final = isinstance(record, dict) and is_final_record(record)
+        return msg.seq or 0, final

@@ -2,8 +2,8 @@
 The two JetStream streams, and publishing cancel requests into the first.
 
 `KLAVI_CANCEL` is a work queue: a message is removed once a worker acks or terms it.
-`KLAVI_CANCEL_RESULTS` keeps what the workers concluded (limits retention), with a
-duplicate window so a record republished after a crash is stored once.
+`KLAVI_CANCEL_RESULTS` keeps what the workers concluded (limits retention): each
+request's record on its own subject, one message per subject (see `_settle`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ._decide import DEAD_SUBJECT, RESULTS_SUBJECT
 
 __all__ = [
     "DEAD_SUBJECT",
+    "LegacyStreamError",
     "REQUESTS_STREAM",
     "REQUESTS_SUBJECT",
     "RESULTS_STREAM",
@@ -106,19 +107,41 @@ async def ensure_streams(js: JetStreamContext, *, duplicate_window: float = 120.
         ),
         StreamConfig(
             name=RESULTS_STREAM,
-            subjects=[RESULTS_SUBJECT, DEAD_SUBJECT],
+            subjects=[f"{RESULTS_SUBJECT}.>", f"{DEAD_SUBJECT}.>"],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             duplicate_window=duplicate_window,
+            max_msgs_per_subject=1,  # one record per request, the server's guarantee
         ),
     )
     for name, config in zip((REQUESTS_STREAM, RESULTS_STREAM), configs, strict=True):
         try:
-            await js.stream_info(name)
+            info = await js.stream_info(name)
         except NotFoundError:
             await js.add_stream(config)
         else:
+            if name == RESULTS_STREAM:
+                _refuse_legacy(info.config)
             await js.update_stream(config)
+
+
+class LegacyStreamError(RuntimeError):
+    """The results stream was made by a klavi-async that kept all records on one subject."""
+
+
+def _refuse_legacy(config: StreamConfig) -> None:
+    # One record per subject, set on a stream whose records share one subject, would
+    # have the server delete all but the last: never do it for the operator.
+    subjects = config.subjects or []
+    if f"{RESULTS_SUBJECT}.>" in subjects and config.max_msgs_per_subject == 1:
+        return
+    raise LegacyStreamError(
+        f"the stream {RESULTS_STREAM} predates one record per request (subjects "
+        f"{subjects}, max_msgs_per_subject {config.max_msgs_per_subject}); making it so "
+        "would have the server delete all but the last of its records. Export them "
+        "(klavi-async results --out FILE), delete the stream (nats stream rm "
+        f"{RESULTS_STREAM}), then start again: it is created anew"
+    )
 
 
 def request_message(request: CancelRequest) -> tuple[bytes, dict[str, str]]:

@@ -39,11 +39,11 @@ from .. import (
     deterministic_idempotency_key,
 )
 from ._decide import (
-    DEAD_SUBJECT,
     Action,
     Decision,
     Poison,
     dead_letter_id,
+    dead_subject,
     decide,
     is_final,
     minimal_dead_letter,
@@ -352,7 +352,7 @@ class CancelWorker:
                 "check the payment's status before enqueueing it again"
             )
             return Decision(
-                Action.TERM, record=record, subject=DEAD_SUBJECT, msg_id=dead_letter_id(ref)
+                Action.TERM, record=record, subject=dead_subject(ref), msg_id=dead_letter_id(ref)
             )
 
     async def _cancel(self, request: CancelRequest) -> CancelResult:

@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import datetime
 import json
+from types import SimpleNamespace
 from typing import Any
 
 from attrs import define, field
+from nats.js.errors import BadRequestError, NotFoundError
 
 from klavi_async.nats import REQUESTS_STREAM, request_message
 
@@ -83,6 +85,7 @@ class FakeJetStream:
     naks: int = 0
     records: list[tuple[str, dict[str, Any]]] = field(factory=list)
     _ids: set[str] = field(factory=set)
+    _last: dict[str, int] = field(factory=dict)
     _changed: asyncio.Event = field(factory=asyncio.Event)
 
     def enqueue(self, requests: list[Any], *, age: float = 0.0) -> None:
@@ -124,12 +127,25 @@ class FakeJetStream:
                 await asyncio.wait_for(self._changed.wait(), max(wake - now, 0.0))
 
     async def publish(self, subject: str, body: bytes, headers: dict[str, str]) -> _Ack:
+        # The results stream: one record per subject, and the expected-sequence check
+        # before the duplicate window's, as nats-server does.
+        last = self._last.get(subject, 0)
+        expected = headers.get("Nats-Expected-Last-Subject-Sequence")
+        if expected is not None and int(expected) != last:
+            raise BadRequestError(code=400, err_code=10071, description="wrong last sequence")
         msg_id = headers["Nats-Msg-Id"]
         if msg_id in self._ids:
             return _Ack(duplicate=True)
         self._ids.add(msg_id)
         self.records.append((subject, json.loads(body)))
+        self._last[subject] = len(self.records)
         return _Ack(duplicate=False)
+
+    async def get_last_msg(self, stream: str, subject: str) -> SimpleNamespace:
+        if subject not in self._last:
+            raise NotFoundError
+        seq = self._last[subject]
+        return SimpleNamespace(seq=seq, data=json.dumps(self.records[seq - 1][1]).encode())
 
     # -- the server's side -------------------------------------------------------------
 

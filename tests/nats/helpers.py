@@ -36,7 +36,8 @@ async def wait_for_records(js: JetStreamContext, count: int, timeout: float = 30
 
 
 async def records(js: JetStreamContext, subject: str) -> list[tuple[dict[str, Any], bytes]]:
-    """Every record on *subject* (parsed, and the raw bytes)."""
+    """Every record under *subject* (a root: `klavi.cancel.results.>`), parsed and raw."""
+    subject = subject if subject.endswith(">") else f"{subject}.>"
     total = await stored(js)
     found: list[tuple[dict[str, Any], bytes]] = []
     if total == 0:

@@ -53,7 +53,7 @@ def failed(kind: ErrorKind, **kwargs: object) -> CancelFailed:
 def test_ok_publishes_the_record_with_the_key_then_acks() -> None:
     decision = decide(1, 10, cancelled(), 5.0, ref="S:1")
     assert decision.action is Action.ACK
-    assert decision.subject == RESULTS_SUBJECT
+    assert decision.subject == f"{RESULTS_SUBJECT}.kc1-abc"  # one subject per request
     assert decision.msg_id == "kc1-abc"
     assert decision.record is not None
     assert decision.record.keys() >= BATCH_LINE_FIELDS
@@ -107,7 +107,7 @@ def test_a_request_older_than_max_age_is_given_up_with_its_non_final_record() ->
     assert young.action is Action.NAK
     old = decide(1, 10, result, 5.0, ref="S:1", age=86400.0)
     assert old.action is Action.TERM
-    assert old.subject == RESULTS_SUBJECT
+    assert old.subject == f"{RESULTS_SUBJECT}.kc1-abc"
     assert old.record is not None and old.record["ok"] is False
     assert old.msg_id == "kc1-abc:unsettled:S:1"
     # An age nobody can know (NaN from a broken clock) gives nothing up.
@@ -141,8 +141,8 @@ def test_last_delivery_publishes_the_non_final_record_and_terminates() -> None:
     result = failed(ErrorKind.TIMEOUT, retry_after=3.0)
     decision = decide(10, 10, result, 5.0, ref="S:1")
     assert decision.action is Action.TERM
-    assert decision.subject == RESULTS_SUBJECT
-    # Not the bare key: it must not block the final record of a later re-enqueue.
+    # The request's own subject: a later final record replaces it there.
+    assert decision.subject == f"{RESULTS_SUBJECT}.kc1-abc"
     assert decision.msg_id == "kc1-abc:unsettled:S:1"
     assert decision.record is not None
     assert decision.record["ok"] is False
@@ -155,6 +155,20 @@ def test_last_delivery_publishes_the_non_final_record_and_terminates() -> None:
 def test_a_result_without_key_is_deduplicated_by_the_message_ref() -> None:
     decision = decide(1, 10, cancelled(idempotency_key=None), 5.0, ref="KLAVI_CANCEL:7")
     assert decision.msg_id == "result-KLAVI_CANCEL:7"
+    assert decision.subject == f"{RESULTS_SUBJECT}.KLAVI_CANCEL-7"
+
+
+@pytest.mark.parametrize(
+    "key", ["a.b", "a*b", ">", "key with spaces", "x" * 101, "ção", "\udcff", "..."]
+)
+def test_a_key_that_cannot_be_a_subject_token_is_hashed(key: str) -> None:
+    decision = decide(1, 10, cancelled(idempotency_key=key), 5.0, ref="S:1")
+    assert decision.subject is not None
+    root, token = decision.subject.rsplit(".", 1)
+    assert root == RESULTS_SUBJECT
+    assert token.startswith("sha256-") and len(token) == 7 + 64
+    other = decide(1, 10, cancelled(idempotency_key=key + "!"), 5.0, ref="S:1")
+    assert other.subject != decision.subject
 
 
 def test_invalid_request_is_a_dead_letter_and_terminates() -> None:
@@ -165,7 +179,7 @@ def test_invalid_request_is_a_dead_letter_and_terminates() -> None:
     )
     decision = decide(1, 10, result, 5.0, ref="KLAVI_CANCEL:3")
     assert decision.action is Action.TERM
-    assert decision.subject == DEAD_SUBJECT
+    assert decision.subject == f"{DEAD_SUBJECT}.KLAVI_CANCEL-3"
     assert decision.msg_id == "dead-KLAVI_CANCEL:3"
     assert decision.record is not None
     assert decision.record["reason"] == "invalid_request"
@@ -178,7 +192,7 @@ def test_poison_is_a_dead_letter_whatever_the_delivery() -> None:
     for delivery in (1, 5, 99):
         decision = decide(delivery, 3, poison, 5.0, ref="S:9")
         assert decision.action is Action.TERM
-        assert decision.subject == DEAD_SUBJECT
+        assert decision.subject == f"{DEAD_SUBJECT}.S-9"
         assert decision.record is not None
         assert decision.record["deliveries"] == delivery
 

@@ -66,7 +66,8 @@ async def test_ensure_streams_creates_and_updates(js: JetStreamContext) -> None:
     results = await js.stream_info(RESULTS_STREAM)
     assert results.config.retention is not None
     assert results.config.retention == "limits"
-    assert set(results.config.subjects or []) == {RESULTS_SUBJECT, DEAD_SUBJECT}
+    assert set(results.config.subjects or []) == {f"{RESULTS_SUBJECT}.>", f"{DEAD_SUBJECT}.>"}
+    assert results.config.max_msgs_per_subject == 1
     assert results.config.duplicate_window == 120.0
     await ensure_streams(js, duplicate_window=300.0)
     assert (await js.stream_info(RESULTS_STREAM)).config.duplicate_window == 300.0
@@ -230,7 +231,7 @@ async def test_a_record_already_published_before_a_crash_is_not_stored_twice(
         await enqueue(js, [request])
         key = deterministic_idempotency_key(request.payment_id, CPF)
         earlier = json.dumps({"payment_id": request.payment_id, "ok": True}).encode()
-        await js.publish(RESULTS_SUBJECT, earlier, headers={"Nats-Msg-Id": key})
+        await js.publish(f"{RESULTS_SUBJECT}.{key}", earlier, headers={"Nats-Msg-Id": key})
         async with emulator_client(emu) as client:
             worker = CancelWorker(client, js)
             async with running(worker):
