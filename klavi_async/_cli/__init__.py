@@ -45,11 +45,11 @@ def _build() -> click.Group:
     for command in (cancel, status, cancel_batch, emulator, demo):
         cli.add_command(command)
 
-    try:  # `worker` and `enqueue` come with the `nats` extra (klavi_async/nats/_cli.py)
+    try:  # the JetStream commands come with the `nats` extra (klavi_async/nats/_cli.py)
         from ..nats._cli import add_commands
     except ImportError as exc:  # without nats-py they only print the install hint, exit 2
         hint = str(exc)
-        for name in ("worker", "enqueue", "demo-fleet"):
+        for name in ("worker", "enqueue", "streams", "results", "demo-fleet"):
             extra = {"ignore_unknown_options": True, "allow_extra_args": True}
             cli.command(name, help=hint, context_settings=extra)(lambda: fail_usage(hint))
     else:

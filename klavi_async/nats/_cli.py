@@ -1,8 +1,9 @@
 """
 `klavi-async worker`, `enqueue` and `demo-fleet`: the JetStream commands.
 
-`add_commands()` registers them on the main `klavi-async` group.  Klavi credentials and
-target come from the usual environment (`KlaviClient.from_env()`), like `cancel-batch`.
+`add_commands()` registers them, and `streams` and `results` (`_clistreams`), on the main
+`klavi-async` group.  Klavi credentials and target come from the usual environment
+(`KlaviClient.from_env()`), like `cancel-batch`.
 """
 
 from __future__ import annotations
@@ -16,18 +17,17 @@ from collections.abc import Iterator
 
 import click
 import nats.errors
-from nats.aio.client import Client as NATS
 
 from .. import CancelRequest, KlaviClient
 from .._cli._process import start_in_fast_allocator_state
 from .._cli._rows import InputError, read_rows
 from .._cli._signals import on_stop_signals
-from ._streams import LegacyStreamError, connect, ensure_streams, publish_requests
+from ._cliconnect import EXIT_FAILED, EXIT_OK, echo as _echo, jetstream_errors, mask_url, open_nats
+from ._clistreams import add_operator_commands
+from ._streams import LegacyStreamError, check_ack_wait, ensure_streams, publish_requests
 from ._worker import CancelWorker
 
 __all__ = ["add_commands"]
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class _Seconds(click.ParamType):  # type: ignore[type-arg]
@@ -50,19 +50,6 @@ class _Seconds(click.ParamType):  # type: ignore[type-arg]
 SECONDS = _Seconds()
 
 
-def _echo(text: str) -> None:
-    click.echo(f"klavi-async: {text}", err=True)
-
-
-async def _connect(url: str) -> NATS:
-    try:
-        return await connect(url)
-    except (nats.errors.Error, OSError, TimeoutError) as exc:
-        raise click.ClickException(
-            f"cannot connect to NATS at {url}: {type(exc).__name__}"
-        ) from None
-
-
 async def run_worker(
     url: str,
     *,
@@ -79,15 +66,19 @@ async def run_worker(
         client = KlaviClient.from_env()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    nc = await _connect(url)
+    nc = await open_nats(url)
     try:
         async with client:
             js = nc.jetstream()
             try:
-                await ensure_streams(js)
+                with jetstream_errors(url):
+                    await ensure_streams(js)  # creates what is missing, changes nothing
             except LegacyStreamError as exc:
                 _echo(f"worker: {exc}")
                 return EXIT_FAILED
+            warning = await check_ack_wait(js, ack_wait, log=False)  # said here, once
+            if warning is not None:
+                _echo(f"worker: {warning}")
             worker = CancelWorker(
                 client,
                 js,
@@ -106,9 +97,10 @@ async def run_worker(
                     _echo(f"worker: {worker.stats.line()}")
 
             reporter = asyncio.create_task(progress())
-            _echo(f"worker: consuming {url} with concurrency {concurrency}")
             try:
                 with on_stop_signals(stop.set):
+                    # Said once a signal is handled: a SIGINT after it stops it cleanly.
+                    _echo(f"worker: consuming {mask_url(url)} with concurrency {concurrency}")
                     await worker.run(stop)
             finally:
                 reporter.cancel()
@@ -151,11 +143,12 @@ async def run_enqueue(input_path: str, url: str) -> int:
         published += 1
 
     started = time.monotonic()
-    nc = await _connect(url)
+    nc = await open_nats(url)
     failed = False
     try:
         js = nc.jetstream()
-        await ensure_streams(js)
+        with jetstream_errors(url):
+            await ensure_streams(js)  # creates what is missing, changes nothing
         await publish_requests(js, requests(), on_stored=on_stored, on_duplicate=on_duplicate)
     except LegacyStreamError as exc:
         failed = True
@@ -175,7 +168,8 @@ async def run_enqueue(input_path: str, url: str) -> int:
 
 
 def add_commands(cli: click.Group) -> None:
-    """Register `worker`, `enqueue` and `demo-fleet` on *cli*."""
+    """Register `worker`, `enqueue`, `streams`, `results` and `demo-fleet` on *cli*."""
+    add_operator_commands(cli)
 
     @cli.command()
     @click.option("--nats-url", required=True, envvar="NATS_URL", help="e.g. nats://host:4222")

@@ -9,19 +9,22 @@ request's record on its own subject, one message per subject (see `_settle`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig, StreamInfo
+from nats.js.errors import BadRequestError, NotFoundError
 
 from .. import CancelRequest, deterministic_idempotency_key
 from ._decide import DEAD_SUBJECT, RESULTS_SUBJECT
+from ._settings import DEFAULT_DUPLICATE_WINDOW, ack_wait_warning, apply_changes, stream_changes
 
 __all__ = [
     "DEAD_SUBJECT",
@@ -30,6 +33,7 @@ __all__ = [
     "REQUESTS_SUBJECT",
     "RESULTS_STREAM",
     "RESULTS_SUBJECT",
+    "check_ack_wait",
     "connect",
     "enqueue",
     "ensure_streams",
@@ -40,6 +44,7 @@ REQUESTS_STREAM: Final = "KLAVI_CANCEL"
 REQUESTS_SUBJECT: Final = "klavi.cancel.requests"
 RESULTS_STREAM: Final = "KLAVI_CANCEL_RESULTS"
 MSG_ID: Final = "Nats-Msg-Id"
+_STREAM_NAME_IN_USE: Final = 10058  # JetStream: a stream of that name, another config
 _PUBLISH_WINDOW: Final = 256  # publishes awaiting their acks at once
 # An idempotency key as Open Finance Brasil allows it; anything else never reaches a header.
 _KEY_RE: Final = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,38}[\x21-\x7e])?")
@@ -53,11 +58,27 @@ async def connect(url: str, *, first_timeout: float = 5.0, **options: Any) -> NA
 
     Messages are on the server's disk, so a restarted server loses nothing; the client
     buffers what it sends while reconnecting.  The first connection must succeed within
-    *first_timeout* seconds (else `TimeoutError`).  *options* go to `nats.connect()`.
+    *first_timeout* seconds (else `TimeoutError`); when every server refused it (the
+    connection, the host's name or the credentials) it fails at once with that error,
+    such as `ConnectionRefusedError`.  *options* go to `nats.connect()` (an `error_cb`
+    given there is called for every error, as usual).
     """
+    client = NATS()
+    refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
+    failures = 0
+    error_cb = options.pop("error_cb", None)
 
     async def on_error(exc: Exception) -> None:
-        logger.warning("NATS connection error: %s", type(exc).__name__)
+        nonlocal failures
+        # Only before the first connection: later, reconnecting for ever is the point.
+        if not refused.done() and _hopeless(exc):
+            failures += 1
+            if failures >= len(client.servers):  # every server said no, once each
+                refused.set_result(exc)
+        if error_cb is not None:
+            await error_cb(exc)
+        else:
+            logger.warning("NATS connection error: %s", type(exc).__name__)
 
     async def on_disconnected() -> None:
         logger.warning("NATS disconnected")
@@ -75,54 +96,154 @@ async def connect(url: str, *, first_timeout: float = 5.0, **options: Any) -> NA
         "name": "klavi-async",
     }
     settings.update(options)
-    client = NATS()
+    connecting = asyncio.ensure_future(client.connect(url, **settings))
     try:
         # Reconnecting for ever must not make a wrong URL hang: the first connection
-        # has to succeed within the time of a few attempts.
+        # has to succeed within the time of a few attempts, or be refused by all.
         async with asyncio.timeout(first_timeout):
-            await client.connect(url, **settings)
+            waiting: set[asyncio.Future[Any]] = {connecting, refused}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if not connecting.done():
+            raise refused.result()
+        connecting.result()
     except BaseException:
-        await client.close()
+        connecting.cancel()
+        await asyncio.wait({connecting})
+        # nats-py asserts on closing a client whose connect() failed in its setup (an
+        # invalid URL): there is nothing to close then.
+        with contextlib.suppress(AssertionError):
+            await client.close()
         raise
+    finally:
+        if not refused.done():
+            refused.cancel()  # later errors are the reconnecting's, logged only
     return client
 
 
-async def ensure_streams(js: JetStreamContext, *, duplicate_window: float = 120.0) -> None:
-    """
-    Create both streams, or update them to this configuration.
+def _hopeless(exc: Exception) -> bool:
+    """A first connection's error that trying again soon will not mend."""
+    if isinstance(exc, OSError):  # refused, unknown host, unreachable; not a timeout
+        return not isinstance(exc, TimeoutError)
+    return isinstance(exc, nats.errors.Error) and "authorization violation" in str(exc).lower()
 
-    *duplicate_window* (seconds) applies to both: a request re-published, or a result
-    republished after a worker died between publishing and acking, is dropped by the
-    server within it.  Keep it well above the workers' `ack_wait`.
+
+async def ensure_streams(
+    js: JetStreamContext,
+    *,
+    replicas: int | None = None,
+    duplicate_window: float | None = None,
+    max_age: float | None = None,
+    max_bytes: int | None = None,
+    max_msgs: int | None = None,
+) -> dict[str, StreamConfig]:
     """
-    if duplicate_window <= 0:
-        raise ValueError("duplicate_window must be > 0")
-    configs = (
+    Create both streams if missing; change an existing one only where asked.
+
+    Called with *js* alone (as `worker` and `enqueue` do), an existing stream is left as
+    it is: its limits are the operator's.  Each setting given is applied to both streams,
+    starting from each stream's current config, so its subjects and every setting not
+    named stay; None keeps the stream's value (or the default, for a stream created
+    now: one replica, a 120 s duplicate window, no limits).  *replicas* is 1 to 5;
+    *duplicate_window* seconds above zero (a request published again inside it is
+    dropped); *max_age* seconds, *max_bytes* and *max_msgs* zero or more, 0 meaning no
+    limit.  Everything is checked before either stream is touched: `TypeError` or
+    `ValueError` for a bad setting (a duplicate window longer than `max_age`
+    included).  Raises `LegacyStreamError` for a results stream from before one record
+    per request.  Returns each stream's config as the server now has it, by name.
+    """
+    changes = stream_changes(
+        replicas=replicas,
+        duplicate_window=duplicate_window,
+        max_age=max_age,
+        max_bytes=max_bytes,
+        max_msgs=max_msgs,
+    )
+    plans: list[tuple[StreamConfig, StreamConfig | None]] = []  # (wanted, as it is)
+    for default in _default_configs():
+        current = await _current_config(js, default.name or "")
+        if current is not None and default.name == RESULTS_STREAM:
+            _refuse_legacy(current)
+        plans.append((apply_changes(current or default, changes), current))
+    configs: dict[str, StreamConfig] = {}
+    for wanted, current in plans:
+        if current is None:
+            info = await _create(js, wanted, changes)
+        elif wanted != current:
+            info = await js.update_stream(wanted)
+        else:
+            configs[wanted.name or ""] = current
+            continue
+        configs[wanted.name or ""] = info.config
+    return configs
+
+
+def _default_configs() -> tuple[StreamConfig, StreamConfig]:
+    return (
         StreamConfig(
             name=REQUESTS_STREAM,
             subjects=[REQUESTS_SUBJECT],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
-            duplicate_window=duplicate_window,
+            num_replicas=1,
+            duplicate_window=DEFAULT_DUPLICATE_WINDOW,
         ),
         StreamConfig(
             name=RESULTS_STREAM,
             subjects=[f"{RESULTS_SUBJECT}.>", f"{DEAD_SUBJECT}.>"],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
-            duplicate_window=duplicate_window,
+            num_replicas=1,
+            duplicate_window=DEFAULT_DUPLICATE_WINDOW,
             max_msgs_per_subject=1,  # one record per request, the server's guarantee
         ),
     )
-    for name, config in zip((REQUESTS_STREAM, RESULTS_STREAM), configs, strict=True):
-        try:
-            info = await js.stream_info(name)
-        except NotFoundError:
-            await js.add_stream(config)
-        else:
-            if name == RESULTS_STREAM:
-                _refuse_legacy(info.config)
-            await js.update_stream(config)
+
+
+async def _current_config(js: JetStreamContext, name: str) -> StreamConfig | None:
+    try:
+        info = await js.stream_info(name)
+    except NotFoundError:
+        return None
+    return info.config
+
+
+async def _create(
+    js: JetStreamContext, config: StreamConfig, changes: dict[str, int | float]
+) -> StreamInfo:
+    try:
+        return await js.add_stream(config)
+    except BadRequestError as exc:
+        if exc.err_code != _STREAM_NAME_IN_USE:
+            raise
+    # Another process created it since we looked (two workers starting together): it
+    # is now the operator's like any other; make only the changes asked for.
+    current = await _current_config(js, config.name or "")
+    if current is None:  # pragma: no cover - deleted again within the same instant
+        raise RuntimeError(f"the stream {config.name} vanished while it was being created")
+    if config.name == RESULTS_STREAM:
+        _refuse_legacy(current)
+    wanted = apply_changes(current, changes)
+    return (
+        await js.update_stream(wanted)
+        if wanted != current
+        else await js.stream_info(config.name or "")
+    )
+
+
+async def check_ack_wait(js: JetStreamContext, ack_wait: float, *, log: bool = True) -> str | None:
+    """
+    Warn when a worker's *ack_wait* is not well below the results stream's duplicate
+    window (over half of it).
+
+    Returns the warning, naming both numbers (and logs it on `klavi_async.nats` unless
+    *log* is false), or None when *ack_wait* is well below the window.  Call it before
+    starting a `CancelWorker`; `klavi-async worker` does.
+    """
+    info = await js.stream_info(RESULTS_STREAM)
+    warning = ack_wait_warning(ack_wait, info.config)
+    if warning is not None and log:
+        logger.warning("%s", warning)
+    return warning
 
 
 class LegacyStreamError(RuntimeError):

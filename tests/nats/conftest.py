@@ -34,11 +34,20 @@ def _binary() -> str:
 
 
 class NatsServer:
-    """One nats-server process; `url` stays the same across `restart()`."""
+    """
+    One nats-server process; `url` stays the same across `restart()`.
 
-    def __init__(self, store: Path) -> None:
+    With *jetstream* false it runs without `-js` (as a misconfigured one would);
+    *options* are more command-line options (e.g. `--user`, `--pass`).
+    """
+
+    def __init__(
+        self, store: Path, *, jetstream: bool = True, options: tuple[str, ...] = ()
+    ) -> None:
         self.binary = _binary()
         self.store = store
+        self.jetstream = jetstream
+        self.options = options
         self.port = free_port()
         self.monitor_port = free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
@@ -52,15 +61,16 @@ class NatsServer:
             "-a", "127.0.0.1",
             "-p", str(self.port),
             "-m", str(self.monitor_port),
-            "-js",
-            "-sd", str(self.store),
+            *(["-js", "-sd", str(self.store)] if self.jetstream else []),
+            *self.options,
         ]  # fmt: skip
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log)
         self.wait_healthy()
 
     def wait_healthy(self, timeout: float = 10.0) -> None:
-        url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
+        query = "?js-enabled-only=true" if self.jetstream else ""
+        url = f"http://127.0.0.1:{self.monitor_port}/healthz{query}"
         deadline = time.monotonic() + timeout
         while True:
             assert self.process is not None

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from nats.js import JetStreamContext
@@ -83,16 +82,22 @@ def test_worker_drains_and_exits_0_on_sigint(nats_server: NatsServer) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.0)
+    assert process.stderr is not None
+    seen = ""
+    while "worker: done" not in seen:  # consuming, a SIGINT handled, progress printed
+        line = process.stderr.readline()
+        assert line, seen
+        seen += line
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=30)
+    _, rest = process.communicate(timeout=30)
+    err = seen + rest
     assert process.returncode == 0, err
     assert "worker: done 0 (ok 0), in flight 0" in err
     assert "stopped;" in err
 
 
 def test_without_nats_py_the_commands_print_the_install_hint() -> None:
-    for command in ("worker", "enqueue"):
+    for command in ("worker", "enqueue", "streams", "results"):
         result = subprocess.run(
             [sys.executable, "-c", WITHOUT_NATS, command, "--nats-url", "nats://x"],
             capture_output=True,

@@ -330,7 +330,27 @@ def test_worker_arguments_are_checked() -> None:
 async def test_connect_to_nothing_fails_fast_and_leaves_nothing() -> None:
     from .conftest import free_port
 
-    with pytest.raises(TimeoutError):
-        await connect(f"nats://127.0.0.1:{free_port()}", first_timeout=0.5)
+    # Refused: at once (not after first_timeout).
+    with pytest.raises(ConnectionRefusedError):
+        await connect(f"nats://127.0.0.1:{free_port()}", first_timeout=30)
+    await asyncio.sleep(0)
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+    # Accepted, then silence (not a NATS server): after first_timeout.
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    silent = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(TimeoutError):
+            await connect(f"nats://127.0.0.1:{port}", first_timeout=0.5)
+    finally:
+        silent.close()
+        await silent.wait_closed()
+        for writer in accepted:
+            writer.close()
+            await writer.wait_closed()
     await asyncio.sleep(0)
     assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []

@@ -1,0 +1,92 @@
+"""
+What the JetStream commands share: exit statuses, stderr lines, and opening NATS with
+errors an operator can act on (which URL, what went wrong), never showing a password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Final
+
+import click
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js.errors import ServiceUnavailableError
+
+from ._streams import connect
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "echo",
+    "jetstream_errors",
+    "mask_url",
+    "open_nats",
+]
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_INTERRUPTED: Final = 130
+FIRST_TIMEOUT: Final = 5.0  # seconds for the first connection
+
+
+def echo(text: str) -> None:
+    """Print `klavi-async: <text>` on stderr."""
+    click.echo(f"klavi-async: {text}", err=True)
+
+
+def mask_url(url: str) -> str:
+    """
+    *url* (or a comma-separated list of them) with any user, password or token hidden:
+    `nats://user:pass@host:4222` is shown as `nats://***@host:4222`.
+    """
+    return ",".join(_mask_one(part) for part in url.split(","))
+
+
+def _mask_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    end = len(rest)
+    for mark in "/?#":
+        found = rest.find(mark)
+        if found != -1:
+            end = min(end, found)
+    at = rest.rfind("@", 0, end)  # the last one: a password may hold an unescaped '@'
+    if at == -1:
+        return url
+    return f"{scheme}{sep}***@{rest[at + 1 :]}"
+
+
+async def open_nats(url: str) -> NATS:
+    """`connect()`, its failures a `ClickException` (exit 1) naming the URL and the cause."""
+    try:
+        return await connect(url, first_timeout=FIRST_TIMEOUT)
+    except TimeoutError:
+        cause = f"no answer within {FIRST_TIMEOUT:g} s"
+    except ConnectionRefusedError:
+        cause = "connection refused"
+    except OSError as exc:
+        cause = exc.strerror or type(exc).__name__  # e.g. "Name or service not known"
+    except nats.errors.Error as exc:
+        cause = str(exc).removeprefix("nats: ").strip("'") or type(exc).__name__
+    raise click.ClickException(f"cannot connect to NATS at {mask_url(url)}: {cause}")
+
+
+@contextlib.contextmanager
+def jetstream_errors(url: str) -> Iterator[None]:
+    """
+    Turn a server without JetStream into a `ClickException` that says so.
+
+    Wrap a command's first JetStream request: without JetStream (on the server, or for
+    the account) nobody answers it, and nats-py raises a bare `ServiceUnavailableError`.
+    """
+    try:
+        yield
+    except ServiceUnavailableError:
+        raise click.ClickException(
+            f"NATS at {mask_url(url)} has no JetStream: start nats-server with -js "
+            "(or enable JetStream for this account)"
+        ) from None

@@ -1,0 +1,164 @@
+"""
+`klavi-async streams` and `results`: the operator's view of the two JetStream streams.
+
+`streams` creates them, or changes the settings named on its command line and only
+those, then prints each stream's settings.  `results` writes the records and dead
+letters as JSON lines, then a summary by outcome on stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import click
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
+
+from .._cli._signals import on_stop_signals
+from ._cliconnect import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    echo,
+    jetstream_errors,
+    mask_url,
+    open_nats,
+)
+from ._reader import ResultsSummary, read_results, result_line
+from ._settings import describe, stream_changes
+from ._streams import REQUESTS_STREAM, RESULTS_STREAM, LegacyStreamError, ensure_streams
+
+__all__ = ["add_operator_commands", "run_results", "run_streams"]
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    """Each setting as `ensure_streams()` checks it; a bad one is a usage error naming it."""
+    for name, value in settings.items():
+        try:
+            stream_changes(**{name: value})
+        except (TypeError, ValueError) as exc:
+            raise click.BadParameter(str(exc), param_hint=f"--{name.replace('_', '-')}") from None
+
+
+async def run_streams(url: str, settings: dict[str, Any]) -> int:
+    """Create or update both streams with *settings* (None: keep); print their settings."""
+    check_settings(settings)  # before connecting
+    nc = await open_nats(url)
+    try:
+        js = nc.jetstream()
+        with jetstream_errors(url):
+            try:
+                configs = await ensure_streams(js, **settings)
+            except LegacyStreamError as exc:
+                echo(f"streams: {exc}")
+                return EXIT_FAILED
+            except ValueError as exc:  # a setting at odds with the stream's (nothing changed)
+                raise click.UsageError(f"{exc}; nothing was changed") from None
+            except ServiceUnavailableError:
+                raise  # no JetStream at all: said by jetstream_errors()
+            except APIError as exc:
+                echo(f"streams: the server refused: {exc.description} (code {exc.err_code})")
+                await _print_streams(js)  # what each stream is now
+                return EXIT_FAILED
+        for config in configs.values():
+            click.echo(describe(config))
+        return EXIT_OK
+    finally:
+        await nc.close()
+
+
+async def _print_streams(js: JetStreamContext) -> None:
+    for name in (REQUESTS_STREAM, RESULTS_STREAM):
+        try:
+            click.echo(describe((await js.stream_info(name)).config))
+        except NotFoundError:
+            click.echo(f"{name}: missing")
+
+
+async def run_results(url: str, *, follow: bool, out: TextIO | None = None) -> int:
+    """Write the records as JSON lines to *out* (None: stdout); the summary to stderr."""
+    write: Callable[[str], object] = click.echo if out is None else out.write
+    end = "" if out is None else "\n"
+    nc = await open_nats(url)
+    try:
+        js = nc.jetstream()
+        with jetstream_errors(url):
+            try:
+                await js.stream_info(RESULTS_STREAM)
+            except NotFoundError:
+                echo(f"results: NATS at {mask_url(url)} has no stream {RESULTS_STREAM}")
+                return EXIT_FAILED
+        stop = asyncio.Event()
+        summary = ResultsSummary()
+        failed = False
+        try:
+            with on_stop_signals(stop.set):
+                reading = read_results(js, follow=follow, stop=stop)
+                async with contextlib.aclosing(reading) as messages:
+                    async for message in messages:
+                        line = result_line(message)
+                        write(json.dumps(line, ensure_ascii=False) + end)
+                        summary.add(line)
+        except (nats.errors.Error, TimeoutError) as exc:
+            failed = True
+            echo(f"results: stopped by {type(exc).__name__}; the summary counts what was read")
+        finally:
+            for text in summary.lines():
+                click.echo(text, err=True)
+        if failed:
+            return EXIT_FAILED
+        return EXIT_INTERRUPTED if stop.is_set() and not follow else EXIT_OK
+    finally:
+        await nc.close()
+
+
+def add_operator_commands(cli: click.Group) -> None:
+    """Register `streams` and `results` on *cli*."""
+
+    @cli.command()
+    @click.option("--nats-url", required=True, envvar="NATS_URL", help="e.g. nats://host:4222")
+    @click.option("--replicas", type=int, help="Copies of each stream: 1 to 5 (3 for money).")
+    @click.option(
+        "--duplicate-window",
+        type=float,
+        help="Seconds in which a request published again is dropped (above 0).",
+    )
+    @click.option("--max-age", type=float, help="Seconds a message is kept; 0: no limit.")
+    @click.option("--max-bytes", type=int, help="Bytes each stream may hold; 0: no limit.")
+    @click.option("--max-msgs", type=int, help="Messages each stream may hold; 0: no limit.")
+    def streams(nats_url: str, **settings: Any) -> None:
+        """Create the two streams, or change the settings given; print their settings.
+
+        A setting not given keeps each stream's value (the default, for a stream
+        created now); `worker` and `enqueue` never change an existing stream.
+        """
+        sys.exit(asyncio.run(run_streams(nats_url, settings)))
+
+    @cli.command()
+    @click.option("--nats-url", required=True, envvar="NATS_URL", help="e.g. nats://host:4222")
+    @click.option("--follow", is_flag=True, help="Go on with new records until SIGINT/SIGTERM.")
+    @click.option(
+        "--out",
+        type=click.Path(dir_okay=False, allow_dash=True),
+        help="Write the JSON lines to this file (created or truncated) instead of stdout.",
+    )
+    def results(nats_url: str, follow: bool, out: str | None) -> None:
+        """Print the records and dead letters as JSON lines, then a summary by outcome.
+
+        Without --follow it stops after what the stream held when it started.
+        """
+        if out is None or out == "-":
+            sys.exit(asyncio.run(run_results(nats_url, follow=follow)))
+        try:
+            handle = open(out, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 - with below
+        except OSError as exc:
+            raise click.UsageError(f"cannot write --out {out}: {exc.strerror}") from None
+        with handle:
+            code = asyncio.run(run_results(nats_url, follow=follow, out=handle))
+        sys.exit(code)

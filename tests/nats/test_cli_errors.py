@@ -1,0 +1,160 @@
+"""
+The JetStream commands' errors name the URL and the cause, fast, and never a password:
+a server without JetStream, a refused port, refused credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from klavi_async.nats import connect
+from klavi_async.nats._cliconnect import mask_url
+from klavi_async.nats._fleet import free_port
+
+from ..conftest import CPF
+from .conftest import NatsServer
+from .test_cli import CLI, run
+
+SECRET = "s3cret-pw"
+
+
+def commands(tmp_path: Path) -> list[list[str]]:
+    path = tmp_path / "in.csv"
+    path.write_text(f"payment_id,cancelled_by\npay-1,{CPF}\n")
+    return [["enqueue", str(path)], ["worker"], ["streams"], ["results"]]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "KLAVI_TOKEN": "tok-unused", "KLAVI_BASE_URL": "http://127.0.0.1:9"}
+
+
+@pytest.fixture
+def plain_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server started without -js, as happens."""
+    server = NatsServer(tmp_path / "plain", jetstream=False)
+    server.store.mkdir()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_server_without_jetstream_says_so(plain_server: NatsServer, tmp_path: Path) -> None:
+    url = plain_server.url.replace("nats://", f"nats://operator:{SECRET}@")
+    shown = plain_server.url.replace("nats://", "nats://***@")
+    for command in commands(tmp_path):
+        result = run(*command, "--nats-url", url, env=env())
+        assert result.returncode == 1, (command, result.stderr)
+        assert (
+            f"klavi-async: error: NATS at {shown} has no JetStream: start nats-server with -js"
+            in result.stderr
+        ), command
+        assert "ServiceUnavailableError" not in result.stderr
+        assert "Traceback" not in result.stderr
+        assert SECRET not in result.stdout + result.stderr
+
+
+def test_a_refused_connection_names_the_url(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"nats://operator:{SECRET}@127.0.0.1:{port}"
+    for command in commands(tmp_path):
+        result = run(*command, "--nats-url", url, env=env())
+        assert result.returncode == 1, (command, result.stderr)
+        assert result.stderr.endswith(
+            f"klavi-async: error: cannot connect to NATS at nats://***@127.0.0.1:{port}: "
+            "connection refused\n"
+        ), command
+        assert SECRET not in result.stdout + result.stderr
+
+
+async def test_a_refused_connection_fails_at_once() -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(ConnectionRefusedError):
+        await connect(url)  # before: TimeoutError after its 5 s
+    assert time.monotonic() - started < 2.0
+    seen: list[Exception] = []
+
+    async def error_cb(exc: Exception) -> None:
+        seen.append(exc)
+
+    with pytest.raises(ConnectionRefusedError):
+        await connect(url, error_cb=error_cb)
+    assert [type(exc) for exc in seen] == [ConnectionRefusedError]
+
+
+def test_refused_credentials_are_said_without_showing_them(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "auth", options=("--user", "operator", "--pass", "right-pw"))
+    server.store.mkdir()
+    server.start()
+    try:
+        url = server.url.replace("nats://", f"nats://operator:{SECRET}@")
+        started = time.monotonic()
+        result = run("results", "--nats-url", url)
+        assert result.returncode == 1
+        assert result.stderr == (
+            f"klavi-async: error: cannot connect to NATS at "
+            f"{server.url.replace('nats://', 'nats://***@')}: Authorization Violation\n"
+        )
+        assert time.monotonic() - started < 5.0  # not the 5 s of a first connection
+        good = server.url.replace("nats://", "nats://operator:right-pw@")
+        result = run("streams", "--nats-url", good)
+        assert result.returncode == 0, result.stderr
+        assert "right-pw" not in result.stdout + result.stderr
+    finally:
+        server.stop()
+
+
+async def test_a_worker_never_shows_the_password(nats_server: NatsServer) -> None:
+    url = nats_server.url.replace("nats://", f"nats://operator:{SECRET}@")
+    process = await asyncio.create_subprocess_exec(
+        CLI,
+        "worker",
+        "--nats-url",
+        url,
+        env=env(),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    first = await asyncio.wait_for(process.stderr.readline(), timeout=30)
+    process.terminate()
+    rest = await asyncio.wait_for(process.stderr.read(), timeout=30)
+    assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+    err = (first + rest).decode()
+    assert f"worker: consuming {nats_server.url.replace('nats://', 'nats://***@')}" in err
+    assert SECRET not in err
+
+
+def test_an_invalid_url_is_said_plainly() -> None:
+    result = run("streams", "--nats-url", "nats://127.0.0.1:99999")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "klavi-async: error: cannot connect to NATS at nats://127.0.0.1:99999: "
+        "invalid connect url option\n"
+    )
+    result = run("results", "--nats-url", "nats://nowhere.invalid:4222")
+    assert result.returncode == 1
+    assert "cannot connect to NATS at nats://nowhere.invalid:4222: " in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("nats://user:pass@host:4222", "nats://***@host:4222"),
+        ("nats://token@host", "nats://***@host"),
+        ("tls://u:p@ss@host:4222/x?y=@z", "tls://***@host:4222/x?y=@z"),
+        ("user:pass@host:4222", "***@host:4222"),
+        ("nats://a:1@h1:4222,nats://h2:4222", "nats://***@h1:4222,nats://h2:4222"),
+        ("nats://host:4222", "nats://host:4222"),
+        ("nats://host:4222/@", "nats://host:4222/@"),
+    ],
+)
+def test_mask_url(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
