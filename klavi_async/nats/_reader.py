@@ -238,7 +238,7 @@ class ResultsSummary:
         """The summary: the counts by outcome on one line, then each breakdown there is."""
         total = sum(self.outcomes.values())
         counts = ", ".join(f"{_LABELS[name]} {self.outcomes[name]}" for name in OUTCOMES)
-        lines = [f"{total} messages: {counts}"]
+        lines = [f"{total} message{'' if total == 1 else 's'}: {counts}"]
         for title, counter in (
             ("failed by kind", self.failed),
             ("not final by kind", self.not_final),

@@ -19,7 +19,7 @@ from typing import Any, Final
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig, StreamInfo
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
 from .. import CancelRequest, deterministic_idempotency_key
@@ -167,13 +167,9 @@ async def ensure_streams(
     configs: dict[str, StreamConfig] = {}
     for wanted, current in plans:
         if current is None:
-            info = await _create(js, wanted, changes)
-        elif wanted != current:
-            info = await js.update_stream(wanted)
+            configs[wanted.name or ""] = await _create(js, wanted, changes)
         else:
-            configs[wanted.name or ""] = current
-            continue
-        configs[wanted.name or ""] = info.config
+            configs[wanted.name or ""] = await _update(js, wanted, current)
     return configs
 
 
@@ -209,9 +205,9 @@ async def _current_config(js: JetStreamContext, name: str) -> StreamConfig | Non
 
 async def _create(
     js: JetStreamContext, config: StreamConfig, changes: dict[str, int | float]
-) -> StreamInfo:
+) -> StreamConfig:
     try:
-        return await js.add_stream(config)
+        return (await js.add_stream(config)).config
     except BadRequestError as exc:
         if exc.err_code != _STREAM_NAME_IN_USE:
             raise
@@ -222,22 +218,25 @@ async def _create(
         raise RuntimeError(f"the stream {config.name} vanished while it was being created")
     if config.name == RESULTS_STREAM:
         _refuse_legacy(current)
-    wanted = apply_changes(current, changes)
-    return (
-        await js.update_stream(wanted)
-        if wanted != current
-        else await js.stream_info(config.name or "")
-    )
+    return await _update(js, apply_changes(current, changes), current)
+
+
+async def _update(
+    js: JetStreamContext, wanted: StreamConfig, current: StreamConfig
+) -> StreamConfig:
+    if wanted == current:
+        return current  # nothing asked for, or nothing different: no request
+    return (await js.update_stream(wanted)).config
 
 
 async def check_ack_wait(js: JetStreamContext, ack_wait: float, *, log: bool = True) -> str | None:
     """
-    Warn when a worker's *ack_wait* is not well below the results stream's duplicate
-    window (over half of it).
+    Warn when a worker's *ack_wait* is over half the results stream's duplicate window.
 
     Returns the warning, naming both numbers (and logs it on `klavi_async.nats` unless
-    *log* is false), or None when *ack_wait* is well below the window.  Call it before
-    starting a `CancelWorker`; `klavi-async worker` does.
+    *log* is false), or None when *ack_wait* is well below the window: a record a
+    redelivery republishes then still carries a de-duplication id the server remembers.
+    Call it before starting a `CancelWorker`; `klavi-async worker` does.
     """
     info = await js.stream_info(RESULTS_STREAM)
     warning = ack_wait_warning(ack_wait, info.config)

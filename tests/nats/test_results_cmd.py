@@ -452,7 +452,7 @@ async def test_results_interrupted_or_failing_part_way(
     assert err[0] == (
         "klavi-async: results: stopped by ConnectionClosedError; the summary counts what was read"
     )
-    assert err[1].startswith("1 messages: cancelled 1,")
+    assert err[1].startswith("1 message: cancelled 1,")
 
 
 async def test_streams_refused_on_creation_says_what_exists(nats_server: NatsServer) -> None:
