@@ -24,7 +24,7 @@ from .._cli._rows import InputError, read_rows
 from .._cli._signals import on_stop_signals
 from ._cliconnect import EXIT_FAILED, EXIT_OK, echo as _echo, jetstream_errors, mask_url, open_nats
 from ._clistreams import add_operator_commands
-from ._streams import LegacyStreamError, check_ack_wait, ensure_streams, publish_requests
+from ._streams import LegacyStreamError, ensure_streams, publish_requests
 from ._worker import CancelWorker
 
 __all__ = ["add_commands"]
@@ -76,9 +76,6 @@ async def run_worker(
             except LegacyStreamError as exc:
                 _echo(f"worker: {exc}")
                 return EXIT_FAILED
-            warning = await check_ack_wait(js, ack_wait, log=False)  # said here, once
-            if warning is not None:
-                _echo(f"worker: {warning}")
             worker = CancelWorker(
                 client,
                 js,

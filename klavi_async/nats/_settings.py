@@ -15,7 +15,7 @@ from typing import Final
 
 from nats.js.api import StreamConfig
 
-__all__ = ["ack_wait_warning", "apply_changes", "describe", "stream_changes"]
+__all__ = ["apply_changes", "describe", "stream_changes"]
 
 DEFAULT_DUPLICATE_WINDOW: Final = 120.0
 MAX_REPLICAS: Final = 5  # JetStream's own limit
@@ -119,16 +119,3 @@ def _amount(value: int | None, unit: str) -> str:
         if value >= size:
             return f"{value} ({value / size:.3g} {prefix}{unit})"
     return str(value)
-
-
-def ack_wait_warning(ack_wait: float, config: StreamConfig) -> str | None:
-    """The warning for an *ack_wait* not well below *config*'s duplicate window, or None."""
-    window = config.duplicate_window
-    if not ack_wait > window / 2:
-        return None
-    return (
-        f"ack_wait {ack_wait:.15g} s is not well below the duplicate window of {config.name} "
-        f"({window:.15g} s): a record republished after a redelivery is then past the window; "
-        f"keep ack_wait under half of it (klavi-async streams --duplicate-window "
-        f"{math.ceil(ack_wait * 4):d}, or a shorter --ack-wait)"
-    )

@@ -24,7 +24,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from .. import CancelRequest, deterministic_idempotency_key
 from ._decide import DEAD_SUBJECT, RESULTS_SUBJECT
-from ._settings import DEFAULT_DUPLICATE_WINDOW, ack_wait_warning, apply_changes, stream_changes
+from ._settings import DEFAULT_DUPLICATE_WINDOW, apply_changes, stream_changes
 
 __all__ = [
     "DEAD_SUBJECT",
@@ -33,7 +33,6 @@ __all__ = [
     "REQUESTS_SUBJECT",
     "RESULTS_STREAM",
     "RESULTS_SUBJECT",
-    "check_ack_wait",
     "connect",
     "enqueue",
     "ensure_streams",
@@ -227,22 +226,6 @@ async def _update(
     if wanted == current:
         return current  # nothing asked for, or nothing different: no request
     return (await js.update_stream(wanted)).config
-
-
-async def check_ack_wait(js: JetStreamContext, ack_wait: float, *, log: bool = True) -> str | None:
-    """
-    Warn when a worker's *ack_wait* is over half the results stream's duplicate window.
-
-    Returns the warning, naming both numbers (and logs it on `klavi_async.nats` unless
-    *log* is false), or None when *ack_wait* is well below the window: a record a
-    redelivery republishes then still carries a de-duplication id the server remembers.
-    Call it before starting a `CancelWorker`; `klavi-async worker` does.
-    """
-    info = await js.stream_info(RESULTS_STREAM)
-    warning = ack_wait_warning(ack_wait, info.config)
-    if warning is not None and log:
-        logger.warning("%s", warning)
-    return warning
 
 
 class LegacyStreamError(RuntimeError):

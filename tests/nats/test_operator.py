@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import math
 import os
 import signal
@@ -26,10 +25,9 @@ from klavi_async.nats import (
     RESULTS_STREAM,
     RESULTS_SUBJECT,
     LegacyStreamError,
-    check_ack_wait,
     ensure_streams,
 )
-from klavi_async.nats._settings import ack_wait_warning, describe
+from klavi_async.nats._settings import describe
 
 from ..conftest import CPF
 from .conftest import NatsServer
@@ -283,36 +281,6 @@ async def test_streams_command_refusals(nats_server: NatsServer, js: JetStreamCo
         await ensure_streams(js)
 
 
-async def test_a_worker_says_when_ack_wait_is_near_the_duplicate_window(
-    nats_server: NatsServer, js: JetStreamContext
-) -> None:
-    await operator_edits(js)  # a 600 s window
-    process, lines = await start_worker(nats_server.url, "--ack-wait", "400")
-    err = await stop_worker(process, lines)
-    warnings = [line for line in err.splitlines() if "ack_wait" in line]
-    assert warnings == [
-        "klavi-async: worker: ack_wait 400 s is not well below the duplicate window of "
-        "KLAVI_CANCEL_RESULTS (600 s): a record republished after a redelivery is then "
-        "past the window; keep ack_wait under half of it (klavi-async streams "
-        "--duplicate-window 1600, or a shorter --ack-wait)"
-    ]
-
-
-async def test_check_ack_wait_logs_and_returns_the_warning(
-    js: JetStreamContext, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.WARNING, logger="klavi_async.nats")
-    assert await check_ack_wait(js, 60.0) is None  # half the default 120 s window
-    warning = await check_ack_wait(js, 61.0)
-    assert warning is not None
-    assert "ack_wait 61 s" in warning
-    assert "(120 s)" in warning
-    assert [r.getMessage() for r in caplog.records] == [warning]
-    caplog.clear()
-    assert await check_ack_wait(js, 90.5, log=False) is not None
-    assert caplog.records == []
-
-
 def test_the_settings_line_reads_well() -> None:
     config = StreamConfig(
         name="S", subjects=["a", "b.>"], duplicate_window=90.0, max_age=5400.0, max_bytes=999
@@ -321,4 +289,3 @@ def test_the_settings_line_reads_well() -> None:
         "S: replicas None, duplicate window 90 s, max age 5400 s (90 min), max bytes 999, "
         "max msgs unlimited, storage None, retention None, subjects a b.>"
     )
-    assert ack_wait_warning(0.5, StreamConfig(name="S", duplicate_window=0.1)) is not None
