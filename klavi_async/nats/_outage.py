@@ -2,9 +2,10 @@
 Telling a Klavi outage from a bad message, and when to try again.  Pure: no I/O, and
 the clock is passed in.
 
-When a worker's last `THRESHOLD` cancels, across messages, all failed retryably (a 5xx,
-a timeout, a network failure, a 429: an outcome that is not final), the failure is
-Klavi's, not the messages'.  Naking them would spend their deliveries on it (an 8 s
+When a worker's cancels of `THRESHOLD` different messages in a row all failed retryably
+(a 5xx, a timeout, a network failure, a 429: an outcome that is not final), the failure
+is Klavi's, not the messages'.  (One message failing again and again is that message's
+problem: its deliveries count, and `max_deliver` ends it.)  Naking them would spend their deliveries on it (an 8 s
 outage used to end 200 requests with `max_deliver=5`) and hammer Klavi with every
 redelivery.  So the worker takes no new message and holds the ones that failed, telling
 the server it still works on them (their delivery counts do not grow), and retries one
@@ -16,6 +17,7 @@ Klavi is back, and every held message is retried at once.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from typing import Final, Literal
 
 __all__ = ["FIRST_PROBE", "LONGEST_PROBE", "THRESHOLD", "Change", "Outage"]
@@ -23,8 +25,8 @@ __all__ = ["FIRST_PROBE", "LONGEST_PROBE", "THRESHOLD", "Change", "Outage"]
 Change = Literal["began", "ended"] | None
 
 THRESHOLD: Final = 5
-"""Cancels in a row, across messages, that failed retryably: an outage.  One message
-Klavi keeps failing does not make one while others succeed."""
+"""Different messages whose cancels failed retryably, with no success between: an
+outage.  One message Klavi keeps failing never makes one, alone or among successes."""
 FIRST_PROBE: Final = 1.0
 """Seconds from recognising an outage to the first probe."""
 LONGEST_PROBE: Final = 30.0
@@ -40,28 +42,32 @@ class Outage:
     `record()`).
     """
 
-    __slots__ = ("_failures", "_interval", "down", "next_probe", "probing")
+    __slots__ = ("_failing", "_interval", "down", "next_probe", "probing")
 
     def __init__(self) -> None:
-        self._failures = 0
+        self._failing: set[Hashable] = set()
         self._interval = FIRST_PROBE
         self.down = False
         self.next_probe = math.inf
         self.probing = False
         """A probe is running: no other starts until it ends."""
 
-    def record(self, failed: bool, now: float) -> Change:
-        """Count one cancel's outcome (*failed*: retryably); say if an outage began or ended."""
+    def record(self, failed: bool, now: float, message: Hashable = None) -> Change:
+        """
+        Count one cancel's outcome (*failed*: retryably) for *message* (any name that
+        tells messages apart); say if an outage began or ended.
+        """
         if not failed:
-            self._failures = 0
+            self._failing.clear()
             if not self.down:
                 return None
             self.down = self.probing = False
             self.next_probe = math.inf
             return "ended"
-        self._failures += 1
-        if self.down or self._failures < THRESHOLD:
+        self._failing.add(message)
+        if self.down or len(self._failing) < THRESHOLD:
             return None
+        self._failing.clear()
         self.down = True
         self._interval = FIRST_PROBE
         self.next_probe = now + FIRST_PROBE

@@ -287,12 +287,15 @@ class CancelWorker:
             delivery = meta.num_delivered
             if delivery > 1 and not held:
                 stats.redelivered += 1
-            ref = f"{meta.stream}:{meta.sequence.stream}"
-            age = self._age(meta.timestamp.timestamp())
+            stored = meta.timestamp.timestamp()
+            # The message, stably across redeliveries and apart from a message with the
+            # same sequence in a stream deleted and made again: its dead letter's subject.
+            ref = f"{meta.stream}:{meta.sequence.stream}:{round(stored * 1e6)}"
+            age = self._age(stored)
             outcome = await self._outcome(msg.data, delivery, ref)
             if isinstance(outcome, CancelResult):
                 told, failed = True, not is_final(outcome)
-                change = outage.record(failed, loop.time())
+                change = outage.record(failed, loop.time(), ref)
                 if change == "began":
                     stats.outages += 1
                     logger.warning("Klavi outage: holding the failed messages; probing")

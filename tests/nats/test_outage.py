@@ -35,22 +35,30 @@ from .helpers import emulator_client, queue_empty, records, wait_for_records
 # -- the rules -----------------------------------------------------------------------------
 
 
-def test_an_outage_is_threshold_failures_in_a_row_and_ends_on_an_answer() -> None:
+def test_an_outage_is_threshold_messages_failing_in_a_row_and_ends_on_an_answer() -> None:
     outage = Outage()
-    for _ in range(THRESHOLD - 1):
-        assert outage.record(True, 0.0) is None
-    assert outage.record(False, 0.0) is None  # one answer among failures: no outage
-    assert [outage.record(True, 10.0) for _ in range(THRESHOLD)][-1] == "began"
+    for n in range(THRESHOLD - 1):
+        assert outage.record(True, 0.0, n) is None
+    assert outage.record(False, 0.0, "ok") is None  # one answer among failures: no outage
+    assert [outage.record(True, 10.0, n) for n in range(THRESHOLD)][-1] == "began"
     assert outage.down and outage.next_probe == 10.0 + FIRST_PROBE
-    assert outage.record(True, 10.5) is None  # failures while down change nothing
-    assert outage.record(False, 11.0) == "ended"
+    assert outage.record(True, 10.5, 99) is None  # failures while down change nothing
+    assert outage.record(False, 11.0, 99) == "ended"
     assert not outage.down and outage.next_probe == math.inf
+
+
+def test_one_message_failing_again_and_again_is_no_outage() -> None:
+    outage = Outage()
+    assert all(outage.record(True, float(t), "bad") is None for t in range(100))
+    assert not outage.down
+    # Four others failing with it still make five different messages: an outage.
+    assert [outage.record(True, 100.0, n) for n in range(THRESHOLD - 1)][-1] == "began"
 
 
 def test_probes_come_one_at_a_time_at_doubling_intervals_up_to_the_longest() -> None:
     outage = Outage()
-    for _ in range(THRESHOLD):
-        outage.record(True, 0.0)
+    for n in range(THRESHOLD):
+        outage.record(True, 0.0, n)
     assert not outage.probe_due(FIRST_PROBE - 0.01)
     times = []
     now = FIRST_PROBE
@@ -144,6 +152,33 @@ def test_a_ten_minute_outage_at_the_defaults_abandons_nothing_and_probes_gently(
     failed = [t for t, _ in klavi.sent if t < 600.0]
     assert len(failed) < 300
     assert seen["end"] <= 600.0 + LONGEST_PROBE + 10.0  # done within a probe of the end
+
+
+def test_one_payment_klavi_keeps_failing_is_given_up_alone_without_an_outage() -> None:
+    seen: dict[str, Any] = {}
+
+    async def main(loop: VirtualLoop) -> None:
+        js = FakeJetStream(loop)
+        js.enqueue(requests(20))
+
+        def klavi(sent: Sent) -> Response:
+            if "pay-0007" in sent.url:
+                return json_response(503)
+            return json_response(200, {"status": "CANCELED"})
+
+        client, _ = mock_client(klavi, retry=RetryPolicy(max_attempts=1))
+        worker = CancelWorker(client, js, concurrency=1, retry_delay=1.0)  # type: ignore[arg-type]
+        await work(loop, js, client, worker, until=3600.0)
+        seen.update(js=js, stats=worker.stats, end=loop.time())
+
+    run(main)
+    js, stats = seen["js"], seen["stats"]
+    assert stats.outages == 0
+    assert Counter(js.settled.values()) == {"ack": 19, "term": 1}
+    [bad] = [record for _, record in js.records if not record["ok"]]
+    assert bad["payment_id"] == "pay-0007" and bad["deliveries"] == 10
+    # Its ten deliveries, 1 s doubling to 256 s apart: given up in about 17 minutes.
+    assert seen["end"] < 1100.0
 
 
 def test_a_request_held_past_max_age_is_given_up_with_its_non_final_record(

@@ -18,16 +18,20 @@ from nats.js.api import StreamConfig
 
 from klavi_async.nats import (
     DEAD_SUBJECT,
+    REQUESTS_STREAM,
+    REQUESTS_SUBJECT,
     RESULTS_STREAM,
     RESULTS_SUBJECT,
+    CancelWorker,
     LegacyStreamError,
     ensure_streams,
 )
 from klavi_async.nats._settle import Settler, WorkerStats
+from klavi_async.testing import KlaviEmulator
 
 from ..conftest import CPF
 from .conftest import NatsServer
-from .helpers import records, stored
+from .helpers import emulator_client, records, stored
 
 CLI = str(Path(sys.executable).parent / "klavi-async")
 
@@ -144,3 +148,26 @@ async def test_a_legacy_results_stream_is_refused_not_purged(
     info = await js.stream_info(RESULTS_STREAM)
     assert info.state.messages == 3  # nothing deleted
     assert info.config.subjects == [RESULTS_SUBJECT, DEAD_SUBJECT]
+
+
+async def test_a_stream_made_again_does_not_give_a_dead_letter_an_old_ones_subject(
+    js: JetStreamContext,
+) -> None:
+    # Deleted and made again, the requests stream numbers its messages from 1 again: a
+    # new poison message must not be taken for the old one's dead letter.
+    async with KlaviEmulator() as emu, emulator_client(emu) as client:
+        for text in (b"{first, not json", b"{second, not json"):
+            await js.publish(REQUESTS_SUBJECT, text)
+            worker = CancelWorker(client, js, ack_wait=5.0, retry_delay=0.1)
+            stop = asyncio.Event()
+            task = asyncio.create_task(worker.run(stop))
+            while worker.stats.dead < 1:
+                await asyncio.sleep(0.02)
+            stop.set()
+            await task
+            await js.delete_stream(REQUESTS_STREAM)
+            await ensure_streams(js)
+    dead = [record for record, _ in await records(js, DEAD_SUBJECT)]
+    assert len(dead) == 2
+    assert [r["source"].split(":")[:2] for r in dead] == [[REQUESTS_STREAM, "1"]] * 2
+    assert dead[0]["source"] != dead[1]["source"]
