@@ -5,13 +5,14 @@ the clock is passed in.
 When a worker's cancels of `THRESHOLD` different messages in a row all failed retryably
 (a 5xx, a timeout, a network failure, a 429: an outcome that is not final), the failure
 is Klavi's, not the messages'.  (One message failing again and again is that message's
-problem: its deliveries count, and `max_deliver` ends it.)  Naking them would spend their deliveries on it (an 8 s
-outage used to end 200 requests with `max_deliver=5`) and hammer Klavi with every
-redelivery.  So the worker takes no new message and holds the ones that failed, telling
-the server it still works on them (their delivery counts do not grow), and retries one
-of them at a time: `FIRST_PROBE` after the outage was recognised, then at intervals
-doubling up to `LONGEST_PROBE`, until one is answered (cancelled, or refused for good):
-Klavi is back, and every held message is retried at once.
+problem: its deliveries count, and `max_deliver` ends it.)  Naking them would spend
+their deliveries on it (an 8 s outage used to end 200 requests with `max_deliver=5`)
+and hammer Klavi with every redelivery.  So the worker takes no new message and holds
+the ones that failed, telling the server it still works on them (their delivery counts
+do not grow), and retries one of them at a time: `FIRST_PROBE` after the outage was
+recognised, then at intervals doubling up to `LONGEST_PROBE`, until one is answered
+(cancelled, or refused for good): Klavi is back, and every held message is retried at
+once.
 """
 
 from __future__ import annotations
