@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import sys
 import time
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ __all__ = ["add_commands"]
 
 
 class _Seconds(click.ParamType):  # type: ignore[type-arg]
-    """A finite number of seconds above zero (click's FloatRange lets `nan` and `inf` in)."""
+    """Seconds in (0, 1e9]: click's FloatRange lets `nan` and `inf` in, the server no more."""
 
     name = "seconds"
 
@@ -42,8 +41,8 @@ class _Seconds(click.ParamType):  # type: ignore[type-arg]
             seconds = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        if not 0 < seconds < math.inf:
-            self.fail(f"{value!r} is not a number of seconds above zero", param, ctx)
+        if not 0 < seconds <= 1e9:  # the server's int64 nanoseconds end at 9.2e9 s
+            self.fail(f"{value!r} is not a number of seconds in (0, 1e9]", param, ctx)
         return seconds
 
 

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 import nats.errors
 import nats.js.errors
@@ -57,6 +56,7 @@ __all__ = ["CancelWorker", "WorkerStats"]
 
 logger = logging.getLogger("klavi_async.nats")
 
+_LONGEST: Final = 1e9  # seconds (31 years): under the server's int64 nanoseconds
 _FETCH_TIMEOUT = 0.5  # how long one pull waits for messages; bounds how late a stop is seen
 _RETRY_PAUSE = 0.25  # after a broker error (e.g. the server is restarting)
 
@@ -98,12 +98,13 @@ class CancelWorker:
                 raise TypeError(f"{name} must be an int")
             if value < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if not ack_wait > 0:
-            raise ValueError("ack_wait must be > 0")
+        # The server takes durations in int64 nanoseconds: 9.2e9 s at most.
+        if not _LONGEST >= ack_wait > 0:
+            raise ValueError(f"ack_wait must be > 0 and at most {_LONGEST:g} s")
         if not retry_delay > 0:
             raise ValueError("retry_delay must be > 0 (a nak without a delay is immediate)")
-        if not math.inf > max_retry_delay >= retry_delay:
-            raise ValueError("max_retry_delay must be >= retry_delay (and finite)")
+        if not _LONGEST >= max_retry_delay >= retry_delay:
+            raise ValueError(f"max_retry_delay must be >= retry_delay and at most {_LONGEST:g} s")
         if not max_age > 0:
             raise ValueError("max_age must be > 0")
         self._client = client

@@ -225,7 +225,7 @@ def test_a_stop_during_an_outage_hands_the_held_messages_back() -> None:
     assert all(entry.delivery is None for entry in js.stored.values())
 
 
-@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), 1.0])
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), 1.0, 1e10])
 def test_bad_max_retry_delay_is_refused(bad: float) -> None:
     client, _ = mock_client(lambda sent: json_response(200, {"status": "CANCELED"}))
     with pytest.raises(ValueError, match="max_retry_delay"):
@@ -295,6 +295,7 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> No
         (["--max-age", "0"], "--max-age"),
         (["--max-retry-delay", "nan"], "--max-retry-delay"),
         (["--retry-delay", "inf"], "--retry-delay"),
+        (["--retry-delay", "1e10", "--max-retry-delay", "1e10"], "in (0, 1e9]"),
         (["--ack-wait", "soon"], "not a number of seconds"),
     ],
 )
@@ -306,3 +307,9 @@ def test_worker_schedule_usage_errors(options: list[str], message: str) -> None:
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
+
+
+def test_an_ack_wait_past_the_servers_durations_is_refused() -> None:
+    client, _ = mock_client(lambda sent: json_response(200, {"status": "CANCELED"}))
+    with pytest.raises(ValueError, match="ack_wait"):
+        CancelWorker(client, object(), ack_wait=1e10)  # type: ignore[arg-type]
