@@ -174,8 +174,8 @@ class CancelWorker:
                         self.stats.naked += 1
                         continue
                     self._start(msg)
-            if tasks:
-                await asyncio.wait(tasks)
+            while tasks:  # a probe answered now releases the held ones: they finish too
+                await asyncio.wait(set(tasks))
             await self._hand_back_held()
         finally:
             for task in (*tasks, heartbeat, stopping):

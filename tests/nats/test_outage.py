@@ -225,6 +225,42 @@ def test_a_stop_during_an_outage_hands_the_held_messages_back() -> None:
     assert all(entry.delivery is None for entry in js.stored.values())
 
 
+def test_a_stop_while_a_probe_succeeds_lets_the_released_messages_finish() -> None:
+    # Found by an attack: the drain waited only for the tasks running when it began, so
+    # the held messages a late probe released were cancelled mid-request.
+    seen: dict[str, Any] = {}
+
+    async def main(loop: VirtualLoop) -> None:
+        js = FakeJetStream(loop)
+        js.enqueue(requests(20))
+
+        async def klavi(sent: Sent) -> Response:
+            if loop.time() < 5.0:
+                return json_response(503)
+            await asyncio.sleep(2.0)  # back, and slow: the probe is in flight at the stop
+            return json_response(200, {"status": "CANCELED"})
+
+        client, _ = mock_client(klavi, retry=RetryPolicy(max_attempts=1))
+        worker = CancelWorker(client, js, concurrency=20)  # type: ignore[arg-type]
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        while not (worker.stats.outages and worker._outage.probing and loop.time() > 5.0):
+            await asyncio.sleep(0.1)
+        stop.set()
+        await task
+        await client.aclose()
+        seen.update(js=js, stats=worker.stats)
+
+    run(main)
+    js, stats = seen["js"], seen["stats"]
+    # Every held message was cancelled and acked; only the ones naked before the outage
+    # was recognised (never fetched again after the stop) are left in the queue.
+    assert stats.held == 0 and stats.unsettled == 0
+    assert all(entry.delivery is None for entry in js.stored.values())
+    assert Counter(js.settled.values())["ack"] == stats.done == len(js.records)
+    assert stats.done + js.naks >= 20
+
+
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), 1.0, 1e10])
 def test_bad_max_retry_delay_is_refused(bad: float) -> None:
     client, _ = mock_client(lambda sent: json_response(200, {"status": "CANCELED"}))
