@@ -24,13 +24,13 @@ from .._cli._signals import on_stop_signals
 from ._cliconnect import EXIT_FAILED, EXIT_OK, echo as _echo, jetstream_errors, mask_url, open_nats
 from ._clistreams import add_operator_commands
 from ._streams import LegacyStreamError, ensure_streams, publish_requests
-from ._worker import CancelWorker
+from ._worker import LONGEST, CancelWorker
 
 __all__ = ["add_commands"]
 
 
 class _Seconds(click.ParamType):  # type: ignore[type-arg]
-    """Seconds in (0, 1e9]: click's FloatRange lets `nan` and `inf` in, the server no more."""
+    """Seconds in (0, LONGEST]: click's FloatRange lets `nan` and `inf` in, the server no more."""
 
     name = "seconds"
 
@@ -41,7 +41,7 @@ class _Seconds(click.ParamType):  # type: ignore[type-arg]
             seconds = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        if not 0 < seconds <= 1e9:  # the server's int64 nanoseconds end at 9.2e9 s
+        if not 0 < seconds <= LONGEST:
             self.fail(f"{value!r} is not a number of seconds in (0, 1e9]", param, ctx)
         return seconds
 

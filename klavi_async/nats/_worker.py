@@ -56,7 +56,8 @@ __all__ = ["CancelWorker", "WorkerStats"]
 
 logger = logging.getLogger("klavi_async.nats")
 
-_LONGEST: Final = 1e9  # seconds (31 years): under the server's int64 nanoseconds
+LONGEST: Final = 1e9
+"""The longest duration in seconds (31 years): under the server's int64 nanoseconds."""
 _FETCH_TIMEOUT = 0.5  # how long one pull waits for messages; bounds how late a stop is seen
 _RETRY_PAUSE = 0.25  # after a broker error (e.g. the server is restarting)
 
@@ -99,12 +100,12 @@ class CancelWorker:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1")
         # The server takes durations in int64 nanoseconds: 9.2e9 s at most.
-        if not _LONGEST >= ack_wait > 0:
-            raise ValueError(f"ack_wait must be > 0 and at most {_LONGEST:g} s")
+        if not LONGEST >= ack_wait > 0:
+            raise ValueError(f"ack_wait must be > 0 and at most {LONGEST:g} s")
         if not retry_delay > 0:
             raise ValueError("retry_delay must be > 0 (a nak without a delay is immediate)")
-        if not _LONGEST >= max_retry_delay >= retry_delay:
-            raise ValueError(f"max_retry_delay must be >= retry_delay and at most {_LONGEST:g} s")
+        if not LONGEST >= max_retry_delay >= retry_delay:
+            raise ValueError(f"max_retry_delay must be >= retry_delay and at most {LONGEST:g} s")
         if not max_age > 0:
             raise ValueError("max_age must be > 0")
         self._client = client

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -61,3 +63,22 @@ async def records(js: JetStreamContext, subject: str) -> list[tuple[dict[str, An
 
 async def queue_empty(js: JetStreamContext) -> bool:
     return await stored(js, REQUESTS_STREAM) == 0
+
+
+@contextlib.asynccontextmanager
+async def silent_server() -> AsyncIterator[int]:
+    """A loopback port that accepts connections and never says a word (not NATS)."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    silent = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        yield silent.sockets[0].getsockname()[1]
+    finally:
+        silent.close()
+        await silent.wait_closed()
+        for writer in accepted:
+            writer.close()
+            await writer.wait_closed()

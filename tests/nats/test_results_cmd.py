@@ -44,7 +44,7 @@ from klavi_async.testing import KlaviEmulator
 
 from ..conftest import CPF, CPF_BARE
 from .conftest import NatsServer
-from .helpers import emulator_client, wait_for_records
+from .helpers import emulator_client, silent_server, wait_for_records
 from .test_records import CLI, cli
 
 
@@ -474,20 +474,7 @@ async def test_results_out_in_a_missing_directory_is_a_usage_error(
 async def test_a_server_that_never_answers_is_said_after_the_first_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    accepted: list[asyncio.StreamWriter] = []
-
-    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(writer)
-
-    silent = await asyncio.start_server(accept, "127.0.0.1", 0)
-    port = silent.sockets[0].getsockname()[1]
     monkeypatch.setattr(_cliconnect, "FIRST_TIMEOUT", 0.3)
-    try:
+    async with silent_server() as port:
         with pytest.raises(click.ClickException, match=r"no answer within 0\.3 s"):
             await _cliconnect.open_nats(f"nats://127.0.0.1:{port}")
-    finally:
-        silent.close()
-        await silent.wait_closed()
-        for writer in accepted:
-            writer.close()
-            await writer.wait_closed()

@@ -35,7 +35,7 @@ from klavi_async.testing import Fault, KlaviEmulator
 
 from ..conftest import CPF, CPF_BARE, LeakGuard, no_sdk_tasks
 from .conftest import NatsServer
-from .helpers import emulator_client, queue_empty, records, stored, wait_for_records
+from .helpers import emulator_client, queue_empty, records, silent_server, stored, wait_for_records
 
 # Not a valid CPF (wrong check digits): the client rejects it before the network.
 BAD_CPF = "529.982.247-26"
@@ -336,21 +336,8 @@ async def test_connect_to_nothing_fails_fast_and_leaves_nothing() -> None:
     await asyncio.sleep(0)
     assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
     # Accepted, then silence (not a NATS server): after first_timeout.
-    accepted: list[asyncio.StreamWriter] = []
-
-    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(writer)
-
-    silent = await asyncio.start_server(accept, "127.0.0.1", 0)
-    port = silent.sockets[0].getsockname()[1]
-    try:
+    async with silent_server() as port:
         with pytest.raises(TimeoutError):
             await connect(f"nats://127.0.0.1:{port}", first_timeout=0.5)
-    finally:
-        silent.close()
-        await silent.wait_closed()
-        for writer in accepted:
-            writer.close()
-            await writer.wait_closed()
     await asyncio.sleep(0)
     assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
