@@ -154,6 +154,10 @@ async def _pull(
             yield StoredMessage(msg.subject, seq, meta.timestamp, msg.data)
             if last is not None and (seq >= last or meta.num_pending == 0):
                 return
+            if stop is not None:  # a signal is handled on a turn of the loop: give it one
+                await asyncio.sleep(0)
+                if stop.is_set():
+                    return
 
 
 async def _fetch(sub: JetStreamContext.PullSubscription, stop: asyncio.Event | None) -> list[Msg]:
