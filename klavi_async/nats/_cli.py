@@ -21,7 +21,15 @@ from .. import CancelRequest, KlaviClient
 from .._cli._process import start_in_fast_allocator_state
 from .._cli._rows import InputError, read_rows
 from .._cli._signals import on_stop_signals
-from ._cliconnect import EXIT_FAILED, EXIT_OK, echo as _echo, jetstream_errors, mask_url, open_nats
+from ._cliconnect import (
+    EXIT_FAILED,
+    EXIT_OK,
+    echo as _echo,
+    jetstream_errors,
+    library_warnings,
+    mask_url,
+    open_nats,
+)
 from ._clistreams import add_operator_commands
 from ._streams import LegacyStreamError, ensure_streams, publish_requests
 from ._worker import LONGEST, CancelWorker
@@ -94,7 +102,7 @@ async def run_worker(
 
             reporter = asyncio.create_task(progress())
             try:
-                with on_stop_signals(stop.set):
+                with on_stop_signals(stop.set), library_warnings("worker"):
                     # Said once a signal is handled: a SIGINT after it stops it cleanly.
                     _echo(f"worker: consuming {mask_url(url)} with concurrency {concurrency}")
                     await worker.run(stop)

@@ -6,6 +6,8 @@ errors an operator can act on (which URL, what went wrong), never showing a pass
 from __future__ import annotations
 
 import contextlib
+import logging
+import sys
 from collections.abc import Iterator
 from typing import Final
 
@@ -22,6 +24,7 @@ __all__ = [
     "EXIT_OK",
     "echo",
     "jetstream_errors",
+    "library_warnings",
     "mask_url",
     "open_nats",
 ]
@@ -58,6 +61,27 @@ def _mask_one(url: str) -> str:
     if at == -1:
         return url
     return f"{scheme}{sep}***@{rest[at + 1 :]}"
+
+
+@contextlib.contextmanager
+def library_warnings(command: str) -> Iterator[None]:
+    """
+    Show the library's warnings and errors on stderr as `klavi-async: <command>: ...`
+    (an outage, a record that could not be published): the library logs them, and a
+    command's process has no logging set up unless whoever runs it did.
+    """
+    if logging.getLogger().handlers:  # set up by whoever runs us: theirs to show
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter(f"klavi-async: {command}: %(message)s"))
+    library = logging.getLogger("klavi_async")
+    library.addHandler(handler)
+    try:
+        yield
+    finally:
+        library.removeHandler(handler)
 
 
 async def open_nats(url: str) -> NATS:

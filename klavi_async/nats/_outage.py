@@ -18,10 +18,11 @@ once.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Hashable
 from typing import Final, Literal
 
-__all__ = ["FIRST_PROBE", "LONGEST_PROBE", "THRESHOLD", "Change", "Outage"]
+__all__ = ["FIRST_PROBE", "LONGEST_PROBE", "RECENT", "THRESHOLD", "Change", "Outage"]
 
 Change = Literal["began", "ended"] | None
 
@@ -32,6 +33,8 @@ FIRST_PROBE: Final = 1.0
 """Seconds from recognising an outage to the first probe."""
 LONGEST_PROBE: Final = 30.0
 """The interval between probes doubles up to this many seconds."""
+RECENT: Final = 2 * THRESHOLD
+"""The last cancels over which Klavi is `healthy`: a failure then is the message's own."""
 
 
 class Outage:
@@ -43,7 +46,7 @@ class Outage:
     `record()`).
     """
 
-    __slots__ = ("_failing", "_interval", "down", "next_probe", "probing")
+    __slots__ = ("_failing", "_interval", "_recent", "down", "next_probe", "probing")
 
     def __init__(self) -> None:
         self._failing: set[Hashable] = set()
@@ -52,6 +55,7 @@ class Outage:
         self.next_probe = math.inf
         self.probing = False
         """A probe is running: no other starts until it ends."""
+        self._recent: deque[tuple[Hashable, bool]] = deque(maxlen=RECENT)  # answered?
 
     def record(self, failed: bool, now: float, message: Hashable = None) -> Change:
         """
@@ -61,18 +65,38 @@ class Outage:
         if not failed:
             self._failing.clear()
             if not self.down:
+                self._recent.append((message, True))
                 return None
             self.down = self.probing = False
             self.next_probe = math.inf
+            # Trusted again only once it answers most of what it is asked.
+            self._recent.extend((object(), False) for _ in range(RECENT))
+            self._recent.append((message, True))
             return "ended"
+        self._recent.append((message, False))
         self._failing.add(message)
         if self.down or len(self._failing) < THRESHOLD:
             return None
+        self.begin(now)
+        return "began"
+
+    def begin(self, now: float) -> None:
+        """Take Klavi as down now (what the worker saw said so without `THRESHOLD`)."""
         self._failing.clear()
         self.down = True
         self._interval = FIRST_PROBE
         self.next_probe = now + FIRST_PROBE
-        return "began"
+
+    @property
+    def healthy(self) -> bool:
+        """
+        Klavi answered at least half of the messages among the last `RECENT` cancels, or
+        failed only one (whose failures are its own).  A message that failed again and
+        again counts once.
+        """
+        latest = dict(self._recent)
+        answered = sum(latest.values())
+        return len(latest) - answered <= 1 or 2 * answered >= len(latest)
 
     def probe_due(self, now: float) -> bool:
         """Whether to start a probe now (and it is marked as running)."""

@@ -7,7 +7,8 @@ re-sent with the same key, and the record republished).  Each request's record h
 own subject, and the server keeps one: a record is published only onto an empty subject
 (`Nats-Expected-Last-Subject-Sequence: 0`), so a worker frozen past `ack_wait` and any
 duplicate window cannot add a second one; a final record replaces a non-final one (by
-its sequence), never the other way round.  A record too large for the server ends the
+its sequence), never the other way round.  A results stream deleted under a running
+worker is created again, as a start creates it.  A record too large for the server ends the
 message with a minimal dead letter instead: it never will fit, and the server redelivers
 without limit.
 """
@@ -34,7 +35,7 @@ from ._decide import (
     is_final_record,
     minimal_dead_letter,
 )
-from ._streams import MSG_ID, RESULTS_STREAM
+from ._streams import MSG_ID, RESULTS_STREAM, ensure_streams
 
 __all__ = ["Settler", "WorkerStats"]
 
@@ -85,13 +86,14 @@ class WorkerStats:
 class Settler:
     """A worker's settling of deliveries: its stream context, counters and timings."""
 
-    __slots__ = ("_ack_wait", "_js", "_retry_delay", "stats")
+    __slots__ = ("_ack_wait", "_js", "_remaking", "_retry_delay", "stats")
 
     def __init__(
         self, js: JetStreamContext, stats: WorkerStats, *, ack_wait: float, retry_delay: float
     ) -> None:
         self._js, self.stats = js, stats
         self._ack_wait, self._retry_delay = ack_wait, retry_delay
+        self._remaking = asyncio.Lock()  # one worker's publishes remake a stream once
 
     async def settle(self, msg: Msg, decision: Decision, delivery: int, ref: str) -> None:
         """Publish the decision's record (if any), then ack, nak or term the delivery."""
@@ -140,6 +142,14 @@ class Settler:
                 ack = await self._js.publish(subject, body, headers=headers)
             except nats.errors.MaxPayloadError:
                 return "too_large"  # over the server's max_payload: no retry can help
+            except nats.js.errors.NoStreamResponseError:
+                # No stream takes the subject: the results stream was deleted.  Made
+                # again as a start makes it (a record kept is worth more than its
+                # absence); records stored before are gone with it.
+                if loop.time() + pause > deadline:
+                    logger.warning("could not publish a record (no results stream)")
+                    return "failed"
+                await self._remake_streams()
             except nats.js.errors.APIError as exc:
                 if exc.err_code == _TOO_LARGE_CODE:  # over the stream's max_msg_size
                     return "too_large"
@@ -163,6 +173,21 @@ class Settler:
                 return "stored"
             await asyncio.sleep(pause)
             pause = min(pause * 2, 2.0)
+
+    async def _remake_streams(self) -> None:
+        async with self._remaking:
+            try:
+                await self._js.stream_info(RESULTS_STREAM)
+                return  # another publish made it again meanwhile
+            except nats.js.errors.NotFoundError:
+                pass
+            except (nats.errors.Error, TimeoutError):
+                return  # the server is not answering: the publish is retried
+            logger.warning("the stream %s was deleted: creating it again", RESULTS_STREAM)
+            try:
+                await ensure_streams(self._js)
+            except Exception as exc:  # e.g. refused by the account's limits: retried
+                logger.warning("could not create %s (%s)", RESULTS_STREAM, type(exc).__name__)
 
     async def _standing(self, subject: str) -> tuple[int, bool] | None:
         """The sequence of the record on *subject*, and whether it is final; None: none."""

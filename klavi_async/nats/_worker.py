@@ -11,8 +11,13 @@ worker fails on, or whose record is too large to publish, ends in a dead letter:
 server redelivers without limit, so leaving it unsettled would loop for ever.
 
 When Klavi is down (`_outage`: the last cancels all failed retryably) the loop fetches
-nothing, the failed messages are held (kept in progress, their deliveries unspent) and
-one of them is retried as a probe when one is due; an answer releases them all.
+nothing, the failed messages are held (kept in progress, their deliveries unspent), and
+a probe is retried when one is due, a held message and a new one in turn; an answer
+releases them all.  A released message that fails again waits for the next answer to
+another message: a success says the failure was its own (a delivery spent, as for any
+failure), an outage that it was Klavi's (held again).  So a Klavi that lets a request
+through now and then spends no delivery, and a few payments Klavi fails for their own
+sake end as any failing payment does.  A held request past `max_age` is given up at once.
 Settling a delivery (the record, then ack, nak or term) is `_settle.Settler`'s.
 """
 
@@ -22,33 +27,27 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any, Final
 
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
 
 from .. import (
-    CancelRequest,
     CancelResult,
-    ClientClosedError,
     KlaviClient,
-    deterministic_idempotency_key,
 )
+from ._consumer import Consumer
 from ._decide import (
-    Action,
     Decision,
     Poison,
-    dead_letter_id,
-    dead_subject,
     decide,
     is_final,
-    minimal_dead_letter,
-    parse_request,
 )
-from ._outage import Outage
+from ._outage import THRESHOLD, Outage
+from ._request import Failed, cancel_message
 from ._settle import Settler, WorkerStats
 from ._streams import REQUESTS_STREAM
 
@@ -58,8 +57,6 @@ logger = logging.getLogger("klavi_async.nats")
 
 LONGEST: Final = 1e9
 """The longest duration in seconds (31 years): under the server's int64 nanoseconds."""
-_FETCH_TIMEOUT = 0.5  # how long one pull waits for messages; bounds how late a stop is seen
-_RETRY_PAUSE = 0.25  # after a broker error (e.g. the server is restarting)
 
 
 class CancelWorker:
@@ -120,9 +117,13 @@ class CancelWorker:
         self._max_age = float(max_age)
         self._active: dict[int, list[Any]] = {}  # id(msg) -> [msg, last sign of life]
         self._outage = Outage()
-        self._held: deque[Msg] = deque()
+        self._held: deque[Failed] = deque()  # through an outage, longest held first
+        self._tainted: set[str] = set()  # held in an outage, not settled since
+        self._pending: list[Failed] = []  # tainted, failed again after the outage ended
+        self._fresh_turn = False  # the next probe is a new message (when there is one)
         self._tasks: set[asyncio.Task[None]] = set()
         self._halt = asyncio.Event()
+        self._consumer = Consumer(js, stream, durable, self._ack_wait)
         self._running = False
         self.stats = WorkerStats()
         self._settler = Settler(js, self.stats, ack_wait=self._ack_wait, retry_delay=retry_delay)
@@ -149,7 +150,7 @@ class CancelWorker:
         self._running = True
         stop = stop if stop is not None else asyncio.Event()
         tasks = self._tasks
-        sub = await self._subscribe()
+        await self._consumer.open()
         heartbeat = asyncio.create_task(self._heartbeats())
         stopping = asyncio.create_task(self._stopping(stop))
         loop = asyncio.get_running_loop()
@@ -157,10 +158,12 @@ class CancelWorker:
             while not stopping.done():
                 outage = self._outage
                 if outage.down:  # Klavi's outage: no new message, one probe at a time
+                    self._give_up_aged()
                     if outage.probe_due(loop.time()):
-                        await self._probe(sub)
-                    else:  # until the probe (running or due) or a cancel in flight ends
-                        wait = None if outage.probing else outage.next_probe - loop.time()
+                        await self._probe()
+                    else:  # until the probe (running or due), a cancel ends or one ages out
+                        due = self._max_age - max(map(self._age, self._held_stored()), default=0.0)
+                        wait = due if outage.probing else min(due, outage.next_probe - loop.time())
                         await asyncio.wait(
                             {*tasks, stopping}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
                         )
@@ -169,12 +172,16 @@ class CancelWorker:
                 if free <= 0:
                     await asyncio.wait({*tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
                     continue
-                for msg in await self._fetch(sub, free):
+                msgs = await self._consumer.fetch(free)
+                for msg in msgs:
                     if self._halt.is_set():  # no cancel can succeed: hand it straight back
                         await msg.nak(delay=self._retry_delay)
                         self.stats.naked += 1
                         continue
                     self._start(msg)
+                if self._pending and not msgs and not tasks:  # no other answer will tell
+                    self._outage.begin(loop.time())
+                    self._hold_pending()
             while tasks:  # a probe answered now releases the held ones: they finish too
                 await asyncio.wait(set(tasks))
             await self._hand_back_held()
@@ -182,14 +189,12 @@ class CancelWorker:
             for task in (*tasks, heartbeat, stopping):
                 task.cancel()
             await asyncio.gather(*tasks, heartbeat, stopping, return_exceptions=True)
-            for msg in self._held:  # cancelled: they come back after ack_wait
-                self._active.pop(id(msg), None)
+            for entry in (*self._held, *self._pending):  # they come back after ack_wait
+                self._active.pop(id(entry.msg), None)
             self._held.clear()
+            self._pending.clear()
             self.stats.held = 0
-            try:
-                await sub.unsubscribe()
-            except nats.errors.Error as exc:
-                logger.debug("unsubscribe failed: %s", type(exc).__name__)
+            await self._consumer.close()
             self._running = False
 
     def _start(self, msg: Msg, *, held: bool = False, probe: bool = False) -> None:
@@ -197,28 +202,75 @@ class CancelWorker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _probe(self, sub: JetStreamContext.PullSubscription) -> None:
-        # One held message (the longest held first), or one new one if none is held.
-        if self._held:
+    async def _probe(self) -> None:
+        # A held message (the longest held first) and a new one in turn: held messages
+        # Klavi fails for their own sake (a few bad payments) must not keep an outage
+        # going while the others would be cancelled.
+        fresh, self._fresh_turn = self._fresh_turn or not self._held, not self._fresh_turn
+        msgs = await self._consumer.fetch(1) if fresh else []
+        if msgs:
+            self._start(msgs[0], probe=True)
+        elif self._held:
             self.stats.held -= 1
-            self._start(self._held.popleft(), held=True, probe=True)
-            return
-        msgs = await self._fetch(sub, 1)
-        if not msgs:  # nothing to probe with: try again soon
+            self._start(self._held.popleft().msg, held=True, probe=True)
+        else:  # nothing to probe with: try again soon
             self._outage.probing = False
-            return
-        self._start(msgs[0], probe=True)
 
     def _release(self) -> None:
         # Klavi answers again: every held message is retried now.
         while self._held:
             self.stats.held -= 1
-            self._start(self._held.popleft(), held=True)
+            self._start(self._held.popleft().msg, held=True)
+
+    def _hold(self, entry: Failed) -> None:
+        self._held.append(entry)
+        self._tainted.add(entry.ref)
+        self.stats.held += 1
+
+    def _hold_pending(self) -> None:
+        # An outage again: the released messages that failed since were its, not theirs.
+        pending, self._pending = self._pending, []
+        for entry in pending:
+            self._hold(entry)
+
+    def _charge_pending(self) -> None:
+        # Klavi answered another message: the released ones that failed since failed
+        # for their own sake, and the failure counts as one of their deliveries.
+        pending, self._pending = self._pending, []
+        for entry in pending:
+            self._later(entry, entry.outcome)
+
+    def _held_stored(self) -> Iterator[float]:
+        return (entry.stored for entry in self._held)
+
+    def _give_up_aged(self) -> None:
+        # In an outage, a held request past max_age is given up now, not at its probe.
+        for entry in list(self._held):
+            if self._age(entry.stored) >= self._max_age:
+                self._held.remove(entry)
+                self.stats.held -= 1
+                self._later(entry, entry.outcome)
+
+    def _later(self, entry: Failed, outcome: CancelResult) -> None:
+        task = asyncio.create_task(self._conclude_now(entry, outcome))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _conclude_now(self, entry: Failed, outcome: CancelResult) -> None:
+        try:
+            await self._conclude(entry, outcome)
+        except Exception:
+            self.stats.unsettled += 1
+            logger.exception("a delivery could not be handled; it will be redelivered")
+        finally:
+            self._active.pop(id(entry.msg), None)
+            self._tainted.discard(entry.ref)
 
     async def _hand_back_held(self) -> None:
         # Stopping in an outage: the held messages go back to the queue for another worker.
+        self._hold_pending()
         while self._held:
-            msg = self._held.popleft()
+            msg = self._held.popleft().msg
             self.stats.held -= 1
             self._active.pop(id(msg), None)
             try:
@@ -234,31 +286,6 @@ class CancelWorker:
         finally:
             for waiter in waiters:
                 waiter.cancel()
-
-    async def _subscribe(self) -> JetStreamContext.PullSubscription:
-        config = ConsumerConfig(
-            name=self._durable,
-            durable_name=self._durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self._ack_wait,
-            # Unlimited on the server: the worker counts deliveries itself and ends the
-            # last one with a record, which a server-side limit would skip after a crash.
-            max_deliver=-1,
-        )
-        await self._js.add_consumer(self._stream, config)
-        return await self._js.pull_subscribe_bind(durable=self._durable, stream=self._stream)
-
-    async def _fetch(self, sub: JetStreamContext.PullSubscription, batch: int) -> list[Msg]:
-        try:
-            return await sub.fetch(batch, timeout=_FETCH_TIMEOUT)
-        except TimeoutError:  # nats' own timeout errors subclass it; plain ones happen too
-            return []
-        except nats.errors.ConnectionClosedError:
-            raise
-        except nats.errors.Error as exc:
-            logger.warning("fetch failed (%s); retrying", type(exc).__name__)
-            await asyncio.sleep(_RETRY_PAUSE)
-            return []
 
     async def _heartbeats(self) -> None:
         interval = self._ack_wait / 3
@@ -282,8 +309,10 @@ class CancelWorker:
         stats, outage = self.stats, self._outage
         loop = asyncio.get_running_loop()
         stats.in_flight += 1
-        self._active[id(msg)] = [msg, loop.time()]
+        # A held message keeps its entry: when the server last heard of it.
+        self._active.setdefault(id(msg), [msg, loop.time()])
         keep = told = False
+        ref = ""
         try:
             meta = msg.metadata
             delivery = meta.num_delivered
@@ -293,33 +322,49 @@ class CancelWorker:
             # The message, stably across redeliveries and apart from a message with the
             # same sequence in a stream deleted and made again: its dead letter's subject.
             ref = f"{meta.stream}:{meta.sequence.stream}:{round(stored * 1e6)}"
-            age = self._age(stored)
-            outcome = await self._outcome(msg.data, delivery, ref)
+            outcome = await cancel_message(self._client, msg.data, delivery, ref)
             if isinstance(outcome, CancelResult):
                 told, failed = True, not is_final(outcome)
-                change = outage.record(failed, loop.time(), ref)
+                if probe and not held and delivery > 1 and failed:
+                    # A new probe that had failed before (naked before the outage was
+                    # seen; the queue hands those out first): no news of Klavi.  The
+                    # next probe is another new one, at once.
+                    told, self._fresh_turn = False, True
+                entry = Failed(msg, outcome, delivery, ref, stored)
+                # A message held through an outage that fails again says nothing of
+                # Klavi (it may be why the outage was seen): it never makes one.
+                tainted = failed and ref in self._tainted
+                change = None if tainted else outage.record(failed, loop.time(), ref)
                 if change == "began":
                     stats.outages += 1
                     logger.warning("Klavi outage: holding the failed messages; probing")
+                    self._hold_pending()
                 elif change == "ended":
                     logger.warning("Klavi answers again: retrying the held messages")
                     self._release()
-                if failed and outage.down and age < self._max_age:
+                if not failed:
+                    if outage.healthy:
+                        self._charge_pending()
+                elif outage.down and self._age(stored) < self._max_age:
                     keep = True  # held: retried when Klavi answers again
-                    self._held.append(msg)
-                    stats.held += 1
+                    self._hold(entry)
                     return
-            decision = (
-                outcome
-                if isinstance(outcome, Decision)
-                else decide(
-                    delivery, self._max_deliver, outcome, self._retry_delay, ref=ref,
-                    max_retry_delay=self._max_retry_delay, age=age, max_age=self._max_age,
-                )
-            )  # fmt: skip
-            if decision.halt:
-                self._halt_on()
-            await self._settler.settle(msg, decision, delivery, ref)
+                elif not outage.down and (tainted or not outage.healthy):
+                    # Klavi fails as many as it answers (or the message was held through
+                    # the outage): its own failure, or Klavi's?  What follows tells: an
+                    # outage holds it (`_hold_pending`); Klavi healthy again charges it
+                    # a delivery (`_charge_pending`).
+                    keep = True
+                    self._pending.append(entry)
+                    if sum(e.ref not in self._tainted for e in self._pending) >= THRESHOLD:
+                        stats.outages += 1
+                        logger.warning("Klavi outage: holding the failed messages; probing")
+                        outage.begin(loop.time())
+                        self._hold_pending()
+                    return
+                await self._conclude(entry, outcome)
+            else:
+                await self._settle(msg, outcome, delivery, ref)
         except Exception:
             # A broker failure (or the client closed under us): leave the message; it
             # comes back after ack_wait.
@@ -328,59 +373,33 @@ class CancelWorker:
         finally:
             if not keep:
                 del self._active[id(msg)]
+                self._tainted.discard(ref)
             stats.in_flight -= 1
             if probe and outage.probing:  # the probe failed, or could not tell
                 outage.probe_failed(loop.time(), told=told)
 
+    async def _conclude(self, entry: Failed, outcome: CancelResult) -> None:
+        """Settle a cancel's outcome: its record, then ack, nak (a retry later) or term."""
+        decision = decide(
+            entry.delivery, self._max_deliver, outcome, self._retry_delay, ref=entry.ref,
+            max_retry_delay=self._max_retry_delay, age=self._age(entry.stored),
+            max_age=self._max_age,
+        )  # fmt: skip
+        await self._settle(entry.msg, decision, entry.delivery, entry.ref)
+
+    async def _settle(self, msg: Msg, outcome: Poison | Decision, delivery: int, ref: str) -> None:
+        decision = (
+            outcome
+            if isinstance(outcome, Decision)
+            else decide(delivery, self._max_deliver, outcome, self._retry_delay, ref=ref)
+        )
+        if decision.halt:
+            self._halt_on()
+        await self._settler.settle(msg, decision, delivery, ref)
+
     def _age(self, enqueued: float) -> float:
         """Seconds since the request was stored in the stream (wall clocks: a guess)."""
         return time.time() - enqueued
-
-    async def _outcome(
-        self, data: bytes, delivery: int, ref: str
-    ) -> CancelResult | Poison | Decision:
-        """The cancel's outcome (or the poison); a dead letter if the worker fails on it."""
-        try:
-            parsed = parse_request(data)
-            return await self._cancel(parsed) if isinstance(parsed, CancelRequest) else parsed
-        except ClientClosedError:
-            raise  # the worker's fault, not the message's: it comes back to another worker
-        except Exception as exc:
-            # Failing on this message once means failing on it every time, and the server
-            # redelivers without limit: end it with a dead letter rather than loop.  The
-            # type only: an exception's text may hold what the message held (a document).
-            name = type(exc).__name__
-            logger.error("the worker failed on %s (%s): dead-lettered", ref, name)
-            record = minimal_dead_letter("worker_error", delivery, ref)
-            record["message"] = (
-                f"the worker failed on this message ({name}); if it was a valid request, "
-                "check the payment's status before enqueueing it again"
-            )
-            return Decision(
-                Action.TERM, record=record, subject=dead_subject(ref), msg_id=dead_letter_id(ref)
-            )
-
-    async def _cancel(self, request: CancelRequest) -> CancelResult:
-        key = request.idempotency_key
-        if key is None:
-            try:
-                key = deterministic_idempotency_key(request.payment_id, request.cancelled_by)
-            except ValueError:
-                key = None  # the cancel reports the invalid input itself
-        if request.consent_id is not None:
-            return await self._client.cancel_automatic_payment(
-                request.consent_id,
-                request.payment_id,
-                cancelled_by=request.cancelled_by,
-                identifier_type=request.identifier_type,
-                idempotency_key=key,
-            )
-        return await self._client.cancel_payment(
-            request.payment_id,
-            cancelled_by=request.cancelled_by,
-            identifier_type=request.identifier_type,
-            idempotency_key=key,
-        )
 
     def _halt_on(self) -> None:
         self.halted = "Klavi refused the credentials: check them and restart the worker"

@@ -82,6 +82,8 @@ class FakeJetStream:
     stored: dict[int, _Stored] = field(factory=dict)
     settled: dict[int, str] = field(factory=dict)
     """Sequence -> "ack" or "term": how each message left the queue."""
+    settled_at: dict[int, float] = field(factory=dict)
+    """Sequence -> when it left the queue (the loop's time)."""
     naks: int = 0
     records: list[tuple[str, dict[str, Any]]] = field(factory=list)
     _ids: set[str] = field(factory=set)
@@ -186,6 +188,7 @@ class FakeJetStream:
             entry.available_at = self.loop.time() + delay
         else:
             self.settled[msg.seq] = how
+            self.settled_at[msg.seq] = self.loop.time()
         self._changed.set()
 
     def renew(self, msg: FakeMsg) -> None:

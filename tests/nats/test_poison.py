@@ -30,7 +30,7 @@ from klavi_async.nats import (
     CancelWorker,
     Poison,
     _cli as nats_cli,
-    _worker,
+    _request,
     decide,
     enqueue,
     parse_request,
@@ -151,7 +151,7 @@ async def test_a_worker_failing_on_a_message_dead_letters_it(
     def broken(data: bytes) -> CancelRequest | Poison:
         raise KeyError(CPF)  # a bug whose text holds what the message held
 
-    monkeypatch.setattr(_worker, "parse_request", broken)
+    monkeypatch.setattr(_request, "parse_request", broken)
     await js.publish(REQUESTS_SUBJECT, b'{"payment_id": "p1"}')
     async with KlaviEmulator() as emu, emulator_client(emu) as client:
         worker = CancelWorker(client, js, ack_wait=1.0, retry_delay=0.1)
