@@ -148,6 +148,7 @@ class CancelWorker:
         if self._running:
             raise RuntimeError("this CancelWorker is already running")
         self._running = True
+        self._outage, self._tainted = Outage(), set()  # a run says nothing of the next
         stop = stop if stop is not None else asyncio.Event()
         tasks = self._tasks
         await self._consumer.open()

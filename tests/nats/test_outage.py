@@ -369,6 +369,39 @@ def test_a_stop_during_an_outage_hands_the_held_messages_back() -> None:
     assert all(entry.delivery is None for entry in js.stored.values())
 
 
+def test_a_second_run_starts_without_the_first_runs_outage() -> None:
+    # Found by an attack: the outage and the held messages' names outlived a stop.
+    seen: dict[str, Any] = {}
+
+    async def main(loop: VirtualLoop) -> None:
+        js = FakeJetStream(loop)
+        js.enqueue(requests(20))
+        klavi = Klavi(loop, up_at=30.0)
+        client, _ = mock_client(klavi, retry=RetryPolicy(max_attempts=1))
+        worker = CancelWorker(client, js, concurrency=20, retry_delay=1.0)  # type: ignore[arg-type]
+        stop = asyncio.Event()
+        first = asyncio.create_task(worker.run(stop))
+        while not worker._outage.down:
+            await asyncio.sleep(0.1)
+        stop.set()
+        await first
+        await asyncio.sleep(30.0 - loop.time())  # Klavi is back
+        stop = asyncio.Event()
+        second = asyncio.create_task(worker.run(stop))
+        await asyncio.sleep(0)
+        seen.update(down_at_start=worker._outage.down)
+        while len(js.settled) < 20:
+            await asyncio.sleep(1.0)
+        stop.set()
+        await second
+        await client.aclose()
+        seen.update(js=js)
+
+    run(main)
+    assert Counter(seen["js"].settled.values()) == {"ack": 20}
+    assert seen["down_at_start"] is False
+
+
 def test_a_stop_while_a_probe_succeeds_lets_the_released_messages_finish() -> None:
     # Found by an attack: the drain waited only for the tasks running when it began, so
     # the held messages a late probe released were cancelled mid-request.
