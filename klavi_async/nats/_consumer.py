@@ -1,5 +1,6 @@
 """
-The worker's durable pull consumer, kept alive: fetched from, and made again when gone.
+The worker's durable pull consumer, kept alive: fetched from, and made again when gone;
+and the heartbeats of the deliveries it works on (`InProgress`).
 
 A fetch fails for a moment while the server restarts, and for good once the consumer is
 gone: an operator deleted its stream (and an `enqueue` may have made the stream again,
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Final
+from typing import Any, Final
 
 import nats.errors
 import nats.js.errors
@@ -22,7 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from ._streams import REQUESTS_STREAM, ensure_streams
 
-__all__ = ["Consumer"]
+__all__ = ["Consumer", "InProgress"]
 
 logger = logging.getLogger("klavi_async.nats")
 
@@ -112,3 +113,40 @@ async def _unsubscribe(sub: JetStreamContext.PullSubscription) -> None:
         await sub.unsubscribe()
     except nats.errors.Error as exc:
         logger.debug("unsubscribe failed: %s", type(exc).__name__)
+
+
+class InProgress:
+    """
+    The deliveries a worker works on (held ones too), each told to the server as in
+    progress every third of `ack_wait`, so none comes back to another worker meanwhile.
+    A message handled again (a held one retried) keeps its time: when the server last
+    heard of it.  Strictly private.
+    """
+
+    __slots__ = ("_active", "_interval")
+
+    def __init__(self, ack_wait: float) -> None:
+        self._interval = ack_wait / 3
+        self._active: dict[int, list[Any]] = {}  # id(msg) -> [msg, last sign of life]
+
+    def add(self, msg: Msg, now: float) -> None:
+        self._active.setdefault(id(msg), [msg, now])
+
+    def discard(self, msg: Msg) -> None:
+        self._active.pop(id(msg), None)
+
+    async def run(self) -> None:
+        """Send the heartbeats, until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._interval / 2)
+            now = loop.time()
+            for entry in list(self._active.values()):
+                msg, last = entry
+                if now - last < self._interval:
+                    continue
+                entry[1] = now
+                try:
+                    await msg.in_progress()
+                except nats.errors.Error as exc:
+                    logger.debug("in_progress failed: %s", type(exc).__name__)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import math
 import re
 from typing import Any, Final
 
@@ -97,6 +98,23 @@ def parse_request(data: bytes) -> CancelRequest | Poison:
     return row.request
 
 
+LONGEST: Final = 1e9
+"""The longest duration in seconds (31 years): under the server's int64 nanoseconds."""
+
+
+def check_schedule(
+    retry_delay: float, max_retry_delay: float, max_age: float, *, longest: float = LONGEST
+) -> None:
+    """`ValueError` unless 0 < retry_delay <= max_retry_delay <= *longest* and max_age > 0."""
+    if not retry_delay > 0:
+        raise ValueError("retry_delay must be > 0 (a nak without a delay is immediate)")
+    if not longest >= max_retry_delay >= retry_delay:
+        at_most = f" and at most {longest:g} s" if longest < math.inf else ""
+        raise ValueError(f"max_retry_delay must be >= retry_delay{at_most}")
+    if not max_age > 0:
+        raise ValueError("max_age must be > 0")
+
+
 def decide(
     delivery_count: int,
     max_deliver: int,
@@ -126,12 +144,7 @@ def decide(
     """
     if delivery_count < 1 or max_deliver < 1:
         raise ValueError("delivery_count and max_deliver must be >= 1")
-    if not retry_delay > 0:
-        raise ValueError("retry_delay must be > 0 (a nak without a delay is immediate)")
-    if not max_retry_delay >= retry_delay:
-        raise ValueError("max_retry_delay must be >= retry_delay")
-    if not max_age > 0:
-        raise ValueError("max_age must be > 0")
+    check_schedule(retry_delay, max_retry_delay, max_age, longest=math.inf)
     if isinstance(outcome, Poison):
         return _dead(outcome, delivery_count, ref)
     if isinstance(outcome, CancelFailed) and outcome.kind is ErrorKind.INVALID_REQUEST:

@@ -22,7 +22,15 @@ from collections import deque
 from collections.abc import Hashable
 from typing import Final, Literal
 
-__all__ = ["FIRST_PROBE", "LONGEST_PROBE", "RECENT", "THRESHOLD", "Change", "Outage"]
+__all__ = [
+    "FIRST_PROBE",
+    "LONGEST_PROBE",
+    "RECENT",
+    "RECENT_SPAN",
+    "THRESHOLD",
+    "Change",
+    "Outage",
+]
 
 Change = Literal["began", "ended"] | None
 
@@ -35,6 +43,9 @@ LONGEST_PROBE: Final = 30.0
 """The interval between probes doubles up to this many seconds."""
 RECENT: Final = 2 * THRESHOLD
 """The last cancels over which Klavi is `healthy`: a failure then is the message's own."""
+RECENT_SPAN: Final = 60.0
+"""Seconds after which a cancel's outcome no longer says whether Klavi is healthy (the
+answers from before a slow outage must not make its failures look like the messages')."""
 
 
 class Outage:
@@ -55,7 +66,8 @@ class Outage:
         self.next_probe = math.inf
         self.probing = False
         """A probe is running: no other starts until it ends."""
-        self._recent: deque[tuple[Hashable, bool]] = deque(maxlen=RECENT)  # answered?
+        # (message, answered, when) of the last cancels
+        self._recent: deque[tuple[Hashable, bool, float]] = deque(maxlen=RECENT)
 
     def record(self, failed: bool, now: float, message: Hashable = None) -> Change:
         """
@@ -65,15 +77,15 @@ class Outage:
         if not failed:
             self._failing.clear()
             if not self.down:
-                self._recent.append((message, True))
+                self._recent.append((message, True, now))
                 return None
             self.down = self.probing = False
             self.next_probe = math.inf
             # Trusted again only once it answers most of what it is asked.
-            self._recent.extend((object(), False) for _ in range(RECENT))
-            self._recent.append((message, True))
+            self._recent.extend((object(), False, now) for _ in range(RECENT))
+            self._recent.append((message, True, now))
             return "ended"
-        self._recent.append((message, False))
+        self._recent.append((message, False, now))
         self._failing.add(message)
         if self.down or len(self._failing) < THRESHOLD:
             return None
@@ -87,15 +99,17 @@ class Outage:
         self._interval = FIRST_PROBE
         self.next_probe = now + FIRST_PROBE
 
-    @property
-    def healthy(self) -> bool:
+    def healthy(self, now: float, *, shown: bool = False) -> bool:
         """
-        Klavi answered at least half of the messages among the last `RECENT` cancels, or
-        failed only one (whose failures are its own).  A message that failed again and
-        again counts once.
+        Klavi answered at least half of the messages among the last `RECENT` cancels of
+        the last `RECENT_SPAN` seconds, or failed only one of them (whose failures are
+        its own).  A message that failed again and again counts once.  *shown*: and it
+        answered one at least (nothing asked is no sign of health).
         """
-        latest = dict(self._recent)
+        latest = {message: ok for message, ok, at in self._recent if now - at <= RECENT_SPAN}
         answered = sum(latest.values())
+        if shown and not answered:
+            return False
         return len(latest) - answered <= 1 or 2 * answered >= len(latest)
 
     def probe_due(self, now: float) -> bool:

@@ -13,11 +13,11 @@ server redelivers without limit, so leaving it unsettled would loop for ever.
 When Klavi is down (`_outage`: the last cancels all failed retryably) the loop fetches
 nothing, the failed messages are held (kept in progress, their deliveries unspent), and
 a probe is retried when one is due, a held message and a new one in turn; an answer
-releases them all.  A released message that fails again waits for the next answer to
-another message: a success says the failure was its own (a delivery spent, as for any
-failure), an outage that it was Klavi's (held again).  So a Klavi that lets a request
-through now and then spends no delivery, and a few payments Klavi fails for their own
-sake end as any failing payment does.  A held request past `max_age` is given up at once.
+releases them all.  A failure while Klavi is not clearly up (just after an outage, or
+failing as many as it answers) waits: Klavi answering most again says it was the
+message's own (a delivery spent), an outage that it was Klavi's (held); with nothing
+else in flight to tell, it is retried now and then.  A Klavi that lets a request through
+now and then spends no delivery; a held or waiting request past `max_age` ends at once.
 Settling a delivery (the record, then ack, nak or term) is `_settle.Settler`'s.
 """
 
@@ -25,38 +25,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
-from collections.abc import Iterator
-from typing import Any, Final
 
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from .. import (
-    CancelResult,
-    KlaviClient,
-)
-from ._consumer import Consumer
-from ._decide import (
-    Decision,
-    Poison,
-    decide,
-    is_final,
-)
-from ._outage import THRESHOLD, Outage
+from .. import CancelResult, KlaviClient
+from ._consumer import Consumer, InProgress
+from ._decide import LONGEST, Decision, Poison, check_schedule, decide, is_final
+from ._outage import FIRST_PROBE, LONGEST_PROBE, THRESHOLD, Outage
 from ._request import Failed, cancel_message
 from ._settle import Settler, WorkerStats
 from ._streams import REQUESTS_STREAM
 
-__all__ = ["CancelWorker", "WorkerStats"]
+__all__ = ["LONGEST", "CancelWorker", "WorkerStats"]
 
 logger = logging.getLogger("klavi_async.nats")
-
-LONGEST: Final = 1e9
-"""The longest duration in seconds (31 years): under the server's int64 nanoseconds."""
 
 
 class CancelWorker:
@@ -99,12 +87,7 @@ class CancelWorker:
         # The server takes durations in int64 nanoseconds: 9.2e9 s at most.
         if not LONGEST >= ack_wait > 0:
             raise ValueError(f"ack_wait must be > 0 and at most {LONGEST:g} s")
-        if not retry_delay > 0:
-            raise ValueError("retry_delay must be > 0 (a nak without a delay is immediate)")
-        if not LONGEST >= max_retry_delay >= retry_delay:
-            raise ValueError(f"max_retry_delay must be >= retry_delay and at most {LONGEST:g} s")
-        if not max_age > 0:
-            raise ValueError("max_age must be > 0")
+        check_schedule(retry_delay, max_retry_delay, max_age)
         self._client = client
         self._js = js
         self._stream = stream
@@ -115,11 +98,12 @@ class CancelWorker:
         self._retry_delay = float(retry_delay)
         self._max_retry_delay = float(max_retry_delay)
         self._max_age = float(max_age)
-        self._active: dict[int, list[Any]] = {}  # id(msg) -> [msg, last sign of life]
+        self._in_progress = InProgress(self._ack_wait)
         self._outage = Outage()
         self._held: deque[Failed] = deque()  # through an outage, longest held first
         self._tainted: set[str] = set()  # held in an outage, not settled since
-        self._pending: list[Failed] = []  # tainted, failed again after the outage ended
+        self._pending: list[Failed] = []  # failed when Klavi was not clearly up: waiting
+        self._retry_at, self._retry_interval = math.inf, FIRST_PROBE  # of a waiting one
         self._fresh_turn = False  # the next probe is a new message (when there is one)
         self._tasks: set[asyncio.Task[None]] = set()
         self._halt = asyncio.Event()
@@ -152,7 +136,7 @@ class CancelWorker:
         stop = stop if stop is not None else asyncio.Event()
         tasks = self._tasks
         await self._consumer.open()
-        heartbeat = asyncio.create_task(self._heartbeats())
+        heartbeat = asyncio.create_task(self._in_progress.run())
         stopping = asyncio.create_task(self._stopping(stop))
         loop = asyncio.get_running_loop()
         try:
@@ -163,7 +147,8 @@ class CancelWorker:
                     if outage.probe_due(loop.time()):
                         await self._probe()
                     else:  # until the probe (running or due), a cancel ends or one ages out
-                        due = self._max_age - max(map(self._age, self._held_stored()), default=0.0)
+                        oldest = max((self._age(e.stored) for e in self._held), default=0)
+                        due = self._max_age - oldest
                         wait = due if outage.probing else min(due, outage.next_probe - loop.time())
                         await asyncio.wait(
                             {*tasks, stopping}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
@@ -180,9 +165,12 @@ class CancelWorker:
                         self.stats.naked += 1
                         continue
                     self._start(msg)
-                if self._pending and not msgs and not tasks:  # no other answer will tell
-                    self._outage.begin(loop.time())
-                    self._hold_pending()
+                if self._pending:
+                    self._give_up_aged()
+                    if not msgs and not tasks and loop.time() >= self._retry_at:
+                        # No other cancel will tell whether Klavi is up: retry one of the
+                        # waiting ones, as a probe would (while new messages still come).
+                        self._start(self._pending.pop(0).msg, held=True, retry=True)
             while tasks:  # a probe answered now releases the held ones: they finish too
                 await asyncio.wait(set(tasks))
             await self._hand_back_held()
@@ -191,27 +179,36 @@ class CancelWorker:
                 task.cancel()
             await asyncio.gather(*tasks, heartbeat, stopping, return_exceptions=True)
             for entry in (*self._held, *self._pending):  # they come back after ack_wait
-                self._active.pop(id(entry.msg), None)
+                self._in_progress.discard(entry.msg)
             self._held.clear()
             self._pending.clear()
             self.stats.held = 0
             await self._consumer.close()
             self._running = False
 
-    def _start(self, msg: Msg, *, held: bool = False, probe: bool = False) -> None:
-        task = asyncio.create_task(self._handle(msg, held=held, probe=probe))
+    def _start(
+        self, msg: Msg, *, held: bool = False, probe: bool = False, retry: bool = False
+    ) -> None:
+        task = asyncio.create_task(self._handle(msg, held=held, probe=probe, retry=retry))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _probe(self) -> None:
         # A held message (the longest held first) and a new one in turn: held messages
         # Klavi fails for their own sake (a few bad payments) must not keep an outage
-        # going while the others would be cancelled.
+        # going while the others would be cancelled.  The queue hands out first the
+        # messages naked before the outage was seen: they are retried (and held) along
+        # the way, and the first message new to the queue is the probe.
         fresh, self._fresh_turn = self._fresh_turn or not self._held, not self._fresh_turn
-        msgs = await self._consumer.fetch(1) if fresh else []
-        if msgs:
-            self._start(msgs[0], probe=True)
-        elif self._held:
+        for _ in range(THRESHOLD if fresh else 0):
+            msgs = await self._consumer.fetch(1)
+            if not msgs:
+                break
+            if msgs[0].metadata.num_delivered == 1:
+                self._start(msgs[0], probe=True)
+                return
+            self._start(msgs[0])
+        if self._held:
             self.stats.held -= 1
             self._start(self._held.popleft().msg, held=True, probe=True)
         else:  # nothing to probe with: try again soon
@@ -241,15 +238,16 @@ class CancelWorker:
         for entry in pending:
             self._later(entry, entry.outcome)
 
-    def _held_stored(self) -> Iterator[float]:
-        return (entry.stored for entry in self._held)
-
     def _give_up_aged(self) -> None:
-        # In an outage, a held request past max_age is given up now, not at its probe.
+        # A held or waiting request past max_age is given up now, not at its next try.
         for entry in list(self._held):
             if self._age(entry.stored) >= self._max_age:
                 self._held.remove(entry)
                 self.stats.held -= 1
+                self._later(entry, entry.outcome)
+        for entry in list(self._pending):
+            if self._age(entry.stored) >= self._max_age:
+                self._pending.remove(entry)
                 self._later(entry, entry.outcome)
 
     def _later(self, entry: Failed, outcome: CancelResult) -> None:
@@ -264,7 +262,7 @@ class CancelWorker:
             self.stats.unsettled += 1
             logger.exception("a delivery could not be handled; it will be redelivered")
         finally:
-            self._active.pop(id(entry.msg), None)
+            self._in_progress.discard(entry.msg)
             self._tainted.discard(entry.ref)
 
     async def _hand_back_held(self) -> None:
@@ -273,7 +271,7 @@ class CancelWorker:
         while self._held:
             msg = self._held.popleft().msg
             self.stats.held -= 1
-            self._active.pop(id(msg), None)
+            self._in_progress.discard(msg)
             try:
                 await msg.nak(delay=self._retry_delay)
                 self.stats.naked += 1
@@ -288,30 +286,16 @@ class CancelWorker:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def _heartbeats(self) -> None:
-        interval = self._ack_wait / 3
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(interval / 2)
-            now = loop.time()
-            for entry in list(self._active.values()):
-                msg, last = entry
-                if now - last < interval:
-                    continue
-                entry[1] = now
-                try:
-                    await msg.in_progress()
-                except nats.errors.Error as exc:
-                    logger.debug("in_progress failed: %s", type(exc).__name__)
-
-    async def _handle(self, msg: Msg, *, held: bool = False, probe: bool = False) -> None:
-        # *held*: a message held through an outage, retried; *probe*: the one that tells
-        # whether the outage is over.
+    async def _handle(
+        self, msg: Msg, *, held: bool = False, probe: bool = False, retry: bool = False
+    ) -> None:
+        # *held*: a message held (or waiting), retried; *probe*: the one that tells
+        # whether the outage is over; *retry*: a waiting one retried when no other cancel
+        # tells whether Klavi is up.
         stats, outage = self.stats, self._outage
         loop = asyncio.get_running_loop()
         stats.in_flight += 1
-        # A held message keeps its entry: when the server last heard of it.
-        self._active.setdefault(id(msg), [msg, loop.time()])
+        self._in_progress.add(msg, loop.time())
         keep = told = False
         ref = ""
         try:
@@ -326,16 +310,19 @@ class CancelWorker:
             outcome = await cancel_message(self._client, msg.data, delivery, ref)
             if isinstance(outcome, CancelResult):
                 told, failed = True, not is_final(outcome)
-                if probe and not held and delivery > 1 and failed:
-                    # A new probe that had failed before (naked before the outage was
-                    # seen; the queue hands those out first): no news of Klavi.  The
-                    # next probe is another new one, at once.
-                    told, self._fresh_turn = False, True
                 entry = Failed(msg, outcome, delivery, ref, stored)
                 # A message held through an outage that fails again says nothing of
                 # Klavi (it may be why the outage was seen): it never makes one.
                 tainted = failed and ref in self._tainted
-                change = None if tainted else outage.record(failed, loop.time(), ref)
+                # A retry of a waiting message says nothing of Klavi's health: timed by
+                # its own schedule, it would sample a Klavi that lets one cancel a
+                # second through as one that answers half.
+                change = None if tainted or retry else outage.record(failed, loop.time(), ref)
+                if retry:  # the next retry at once after an answer, later after a failure
+                    self._retry_interval = (
+                        min(2 * self._retry_interval, LONGEST_PROBE) if failed else FIRST_PROBE
+                    )
+                    self._retry_at = loop.time() + (self._retry_interval if failed else 0.0)
                 if change == "began":
                     stats.outages += 1
                     logger.warning("Klavi outage: holding the failed messages; probing")
@@ -344,18 +331,22 @@ class CancelWorker:
                     logger.warning("Klavi answers again: retrying the held messages")
                     self._release()
                 if not failed:
-                    if outage.healthy:
+                    if not retry and outage.healthy(loop.time()):
                         self._charge_pending()
                 elif outage.down and self._age(stored) < self._max_age:
                     keep = True  # held: retried when Klavi answers again
                     self._hold(entry)
                     return
-                elif not outage.down and (tainted or not outage.healthy):
-                    # Klavi fails as many as it answers (or the message was held through
-                    # the outage): its own failure, or Klavi's?  What follows tells: an
-                    # outage holds it (`_hold_pending`); Klavi healthy again charges it
-                    # a delivery (`_charge_pending`).
+                elif not (outage.down or outage.healthy(loop.time(), shown=tainted)):
+                    # Klavi fails as many as it answers (just after an outage, too; for
+                    # a message held through it, it must have answered one since): its
+                    # own failure, or Klavi's?  What follows tells: an outage holds it
+                    # (`_hold_pending`); Klavi healthy again charges it a delivery
+                    # (`_charge_pending`).
                     keep = True
+                    if not self._pending and not retry:  # the first waiting: retried soon
+                        self._retry_at = loop.time() + FIRST_PROBE
+                        self._retry_interval = FIRST_PROBE
                     self._pending.append(entry)
                     if sum(e.ref not in self._tainted for e in self._pending) >= THRESHOLD:
                         stats.outages += 1
@@ -373,7 +364,7 @@ class CancelWorker:
             logger.exception("a delivery could not be handled; it will be redelivered")
         finally:
             if not keep:
-                del self._active[id(msg)]
+                self._in_progress.discard(msg)
                 self._tainted.discard(ref)
             stats.in_flight -= 1
             if probe and outage.probing:  # the probe failed, or could not tell

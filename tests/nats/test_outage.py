@@ -20,10 +20,18 @@ from typing import Any
 import pytest
 from nats.js import JetStreamContext
 
-from klavi_async import CancelRequest, KlaviClient, RetryPolicy
-from klavi_async._transport import Response
+from klavi_async import CancelRequest, KlaviClient, RetryBudget, RetryPolicy
+from klavi_async._errors import ErrorKind
+from klavi_async._transport import Response, TransportFailure
 from klavi_async.nats import RESULTS_SUBJECT, CancelWorker, _worker as worker_module, enqueue
-from klavi_async.nats._outage import FIRST_PROBE, LONGEST_PROBE, RECENT, THRESHOLD, Outage
+from klavi_async.nats._outage import (
+    FIRST_PROBE,
+    LONGEST_PROBE,
+    RECENT,
+    RECENT_SPAN,
+    THRESHOLD,
+    Outage,
+)
 from klavi_async.testing import KlaviEmulator, RandomFaults
 
 from ..conftest import CPF
@@ -84,15 +92,20 @@ def test_a_probe_failing_after_the_outage_ended_schedules_nothing() -> None:
 
 def test_klavi_is_healthy_while_it_answers_half_the_messages_or_fails_only_one() -> None:
     outage = Outage()
-    assert outage.healthy  # nothing asked yet
+    assert outage.healthy(0.0)  # nothing asked yet
     for _ in range(20):
         outage.record(True, 0.0, "bad")  # one message, again and again: its own problem
-    assert outage.healthy and not outage.down
+    assert outage.healthy(0.0) and not outage.down
     outage.record(True, 0.0, "other")
-    assert not outage.healthy  # two failing, none answered
+    assert not outage.healthy(0.0)  # two failing, none answered
     for n in range(2):
         outage.record(False, 0.0, f"ok-{n}")
-    assert outage.healthy  # answered as many as failed
+    assert outage.healthy(0.0)  # answered as many as failed
+    # What is older than RECENT_SPAN says nothing: the answers before a slow outage
+    # must not make its failures look like the messages' own.
+    for n in range(2):
+        outage.record(True, RECENT_SPAN + 1.0, f"late-{n}")
+    assert not outage.healthy(RECENT_SPAN + 1.0)
 
 
 def test_after_an_outage_klavi_is_trusted_once_it_answers_most() -> None:
@@ -100,11 +113,11 @@ def test_after_an_outage_klavi_is_trusted_once_it_answers_most() -> None:
     for n in range(THRESHOLD):
         outage.record(True, 0.0, n)
     assert outage.record(False, 5.0, "probe") == "ended"
-    assert not outage.healthy  # one answer after an outage is not trust
+    assert not outage.healthy(5.0)  # one answer after an outage is not trust
     for n in range(RECENT // 2 - 1):
-        assert not outage.healthy
+        assert not outage.healthy(5.0)
         outage.record(False, 5.0, f"ok-{n}")
-    assert outage.healthy
+    assert outage.healthy(5.0)
 
 
 def test_begin_takes_klavi_as_down_at_once() -> None:
@@ -136,11 +149,19 @@ class Klavi:
 
 
 async def work(
-    loop: VirtualLoop, js: FakeJetStream, client: KlaviClient, worker: CancelWorker, until: float
+    loop: VirtualLoop,
+    js: FakeJetStream,
+    client: KlaviClient,
+    worker: CancelWorker,
+    until: float,
+    fed: asyncio.Task[None] | None = None,
 ) -> None:
+    """Run *worker* until every request is settled (and *fed* has queued them all)."""
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
-    while loop.time() < until and len(js.settled) < len(js.stored):
+    while loop.time() < until and not (
+        (fed is None or fed.done()) and len(js.settled) == len(js.stored)
+    ):
         await asyncio.sleep(1.0)
     stop.set()
     await task
@@ -322,14 +343,7 @@ def test_a_few_payments_klavi_always_fails_do_not_hold_up_the_others() -> None:
         worker = CancelWorker(  # type: ignore[arg-type]  # the fake stream
             client, js, concurrency=THRESHOLD, max_deliver=4, retry_delay=1.0
         )
-        feeding = asyncio.create_task(more())
-        stop = asyncio.Event()
-        task = asyncio.create_task(worker.run(stop))
-        while loop.time() < 3600.0 and not (feeding.done() and len(js.settled) == 400):
-            await asyncio.sleep(1.0)
-        stop.set()
-        await task
-        await client.aclose()
+        await work(loop, js, client, worker, until=3600.0, fed=asyncio.create_task(more()))
         seen.update(js=js, end=loop.time(), enqueued_at=enqueued_at)
 
     run(main)
@@ -345,6 +359,82 @@ def test_a_few_payments_klavi_always_fails_do_not_hold_up_the_others() -> None:
     assert max(waits) < 40.0, sorted(waits)[-5:]
     given_up_at = [js.settled_at[seq] for seq, how in js.settled.items() if how == "term"]
     assert max(given_up_at) < 300.0, given_up_at
+
+
+def test_a_slow_outage_at_concurrency_one_spends_no_delivery(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found by an attack: Klavi timing out for 300 s, each failed cancel taking its
+    # whole timeout schedule, one at a time: the worker never saw five different
+    # messages fail, the answers from before the outage still counted for Klavi, and a
+    # request was given up at max_deliver=5.
+    seen: dict[str, Any] = {}
+
+    async def main(loop: VirtualLoop) -> None:
+        wall_clock_follows(loop, monkeypatch)
+        js = FakeJetStream(loop)
+        js.enqueue(requests(20))
+
+        async def klavi(sent: Sent) -> Response | TransportFailure:
+            if 10.0 <= loop.time() < 310.0:
+                await asyncio.sleep(sent.timeout)
+                return TransportFailure(ErrorKind.TIMEOUT, "no response", sent=True)
+            return json_response(200, {"status": "CANCELED"})
+
+        async def more() -> None:  # two new requests a second
+            for n in range(20, 720, 2):
+                await asyncio.sleep(1.0)
+                js.enqueue([CancelRequest(f"pay-{i:04d}", CPF) for i in (n, n + 1)])
+
+        client, _ = mock_client(
+            klavi, retry=RetryPolicy(max_attempts=4), timeout=10.0, clock=loop.time,
+            retry_budget=RetryBudget(clock=loop.time),
+        )  # fmt: skip
+        worker = CancelWorker(  # type: ignore[arg-type]  # the fake stream
+            client, js, concurrency=1, max_deliver=5, retry_delay=0.2
+        )
+        await work(loop, js, client, worker, until=3600.0, fed=asyncio.create_task(more()))
+        seen.update(js=js)
+
+    run(main)
+    js = seen["js"]
+    assert Counter(js.settled.values()) == {"ack": 720}
+    assert js.max_delivered < 5
+
+
+def test_a_few_bad_payments_among_sparse_requests_end_on_their_schedule() -> None:
+    # Found by an attack: with a request every 20 s, the bad payments released after
+    # each (false) outage waited for Klavi to look healthy, found nothing else in
+    # flight, made an outage again, and were held until max_age (a day).
+    seen: dict[str, Any] = {}
+    bad = {f"pay-{i:04d}" for i in range(THRESHOLD)}
+
+    async def main(loop: VirtualLoop) -> None:
+        js = FakeJetStream(loop)
+        js.enqueue(requests(THRESHOLD))
+
+        def klavi(sent: Sent) -> Response:
+            if sent.url.rsplit("/", 2)[-2] in bad:
+                return json_response(503)
+            return json_response(200, {"status": "CANCELED"})
+
+        async def more() -> None:
+            for n in range(THRESHOLD, THRESHOLD + 60):
+                await asyncio.sleep(20.0)
+                js.enqueue([CancelRequest(f"pay-{n:04d}", CPF)])
+
+        client, _ = mock_client(klavi, retry=RetryPolicy(max_attempts=1))
+        worker = CancelWorker(  # type: ignore[arg-type]  # the fake stream
+            client, js, concurrency=THRESHOLD, max_deliver=4, retry_delay=1.0
+        )
+        await work(loop, js, client, worker, until=3600.0, fed=asyncio.create_task(more()))
+        seen.update(js=js)
+
+    run(main)
+    js = seen["js"]
+    assert Counter(js.settled.values()) == {"ack": 60, "term": THRESHOLD}
+    given_up_at = [js.settled_at[seq] for seq, how in js.settled.items() if how == "term"]
+    assert max(given_up_at) < 1300.0  # while requests still came, not at max_age
 
 
 def test_a_stop_during_an_outage_hands_the_held_messages_back() -> None:
