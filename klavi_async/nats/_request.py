@@ -33,7 +33,7 @@ __all__ = ["Failed", "cancel_message"]
 logger = logging.getLogger("klavi_async.nats")
 
 
-@define(frozen=True)
+@define  # not frozen: made for every answer, and frozen attrs classes cost more to make
 class Failed:
     """A delivery whose cancel failed retryably, kept to be settled later."""
 

@@ -331,7 +331,7 @@ class CancelWorker:
                     logger.warning("Klavi answers again: retrying the held messages")
                     self._release()
                 if not failed:
-                    if not retry and outage.healthy(loop.time()):
+                    if self._pending and not retry and outage.healthy(loop.time()):
                         self._charge_pending()
                 elif outage.down and self._age(stored) < self._max_age:
                     keep = True  # held: retried when Klavi answers again
