@@ -1,7 +1,8 @@
 """
-The streams are the operator's: `worker` and `enqueue` keep what an operator set,
-`ensure_streams()` and `klavi-async streams` change only what they are given, and a
-worker whose `ack_wait` is not well below the duplicate window says so at start.
+The streams are the operator's: `worker` and `enqueue` keep what an operator set, and
+`ensure_streams()` and `klavi-async streams` change only what they are given.  (A worker
+no longer warns about an `ack_wait` near the duplicate window: records keep one per
+subject whatever the window.)
 """
 
 from __future__ import annotations
