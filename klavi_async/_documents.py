@@ -38,9 +38,18 @@ IdentifierType = Literal["CPF", "CNPJ"]
 _STRIP: Final = str.maketrans("", "", ".-/ \t\r\n")
 _PAYMENT_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,99}")
 _KEY_RE: Final = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,38}[\x21-\x7e])?")
-_EMBEDDED_RE: Final = re.compile(
-    r"(?<![0-9A-Za-z])(?:\d{3}\.?\d{3}\.?\d{3}-?\d{2}"
-    r"|[0-9A-Za-z]{2}\.?[0-9A-Za-z]{3}\.?[0-9A-Za-z]{3}/?[0-9A-Za-z]{4}-?\d{2})(?![0-9A-Za-z])"
+_EMBEDDED_RES: Final = (
+    # Documents of digits wherever digits end (glued to letters too: `CPF52998224725`,
+    # a consent id `x52998224725x`); then alphanumeric CNPJs standing alone (letters are
+    # part of them).  Two passes: the second must not swallow what the first would see.
+    # Only what passes its check digits is masked.
+    re.compile(
+        r"(?<!\d)(?:\d{3}\.?\d{3}\.?\d{3}-?\d{2}|\d{2}\.?\d{3}\.?\d{3}/?\d{4}-?\d{2})(?!\d)"
+    ),
+    re.compile(
+        r"(?<![0-9A-Za-z])[0-9A-Za-z]{2}\.?[0-9A-Za-z]{3}\.?[0-9A-Za-z]{3}/?[0-9A-Za-z]{4}-?\d{2}"
+        r"(?![0-9A-Za-z])"
+    ),
 )
 _CNPJ_W1: Final = (5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2)
 _CNPJ_W2: Final = (6, 5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2)
@@ -156,7 +165,9 @@ def scrub_documents(text: str, known: str | None = None) -> str:
             return mask_document(bare)
         return match.group(0)
 
-    return _EMBEDDED_RE.sub(_mask, text)
+    for pattern in _EMBEDDED_RES:
+        text = pattern.sub(_mask, text)
+    return text
 
 
 MAX_KEPT: Final = 100

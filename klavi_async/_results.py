@@ -266,18 +266,25 @@ class PaymentStatus:
             return None
         reason = body.get("statusReason")
         reason = reason if isinstance(reason, dict) else {}
+        # Every field is the server's to fill: a document in it (`PAYMENT_COMPLETED
+        # 52998224725`) is masked and a huge one clipped, since they reach records,
+        # reprs, log lines and spans.  `body` stays as sent, for the caller alone.
         return cls(
-            payment_id=text_or_none(body.get("id")) or payment_id,
-            status=status.strip(),
-            client_request_id=text_or_none(body.get("clientRequestId")),
-            amount=text_or_none(body.get("amount")),
-            currency=text_or_none(body.get("currency")),
-            status_reason_code=text_or_none(reason.get("code")),
+            payment_id=_kept(text_or_none(body.get("id"))) or payment_id,
+            status=clip_kept(status.strip()),
+            client_request_id=_kept(text_or_none(body.get("clientRequestId"))),
+            amount=_kept(text_or_none(body.get("amount"))),
+            currency=_kept(text_or_none(body.get("currency"))),
+            status_reason_code=_kept(text_or_none(reason.get("code"))),
             status_reason_message=_scrubbed(text_or_none(reason.get("message"))),
-            status_update_at=text_or_none(body.get("statusUpdateAt")),
+            status_update_at=_kept(text_or_none(body.get("statusUpdateAt"))),
             body=body,
         )
 
 
 def _scrubbed(value: str | None) -> str | None:
     return None if value is None else scrub_documents(value)
+
+
+def _kept(value: str | None) -> str | None:
+    return None if value is None else clip_kept(value)

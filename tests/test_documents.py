@@ -326,7 +326,13 @@ def test_mask_document(document: str, masked: str) -> None:
         ("two: 52998224725, 11144477735", "two: ***.982.247-**, ***.444.777-**"),
         ("order 12345678901 and 52998224726", "order 12345678901 and 52998224726"),
         ("no documents here", "no documents here"),
-        ("pay-ABC52998224725X", "pay-ABC52998224725X"),  # inside a longer token: not a document
+        # Glued to letters (a consent id, `CPF…`): still a document, and masked.
+        ("pay-ABC52998224725X", "pay-ABC***.982.247-**X"),
+        ("CPF52998224725", "CPF***.982.247-**"),
+        ("x52998224725x", "x***.982.247-**x"),
+        ("ID11222333000181X", "ID**.222.333/0001-**X"),
+        # Inside a longer run of digits: not a document.
+        ("1529982247250", "1529982247250"),
         ("", ""),
     ],
 )
@@ -335,11 +341,12 @@ def test_scrub_documents(text: str, scrubbed: str) -> None:
 
 
 def test_scrub_replaces_the_known_document_even_when_the_pattern_misses_it() -> None:
-    text = "for CPF52998224725 and CPF52998224725"
-    assert scrub_documents(text) == text  # glued to letters: the pattern does not see it
-    assert scrub_documents(text, "52998224725") == "for CPF***.982.247-** and CPF***.982.247-**"
-    assert scrub_documents(text, "") == text
-    assert scrub_documents(text, None) == text
+    text = "for 1529982247250 and 52998224725"
+    masked = "for 1***.982.247-**0 and ***.982.247-**"
+    assert scrub_documents(text) == "for 1529982247250 and ***.982.247-**"  # inside digits
+    assert scrub_documents(text, "52998224725") == masked
+    assert scrub_documents("for 1529982247250", "") == "for 1529982247250"
+    assert scrub_documents("for 1529982247250", None) == "for 1529982247250"
 
 
 # -- payment ids ---------------------------------------------------------------------------------

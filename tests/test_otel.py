@@ -429,3 +429,44 @@ def test_by_default_only_a_real_global_provider_turns_telemetry_on() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True", "True", "True"]
+
+
+@pytest.mark.parametrize(
+    "status",
+    ["PAYMENT_COMPLETED 52998224725", "PAYMENT_COMPLETED 529.982.247-25", "PAID:CPF52998224725"],
+)
+async def test_a_document_in_a_status_value_reaches_nothing_in_clear(
+    serve: ServerFactory,
+    telemetry: Telemetry,
+    caplog: pytest.LogCaptureFixture,
+    status: str,
+) -> None:
+    # A hostile or careless server puts the payer's CPF in the status itself: it must not
+    # reach the result, its repr, the record a worker publishes, a log line or a span.
+    refusal = {"statusCode": "PAGAMENTO_NAO_PERMITE_CANCELAMENTO", "message": "no"}
+    reply = status_reply(status)
+    fake = ScriptedKlavi().on(CANCEL, Reply(416, refusal)).on(STATUS, reply, reply)
+    base = await fake.start(serve)
+    with caplog.at_level("DEBUG", logger="klavi_async"):
+        async with client_for(base, telemetry) as client:
+            result = await client.cancel_payment("pay-416", cancelled_by=CPF)
+            read = await client.get_payment_status("pay-416")
+    assert isinstance(result, CancelFailed)
+    assert result.payment_status is not None and "***.982.247-**" in result.payment_status
+    texts = [result.payment_status, repr(result), str(result.to_record()), read.status, repr(read)]
+    texts += [record.getMessage() for record in caplog.records]
+    texts += [repr(vars(record)) for record in caplog.records]
+    for span in telemetry.spans():
+        texts.append(repr(dict(span.attributes or {})))
+        texts += [repr(dict(event.attributes or {})) for event in span.events]
+    leaked = [text for text in texts if "52998224725" in text or "529.982.247-25" in text]
+    assert not leaked, leaked[:2]
+
+
+async def test_a_huge_status_value_is_kept_clipped(serve: ServerFactory) -> None:
+    fake = ScriptedKlavi().on(STATUS, status_reply("PAYMENT_PENDING" + "x" * 100_000))
+    base = await fake.start(serve)
+    async with KlaviClient(TOKEN, base_url=base, retry=FAST) as client:
+        read = await client.get_payment_status("pay-1")
+    assert read.status.endswith("…(clipped)") and len(read.status) < 200
+    assert len(read.body["status"]) > 100_000  # the body the caller asked for, as sent

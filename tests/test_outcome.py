@@ -296,12 +296,16 @@ def test_messages_are_scrubbed_of_documents(body: object) -> None:
     assert "***.982.247-**" in outcome.message or "**.222.333/0001-**" in outcome.message
 
 
-def test_the_known_document_is_scrubbed_even_where_the_pattern_cannot_see_it() -> None:
+def test_a_document_glued_to_letters_is_scrubbed() -> None:
     body = {"message": f"cpf{CPF_BARE}x rejected"}
-    assert CPF_BARE in classify(400, body).message  # glued to letters: not a document shape
+    assert classify(400, body).message == "cpf***.982.247-**x rejected"
+
+
+def test_the_known_document_is_scrubbed_even_where_the_pattern_cannot_see_it() -> None:
+    body = {"message": f"ref 1{CPF_BARE}0 rejected"}
+    assert CPF_BARE in classify(400, body).message  # inside a run of digits: no document
     outcome = classify(400, body, document=CPF_BARE)
-    assert CPF_BARE not in outcome.message
-    assert outcome.message == "cpf***.982.247-**x rejected"
+    assert outcome.message == "ref 1***.982.247-**0 rejected"
 
 
 def test_a_code_echoing_the_document_is_scrubbed() -> None:

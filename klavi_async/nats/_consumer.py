@@ -57,7 +57,8 @@ class Consumer:
 
     async def fetch(self, batch: int) -> list[Msg]:
         """Up to *batch* messages within `FETCH_TIMEOUT`; none after a broker error."""
-        assert self._sub is not None, "open() first"  # nosec B101 - a programming error
+        if self._sub is None:
+            raise RuntimeError("Consumer.fetch() before open()")
         try:
             return await self._sub.fetch(batch, timeout=FETCH_TIMEOUT)
         except TimeoutError:  # nats' own timeout errors subclass it; plain ones happen too
