@@ -56,6 +56,7 @@ class Shared:
         "events",
         "limiter",
         "policy",
+        "secrets",
         "sleep",
         "timeout",
         "tokens",
@@ -89,7 +90,10 @@ class Shared:
             if rate_limit is None
             else RateLimiter(rate_limit, clock=clock, sleep=sleep, max_pause=policy.max_retry_after)
         )
+        # Scrubbed from what a status read keeps (the server has no business echoing them).
+        self.secrets: tuple[str, ...] = ()
         if isinstance(provider, ClientCredentials):
+            self.secrets = (provider.secret_key, provider.access_key)
             provider = CredentialsProvider(
                 provider, base_url, self.post_unauthorised, policy.retry_statuses
             )

@@ -200,7 +200,9 @@ class Canceller:
         outcome = await reads.run(call.attempt, reads, "GET", url, headers, None)
         status = None
         if outcome.kind is None and isinstance(outcome.body, dict):
-            status = PaymentStatus.from_body(call.payment_id, outcome.body)
+            status = PaymentStatus.from_body(
+                call.payment_id, outcome.body, secrets=self._shared.secrets
+            )
         if self._shared.events.wants(INFO):
             failure = "" if status else f"failed ({(outcome.kind or 'no status').__str__()})"
             self._shared.events.emit(

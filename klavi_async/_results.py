@@ -259,32 +259,38 @@ class PaymentStatus:
         return self.status.upper() in TERMINAL_STATUSES
 
     @classmethod
-    def from_body(cls, payment_id: str, body: dict[str, Any]) -> PaymentStatus | None:
-        """Build from a status response body; None when it carries no usable `status`."""
+    def from_body(
+        cls, payment_id: str, body: dict[str, Any], *, secrets: tuple[str, ...] = ()
+    ) -> PaymentStatus | None:
+        """
+        Build from a status response body; None when it carries no usable `status`.  Each
+        of *secrets* (the client's keys) is replaced by `***` in every field kept.
+        """
         status = body.get("status")
         if not isinstance(status, str) or not status.strip():
             return None
         reason = body.get("statusReason")
         reason = reason if isinstance(reason, dict) else {}
+
         # Every field is the server's to fill: a document in it (`PAYMENT_COMPLETED
-        # 52998224725`) is masked and a huge one clipped, since they reach records,
-        # reprs, log lines and spans.  `body` stays as sent, for the caller alone.
+        # 52998224725`) is masked, a key replaced and a huge one clipped, since they
+        # reach records, reprs, log lines and spans.  `body` stays as sent, for the caller.
+        def kept(value: object, clip: bool = True) -> str | None:
+            text = text_or_none(value)
+            if text is None:
+                return None
+            for secret in secrets:
+                text = text.replace(secret, "***") if secret else text
+            return clip_kept(text) if clip else scrub_documents(text)
+
         return cls(
-            payment_id=_kept(text_or_none(body.get("id"))) or payment_id,
-            status=clip_kept(status.strip()),
-            client_request_id=_kept(text_or_none(body.get("clientRequestId"))),
-            amount=_kept(text_or_none(body.get("amount"))),
-            currency=_kept(text_or_none(body.get("currency"))),
-            status_reason_code=_kept(text_or_none(reason.get("code"))),
-            status_reason_message=_scrubbed(text_or_none(reason.get("message"))),
-            status_update_at=_kept(text_or_none(body.get("statusUpdateAt"))),
+            payment_id=kept(body.get("id")) or payment_id,
+            status=kept(status.strip()) or "***",
+            client_request_id=kept(body.get("clientRequestId")),
+            amount=kept(body.get("amount")),
+            currency=kept(body.get("currency")),
+            status_reason_code=kept(reason.get("code")),
+            status_reason_message=kept(reason.get("message"), clip=False),
+            status_update_at=kept(body.get("statusUpdateAt")),
             body=body,
         )
-
-
-def _scrubbed(value: str | None) -> str | None:
-    return None if value is None else scrub_documents(value)
-
-
-def _kept(value: str | None) -> str | None:
-    return None if value is None else clip_kept(value)

@@ -76,7 +76,7 @@ async def _read(
     headers = {"Accept": "application/json", INTERACTION_HEADER: call.interaction_id}
     outcome = await loop.run(call.attempt, loop, "GET", url, headers, None)
     try:
-        status = _status_or_raise(payment_id, outcome, loop, call)
+        status = _status_or_raise(payment_id, outcome, loop, call, shared.secrets)
     except KlaviError as error:
         _status_ended(shared, call, None, error)
         raise
@@ -92,12 +92,16 @@ def _status_ended(
 
 
 def _status_or_raise(
-    payment_id: str, outcome: Outcome, loop: RetryLoop, call: Call
+    payment_id: str, outcome: Outcome, loop: RetryLoop, call: Call, secrets: tuple[str, ...]
 ) -> PaymentStatus:
     """The status read's result, or the `KlaviError` matching its failure."""
     if outcome.kind is None:
         body = outcome.body
-        status = PaymentStatus.from_body(payment_id, body) if isinstance(body, dict) else None
+        status = (
+            PaymentStatus.from_body(payment_id, body, secrets=secrets)
+            if isinstance(body, dict)
+            else None
+        )
         if status is None:
             raise UnexpectedResponseError(
                 "the status response has no usable 'status' field",

@@ -366,3 +366,33 @@ async def test_a_document_at_the_clip_edge_is_masked_not_cut() -> None:
         result = await klavi.cancel_payment(value, cancelled_by=CPF)
     assert CPF_BARE[:5] not in result.payment_id
     assert result.payment_id.endswith("…(clipped)")
+
+
+# -- a status value that echoes the client's keys ---------------------------------------
+
+
+async def test_a_status_read_echoing_the_secret_key_keeps_it_nowhere(
+    serve: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    from klavi_async import ClientCredentials
+
+    secret, access = "sk-very-secret-0042", "ak-visible-0042"
+    echo = Reply(200, {"status": f"PAYMENT_COMPLETED {secret}", "id": f"{access}-{secret}"})
+    refusal = {"statusCode": "PAGAMENTO_NAO_PERMITE_CANCELAMENTO", "message": "no"}
+    fake = (
+        ScriptedKlavi(default={AUTH: Reply(200, {"accessToken": "tok-1", "expireIn": 600})})
+        .on(CANCEL, Reply(416, refusal))
+        .on(STATUS, echo, echo)
+    )
+    base = await fake.start(serve)
+    credentials = ClientCredentials(access, secret)
+    with caplog.at_level(logging.DEBUG, logger="klavi_async"):
+        async with KlaviClient(credentials, base_url=base, retry=FAST) as klavi:
+            result = await klavi.cancel_payment("p1", cancelled_by=CPF)
+            read = await klavi.get_payment_status("p1")
+    assert isinstance(result, CancelFailed)
+    assert result.payment_status == "PAYMENT_COMPLETED ***"
+    assert read.status == "PAYMENT_COMPLETED ***" and read.payment_id == "***-***"
+    texts = [*texts_of(result), repr(read), str(result.to_record())]
+    texts += [r.getMessage() for r in caplog.records] + [repr(vars(r)) for r in caplog.records]
+    assert not [t for t in texts if secret in t or access in t]
