@@ -32,7 +32,8 @@ from ._summary import BatchSummary
 __all__ = ["DEAD_ENDPOINT_AFTER", "run_batch"]
 
 DEAD_ENDPOINT_AFTER: Final = 10
-"""Consecutive cancels that never reached Klavi (connect failures) that stop a batch."""
+"""Consecutive cancels that never reached Klavi (connect failures, or no token to be had)
+that stop a batch."""
 
 
 def _credentials_rejected(result: CancelResult) -> TypeGuard[CancelFailed]:
@@ -45,12 +46,17 @@ def _credentials_rejected(result: CancelResult) -> TypeGuard[CancelFailed]:
 
 
 def _never_reached_klavi(result: CancelResult) -> TypeGuard[CancelFailed]:
-    """A connect failure or timeout on every attempt, none of which may have been sent."""
-    return (
-        isinstance(result, CancelFailed)
-        and result.kind in (ErrorKind.NETWORK, ErrorKind.TIMEOUT)
-        and not result.outcome_unknown
-        and not any(attempt.ambiguous for attempt in result.history)
+    """
+    A connect failure or timeout on every attempt, none of which may have been sent; or
+    no token to be had for it (the auth endpoint unreachable or failing, with access
+    keys): nothing was sent.
+    """
+    if not isinstance(result, CancelFailed) or result.outcome_unknown:
+        return False
+    if result.kind is ErrorKind.AUTHENTICATION_FAILED:
+        return result.retryable and not result.history
+    return result.kind in (ErrorKind.NETWORK, ErrorKind.TIMEOUT) and not any(
+        attempt.ambiguous for attempt in result.history
     )
 
 
@@ -292,7 +298,8 @@ class _BatchRun:
             self._echo(
                 f"stopped: {DEAD_ENDPOINT_AFTER} cancels in a row could not reach "
                 f"{self._client.base_url} ({self._unreachable}); none of them was sent. Check "
-                "the target and rerun: they are sent again with the same keys."
+                "the target (and, with access keys, its auth endpoint) and rerun: they are "
+                "sent again with the same keys."
             )
         if self._feed.error is not None:
             self._echo(f"klavi-async: error: {self._feed.error}")
