@@ -199,3 +199,29 @@ def test_bad_fault_flag_is_a_usage_error() -> None:
     )
     assert result.returncode == 2
     assert "NAME=RATE" in result.stderr
+
+
+def test_a_second_batch_on_the_same_results_file_is_refused(tmp_path: Path) -> None:
+    # Two runs on one --out both ran: 595 lines for 300 rows, each summary counting the
+    # other's work.  The second now exits 2 at once, naming the first.
+    with emulator_in_thread(fault_rates={"latency": 1.0}, latency=0.2) as emu:
+        ids = [emu.add_payment() for _ in range(40)]
+        source, out = tmp_path / "in.csv", tmp_path / "out.jsonl"
+        source.write_text("payment_id,cancelled_by\n" + "".join(f"{p},{CPF}\n" for p in ids))
+        command = [CLI, "cancel-batch", str(source), "--out", str(out), "--concurrency", "2"]
+        first = subprocess.Popen(
+            command, env=cli_env(emu), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            wait_for_lines(out, 1)
+            second = subprocess.run(
+                command, env=cli_env(emu), capture_output=True, text=True, timeout=60
+            )
+        finally:
+            first.send_signal(signal.SIGINT)
+            first.communicate(timeout=30)
+        assert second.returncode == 2, second.stderr
+        assert f"is in use by process {first.pid}" in second.stderr
+        assert second.stdout == ""
+        lines = records(out)
+        assert len(lines) == len({r["payment_id"] for r in lines})  # the first run's alone

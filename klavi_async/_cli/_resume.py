@@ -10,11 +10,13 @@ row is sent with the idempotency key its request was sent with before.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from attrs import define, field
@@ -150,13 +152,29 @@ class ResumeState:
 
 
 class ResultsFile:
-    """Appends JSON lines; flushes each line, fsyncs every `fsync_interval` seconds."""
+    """
+    Appends JSON lines; flushes each line, fsyncs every `fsync_interval` seconds.
+
+    Holds an advisory lock on the file while open: a second run on the same results file
+    (each would count the other's lines and send what the other is sending) is refused
+    with `InputError`, naming the process that holds it when the system says.
+    """
 
     def __init__(self, path: str, *, fsync_interval: float = 1.0) -> None:
         try:
             self._handle = open(path, "a+b")  # noqa: SIM115
         except OSError as exc:
             raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        try:
+            _lock(self._handle.fileno())
+        except OSError:
+            holder = _lock_holder(self._handle.fileno())
+            self._handle.close()
+            who = f"process {holder}" if holder else "another process"
+            raise InputError(
+                f"--out {path} is in use by {who} (another cancel-batch on the same results "
+                "file?): wait for it to finish, or write to another file"
+            ) from None
         self._fsync_interval = fsync_interval
         self._last_sync = time.monotonic()
         self.written = 0
@@ -182,3 +200,24 @@ class ResultsFile:
         self._handle.flush()
         os.fsync(self._handle.fileno())
         self._handle.close()
+
+
+def _lock_holder(fd: int) -> int | None:
+    """The PID holding a lock on *fd*'s file, from /proc/locks (Linux); None elsewhere."""
+    inode = os.fstat(fd).st_ino
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()  # `1: FLOCK ADVISORY WRITE <pid> <maj>:<min>:<inode> ...`
+            mine = len(fields) > 5 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}")
+            if mine and int(fields[4]) != os.getpid():
+                return int(fields[4])
+    return None
+
+
+def _lock(fd: int) -> None:
+    """An exclusive advisory lock on *fd*, or `OSError` at once if another holds one."""
+    if sys.platform == "win32":  # pragma: no cover - no flock there; runs are not guarded
+        return
+    import fcntl  # POSIX only: imported here, so the module loads on Windows
+
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

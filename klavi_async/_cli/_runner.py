@@ -332,12 +332,17 @@ async def run_batch(
     results file cannot be used (a directory, or the input itself).
     """
     check_paths(input_path, out_path)
-    state = ResumeState.load(out_path)
     feed = RowFeed(input_path)  # raises InputError for unknown formats before writing
     try:
-        out = ResultsFile(out_path)
+        out = ResultsFile(out_path)  # locked: no other run writes it while it is read
     except InputError:
         feed.close()
+        raise
+    try:
+        state = ResumeState.load(out_path)
+    except InputError:
+        feed.close()
+        out.close()
         raise
     started = time.monotonic()
     bar = tqdm(
