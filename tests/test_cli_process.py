@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -225,3 +226,33 @@ def test_a_second_batch_on_the_same_results_file_is_refused(tmp_path: Path) -> N
         assert second.stdout == ""
         lines = records(out)
         assert len(lines) == len({r["payment_id"] for r in lines})  # the first run's alone
+
+
+def test_a_double_interrupt_tells_cut_off_from_never_sent(tmp_path: Path) -> None:
+    # After a second Ctrl-C the summary called "never sent" the cancels cut off in
+    # flight, which Klavi had received.
+    with emulator_in_thread(fault_rates={"latency": 1.0}, latency=2.0) as emu:
+        ids = [emu.add_payment() for _ in range(40)]
+        source, out = tmp_path / "in.csv", tmp_path / "out.jsonl"
+        source.write_text("payment_id,cancelled_by\n" + "".join(f"{p},{CPF}\n" for p in ids))
+        command = [CLI, "cancel-batch", str(source), "--out", str(out), "--concurrency", "4"]
+        batch = subprocess.Popen(
+            command, env=cli_env(emu), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        wait_for_lines(out, 4)
+        while len({r.payment_id for r in emu.records("cancel")}) < 5:  # the next ones went
+            time.sleep(0.01)
+        batch.send_signal(signal.SIGINT)
+        time.sleep(0.2)  # the first signal's message, then the second
+        batch.send_signal(signal.SIGINT)
+        _, err = batch.communicate(timeout=30)
+        assert batch.returncode == 130, err
+        found = re.search(r"(\d+) never sent, (\d+) cut off in flight", err)
+        assert found is not None, err
+        never_sent, cut_off = int(found.group(1)), int(found.group(2))
+        # Slots were busy (2 s per answer): those are cut off, not "never sent".
+        assert 1 <= cut_off <= 4
+        items = re.search(r"items (\d+):", err)
+        assert items is not None
+        assert len(records(out)) + cut_off + never_sent == int(items.group(1))
+        assert f"{cut_off} cut off, " in err  # and the rerun line counts them apart too

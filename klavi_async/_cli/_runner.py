@@ -165,7 +165,8 @@ class _BatchRun:
                 self._timer.cancel()
             feed = self._feed
             self.summary.unread = self._stop.is_set() and not feed.finished and feed.error is None
-        self.summary.unfinished += self._sent.count
+        # Handed to the client, with no result: sent or not, a second signal cut them off.
+        self.summary.cut_off += self._sent.count
 
     def _halt(self) -> None:
         self._stop.set()

@@ -38,7 +38,9 @@ class BatchSummary:
     skipped_ok: int = 0
     skipped_failed: int = 0
     unfinished: int = 0
-    """Items never sent, or cut off before their result was recorded."""
+    """Items never sent (not taken, or taken after the stop)."""
+    cut_off: int = 0
+    """Items in flight when a second signal stopped the batch: some may have reached Klavi."""
     unread: bool = False
     """The batch stopped before the end of an input it could not read on (stdin)."""
 
@@ -72,12 +74,13 @@ class BatchSummary:
             + self.skipped_ok
             + self.skipped_failed
             + self.unfinished
+            + self.cut_off
         )
 
     @property
     def not_final(self) -> int:
-        """Items a rerun sends: retryable failures, unknown outcomes, items not sent."""
-        return self.retryable + self.outcome_unknown + self.unfinished
+        """Items a rerun sends: retryable failures, unknown outcomes, items not sent or cut off."""
+        return self.retryable + self.outcome_unknown + self.unfinished + self.cut_off
 
     @property
     def any_failed(self) -> bool:
@@ -100,12 +103,18 @@ class BatchSummary:
                 f"already final in the results file: {self.skipped_ok} cancelled, "
                 f"{self.skipped_failed} failed"
             )
-        if self.unfinished or self.unread:
+        if self.unfinished or self.cut_off or self.unread:
             rest = "; the rest of the input was not read" if self.unread else ""
-            yield f"not finished ({stopped}): {self.unfinished} never sent{rest}"
+            cut = (
+                f", {self.cut_off} cut off in flight (they may have reached Klavi)"
+                if self.cut_off
+                else ""
+            )
+            yield f"not finished ({stopped}): {self.unfinished} never sent{cut}{rest}"
         if self.not_final or self.unread:
+            cut = f"{self.cut_off} cut off, " if self.cut_off else ""
             yield (
                 f"not final yet: {self.not_final} ({self.retryable} retryable, "
-                f"{self.outcome_unknown} outcome unknown, {self.unfinished} not sent); "
+                f"{self.outcome_unknown} outcome unknown, {cut}{self.unfinished} not sent); "
                 "rerun with the same --out to send them, with the same keys"
             )
