@@ -256,3 +256,32 @@ def test_a_double_interrupt_tells_cut_off_from_never_sent(tmp_path: Path) -> Non
         assert items is not None
         assert len(records(out)) + cut_off + never_sent == int(items.group(1))
         assert f"{cut_off} cut off, " in err  # and the rerun line counts them apart too
+
+
+def test_the_emulators_latency_alone_is_a_usage_error_and_its_help_says_why() -> None:
+    alone = subprocess.run(
+        [CLI, "emulator", "--latency", "2", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert alone.returncode == 2
+    assert "--latency alone delays nothing: add --fault latency=RATE" in alone.stderr
+    shown = subprocess.run([CLI, "emulator", "--help"], capture_output=True, text=True, timeout=30)
+    help_text = " ".join(shown.stdout.split())
+    assert "Seconds a `latency` fault delays an answer; it needs --fault latency=RATE" in help_text
+    assert "the share of requests it hits (0 to 1)" in help_text
+
+
+def test_the_demo_says_why_an_item_is_not_final_and_reruns_it() -> None:
+    # The demo advised "rerun with the same --out" (it has no --out) and printed
+    # "outcome unknown 1" beside "the story ran as planned" without a word of why.
+    result = subprocess.run([CLI, "demo"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    err = result.stderr
+    assert "demo: not final yet: 1 outcome unknown (a fault cut the cancel's answer" in err
+    assert "rerunning with the same results file" in err
+    rerun = err.rsplit("rerunning with the same results file", 1)[1]
+    assert "items 300:" in rerun and "outcome unknown 0" in rerun  # the rerun settled it
+    assert "not final yet" not in rerun
+    assert "the story ran as planned" in err

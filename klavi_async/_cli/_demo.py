@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
+import json
 import random
 import sys
 import tempfile
@@ -37,6 +38,7 @@ from ..testing import CANCELLABLE, Fault, KlaviEmulator, RandomFaults
 from ._common import say
 from ._emulator import seed_payments, write_payments_csv
 from ._process import start_in_fast_allocator_state
+from ._resume import is_final
 from ._runner import run_batch
 
 __all__ = ["DEMO_FAULTS", "demo", "run_demo"]
@@ -118,15 +120,24 @@ async def run_demo(
             # No jitter: the same seed, the same waits (nothing here is shared with others).
             policy = RetryPolicy(initial_backoff=0.05, max_backoff=0.5, jitter=False)
             async with KlaviClient(credentials, base_url=emulator.url, retry=policy) as klavi:
-                await run_batch(  # the CLI's batch runner: the demo shows the real thing
-                    klavi,
-                    str(source),
-                    str(results),
-                    concurrency=32,
-                    grace=10.0,
-                    progress=progress,
-                    echo=echo,
-                )
+                for _ in range(3):  # the CLI's batch runner: the demo shows the real thing
+                    await run_batch(
+                        klavi,
+                        str(source),
+                        str(results),
+                        concurrency=32,
+                        grace=10.0,
+                        progress=progress,
+                        echo=echo,
+                    )
+                    left = _not_final(results)
+                    if not left:
+                        break
+                    # What the summary advises, done: the same results file, the same keys.
+                    echo(
+                        f"demo: {_why(left)}; rerunning with the same results file, as "
+                        "`klavi-async cancel-batch payments.csv --out results.jsonl` would:"
+                    )
         problems = _check_story(emulator, planned)
         faults = Counter(r.fault for r in emulator.records("cancel") if r.fault)
         twice = [p for p, n in emulator.effects.items() if n > 1]
@@ -144,6 +155,32 @@ async def run_demo(
         echo(f"story check failed: {problem}")
     echo("the story ran as planned" if not problems else "the story did not go as planned")
     return 0 if not problems else 1
+
+
+def _not_final(results: Path) -> Counter[str]:
+    """The requests with no final line in the results file, by why: unknown or retryable."""
+    final: set[str] = set()
+    latest: dict[str, str] = {}
+    for text in results.read_text().splitlines():
+        record = json.loads(text)
+        digest = str(record.get("request_digest"))
+        if is_final(record):
+            final.add(digest)
+        else:
+            latest[digest] = "outcome unknown" if record.get("outcome_unknown") else "retryable"
+    return Counter(why for digest, why in latest.items() if digest not in final)
+
+
+def _why(left: Counter[str]) -> str:
+    parts = []
+    if left["outcome unknown"]:
+        parts.append(
+            f"{left['outcome unknown']} outcome unknown (a fault cut the cancel's answer and "
+            "every status read after it)"
+        )
+    if left["retryable"]:
+        parts.append(f"{left['retryable']} retryable failure(s) (the retries ran out)")
+    return "not final yet: " + " and ".join(parts)
 
 
 def _check_story(emulator: KlaviEmulator, planned: Mapping[str, str]) -> list[str]:

@@ -151,7 +151,10 @@ def _refusal_code(code: str | None) -> str | int:
     "faults",
     multiple=True,
     metavar="NAME=RATE",
-    help="Random fault and its probability, e.g. 503=0.1 (repeatable; see the docs).",
+    help=(
+        "Random fault and the share of requests it hits (0 to 1), e.g. 503=0.1; "
+        "latency=0.5 delays half the requests by --latency seconds (repeatable; see the docs)."
+    ),
 )
 @click.option("--seed", type=int, help="Seed for reproducible random faults.")
 @click.option(
@@ -159,7 +162,13 @@ def _refusal_code(code: str | None) -> str | int:
     type=click.FloatRange(min=0, min_open=True),
     help="Answer 429 beyond this many requests in any second.",
 )
-@click.option("--latency", type=click.FloatRange(min=0), default=0.5, show_default=True)
+@click.option(
+    "--latency",
+    type=click.FloatRange(min=0),
+    default=0.5,
+    show_default=True,
+    help="Seconds a `latency` fault delays an answer; it needs --fault latency=RATE.",
+)
 @click.option("--retry-after", type=click.FloatRange(min=0), default=1.0, show_default=True)
 @click.option("--payments", type=click.IntRange(min=0), default=0, help="Seed N payments.")
 @click.option(
@@ -194,6 +203,12 @@ def emulator(
 ) -> None:
     """Serve the Klavi emulator (no credentials, no network) until Ctrl-C."""
     rates = _fault_rates(faults)
+    given = click.get_current_context().get_parameter_source("latency")
+    if given is click.core.ParameterSource.COMMANDLINE and not rates.get("latency"):
+        fail_usage(
+            "--latency alone delays nothing: add --fault latency=RATE, the share of requests "
+            "to delay (e.g. --fault latency=1 for every one)"
+        )
     try:
         server = KlaviEmulator(
             host=host,
