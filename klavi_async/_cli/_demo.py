@@ -120,7 +120,7 @@ async def run_demo(
             # No jitter: the same seed, the same waits (nothing here is shared with others).
             policy = RetryPolicy(initial_backoff=0.05, max_backoff=0.5, jitter=False)
             async with KlaviClient(credentials, base_url=emulator.url, retry=policy) as klavi:
-                for _ in range(3):  # the CLI's batch runner: the demo shows the real thing
+                for run in range(3):  # the CLI's batch runner: the demo shows the real thing
                     await run_batch(
                         klavi,
                         str(source),
@@ -131,7 +131,7 @@ async def run_demo(
                         echo=echo,
                     )
                     left = _not_final(results)
-                    if not left:
+                    if not left or run == 2:
                         break
                     # What the summary advises, done: the same results file, the same keys.
                     echo(
