@@ -42,7 +42,16 @@ from examples._web import (
 )
 from klavi_async import ClientClosedError, KlaviClient
 
-__all__ = ["MAX_BODY_SIZE", "BodySizeLimit", "CancelBody", "app", "create_app", "get_klavi", "main"]
+__all__ = [
+    "MAX_BODY_SIZE",
+    "BodySizeLimit",
+    "CancelBody",
+    "JsonBody",
+    "app",
+    "create_app",
+    "get_klavi",
+    "main",
+]
 
 MAX_BODY_SIZE: Final = 1024**2
 """Bytes a request body may hold (aiohttp's default `client_max_size`); larger is a 413."""
@@ -83,6 +92,7 @@ def create_app(client_factory: Callable[[], KlaviClient] = klavi_from_env) -> Fa
     app.add_exception_handler(RequestValidationError, _unprocessable)
     app.add_exception_handler(StarletteHTTPException, _unparsable)
     app.add_middleware(BodySizeLimit, limit=MAX_BODY_SIZE)
+    app.add_middleware(JsonBody)
 
     @app.post("/payments/{payment_id}/cancel")
     async def cancel(
@@ -150,6 +160,26 @@ async def _unparsable(request: Request, exc: Exception) -> JSONResponse:
         problem = {"loc": ["body"], "msg": "JSON decode error", "type": "json_invalid"}
         return JSONResponse({"detail": [problem]}, status_code=422)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+class JsonBody:
+    """
+    ASGI middleware: a request body is JSON whatever its `Content-Type` says.
+
+    `curl -d '{...}'` sends `application/x-www-form-urlencoded`, and FastAPI would read a
+    form and answer 422; the aiohttp app reads JSON whatever the header.  This API takes
+    nothing but JSON, so the header is made to say so.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
+            headers.append((b"content-type", b"application/json"))
+            scope = {**scope, "headers": headers}
+        await self.app(scope, receive, send)
 
 
 class BodySizeLimit:

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -294,3 +295,11 @@ def check_shutdown(run: ShutdownRun, requests: int, exit_codes: set[int]) -> Non
     for sign in LEAK_SIGNS:
         assert sign not in run.stderr, run.stderr[-3000:]
     assert CPF_BARE not in run.stderr and CPF not in run.stderr
+
+
+def documented_curl() -> tuple[str, bytes]:
+    """The path and body of the `curl` command docs/integrations.md shows, as written."""
+    text = (Path(__file__).parent.parent / "docs" / "integrations.md").read_text()
+    found = re.search(r"curl -s localhost:8000(\S+) -d '([^']*)'", text)
+    assert found is not None, "docs/integrations.md no longer shows the curl command"
+    return found.group(1), found.group(2).encode()

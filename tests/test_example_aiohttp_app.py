@@ -29,6 +29,7 @@ from ._webapps import (
     check_bad_body,
     check_shutdown,
     count_connections,
+    documented_curl,
     prepare,
     session_closed,
     sigterm_under_load,
@@ -151,3 +152,16 @@ async def test_unknown_keys_are_one_problem_that_names_none(
         answer = await response.read()
         assert len(answer) < 1_000  # not one problem per key
     assert klavi_emulator.requests == []
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", None])
+async def test_the_documented_curl_command_works_as_written(
+    klavi_emulator: KlaviEmulator, content_type: str | None
+) -> None:
+    path, body = documented_curl()
+    payment_id = klavi_emulator.add_payment()
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    async with served(ClientFactory(klavi_emulator)) as http:
+        response = await http.post(path.replace("pay-123", payment_id), data=body, headers=headers)
+        assert response.status == 200, await response.text()
+        assert (await response.json())["ok"] is True

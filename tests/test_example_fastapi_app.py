@@ -33,6 +33,7 @@ from ._webapps import (
     check_bad_body,
     check_shutdown,
     count_connections,
+    documented_curl,
     prepare,
     session_closed,
     sigterm_under_load,
@@ -237,3 +238,20 @@ async def test_a_body_over_one_mib_is_a_413(klavi_emulator: KlaviEmulator) -> No
     assert CPF not in declared.text and CPF not in streamed.text
     assert at_the_limit.status_code == 200, at_the_limit.text
     assert klavi_emulator.effects[payment_id] == 1
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", None])
+async def test_the_documented_curl_command_works_as_written(
+    klavi_emulator: KlaviEmulator, content_type: str | None
+) -> None:
+    # `curl -d` sends a form content type (or a client none at all): FastAPI read a form
+    # and answered 422 to the command docs/integrations.md shows; aiohttp read the JSON.
+    path, body = documented_curl()
+    payment_id = klavi_emulator.add_payment()
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    async with served(ClientFactory(klavi_emulator)) as (_, http):
+        response = await http.post(
+            path.replace("pay-123", payment_id), content=body, headers=headers
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["ok"] is True
