@@ -39,3 +39,25 @@ def test_each_excerpt_is_in_an_example_file(block: str) -> None:
     lines = [line for line in block.splitlines() if line.strip()]
     sources = [(ROOT / path).read_text().splitlines() for path in EXAMPLES]
     assert any(in_order(lines, source) for source in sources), block
+
+
+def test_every_extra_the_docs_name_exists_and_the_install_says_where_from() -> None:
+    # docs/index.md told users to `pip install klavi-async`, which is on no index, and
+    # the example apps' needs (FastAPI, uvicorn) were in no extra.
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = set(project["optional-dependencies"])
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    named = set()
+    for page in pages:
+        for group in re.findall(r"(?:klavi-async|klavi_async)\[([a-z,]+)\]", page.read_text()):
+            named.update(group.split(","))
+    assert named and named <= extras, named - extras
+    assert {"cli", "nats", "otel", "uvloop", "examples"} <= named
+    install = (ROOT / "docs" / "index.md").read_text()
+    assert "not on a package index yet" in install
+    assert not re.search(r"^pip install klavi-async\b", install, re.MULTILINE)
+    # The example apps' own needs are the `examples` extra.
+    needs = {dep.split(">")[0] for dep in project["optional-dependencies"]["examples"]}
+    assert needs == {"fastapi", "uvicorn"}
