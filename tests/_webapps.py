@@ -297,9 +297,20 @@ def check_shutdown(run: ShutdownRun, requests: int, exit_codes: set[int]) -> Non
     assert CPF_BARE not in run.stderr and CPF not in run.stderr
 
 
-def documented_curl() -> tuple[str, bytes]:
-    """The path and body of the `curl` command docs/integrations.md shows, as written."""
+CURL_CONTENT_TYPES: list[str | None] = ["application/x-www-form-urlencoded", None]
+"""What `curl -d` sends as the Content-Type, and a client that sends none."""
+
+
+def documented_curl(
+    emulator: KlaviEmulator, content_type: str | None
+) -> tuple[str, bytes, dict[str, str]]:
+    """
+    The `curl` command docs/integrations.md shows, as written, for a payment of
+    *emulator*: its path, body and headers (*content_type*, if any).
+    """
     text = (Path(__file__).parent.parent / "docs" / "integrations.md").read_text()
     found = re.search(r"curl -s localhost:8000(\S+) -d '([^']*)'", text)
     assert found is not None, "docs/integrations.md no longer shows the curl command"
-    return found.group(1), found.group(2).encode()
+    path = found.group(1).replace("pay-123", emulator.add_payment())
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    return path, found.group(2).encode(), headers

@@ -66,6 +66,17 @@ def cli_env(emu: KlaviEmulator) -> dict[str, str]:
     return env
 
 
+def batch_of_40(
+    emu: KlaviEmulator, tmp_path: Path, *, concurrency: int
+) -> tuple[list[str], Path, list[str]]:
+    """Forty payments in a CSV: their ids, the results file, the `cancel-batch` command."""
+    ids = [emu.add_payment() for _ in range(40)]
+    source, out = tmp_path / "in.csv", tmp_path / "out.jsonl"
+    source.write_text("payment_id,cancelled_by\n" + "".join(f"{p},{CPF}\n" for p in ids))
+    command = [CLI, "cancel-batch", str(source), "--out", str(out)]
+    return ids, out, [*command, "--concurrency", str(concurrency)]
+
+
 def records(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -84,10 +95,7 @@ def wait_for_lines(path: Path, count: int, timeout: float = 20.0) -> None:
 def test_interrupt_and_resume(tmp_path: Path, signum: int, grace: str) -> None:
     """Kill a batch mid-way, rerun it: one final line per item, one effect per payment."""
     with emulator_in_thread(fault_rates={"latency": 1.0}, latency=0.2) as emu:
-        ids = [emu.add_payment() for _ in range(40)]
-        source, out = tmp_path / "in.csv", tmp_path / "out.jsonl"
-        source.write_text("payment_id,cancelled_by\n" + "".join(f"{p},{CPF}\n" for p in ids))
-        command = [CLI, "cancel-batch", str(source), "--out", str(out), "--concurrency", "4"]
+        ids, out, command = batch_of_40(emu, tmp_path, concurrency=4)
         first = subprocess.Popen(
             [*command, "--grace", grace],
             env=cli_env(emu),
@@ -206,10 +214,7 @@ def test_a_second_batch_on_the_same_results_file_is_refused(tmp_path: Path) -> N
     # Two runs on one --out both ran: 595 lines for 300 rows, each summary counting the
     # other's work.  The second now exits 2 at once, naming the first.
     with emulator_in_thread(fault_rates={"latency": 1.0}, latency=0.2) as emu:
-        ids = [emu.add_payment() for _ in range(40)]
-        source, out = tmp_path / "in.csv", tmp_path / "out.jsonl"
-        source.write_text("payment_id,cancelled_by\n" + "".join(f"{p},{CPF}\n" for p in ids))
-        command = [CLI, "cancel-batch", str(source), "--out", str(out), "--concurrency", "2"]
+        _, out, command = batch_of_40(emu, tmp_path, concurrency=2)
         first = subprocess.Popen(
             command, env=cli_env(emu), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -232,10 +237,7 @@ def test_a_double_interrupt_tells_cut_off_from_never_sent(tmp_path: Path) -> Non
     # After a second Ctrl-C the summary called "never sent" the cancels cut off in
     # flight, which Klavi had received.
     with emulator_in_thread(fault_rates={"latency": 1.0}, latency=2.0) as emu:
-        ids = [emu.add_payment() for _ in range(40)]
-        source, out = tmp_path / "in.csv", tmp_path / "out.jsonl"
-        source.write_text("payment_id,cancelled_by\n" + "".join(f"{p},{CPF}\n" for p in ids))
-        command = [CLI, "cancel-batch", str(source), "--out", str(out), "--concurrency", "4"]
+        _, out, command = batch_of_40(emu, tmp_path, concurrency=4)
         batch = subprocess.Popen(
             command, env=cli_env(emu), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )

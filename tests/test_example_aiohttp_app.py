@@ -22,6 +22,7 @@ from klavi_async.testing import KlaviEmulator
 from ._webapps import (
     BAD_BODIES,
     CASES,
+    CURL_CONTENT_TYPES,
     MAX_CONNECTIONS,
     Case,
     ClientFactory,
@@ -154,14 +155,12 @@ async def test_unknown_keys_are_one_problem_that_names_none(
     assert klavi_emulator.requests == []
 
 
-@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", None])
+@pytest.mark.parametrize("content_type", CURL_CONTENT_TYPES)
 async def test_the_documented_curl_command_works_as_written(
     klavi_emulator: KlaviEmulator, content_type: str | None
 ) -> None:
-    path, body = documented_curl()
-    payment_id = klavi_emulator.add_payment()
-    headers = {} if content_type is None else {"Content-Type": content_type}
+    path, body, headers = documented_curl(klavi_emulator, content_type)
     async with served(ClientFactory(klavi_emulator)) as http:
-        response = await http.post(path.replace("pay-123", payment_id), data=body, headers=headers)
+        response = await http.post(path, data=body, headers=headers)
         assert response.status == 200, await response.text()
         assert (await response.json())["ok"] is True

@@ -26,6 +26,7 @@ from klavi_async.testing import KlaviEmulator
 from ._webapps import (
     BAD_BODIES,
     CASES,
+    CURL_CONTENT_TYPES,
     MAX_CONNECTIONS,
     Case,
     ClientFactory,
@@ -240,18 +241,14 @@ async def test_a_body_over_one_mib_is_a_413(klavi_emulator: KlaviEmulator) -> No
     assert klavi_emulator.effects[payment_id] == 1
 
 
-@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", None])
+@pytest.mark.parametrize("content_type", CURL_CONTENT_TYPES)
 async def test_the_documented_curl_command_works_as_written(
     klavi_emulator: KlaviEmulator, content_type: str | None
 ) -> None:
     # `curl -d` sends a form content type (or a client none at all): FastAPI read a form
     # and answered 422 to the command docs/integrations.md shows; aiohttp read the JSON.
-    path, body = documented_curl()
-    payment_id = klavi_emulator.add_payment()
-    headers = {} if content_type is None else {"Content-Type": content_type}
+    path, body, headers = documented_curl(klavi_emulator, content_type)
     async with served(ClientFactory(klavi_emulator)) as (_, http):
-        response = await http.post(
-            path.replace("pay-123", payment_id), content=body, headers=headers
-        )
+        response = await http.post(path, content=body, headers=headers)
     assert response.status_code == 200, response.text
     assert response.json()["ok"] is True

@@ -424,10 +424,11 @@ def test_a_wrong_secret_over_500_rows_stops_at_once(tmp_path: Path) -> None:
         assert emu.auth_calls <= 4
 
 
-def test_a_dead_endpoint_fails_fast(
+def batch_against_a_dead_port(
     env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with socket.socket() as probe:  # a port nobody listens on
+) -> tuple[str, list[dict[str, object]]]:
+    """300 rows against a port nobody listens on: stderr and the lines written."""
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env.setenv("KLAVI_BASE_URL", f"http://127.0.0.1:{port}")
@@ -439,6 +440,13 @@ def test_a_dead_endpoint_fails_fast(
     assert f"{DEAD_ENDPOINT_AFTER} cancels in a row could not reach" in err
     written = lines(out)
     assert DEAD_ENDPOINT_AFTER <= len(written) < DEAD_ENDPOINT_AFTER + 4
+    return err, written
+
+
+def test_a_dead_endpoint_fails_fast(
+    env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err, written = batch_against_a_dead_port(env, tmp_path, capsys)
     assert all(r["kind"] == "network" and r["retryable"] for r in written)
     counts = summary_counts(err)
     assert counts["items"] == 300  # the rows not taken are counted as not sent
@@ -450,22 +458,11 @@ def test_a_dead_endpoint_with_access_keys_fails_fast(
 ) -> None:
     # The README's own setup: with access keys every cancel failed for want of a token
     # (retryable authentication_failed), which never counted: 1,001 lines in 85 s.
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     env.delenv("KLAVI_TOKEN")
     env.setenv("KLAVI_ACCESS_KEY", "ak-dead-endpoint")
     env.setenv("KLAVI_SECRET_KEY", "sk-dead-endpoint")
-    env.setenv("KLAVI_BASE_URL", f"http://127.0.0.1:{port}")
-    rows = [{"payment_id": f"p{i}", "cancelled_by": CPF} for i in range(300)]
-    source = jsonl(tmp_path / "in.jsonl", *rows)
-    out = tmp_path / "out.jsonl"
-    assert run(["cancel-batch", str(source), "--out", str(out), "--concurrency", "4"]) == 3
-    err = capsys.readouterr().err
-    assert f"{DEAD_ENDPOINT_AFTER} cancels in a row could not reach" in err
+    err, written = batch_against_a_dead_port(env, tmp_path, capsys)
     assert "auth endpoint" in err and "sk-dead-endpoint" not in err
-    written = lines(out)
-    assert DEAD_ENDPOINT_AFTER <= len(written) < DEAD_ENDPOINT_AFTER + 4
     assert all(r["kind"] == "authentication_failed" and r["retryable"] for r in written)
     assert summary_counts(err)["items"] == 300
 

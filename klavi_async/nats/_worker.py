@@ -225,6 +225,11 @@ class CancelWorker:
         self._tainted.add(entry.ref)
         self.stats.held += 1
 
+    def _outage_began(self) -> None:
+        self.stats.outages += 1
+        logger.warning("Klavi outage: holding the failed messages; probing")
+        self._hold_pending()
+
     def _hold_pending(self) -> None:
         # An outage again: the released messages that failed since were its, not theirs.
         pending, self._pending = self._pending, []
@@ -240,15 +245,11 @@ class CancelWorker:
 
     def _give_up_aged(self) -> None:
         # A held or waiting request past max_age is given up now, not at its next try.
-        for entry in list(self._held):
-            if self._age(entry.stored) >= self._max_age:
-                self._held.remove(entry)
-                self.stats.held -= 1
+        for entries in (self._held, self._pending):
+            for entry in [e for e in entries if self._age(e.stored) >= self._max_age]:
+                entries.remove(entry)
                 self._later(entry, entry.outcome)
-        for entry in list(self._pending):
-            if self._age(entry.stored) >= self._max_age:
-                self._pending.remove(entry)
-                self._later(entry, entry.outcome)
+        self.stats.held = len(self._held)
 
     def _later(self, entry: Failed, outcome: CancelResult) -> None:
         task = asyncio.create_task(self._conclude_now(entry, outcome))
@@ -324,9 +325,7 @@ class CancelWorker:
                     )
                     self._retry_at = loop.time() + (self._retry_interval if failed else 0.0)
                 if change == "began":
-                    stats.outages += 1
-                    logger.warning("Klavi outage: holding the failed messages; probing")
-                    self._hold_pending()
+                    self._outage_began()
                 elif change == "ended":
                     logger.warning("Klavi answers again: retrying the held messages")
                     self._release()
@@ -349,10 +348,8 @@ class CancelWorker:
                         self._retry_interval = FIRST_PROBE
                     self._pending.append(entry)
                     if sum(e.ref not in self._tainted for e in self._pending) >= THRESHOLD:
-                        stats.outages += 1
-                        logger.warning("Klavi outage: holding the failed messages; probing")
                         outage.begin(loop.time())
-                        self._hold_pending()
+                        self._outage_began()
                     return
                 await self._conclude(entry, outcome)
             else:

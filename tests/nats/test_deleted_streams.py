@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -30,31 +31,27 @@ from .test_operator import start_worker, stop_worker
 from .test_poison import running
 
 
-async def exists(js: JetStreamContext, stream: str) -> bool:
-    try:
-        await js.stream_info(stream)
-    except NotFoundError:
-        return False
-    return True
-
-
-async def wait_until_exists(js: JetStreamContext, stream: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await exists(js, stream):
-        assert time.monotonic() < deadline, f"{stream} was never made again"
-        await asyncio.sleep(0.05)
-
-
-async def consuming(js: JetStreamContext, timeout: float = 30.0) -> None:
-    """Until the worker's consumer is there (the worker has started)."""
-    deadline = time.monotonic() + timeout
+async def eventually(look: Callable[[], Awaitable[object]], failure: str) -> None:
+    """Until *look* finds what it asks the server for (no `NotFoundError`), 30 s at most."""
+    deadline = time.monotonic() + 30.0
     while True:
         try:
-            await js.consumer_info(REQUESTS_STREAM, "klavi-cancel")
+            await look()
             return
         except NotFoundError:
-            assert time.monotonic() < deadline, "the worker never started"
+            assert time.monotonic() < deadline, failure
             await asyncio.sleep(0.05)
+
+
+async def wait_until_exists(js: JetStreamContext, stream: str) -> None:
+    await eventually(lambda: js.stream_info(stream), f"{stream} was never made again")
+
+
+async def consuming(js: JetStreamContext) -> None:
+    """Until the worker's consumer is there (the worker has started)."""
+    await eventually(
+        lambda: js.consumer_info(REQUESTS_STREAM, "klavi-cancel"), "the worker never started"
+    )
 
 
 def batch(emu: KlaviEmulator, n: int) -> list[CancelRequest]:

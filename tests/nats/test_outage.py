@@ -148,6 +148,17 @@ class Klavi:
         return json_response(200, {"status": "CANCELED"})
 
 
+def failing(bad: set[str]) -> Callable[[Sent], Response]:
+    """A Klavi that answers 503 to the cancels of the payments in *bad*, cancels the rest."""
+
+    def klavi(sent: Sent) -> Response:
+        if sent.url.rsplit("/", 2)[-2] in bad:
+            return json_response(503)
+        return json_response(200, {"status": "CANCELED"})
+
+    return klavi
+
+
 async def work(
     loop: VirtualLoop,
     js: FakeJetStream,
@@ -328,18 +339,13 @@ def test_a_few_payments_klavi_always_fails_do_not_hold_up_the_others() -> None:
         js.enqueue(requests(100))
         enqueued_at = dict.fromkeys(range(1, 101), 0.0)
 
-        def klavi(sent: Sent) -> Response:
-            if sent.url.rsplit("/", 2)[-2] in bad:
-                return json_response(503)
-            return json_response(200, {"status": "CANCELED"})
-
         async def more() -> None:  # the day goes on: five more requests every 10 s
             for n in range(100, 400, 5):
                 await asyncio.sleep(10.0)
                 js.enqueue([CancelRequest(f"pay-{i:04d}", CPF) for i in range(n, n + 5)])
                 enqueued_at.update(dict.fromkeys(range(n + 1, n + 6), loop.time()))
 
-        client, _ = mock_client(klavi, retry=RetryPolicy(max_attempts=1))
+        client, _ = mock_client(failing(bad), retry=RetryPolicy(max_attempts=1))
         worker = CancelWorker(  # type: ignore[arg-type]  # the fake stream
             client, js, concurrency=THRESHOLD, max_deliver=4, retry_delay=1.0
         )
@@ -413,17 +419,12 @@ def test_a_few_bad_payments_among_sparse_requests_end_on_their_schedule() -> Non
         js = FakeJetStream(loop)
         js.enqueue(requests(THRESHOLD))
 
-        def klavi(sent: Sent) -> Response:
-            if sent.url.rsplit("/", 2)[-2] in bad:
-                return json_response(503)
-            return json_response(200, {"status": "CANCELED"})
-
         async def more() -> None:
             for n in range(THRESHOLD, THRESHOLD + 60):
                 await asyncio.sleep(20.0)
                 js.enqueue([CancelRequest(f"pay-{n:04d}", CPF)])
 
-        client, _ = mock_client(klavi, retry=RetryPolicy(max_attempts=1))
+        client, _ = mock_client(failing(bad), retry=RetryPolicy(max_attempts=1))
         worker = CancelWorker(  # type: ignore[arg-type]  # the fake stream
             client, js, concurrency=THRESHOLD, max_deliver=4, retry_delay=1.0
         )
