@@ -26,8 +26,13 @@ from ._tokens import Bearer
 __all__ = ["HTTPTransport", "Response", "Transport", "TransportFailure", "user_agent"]
 
 DEFAULT_MAX_BODY: Final = 1024 * 1024
-_CONNECT_SHARE: Final = 0.99
-"""The connect timeout (pool wait included), as a share of the request's total timeout."""
+_CONNECT_MARGIN: Final = 0.1
+"""
+How much sooner than the total timeout the connect timeout (pool wait included) fires:
+a tenth of the total, at most 0.1 s.  The total timer starts before the connect one, so
+a margin of a few milliseconds is eaten by a busy event loop and a pool wait is then
+reported as a request that may have been sent.
+"""
 
 
 def user_agent(version: str) -> str:
@@ -174,10 +179,13 @@ class Transport:
         if timeout is None:
             # `connect` covers waiting for a pooled connection and connecting: a timeout
             # there sent nothing, and aiohttp says so (ConnectionTimeoutError) only if that
-            # timer fires before the total one, hence a little shorter.  No rounding of
-            # deadlines to whole seconds (aiohttp's `ceil_threshold`), which could reorder them.
+            # timer fires before the total one, hence shorter by `_CONNECT_MARGIN`.  No
+            # rounding of deadlines to whole seconds (aiohttp's `ceil_threshold`), which could
+            # reorder them.
             timeout = aiohttp.ClientTimeout(
-                total=seconds, connect=seconds * _CONNECT_SHARE, ceil_threshold=math.inf
+                total=seconds,
+                connect=seconds - min(seconds * _CONNECT_MARGIN, _CONNECT_MARGIN),
+                ceil_threshold=math.inf,
             )
             if len(self._timeouts) < 64:
                 self._timeouts[seconds] = timeout

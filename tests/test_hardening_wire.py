@@ -430,7 +430,7 @@ async def test_a_pool_wait_timeout_is_not_ambiguous(serve: ServerFactory) -> Non
     base = await serve(app)
     policy = RetryPolicy(max_attempts=1)
     async with KlaviClient(
-        TOKEN, base_url=base, retry=policy, max_connections=1, timeout=0.3
+        TOKEN, base_url=base, retry=policy, max_connections=1, timeout=1.0
     ) as klavi:
         # The pool's only connection is busy with a slow request of the same session.
         session = klavi._transport.get_session()
