@@ -10,12 +10,14 @@ retry loop is built.
 
 from __future__ import annotations
 
+import copy
+import weakref
 from collections.abc import Awaitable, Callable
 
 import attrs
 from yarl import URL
 
-from ._auth import CredentialsProvider, auth_failure, replays, wait_for_token
+from ._auth import CredentialsProvider, OwnToken, auth_failure, replays, wait_for_token
 from ._budget import RetryBudget
 from ._errors import ClientClosedError
 from ._events import (
@@ -43,13 +45,14 @@ class Shared:
     """
     What every call of one client shares.  Strictly private.
 
-    `closed` is set by `KlaviClient.aclose()`; an attempt that starts after it raises
-    `ClientClosedError`.  `limiter` is the client's one rate limiter (None when
-    `rate_limit=None`), shared by every request of every call but the credentials
-    exchange (rare, and not an API request).
+    `closed` is set by `KlaviClient.aclose()` (`close()`, for the client's views too); an
+    attempt that starts after it raises `ClientClosedError`.  `limiter` is the client's
+    one rate limiter (None when `rate_limit=None`), shared by every request of every call
+    but the credentials exchange (rare, and not an API request).
     """
 
     __slots__ = (
+        "__weakref__",
         "budget",
         "clock",
         "closed",
@@ -57,10 +60,12 @@ class Shared:
         "limiter",
         "policy",
         "secrets",
+        "single_use",
         "sleep",
         "timeout",
         "tokens",
         "transport",
+        "views",
     )
 
     def __init__(
@@ -92,12 +97,32 @@ class Shared:
         )
         # Scrubbed from what a status read keeps (the server has no business echoing them).
         self.secrets: tuple[str, ...] = ()
+        self.single_use = False  # each call fetches a token of its own (`OwnToken`)
         if isinstance(provider, ClientCredentials):
+            self.single_use = provider.single_use
             self.secrets = (provider.secret_key, provider.access_key)
             provider = CredentialsProvider(
                 provider, base_url, self.post_unauthorised, policy.retry_statuses
             )
         self.tokens = TokenCache(provider, clock=clock, events=events)
+        self.views: weakref.WeakSet[Shared] = weakref.WeakSet()
+
+    def derive(self, policy: RetryPolicy, timeout: float) -> Shared:
+        """
+        What a view of the client shares (`KlaviClient.with_options`): everything but the
+        retry policy and the timeout.  Closed when this is closed.
+        """
+        view = copy.copy(self)
+        view.policy, view.timeout = policy, timeout
+        view.views = weakref.WeakSet()
+        self.views.add(view)
+        return view
+
+    def close(self) -> None:
+        """Mark this and every view closed: a call that starts after it raises."""
+        self.closed = True
+        for view in self.views:
+            view.closed = True
 
     def loop(
         self,
@@ -140,6 +165,7 @@ class Call:
         "_info",
         "_replayed",
         "_shared",
+        "_tokens",
         "interaction_id",
         "payment_id",
     )
@@ -158,6 +184,12 @@ class Call:
         self._document = document
         self.interaction_id = interaction_id
         self._authorize = authorize
+        # Where this call's tokens come from: the client's cache, or its own token.
+        self._tokens = (
+            OwnToken(shared.tokens, shared.clock)
+            if shared.single_use and authorize
+            else shared.tokens
+        )
         self._replayed = False
         self._auth_retryable = False
         self._info: CallInfo | None = None
@@ -186,10 +218,10 @@ class Call:
         limiter: RateLimiter | None = None  # the credentials exchange takes no slot
         if self._authorize:
             limiter = c.limiter
-            token = c.tokens.peek()
+            token = self._tokens.peek()
             if token is None:
                 try:
-                    token = await wait_for_token(c.tokens, loop.remaining(), loop.deadline)
+                    token = await wait_for_token(self._tokens, loop.remaining(), loop.deadline)
                 except Exception as exc:
                     return self._auth_failed(exc)
         refreshed = False
@@ -221,9 +253,9 @@ class Call:
                 return outcome
             # 401: drop this token if it is still the cached one, get another, replay once.
             self._replayed = True
-            c.tokens.invalidate(token)  # type: ignore[arg-type]  # replays() checked it
+            self._tokens.invalidate(token)  # type: ignore[arg-type]  # replays() checked it
             try:
-                fresh = await wait_for_token(c.tokens, loop.remaining(), loop.deadline)
+                fresh = await wait_for_token(self._tokens, loop.remaining(), loop.deadline)
             except Exception as exc:
                 return self._auth_failed(exc)
             if fresh == token:

@@ -7,7 +7,8 @@ call uses them:
 - `CredentialsProvider` exchanges `ClientCredentials` for a token at `/auth`, through
   the client's own attempt machinery (session, retry policy, budget), handed in as a
   `send` coroutine function, so this module imports nothing above it;
-- `wait_for_token()` waits for the cache no longer than the call's deadline allows;
+- `OwnToken` is one call's own token, for single-use credentials;
+- `wait_for_token()` waits for a token no longer than the call's deadline allows;
 - `replays()` says whether a 401 earns one replay with a fresh token;
 - `auth_failure()` turns a provider's exception into the call's outcome.
 """
@@ -30,11 +31,19 @@ from ._kinds import (
     provider_error_retryable,
 )
 from ._outcome import Outcome
-from ._tokens import AccessToken, Bearer, ClientCredentials, TokenCache, TokenError
+from ._tokens import (
+    MAX_MANDATORY_MARGIN,
+    AccessToken,
+    Bearer,
+    ClientCredentials,
+    TokenCache,
+    TokenError,
+)
 from ._values import number_or_none
 
 __all__ = [
     "CredentialsProvider",
+    "OwnToken",
     "auth_failure",
     "parse_auth_response",
     "replays",
@@ -97,11 +106,57 @@ class CredentialsProvider:
         )
 
 
-async def wait_for_token(tokens: TokenCache, remaining: float, deadline: float) -> Bearer:
+class OwnToken:
     """
-    A token from the cache, waiting at most *remaining* seconds (the call's time left).
+    One call's own token, for single-use credentials.  Strictly private.
 
-    Only this caller stops waiting: the shared fetch goes on for the others.
+    The same `peek`/`get`/`invalidate` as `TokenCache`, for one call alone: fetched on
+    first use from the client's provider (`TokenCache.produce`, cached nowhere else), in
+    the call's own task, so concurrent calls fetch concurrently and a cancelled call
+    cancels its fetch.  Dropped after a 401, or when it is about to expire.
+    """
+
+    __slots__ = ("_cache", "_clock", "_expires_at", "_token")
+
+    def __init__(self, cache: TokenCache, clock: Callable[[], float]) -> None:
+        self._cache = cache
+        self._clock = clock
+        self._token: Bearer | None = None
+        self._expires_at = 0.0
+
+    def peek(self) -> Bearer | None:
+        """This call's token while it may still be used; None otherwise."""
+        if self._token is not None and self._clock() >= self._expires_at:
+            self._token = None
+        return self._token
+
+    async def get(self) -> Bearer:
+        """This call's token, fetching a new one when it has none."""
+        token = self.peek()
+        if token is None:
+            try:
+                token, lifetime = await self._cache.produce()
+            except Exception as exc:
+                self._cache.failed(exc)
+                raise
+            self._token = token
+            self._expires_at = self._clock() + lifetime - min(MAX_MANDATORY_MARGIN, lifetime / 10)
+        return token
+
+    def invalidate(self, token: Bearer) -> None:
+        """Drop *token* if it is still this call's (after a 401)."""
+        if self._token == token:
+            self._token = None
+
+
+async def wait_for_token(
+    tokens: TokenCache | OwnToken, remaining: float, deadline: float
+) -> Bearer:
+    """
+    A token from the cache (or the call's own), waiting at most *remaining* seconds
+    (the call's time left).
+
+    Only this caller stops waiting: a shared fetch goes on for the others.
     """
     try:
         return await asyncio.wait_for(tokens.get(), max(remaining, 0.001))

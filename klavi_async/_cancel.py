@@ -67,6 +67,12 @@ class Canceller:
         # The path templates telemetry reports (`url.template`): cancel, status, automatic.
         self._templates = path_templates(endpoints)
 
+    def derive(self, shared: Shared) -> Canceller:
+        """The cancels of a view of the client: *shared*, and the same document cache."""
+        view = Canceller(shared, self._endpoints, self._key_header)
+        view.documents = self.documents
+        return view
+
     # -- one cancel --------------------------------------------------------------------
 
     def cancel(

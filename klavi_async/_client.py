@@ -10,6 +10,7 @@ caller passed and delegates.
 from __future__ import annotations
 
 import asyncio
+import copy
 import ssl as _ssl
 import time
 from collections.abc import (
@@ -37,6 +38,8 @@ from ._config import (
     check_call_args,
     check_client_config,
     check_int,
+    check_number,
+    check_optional_type,
     client_kwargs_from_env,
     client_settings,
 )
@@ -134,7 +137,7 @@ class KlaviClient:
         self._endpoints = Endpoints(self._base_url, *paths)
         self._canceller = Canceller(self._shared, self._endpoints, idempotency_header)
         subscribe_telemetry(self, telemetry, tracer_provider, meter_provider)
-        self._closed = False
+        self._view = False
         self._batches: dict[int, set[asyncio.Task[Any]]] = {}
 
     def _share(
@@ -153,6 +156,27 @@ class KlaviClient:
             events=default_events(),
             rate_limit=self._rate_limit,
         )
+
+    def with_options(
+        self, *, retry: RetryPolicy | None = None, timeout: float | None = None
+    ) -> KlaviClient:
+        """
+        This client with another retry policy or timeout for the calls made through it.
+
+        The view shares everything else: the session, the token cache, the retry budget,
+        the rate limiter and telemetry.  It is cheap (make one per web request if you
+        like); closing the client closes its views, and closing a view does nothing.
+        """
+        self._check_open()
+        check_optional_type("retry", retry, RetryPolicy)
+        if timeout is not None:
+            check_number("timeout", timeout)
+        view = copy.copy(self)  # the same objects: transport, budget, batches, ...
+        view._view, view._retry = True, self._retry if retry is None else retry
+        seconds = self._shared.timeout if timeout is None else float(timeout)
+        view._shared = self._shared.derive(view._retry, seconds)
+        view._canceller = self._canceller.derive(view._shared)
+        return view
 
     @classmethod
     def _with_transport(
@@ -175,8 +199,10 @@ class KlaviClient:
         """
         Build a client from the environment.
 
-        Credentials: `KLAVI_ACCESS_KEY` and `KLAVI_SECRET_KEY`, or `KLAVI_TOKEN`.  Target:
-        `KLAVI_BASE_URL`, else `KLAVI_ENVIRONMENT` (`sandbox`, `testing`, `production`).
+        Credentials: `KLAVI_ACCESS_KEY` and `KLAVI_SECRET_KEY`, or `KLAVI_TOKEN`;
+        `KLAVI_SINGLE_USE_TOKENS=1` fetches a token per call (`ClientCredentials`'
+        `single_use`).  Target: `KLAVI_BASE_URL`, else `KLAVI_ENVIRONMENT` (`sandbox`,
+        `testing`, `production`).
         Keyword arguments are passed to the constructor and win over the environment.
         """
         kwargs = client_kwargs_from_env(kwargs)
@@ -212,8 +238,8 @@ class KlaviClient:
 
     @property
     def closed(self) -> bool:
-        """True after `aclose()`."""
-        return self._closed
+        """True after `aclose()` (of the client a view was made from, for a view)."""
+        return self._shared.closed
 
     @property
     def token_fetches(self) -> int:
@@ -236,11 +262,12 @@ class KlaviClient:
         """
         Close the client: cancel batch work in flight, then close the session we own.
 
-        Idempotent.  A session passed in by the caller is left open.
+        Idempotent.  A session passed in by the caller is left open.  For a view
+        (`with_options`), nothing: the client it was made from owns what it shares.
         """
-        if self._closed:
+        if self._shared.closed or self._view:
             return
-        self._closed = self._shared.closed = True
+        self._shared.close()
         # Before the first await: a cancelled aclose() must not leave documents behind
         # (calls still running were validated already).
         self._canceller.documents.clear()
@@ -253,13 +280,15 @@ class KlaviClient:
         await self._transport.aclose()
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._shared.closed:
             raise ClientClosedError("this KlaviClient is closed; create a new one")
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
+        state = "closed" if self._shared.closed else "open"
+        view = f" view timeout={self._shared.timeout:g}" if self._view else ""
         return (
-            f"<KlaviClient base_url={self._base_url!r} state={state} provider={self._provider!r}>"
+            f"<KlaviClient base_url={self._base_url!r} state={state}{view}"
+            f" provider={self._provider!r}>"
         )
 
     # -- cancel -----------------------------------------------------------------------
@@ -367,8 +396,4 @@ class KlaviClient:
         keeps Klavi's status string as sent, known or not.
         """
         self._check_open()
-        if not isinstance(payment_id, str):
-            raise TypeError(f"payment_id must be a str, got {type(payment_id).__name__}")
-        if consent_id is not None and not isinstance(consent_id, str):
-            raise TypeError(f"consent_id must be a str, got {type(consent_id).__name__}")
         return await read_status(self._shared, self._endpoints, payment_id, consent_id)

@@ -194,15 +194,43 @@ def check_path(name: str, path: object, fields: tuple[str, ...]) -> None:
             raise ValueError(f"{name} must contain {{{field_name}}}")
 
 
-def client_kwargs_from_env(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """`KlaviClient.from_env()`'s arguments: *kwargs* completed from the environment."""
+_TRUE: Final = frozenset({"1", "true", "t", "yes", "y", "on"})
+_FALSE: Final = frozenset({"", "0", "false", "f", "no", "n", "off"})
+
+
+def single_use_from_env() -> bool:
+    """`KLAVI_SINGLE_USE_TOKENS`: 1/true/yes/on or 0/false/no/off (unset: off)."""
+    value = os.environ.get("KLAVI_SINGLE_USE_TOKENS", "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("KLAVI_SINGLE_USE_TOKENS must be 1 or 0 (true/false, yes/no, on/off)")
+
+
+def client_kwargs_from_env(
+    kwargs: dict[str, Any], *, single_use: bool | None = None
+) -> dict[str, Any]:
+    """
+    `KlaviClient.from_env()`'s arguments: *kwargs* completed from the environment.
+
+    *single_use* (None: `KLAVI_SINGLE_USE_TOKENS`) asks for a token per call, which only
+    access keys can give.
+    """
     kwargs = dict(kwargs)
     if "token_provider" not in kwargs:
         access = os.environ.get("KLAVI_ACCESS_KEY", "").strip()
         secret = os.environ.get("KLAVI_SECRET_KEY", "").strip()
         token = os.environ.get("KLAVI_TOKEN", "").strip()
+        if single_use is None:
+            single_use = single_use_from_env()
+        if single_use and not (access and secret):
+            raise ValueError(
+                "single-use tokens need KLAVI_ACCESS_KEY and KLAVI_SECRET_KEY: "
+                "a fixed KLAVI_TOKEN cannot be renewed for each payment"
+            )
         if access and secret:
-            kwargs["token_provider"] = ClientCredentials(access, secret)
+            kwargs["token_provider"] = ClientCredentials(access, secret, single_use=single_use)
         elif token:
             kwargs["token_provider"] = StaticToken(token)
         elif access or secret:

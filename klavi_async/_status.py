@@ -28,6 +28,10 @@ def read_status(
     shared: Shared, endpoints: Endpoints, payment_id: str, consent_id: str | None
 ) -> Coroutine[Any, Any, PaymentStatus]:
     """`get_payment_status()`'s coroutine: in a call scope only when a subscriber wants one."""
+    if not isinstance(payment_id, str):
+        raise TypeError(f"payment_id must be a str, got {type(payment_id).__name__}")
+    if consent_id is not None and not isinstance(consent_id, str):
+        raise TypeError(f"consent_id must be a str, got {type(consent_id).__name__}")
     if shared.events.wants(TRACE):
         return _scoped(shared, endpoints, payment_id, consent_id)
     return _read(shared, endpoints, payment_id, consent_id)

@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from attrs import field, frozen
 
@@ -97,6 +97,11 @@ def _show_key(key: str) -> str:
     return f"{key[:4]}..." if len(key) > 8 else "***"
 
 
+def _bool(_: object, attribute: Any, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{attribute.name} must be a bool, got {type(value).__name__}")
+
+
 @frozen
 class ClientCredentials:
     """
@@ -104,10 +109,15 @@ class ClientCredentials:
 
     The client that receives it posts to its own base URL over its own session, through
     its retry policy and budget.  The secret key never appears in a repr, log or message.
+
+    With *single_use*, each call (a cancel with its retries and its status read) fetches a
+    token of its own and never shares it: for an account whose tokens serve one payment
+    initiation.  The fetches of concurrent calls run concurrently.
     """
 
     access_key: str = field(repr=_show_key, validator=_non_empty)
     secret_key: str = field(repr=False, validator=_non_empty)
+    single_use: bool = field(default=False, validator=_bool)
     path: str = field(default="/payment/customer/v1/auth", kw_only=True)
 
 
@@ -330,18 +340,26 @@ class TokenCache:
         error = task.exception()  # also marks it retrieved when nobody waited
         if error is not None:
             self._advisory_after = self._clock() + ADVISORY_RETRY_DELAY
-            if self._events.wants(WARNING):
-                message = error.message if isinstance(error, TokenError) else type(error).__name__
-                self._events.emit(TokenFailed(message=message))
+            self.failed(error)
 
     async def _fetch(self) -> Bearer:
+        token, lifetime = await self.produce()
+        now = self._clock()
+        self._token = token
+        self._refresh_at = now + lifetime - min(MAX_REFRESH_MARGIN, lifetime / 2)
+        self._expires_at = now + lifetime - min(MAX_MANDATORY_MARGIN, lifetime / 10)
+        self._advisory_after = 0.0
+        return token
+
+    async def produce(self) -> tuple[Bearer, float]:
+        """One provider call, cached nowhere: the token and its lifetime in seconds."""
         self.fetches += 1
         try:
             produced = await self._provider.get_token()
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
-                raise  # aclose() cancelled this fetch
+                raise  # our caller was cancelled (aclose(), a deadline)
             # Nobody cancelled us: the provider let a CancelledError of its own escape.
             raise TokenError("the token provider raised CancelledError", retryable=True) from None
         access, refusal = _accept(produced)
@@ -349,15 +367,15 @@ class TokenCache:
         if access is None:
             raise TokenError(refusal, retryable=False)
         lifetime = self._lifetime(access)
-        now = self._clock()
-        token = Bearer(access.token)
-        self._token = token
-        self._refresh_at = now + lifetime - min(MAX_REFRESH_MARGIN, lifetime / 2)
-        self._expires_at = now + lifetime - min(MAX_MANDATORY_MARGIN, lifetime / 10)
-        self._advisory_after = 0.0
         if self._events.wants(TokenRefreshed.level):
             self._events.emit(TokenRefreshed(lifetime=lifetime))
-        return token
+        return Bearer(access.token), lifetime
+
+    def failed(self, error: BaseException) -> None:
+        """Report a failed fetch (a warning event)."""
+        if self._events.wants(WARNING):
+            message = error.message if isinstance(error, TokenError) else type(error).__name__
+            self._events.emit(TokenFailed(message=message))
 
     def _lifetime(self, access: AccessToken) -> float:
         if access.expires_in is not None:

@@ -65,13 +65,17 @@ class Seen:
 class ScriptedKlavi:
     """Routes answer from `script[route]` (a deque), then from `default[route]`."""
 
-    script: dict[str, deque[Reply | Callable[[web.Request], Reply]]] = field(factory=dict)
+    script: dict[str, deque[Reply | Callable[[web.Request], Reply | Awaitable[Reply]]]] = field(
+        factory=dict
+    )
     default: dict[str, Reply] = field(factory=dict)
     seen: list[Seen] = field(factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
 
-    def on(self, route: str, *replies: Reply | Callable[[web.Request], Reply]) -> ScriptedKlavi:
+    def on(
+        self, route: str, *replies: Reply | Callable[[web.Request], Reply | Awaitable[Reply]]
+    ) -> ScriptedKlavi:
         self.script.setdefault(route, deque()).extend(replies)
         return self
 
@@ -119,6 +123,8 @@ class ScriptedKlavi:
                 if queue:
                     item = queue.popleft()
                     reply = item(request) if callable(item) else item
+                    if inspect.isawaitable(reply):
+                        reply = await reply
                 else:
                     reply = self.default.get(route, Reply(200, {}))
                 if reply.delay:

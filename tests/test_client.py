@@ -161,6 +161,35 @@ async def test_from_env_explains_missing_credentials(monkeypatch: pytest.MonkeyP
         KlaviClient.from_env()
 
 
+@pytest.mark.parametrize(
+    ("value", "single_use"), [("1", True), ("YES", True), ("on", True), ("0", False), ("", False)]
+)
+async def test_from_env_reads_single_use_tokens(
+    monkeypatch: pytest.MonkeyPatch, value: str, single_use: bool
+) -> None:
+    monkeypatch.delenv("KLAVI_TOKEN", raising=False)
+    monkeypatch.setenv("KLAVI_ACCESS_KEY", "ak-env-123456")
+    monkeypatch.setenv("KLAVI_SECRET_KEY", SECRET_KEY)
+    monkeypatch.setenv("KLAVI_SINGLE_USE_TOKENS", value)
+    client = KlaviClient.from_env()
+    assert f"single_use={single_use}" in repr(client)
+
+
+async def test_from_env_refuses_single_use_tokens_it_cannot_give(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("KLAVI_ACCESS_KEY", "KLAVI_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KLAVI_TOKEN", TOKEN)
+    monkeypatch.setenv("KLAVI_SINGLE_USE_TOKENS", "1")
+    with pytest.raises(ValueError, match="a fixed KLAVI_TOKEN cannot be renewed") as caught:
+        KlaviClient.from_env()
+    assert TOKEN not in str(caught.value)
+    monkeypatch.setenv("KLAVI_SINGLE_USE_TOKENS", "sometimes")
+    with pytest.raises(ValueError, match="KLAVI_SINGLE_USE_TOKENS must be 1 or 0"):
+        KlaviClient.from_env()
+
+
 async def test_use_after_close_raises_a_clear_error(serve: ServerFactory) -> None:
     base = await ScriptedKlavi().start(serve)
     client = KlaviClient(TOKEN, base_url=base)

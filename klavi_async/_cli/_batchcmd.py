@@ -11,7 +11,7 @@ from typing import Final
 import click
 
 from .._ratelimit import RateLimit, rate_value
-from ._common import client_from_env, fail_usage, say
+from ._common import client_from_env, fail_usage, say, single_use_tokens_option
 from ._process import start_in_fast_allocator_state
 from ._rows import InputError
 from ._runner import run_batch
@@ -70,6 +70,7 @@ def _requests_per_second(
     default=True,
     help="Send at exactly --rate-limit (a fixed cap), not adapting to Klavi's 429s.",
 )
+@single_use_tokens_option
 @click.option("--grace", type=click.FloatRange(min=0), default=10.0, hidden=True)
 def cancel_batch(
     input_path: str,
@@ -77,6 +78,7 @@ def cancel_batch(
     concurrency: int,
     rate_limit: float | None,
     adaptive: bool,
+    single_use_tokens: bool,
     grace: float,
 ) -> None:
     """Cancel every payment in INPUT (CSV or JSONL; '-' reads JSONL from stdin).
@@ -88,7 +90,7 @@ def cancel_batch(
     """
     setting = rate_limit_option(rate_limit, adaptive)
     start_in_fast_allocator_state()  # this process is ours: see _process.py
-    client = client_from_env(rate_limit=setting)
+    client = client_from_env(rate_limit=setting, single_use_tokens=single_use_tokens)
 
     async def run() -> int:
         async with client:

@@ -13,7 +13,7 @@ import click
 from .._client import KlaviClient
 from .._errors import KlaviError
 from .._results import CancelRequest, CancelResult
-from ._common import EXIT_FAILED, EXIT_OK, client_from_env, emit
+from ._common import EXIT_FAILED, EXIT_OK, client_from_env, emit, single_use_tokens_option
 
 __all__ = ["cancel", "status"]
 
@@ -57,15 +57,17 @@ async def _status_record(
 )
 @click.option("--idempotency-key", help="Default: a new UUID4.")
 @click.option("--consent-id", help="Cancel an Automatic Pix payment of this consent.")
+@single_use_tokens_option
 def cancel(
     payment_id: str,
     cancelled_by: str,
     identifier_type: str | None,
     idempotency_key: str | None,
     consent_id: str | None,
+    single_use_tokens: bool,
 ) -> None:
     """Cancel one payment and print the result as JSON."""
-    client = client_from_env()
+    client = client_from_env(single_use_tokens=single_use_tokens)
     request = CancelRequest(
         payment_id,
         cancelled_by,
@@ -86,8 +88,10 @@ def cancel(
 @click.command()
 @click.argument("payment_id")
 @click.option("--consent-id", help="Read an Automatic Pix payment of this consent.")
-def status(payment_id: str, consent_id: str | None) -> None:
+@single_use_tokens_option
+def status(payment_id: str, consent_id: str | None, single_use_tokens: bool) -> None:
     """Print a payment's status as JSON."""
-    record = asyncio.run(_status_record(client_from_env(), payment_id, consent_id))
+    client = client_from_env(single_use_tokens=single_use_tokens)
+    record = asyncio.run(_status_record(client, payment_id, consent_id))
     emit(record)
     sys.exit(EXIT_OK if record["ok"] else EXIT_FAILED)

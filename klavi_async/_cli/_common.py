@@ -11,6 +11,7 @@ from typing import Any, Final, NoReturn
 import click
 
 from .._client import KlaviClient
+from .._config import client_kwargs_from_env
 
 __all__ = [
     "EXIT_FAILED",
@@ -22,6 +23,7 @@ __all__ = [
     "emit",
     "fail_usage",
     "say",
+    "single_use_tokens_option",
 ]
 
 EXIT_OK: Final = 0
@@ -39,13 +41,24 @@ def fail_usage(message: str) -> NoReturn:
     raise click.UsageError(message)
 
 
-def client_from_env(**kwargs: Any) -> KlaviClient:
+single_use_tokens_option = click.option(
+    "--single-use-tokens",
+    is_flag=True,
+    envvar="KLAVI_SINGLE_USE_TOKENS",
+    show_envvar=True,
+    help="Fetch a token for each payment, never shared (accounts whose tokens serve one "
+    "payment initiation; needs access keys).",
+)
+
+
+def client_from_env(*, single_use_tokens: bool = False, **kwargs: Any) -> KlaviClient:
     """`KlaviClient.from_env()`, a bad setting being a usage error."""
     if "KLAVI_BASE_URL" in os.environ and not os.environ["KLAVI_BASE_URL"].strip():
         # Unset it, or give a URL: an empty one must not fall back to another target.
         fail_usage("KLAVI_BASE_URL is set but empty: unset it or give the API's base URL")
     try:
-        return KlaviClient.from_env(**kwargs)
+        kwargs = client_kwargs_from_env(kwargs, single_use=single_use_tokens)
+        return KlaviClient(kwargs.pop("token_provider"), **kwargs)
     except ValueError as exc:
         fail_usage(str(exc))
 

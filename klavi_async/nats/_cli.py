@@ -17,7 +17,8 @@ from collections.abc import Iterator
 import click
 import nats.errors
 
-from .. import CancelRequest, KlaviClient
+from .. import CancelRequest
+from .._cli._common import client_from_env, single_use_tokens_option
 from .._cli._process import start_in_fast_allocator_state
 from .._cli._rows import InputError, read_rows
 from .._cli._signals import on_stop_signals
@@ -67,12 +68,10 @@ async def run_worker(
     progress_interval: float,
     max_retry_delay: float = 300.0,
     max_age: float = 86400.0,
+    single_use_tokens: bool = False,
 ) -> int:
     """Serve until SIGINT/SIGTERM, drain, return the exit status."""
-    try:
-        client = KlaviClient.from_env()
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    client = client_from_env(single_use_tokens=single_use_tokens)
     nc = await open_nats(url)
     try:
         async with client:
@@ -213,6 +212,7 @@ def add_commands(cli: click.Group) -> None:
         default=10.0,
         show_default=True,
     )
+    @single_use_tokens_option
     def worker(
         nats_url: str,
         concurrency: int,
@@ -222,6 +222,7 @@ def add_commands(cli: click.Group) -> None:
         max_retry_delay: float,
         max_age: float,
         progress_interval: float,
+        single_use_tokens: bool,
     ) -> None:
         """Cancel the requests queued on NATS JetStream until SIGINT/SIGTERM.
 
@@ -247,6 +248,7 @@ def add_commands(cli: click.Group) -> None:
                     progress_interval=progress_interval,
                     max_retry_delay=max_retry_delay,
                     max_age=max_age,
+                    single_use_tokens=single_use_tokens,
                 )
             )
         )

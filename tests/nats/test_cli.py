@@ -10,11 +10,13 @@ from pathlib import Path
 
 from nats.js import JetStreamContext
 
-from klavi_async.nats import REQUESTS_STREAM
+from klavi_async import CancelRequest
+from klavi_async.nats import REQUESTS_STREAM, RESULTS_SUBJECT, enqueue
 
 from ..conftest import CPF
+from ..test_cli_process import cli_env, emulator_in_thread
 from .conftest import NatsServer
-from .helpers import stored
+from .helpers import records, stored, wait_for_records
 
 CLI = str(Path(sys.executable).parent / "klavi-async")
 # Runs the CLI with nats-py hidden, as on a machine without the extra.
@@ -123,3 +125,35 @@ def test_without_nats_py_the_commands_print_the_install_hint() -> None:
 def test_importing_klavi_async_does_not_import_nats() -> None:
     code = "import sys, klavi_async, klavi_async._cli; sys.exit('nats' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60, check=False).returncode == 0
+
+
+async def test_a_fleet_with_single_use_tokens_ends_every_payment_ok(
+    nats_server: NatsServer, js: JetStreamContext
+) -> None:
+    # Two worker processes at concurrency 16 against tokens that serve one payment each.
+    with emulator_in_thread(single_use_tokens=True) as emu:
+        requests = [CancelRequest(emu.add_payment(), CPF) for _ in range(120)]
+        assert await enqueue(js, requests) == len(requests)
+        command = [CLI, "worker", "--nats-url", nats_server.url, "--concurrency", "16"]
+        workers = [
+            subprocess.Popen(
+                [*command, "--single-use-tokens"],
+                env=cli_env(emu),
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        try:
+            await wait_for_records(js, len(requests), timeout=60)
+        finally:
+            for process in workers:
+                process.send_signal(signal.SIGINT)
+            errors = [process.communicate(timeout=30)[1] for process in workers]
+        assert [p.returncode for p in workers] == [0, 0], errors
+        found = await records(js, RESULTS_SUBJECT)
+        assert sorted(r["payment_id"] for r, _ in found) == sorted(r.payment_id for r in requests)
+        assert all(r["ok"] for r, _ in found)
+        assert all(emu.effects[r.payment_id] == 1 for r in requests)
+        assert not [r for r in emu.records() if r.status == 401]
+        assert emu.auth_calls == len(requests)
