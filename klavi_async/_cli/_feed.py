@@ -17,7 +17,7 @@ import sys
 import threading
 from collections import deque
 
-from ._rows import Row, open_rows
+from ._rows import InputError, Row, open_rows
 
 __all__ = ["RowFeed"]
 
@@ -65,7 +65,9 @@ class RowFeed:
                         break
                     self._buffer.append(row)
                     self._notify()
-        except Exception as exc:  # a CSV field over the limit, a read error mid-file
+        except InputError as exc:  # our own words: where and why (an open quote, ...)
+            self.error = f"{self.path}: {exc}" if self.path != "-" else str(exc)
+        except Exception as exc:  # a read error mid-file
             self.error = f"cannot read {self.path}: {exc}"
         finally:
             with contextlib.suppress(Exception):

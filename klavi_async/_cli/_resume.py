@@ -26,6 +26,9 @@ from ._rows import InputError, Row, item_id
 
 __all__ = ["ResultsFile", "ResumeState", "check_paths", "is_final"]
 
+_LONGEST_LINE = 64 * 1024
+"""Bytes: longer than any line a run writes, so a torn tail is found in that many."""
+
 
 def check_paths(input_path: str, out_path: str) -> None:
     """
@@ -69,6 +72,8 @@ class ResumeState:
     """The idempotency key each request (by digest) was last sent with."""
     legacy: dict[str, tuple[bool, str | None]] = field(factory=dict)
     """Final lines without a digest (an older version wrote them), by item: ok, key."""
+    unreadable: int = 0
+    """Lines that are not JSON objects, ignored."""
 
     @classmethod
     def load(cls, path: str) -> ResumeState:
@@ -85,9 +90,11 @@ class ResumeState:
                 try:
                     record = json.loads(text)
                 except ValueError:
-                    continue
+                    record = None
                 if isinstance(record, dict):
                     state._add(record)
+                elif text.strip():
+                    state.unreadable += 1
         return state
 
     def _add(self, record: dict[str, Any]) -> None:
@@ -178,11 +185,37 @@ class ResultsFile:
         self._fsync_interval = fsync_interval
         self._last_sync = time.monotonic()
         self.written = 0
-        self._handle.seek(0, os.SEEK_END)
-        if self._handle.tell() > 0:
-            self._handle.seek(-1, os.SEEK_END)
-            if self._handle.read(1) != b"\n":
-                self._handle.write(b"\n")  # an earlier run died mid-line
+        self.repaired = self._end_whole()
+        """Bytes of a torn last line removed (an earlier run stopped mid-write), or 0."""
+
+    def _end_whole(self) -> int:
+        """
+        Make the file end with a whole line: remove a torn last line, or end a whole one.
+
+        A run killed mid-write leaves a line cut short, which no rerun can read: it is
+        removed (its item has no final line, so it is sent again with the same key).  A
+        last line that is JSON but lacks its line break only gets one; a tail longer than
+        any line of ours is no line of ours, and is left alone.
+        """
+        handle = self._handle
+        size = handle.seek(0, os.SEEK_END)
+        start = max(size - _LONGEST_LINE, 0)
+        handle.seek(start)
+        tail = handle.read()
+        if not tail or tail.endswith(b"\n"):
+            return 0
+        cut = tail.rfind(b"\n") + 1
+        if cut == 0 and start > 0:
+            handle.write(b"\n")
+            return 0
+        try:
+            json.loads(tail[cut:])
+        except ValueError:
+            os.ftruncate(handle.fileno(), start + cut)
+            handle.seek(0, os.SEEK_END)
+            return len(tail) - cut
+        handle.write(b"\n")
+        return 0
 
     def write(self, record: dict[str, Any]) -> None:
         self._handle.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")

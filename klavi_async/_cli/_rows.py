@@ -115,10 +115,25 @@ class Row:
 
 
 def _field(value: object) -> str | None:
-    """A row field as text: strings stripped (blank is missing), integers spelled out."""
-    if isinstance(value, float):
-        return None  # `1e+20` or `0.5` spelled out is not an id or a document the row meant
+    """A row field as text: stripped, blank being missing."""
     return text_or_none(value, strip=True)
+
+
+_JSON_TYPES: Final = ((bool, "true or false"), (int, "a number"), (float, "a number"))
+
+
+def _not_text(data: dict[Any, Any]) -> str | None:
+    """Why a field of *data* is no text (a JSON number, array, ...), or None when all are."""
+    for name in FIELDS:
+        value = data.get(name)
+        if value is None or isinstance(value, str):
+            continue
+        kind = next((k for t, k in _JSON_TYPES if isinstance(value, t)), "an array or object")
+        # A number is never an id or a document: 1e+20 or 0.5 spelled out is not what the
+        # row meant, and a CPF loses its leading zeros.
+        hint = ": put it in quotes" if kind == "a number" else ""
+        return f"{name} must be a JSON string, not {kind}{hint}"
+    return None
 
 
 def parse_row(line: int, data: Any) -> Row:
@@ -126,10 +141,24 @@ def parse_row(line: int, data: Any) -> Row:
     The `Row` for *data*, one parsed CSV record or JSON value from input line *line*.
 
     The batch rules, shared with the JetStream worker: a row needs `payment_id` and
-    `cancelled_by`; anything else (not an object, a field missing) is a `Row` with `error`.
+    `cancelled_by`, every field given being a string; anything else (not an object, a
+    field missing or of another JSON type) is a `Row` with `error`.
     """
     if not isinstance(data, dict):
         return _broken(line, "the row is not an object")
+    wrong = _not_text(data)
+    if wrong is not None:
+        # Named by its line, as a row without fields: the same row fixed is another request.
+        named = data.get("payment_id")
+        consent = data.get("consent_id")
+        return Row(
+            line,
+            named.strip() if isinstance(named, str) else "",
+            consent.strip() or None if isinstance(consent, str) else None,
+            None,
+            wrong,
+            row_digest({}, line),
+        )
     values = {name: _field(data.get(name)) for name in FIELDS}
     digest = row_digest(values, line)
     payment_id = values["payment_id"] or ""
@@ -194,13 +223,19 @@ def open_rows(path: str) -> tuple[IO[str], Iterator[Row]]:
     kind = input_format(path)
     handle = _open(path)
     if kind == "jsonl":
-        return handle, _jsonl_rows(handle)
+        return handle, _jsonl_rows(handle, path)
     try:
         reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
+        header = reader.fieldnames
     except (csv.Error, OSError) as exc:
         handle.close()
         raise InputError(f"cannot read the CSV header of {path}: {exc}") from None
+    if not header:
+        handle.close()
+        raise InputError(
+            f"{path} is empty: a CSV needs a header line (payment_id,cancelled_by,...) "
+            "and one row per payment"
+        )
     missing = [name for name in REQUIRED if name not in header]
     if missing:
         handle.close()
@@ -213,6 +248,7 @@ def _csv_rows(reader: csv.DictReader[str], handle: IO[str]) -> Iterator[Row]:
         line = 0
         while True:
             line += 1
+            first = reader.line_num + 1  # the file line the record starts on
             try:
                 record = next(reader)
             except StopIteration:
@@ -222,20 +258,48 @@ def _csv_rows(reader: csv.DictReader[str], handle: IO[str]) -> Iterator[Row]:
                 # next one.  The error's text is the csv module's own, never the field.
                 yield _broken(line, f"the row is not valid CSV ({exc})")
                 continue
+            if reader.line_num > first and _spans_lines(record):
+                # No field of ours holds a line break: a quote left open has swallowed
+                # the rows after it, which must not vanish without a word.
+                raise InputError(
+                    f"line {first} opens a quote that runs to line {reader.line_num}, so "
+                    f"lines {first}-{reader.line_num} read as one field: close the quote "
+                    f"and rerun (the rows before line {first} are handled)"
+                )
             yield parse_row(line, record)
 
 
-def _jsonl_rows(handle: IO[str]) -> Iterator[Row]:
+def _spans_lines(record: dict[str | Any, Any]) -> bool:
+    return any(isinstance(v, str) and ("\n" in v or "\r" in v) for v in record.values())
+
+
+def _jsonl_rows(handle: IO[str], path: str) -> Iterator[Row]:
     with handle:
+        first = True
         for line, text in enumerate(handle, start=1):
             if not text.strip():
                 continue
             try:
                 data = json.loads(text)
             except (ValueError, RecursionError):  # not JSON, or nested too deep
+                if first and _csv_header(text):
+                    name = "stdin" if path == "-" else path
+                    raise InputError(
+                        f"{name} holds CSV (its first line is a header), but "
+                        f"{'stdin takes' if path == '-' else 'a .jsonl file holds'} JSON "
+                        "lines: give the CSV file's path (a name ending in .csv)"
+                    ) from None
                 yield _broken(line, "the line is not valid JSON")
                 continue
+            finally:
+                first = False
             yield parse_row(line, data)
+
+
+def _csv_header(text: str) -> bool:
+    """Whether *text* reads as a CSV header naming the required fields."""
+    names = {name.strip().strip('"').lstrip("\ufeff") for name in text.split(",")}
+    return all(name in names for name in REQUIRED)
 
 
 def count_rows(path: str) -> int | None:

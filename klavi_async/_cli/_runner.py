@@ -307,6 +307,9 @@ class _BatchRun:
             return EXIT_USAGE
         if self._interrupted:
             return EXIT_INTERRUPTED
+        if not (summary.total or summary.skipped_ok or summary.skipped_failed):
+            source = "stdin" if self._feed.path == "-" else self._feed.path
+            self._echo(f"{source} has no rows: nothing to cancel")
         if summary.not_final or summary.unread:
             return EXIT_NOT_FINAL
         return EXIT_FAILED if summary.any_failed else EXIT_OK
@@ -345,6 +348,13 @@ async def run_batch(
         feed.close()
         out.close()
         raise
+    if out.repaired:
+        echo(
+            f"--out {out_path}: removed its last line, cut short ({out.repaired} bytes) by a "
+            "run that stopped mid-write; its item is sent again, with the same key"
+        )
+    if state.unreadable:
+        echo(f"--out {out_path}: {state.unreadable} line(s) are not JSON records and were ignored")
     started = time.monotonic()
     bar = tqdm(
         total=count_rows(input_path),

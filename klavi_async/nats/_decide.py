@@ -48,7 +48,10 @@ class Poison:
     """A message that cannot be a cancel request; its reason never holds a document."""
 
     reason: str
-    """`bad_json`, `not_an_object`, `missing_field`, `invalid_request` or `worker_error`."""
+    """
+    `bad_json`, `not_an_object`, `missing_field`, `bad_field` (not a string),
+    `invalid_request` or `worker_error`.
+    """
     message: str
     payment_id: str | None = None
     consent_id: str | None = None
@@ -88,9 +91,10 @@ def parse_request(data: bytes) -> CancelRequest | Poison:
     row = parse_row(0, value)
     if row.request is None:
         key = value.get("idempotency_key")
+        missing = (row.error or "").startswith("missing")
         return Poison(
-            "missing_field",
-            f"the message is {row.error}",
+            "missing_field" if missing else "bad_field",
+            f"the message is {row.error}" if missing else f"in the message, {row.error}",
             payment_id=_kept(row.payment_id),
             consent_id=_kept(row.consent_id),
             idempotency_key=_kept(key if isinstance(key, str) else None),

@@ -157,3 +157,18 @@ async def test_a_fleet_with_single_use_tokens_ends_every_payment_ok(
         assert all(emu.effects[r.payment_id] == 1 for r in requests)
         assert not [r for r in emu.records() if r.status == 401]
         assert emu.auth_calls == len(requests)
+
+
+async def test_enqueue_stops_at_an_open_quote_and_says_where(
+    nats_server: NatsServer, js: JetStreamContext, tmp_path: Path
+) -> None:
+    path = tmp_path / "cancels.csv"
+    path.write_text(f'payment_id,cancelled_by\npay-1,{CPF}\n"pay-2,{CPF}\npay-3,{CPF}\n')
+    done = run("enqueue", str(path), "--nats-url", nats_server.url)
+    assert done.returncode == 2
+    assert done.stdout.startswith("published 1, dropped as duplicates 0, rejected 0")
+    assert "line 3 opens a quote that runs to line 4" in done.stderr
+    assert await stored(js, REQUESTS_STREAM) == 1
+    path.write_text("")
+    empty = run("enqueue", str(path), "--nats-url", nats_server.url)
+    assert empty.returncode == 2 and "is empty: a CSV needs a header line" in empty.stderr

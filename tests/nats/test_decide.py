@@ -228,9 +228,15 @@ def test_parse_request_follows_the_batch_row_rules() -> None:
     }
     request = parse_request(json.dumps(body).encode())
     assert request == CancelRequest("pay-1", CPF, identifier_type="CPF", idempotency_key="k-1")
+    # A number is not an id: the message is poison, as the row is invalid in a batch.
     numeric = parse_request(json.dumps({"payment_id": 12345, "cancelled_by": CPF_BARE}).encode())
-    assert isinstance(numeric, CancelRequest)
-    assert numeric.payment_id == "12345"
+    assert isinstance(numeric, Poison) and numeric.reason == "bad_field"
+    assert numeric.message == (
+        "in the message, payment_id must be a JSON string, not a number: put it in quotes"
+    )
+    document = parse_request(json.dumps({"payment_id": "p", "cancelled_by": 52998224725}).encode())
+    assert isinstance(document, Poison) and "cancelled_by must be a JSON string" in document.message
+    assert "52998224725" not in document.message
 
 
 @pytest.mark.parametrize(

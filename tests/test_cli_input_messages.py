@@ -1,0 +1,160 @@
+"""
+What `cancel-batch` says about input it cannot use, through the real `klavi-async` process.
+
+An empty file, an open quote, a number where a string belongs, CSV on stdin and a results
+file torn by a killed run: each has its own message, and nothing is lost or sent twice.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from klavi_async import deterministic_idempotency_key
+from klavi_async.testing import KlaviEmulator
+
+from .conftest import CPF, CPF_BARE
+from .test_cli_process import CLI, cli_env, emulator_in_thread, records
+
+
+def batch(
+    emu: KlaviEmulator, source: str, out: Path, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, "cancel-batch", source, "--out", str(out), "--concurrency", "1"],
+        env=cli_env(emu),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_an_empty_csv_says_it_is_empty(tmp_path: Path) -> None:
+    # Before: "the CSV header of ... lacks payment_id, cancelled_by".
+    source, out = tmp_path / "in.csv", tmp_path / "out.jsonl"
+    source.write_text("")
+    with emulator_in_thread() as emu:
+        done = batch(emu, str(source), out)
+    assert done.returncode == 2
+    assert f"{source} is empty: a CSV needs a header line" in done.stderr
+    assert "lacks" not in done.stderr
+    assert not out.exists() or out.read_text() == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "text"), [("in.csv", "payment_id,cancelled_by\n"), ("in.jsonl", "\n")]
+)
+def test_an_input_without_rows_says_so(tmp_path: Path, name: str, text: str) -> None:
+    source, out = tmp_path / name, tmp_path / "out.jsonl"
+    source.write_text(text)
+    with emulator_in_thread() as emu:
+        done = batch(emu, str(source), out)
+    assert done.returncode == 0, done.stderr
+    assert f"{source} has no rows: nothing to cancel" in done.stderr
+
+
+def test_an_open_quote_stops_the_batch_instead_of_swallowing_rows(tmp_path: Path) -> None:
+    # Before: the quote swallowed every row after it into one field, and the batch
+    # reported one "missing cancelled_by" row, the others gone without a word.
+    source, out = tmp_path / "in.csv", tmp_path / "out.jsonl"
+    with emulator_in_thread() as emu:
+        ids = [emu.add_payment() for _ in range(4)]
+        rows = [f"{ids[0]},{CPF}", f'"{ids[1]},{CPF}', f"{ids[2]},{CPF}", f"{ids[3]},{CPF}"]
+        source.write_text("payment_id,cancelled_by\n" + "\n".join(rows) + "\n")
+        done = batch(emu, str(source), out)
+        assert done.returncode == 2, done.stderr
+        assert "line 3 opens a quote that runs to line 5, so lines 3-5 read as one field" in (
+            done.stderr
+        )
+        assert [r["payment_id"] for r in records(out)] == [ids[0]]
+        assert [r.payment_id for r in emu.records("cancel")] == [ids[0]]
+        # Quote fixed, the rerun sends the rest and only the rest.
+        source.write_text("payment_id,cancelled_by\n" + "\n".join(rows).replace('"', "") + "\n")
+        again = batch(emu, str(source), out)
+        assert again.returncode == 0, again.stderr
+        assert sorted(r.payment_id for r in emu.records("cancel")) == sorted(ids)
+        assert all(emu.effects[p] == 1 for p in ids)
+
+
+def test_a_number_in_a_jsonl_row_is_invalid_not_coerced(tmp_path: Path) -> None:
+    # Before: {"payment_id": 5} was sent as "5"; a CPF as a number loses leading zeros.
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    with emulator_in_thread() as emu:
+        good = emu.add_payment()
+        rows = [
+            {"payment_id": 5, "cancelled_by": CPF},
+            {"payment_id": good, "cancelled_by": int(CPF_BARE)},
+        ]
+        source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        done = batch(emu, str(source), out)
+        assert done.returncode == 1, done.stderr
+        lines = records(out)
+        assert [line["kind"] for line in lines] == ["invalid_request", "invalid_request"]
+        assert [line["message"] for line in lines] == [
+            "malformed input row 1: payment_id must be a JSON string, not a number: put it in "
+            "quotes",
+            "malformed input row 2: cancelled_by must be a JSON string, not a number: put it in "
+            "quotes",
+        ]
+        assert emu.records("cancel") == []
+        assert CPF_BARE not in out.read_text() + done.stderr
+        # Quoted, the same rows are new requests: sent on the rerun, not skipped as final.
+        rows = [{"payment_id": good, "cancelled_by": CPF}]
+        source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        again = batch(emu, str(source), out)
+        assert again.returncode == 0, again.stderr
+        assert emu.effects[good] == 1
+
+
+def test_csv_piped_to_stdin_is_told_stdin_takes_json_lines(tmp_path: Path) -> None:
+    # Before: one "the line is not valid JSON" invalid_request per row.
+    out = tmp_path / "out.jsonl"
+    with emulator_in_thread() as emu:
+        payment = emu.add_payment()
+        done = batch(emu, "-", out, stdin=f"payment_id,cancelled_by\n{payment},{CPF}\n")
+        assert done.returncode == 2
+        assert "stdin holds CSV (its first line is a header), but stdin takes JSON lines" in (
+            done.stderr
+        )
+        assert not out.exists() or records(out) == []
+        assert emu.records("cancel") == []
+
+
+def test_a_torn_last_line_is_removed_and_its_item_sent_again(tmp_path: Path) -> None:
+    # A run killed mid-write left half a line; it stayed unreadable for ever after.
+    source, out = tmp_path / "in.csv", tmp_path / "out.jsonl"
+    with emulator_in_thread() as emu:
+        ids = [emu.add_payment() for _ in range(2)]
+        source.write_text("payment_id,cancelled_by\n" + "".join(f"{p},{CPF}\n" for p in ids))
+        first = batch(emu, str(source), out)
+        assert first.returncode == 0, first.stderr
+        whole, last = out.read_text().splitlines(keepends=True)
+        torn = last[: len(last) // 2]
+        out.write_text(whole + torn)
+        again = batch(emu, str(source), out)
+        assert again.returncode == 0, again.stderr
+        assert f"--out {out}: removed its last line, cut short ({len(torn)} bytes)" in (
+            again.stderr
+        )
+        lines = out.read_text().splitlines()
+        assert all(isinstance(json.loads(line), dict) for line in lines)  # readable again
+        resent = json.loads(last)["payment_id"]
+        assert [r["payment_id"] for r in records(out)][-1] == resent
+        keys = [r.idempotency_key for r in emu.records("cancel") if r.payment_id == resent]
+        assert keys == [deterministic_idempotency_key(resent, CPF)] * 2
+
+
+def test_lines_of_another_kind_in_out_are_counted(tmp_path: Path) -> None:
+    source, out = tmp_path / "in.csv", tmp_path / "out.jsonl"
+    out.write_text("not json\n[1, 2]\n")
+    with emulator_in_thread() as emu:
+        payment = emu.add_payment()
+        source.write_text(f"payment_id,cancelled_by\n{payment},{CPF}\n")
+        done = batch(emu, str(source), out)
+    assert done.returncode == 0, done.stderr
+    assert "2 line(s) are not JSON records and were ignored" in done.stderr
+    assert out.read_text().startswith("not json\n[1, 2]\n")  # left as they were
