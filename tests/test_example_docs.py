@@ -12,12 +12,18 @@ from ._webapps import ROOT
 
 EXAMPLES = ("examples/aiohttp_app.py", "examples/fastapi_app.py", "examples/_web.py")
 _BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
+_SCRIPT = re.compile(r"# [\w.]+\.py: ")
 
 
 def excerpts() -> list[str]:
     text = (ROOT / "docs" / "integrations.md").read_text()
-    # The blocks that define something are excerpts; the others show a test's side.
-    return [block for block in _BLOCK.findall(text) if "def " in block]
+    # The blocks that define something are excerpts; the others show a test's side.  A
+    # block headed `# name.py: ...` is a script of its own (test_integration_scripts.py).
+    return [
+        block
+        for block in _BLOCK.findall(text)
+        if "def " in block and not _SCRIPT.match(block)
+    ]
 
 
 def in_order(lines: list[str], source: list[str]) -> bool:
