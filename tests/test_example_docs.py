@@ -19,11 +19,7 @@ def excerpts() -> list[str]:
     text = (ROOT / "docs" / "integrations.md").read_text()
     # The blocks that define something are excerpts; the others show a test's side.  A
     # block headed `# name.py: ...` is a script of its own (test_integration_scripts.py).
-    return [
-        block
-        for block in _BLOCK.findall(text)
-        if "def " in block and not _SCRIPT.match(block)
-    ]
+    return [block for block in _BLOCK.findall(text) if "def " in block and not _SCRIPT.match(block)]
 
 
 def in_order(lines: list[str], source: list[str]) -> bool:
