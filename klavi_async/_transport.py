@@ -244,11 +244,10 @@ class Transport:
         except asyncio.CancelledError as exc:
             cancelled = exc.args
         except Exception as exc:
-            if session.closed and _failure(exc, timeout, auth) is None:
-                raise ClientClosedError(
-                    "the HTTP session was closed while a call was running"
-                ) from None
-            raise _failure(exc, timeout, auth) or _unbuildable(exc) from exc
+            failure = _failure(exc, timeout, auth)
+            if failure is None:
+                _raise_misuse(session)
+            raise failure or _unbuildable(exc) from exc
         # Only a cancellation gets here.  Drop what this frame still holds, then raise.
         resp = sent_headers = None  # type: ignore[assignment]
         raise asyncio.CancelledError(*cancelled)
@@ -328,6 +327,18 @@ def _failure(exc: Exception, timeout: float, auth: Bearer | None) -> TransportFa
             ErrorKind.NETWORK, f"connection failed: {_scrub(_describe(exc), auth)}", sent=True
         )
     return None
+
+
+def _raise_misuse(session: aiohttp.ClientSession) -> None:
+    """Raise for a session closed under the call, or made on another event loop."""
+    if session.closed:
+        raise ClientClosedError("the HTTP session was closed while a call was running")
+    if getattr(session, "_loop", None) not in (None, asyncio.get_running_loop()):
+        raise RuntimeError(
+            "this KlaviClient's HTTP session belongs to another event loop (a client "
+            "used under a second asyncio.run(), or a test's new loop): make one client "
+            "per event loop, and close it on its own loop"
+        )
 
 
 def _unbuildable(exc: Exception) -> TransportFailure:

@@ -326,3 +326,19 @@ def test_single_use_tokens_with_a_fixed_token_or_a_bad_value_is_a_usage_error(
     assert message in done.stderr
     assert "t0k3n" not in done.stderr + done.stdout
     assert not (tmp_path / "out.jsonl").exists() or not (tmp_path / "out.jsonl").read_text()
+
+
+def test_without_the_flag_a_single_use_account_is_told_about_it(tmp_path: Path) -> None:
+    # Before: "Klavi rejected the credentials (invalid token) ... Check KLAVI_ACCESS_KEY
+    # and KLAVI_SECRET_KEY", with the right keys: nothing pointed at the account's tokens.
+    with emulator_in_thread(single_use_tokens=True) as emu:
+        _, _, command = batch_of_40(emu, tmp_path, concurrency=32)
+        done = subprocess.run(
+            command, env=cli_env(emu), capture_output=True, text=True, timeout=120
+        )
+    assert done.returncode == 2, done.stderr
+    assert "rerun with --single-use-tokens (KLAVI_SINGLE_USE_TOKENS=1)" in done.stderr
+    assert "Klavi refused a token fetched with these access keys and then a fresh one" in (
+        done.stderr
+    )
+    assert emu.secret_key not in done.stderr

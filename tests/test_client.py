@@ -434,3 +434,23 @@ async def test_a_document_passed_as_payment_id_is_not_echoed() -> None:
     assert result.kind is ErrorKind.INVALID_REQUEST
     assert CPF not in repr(result)
     assert result.payment_id == "***.982.247-**"
+
+
+def test_a_client_used_on_a_second_event_loop_is_misuse_not_a_result() -> None:
+    # Before: CancelFailed(INVALID_REQUEST, "the request could not be built
+    # (RuntimeError)", retryable=False), as if the payment could never be cancelled.
+    from .test_cli_process import emulator_in_thread
+
+    with emulator_in_thread() as emu:
+        first, second = emu.add_payment(), emu.add_payment()
+        credentials = ClientCredentials(emu.access_key, emu.secret_key)
+        klavi = KlaviClient(credentials, base_url=emu.url)
+        home = asyncio.new_event_loop()
+        try:
+            assert home.run_until_complete(klavi.cancel_payment(first, cancelled_by=CPF)).ok
+            with pytest.raises(RuntimeError, match="belongs to another event loop"):
+                asyncio.run(klavi.cancel_payment(second, cancelled_by=CPF))
+            assert emu.effects.get(second, 0) == 0
+        finally:
+            home.run_until_complete(klavi.aclose())
+            home.close()

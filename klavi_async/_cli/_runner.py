@@ -142,6 +142,8 @@ class _BatchRun:
         self._dead = 0
         self._rejected: str | None = None
         """Why Klavi refused the credentials, when it did (the batch stopped)."""
+        self._fresh_refused = False
+        """Klavi refused a token fetched after a 401 too (single-use tokens, perhaps)."""
         self._unreachable: str | None = None
         """Why the endpoint looked dead, when it did (the batch stopped)."""
         self._interrupted = False
@@ -186,7 +188,11 @@ class _BatchRun:
             f"interrupted: finishing the cancels in flight (up to {self._grace:g} s); "
             "signal again to stop now"
         )
-        if self._consumer is not None:
+        self._finish_in_flight()
+
+    def _finish_in_flight(self) -> None:
+        """Let the cancels in flight end and be recorded, for the grace period at most."""
+        if self._consumer is not None and self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self._grace, self._consumer.cancel)
 
@@ -244,13 +250,18 @@ class _BatchRun:
             async for result in results:
                 if self._record(result):
                     self._halt()
-                    return
+                    if self._rejected is not None:
+                        return  # the cancels in flight are cut off: they would fail too
+                    # A dead endpoint: no new item; those in flight fail fast or, if it
+                    # came back, finish, and either way their lines tell what happened.
+                    self._finish_in_flight()
 
     def _record(self, result: CancelResult) -> bool:
         """Write *result*'s line; True when it says the batch must stop."""
         if _credentials_rejected(result):
             # One message, not a line per item: the rest is cut off unsent.
             self._rejected = result.message
+            self._fresh_refused = any(attempt.token_refreshed for attempt in result.history)
             return True
         line, digest = self._sent.take(result)
         self._out.write(_line(result, line, digest))
@@ -288,6 +299,15 @@ class _BatchRun:
         if self._rejected is not None:
             if self._out.written or summary.skipped_ok or summary.skipped_failed:
                 self._print_summary(elapsed, "stopped")
+            if self._fresh_refused:
+                self._echo(
+                    f"klavi-async: error: Klavi refused a token fetched with these access keys "
+                    f"and then a fresh one ({self._rejected}); the batch stopped before sending "
+                    "more. If this account's tokens serve one payment initiation each, rerun "
+                    "with --single-use-tokens (KLAVI_SINGLE_USE_TOKENS=1); otherwise check the "
+                    "keys and the target."
+                )
+                return EXIT_USAGE
             self._echo(
                 f"klavi-async: error: Klavi rejected the credentials ({self._rejected}); the "
                 "batch stopped before sending more. Check KLAVI_ACCESS_KEY and KLAVI_SECRET_KEY "
