@@ -67,7 +67,7 @@ def test_an_open_quote_stops_the_batch_instead_of_swallowing_rows(tmp_path: Path
         source.write_text("payment_id,cancelled_by\n" + "\n".join(rows) + "\n")
         done = batch(emu, str(source), out)
         assert done.returncode == 2, done.stderr
-        assert "line 3 opens a quote that runs to line 5, so lines 3-5 read as one field" in (
+        assert f"{source}: line 3 opens a quote that runs to line 5, so lines 3-5 read as " in (
             done.stderr
         )
         assert [r["payment_id"] for r in records(out)] == [ids[0]]
@@ -110,6 +110,19 @@ def test_a_number_in_a_jsonl_row_is_invalid_not_coerced(tmp_path: Path) -> None:
         assert emu.effects[good] == 1
 
 
+def test_csv_in_a_jsonl_file_is_named_once(tmp_path: Path) -> None:
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text(f"payment_id,cancelled_by\np1,{CPF}\n")
+    with emulator_in_thread() as emu:
+        done = batch(emu, str(source), out)
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"klavi-async: error: {source} holds CSV (its first line is a header), but its name "
+        "says JSON lines: rename it to end in .csv\n"
+    )
+    assert not out.exists()
+
+
 def test_csv_piped_to_stdin_is_told_stdin_takes_json_lines(tmp_path: Path) -> None:
     # Before: one "the line is not valid JSON" invalid_request per row.
     out = tmp_path / "out.jsonl"
@@ -117,10 +130,11 @@ def test_csv_piped_to_stdin_is_told_stdin_takes_json_lines(tmp_path: Path) -> No
         payment = emu.add_payment()
         done = batch(emu, "-", out, stdin=f"payment_id,cancelled_by\n{payment},{CPF}\n")
         assert done.returncode == 2
-        assert "stdin holds CSV (its first line is a header), but stdin takes JSON lines" in (
-            done.stderr
+        assert done.stderr == (
+            "klavi-async: error: stdin holds CSV (its first line is a header), but stdin "
+            "takes JSON lines: give the CSV file's path (a name ending in .csv)\n"
         )
-        assert not out.exists() or records(out) == []
+        assert not out.exists()  # no empty results file left behind
         assert emu.records("cancel") == []
 
 
@@ -158,3 +172,47 @@ def test_lines_of_another_kind_in_out_are_counted(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "2 line(s) are not JSON records and were ignored" in done.stderr
     assert out.read_text().startswith("not json\n[1, 2]\n")  # left as they were
+
+
+def test_a_lone_carriage_return_inside_a_jsonl_row_does_not_split_it(tmp_path: Path) -> None:
+    # `\r` is JSON white space; read as a line end it made one row two invalid ones.
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    with emulator_in_thread() as emu:
+        payments = [emu.add_payment() for _ in range(2)]
+        source.write_bytes(
+            f'{{"payment_id": "{payments[0]}",\r "cancelled_by": "{CPF}"}}\r\n'
+            f'{{"payment_id": "{payments[1]}", "cancelled_by": "{CPF}"}}\n'.encode()
+        )
+        done = batch(emu, str(source), out)
+        assert done.returncode == 0, done.stderr
+        assert sorted(r["payment_id"] for r in records(out)) == sorted(payments)
+        piped = tmp_path / "piped.jsonl"
+        done = batch(emu, "-", piped, stdin=source.read_bytes().decode())
+        assert done.returncode == 0, done.stderr
+        assert sorted(r["payment_id"] for r in records(piped)) == sorted(payments)
+
+
+def test_a_misspelt_field_is_refused_not_ignored(tmp_path: Path) -> None:
+    # Before: {"consentId": ...} was ignored and the payment cancelled as an instant one;
+    # "identifer_type" likewise.  A column unlike ours (an export's others) still passes.
+    out = tmp_path / "out.jsonl"
+    with emulator_in_thread() as emu:
+        payment = emu.add_payment()
+        rows = tmp_path / "in.jsonl"
+        row = {"payment_id": payment, "cancelled_by": CPF, "consentId": "c-1"}
+        rows.write_text(json.dumps(row) + "\n")
+        done = batch(emu, str(rows), out)
+        assert done.returncode == 1, done.stderr
+        [line] = records(out)
+        assert line["kind"] == "invalid_request"
+        assert "unknown field consentId (consent_id?)" in str(line["message"])
+        assert emu.records("cancel") == []
+        table = tmp_path / "in.csv"
+        table.write_text(f"payment_id,cancelled_by,identifer_type\n{payment},{CPF},CPF\n")
+        done = batch(emu, str(table), tmp_path / "csv-out.jsonl")
+        assert done.returncode == 2
+        assert "has the column identifer_type (identifier_type?)" in done.stderr
+        table.write_text(f"payment_id,cancelled_by,amount,payment_date\n{payment},{CPF},1,x\n")
+        done = batch(emu, str(table), tmp_path / "csv-out.jsonl")
+        assert done.returncode == 0, done.stderr
+        assert emu.effects[payment] == 1

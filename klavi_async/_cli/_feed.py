@@ -65,8 +65,8 @@ class RowFeed:
                         break
                     self._buffer.append(row)
                     self._notify()
-        except InputError as exc:  # our own words: where and why (an open quote, ...)
-            self.error = f"{self.path}: {exc}" if self.path != "-" else str(exc)
+        except InputError as exc:  # our own words, naming the input (an open quote, ...)
+            self.error = str(exc)
         except Exception as exc:  # a read error mid-file
             self.error = f"cannot read {self.path}: {exc}"
         finally:

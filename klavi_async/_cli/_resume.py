@@ -168,6 +168,8 @@ class ResultsFile:
     """
 
     def __init__(self, path: str, *, fsync_interval: float = 1.0) -> None:
+        self._path = path
+        self._created = not os.path.lexists(path)
         try:
             self._handle = open(path, "a+b")  # noqa: SIM115
         except OSError as exc:
@@ -227,9 +229,12 @@ class ResultsFile:
             self._last_sync = now
 
     def close(self) -> None:
-        """Flush, fsync and close."""
+        """Flush, fsync and close; a file this run made and wrote nothing to is removed."""
         if self._handle.closed:
             return
+        if self._created and not self.written:
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)  # a usage error must not leave an empty file behind
         self._handle.flush()
         os.fsync(self._handle.fileno())
         self._handle.close()

@@ -19,7 +19,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, Any, Final
 
 from attrs import frozen
@@ -136,6 +136,41 @@ def _not_text(data: dict[Any, Any]) -> str | None:
     return None
 
 
+def _squash(name: str) -> str:
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """Whether *a* and *b* differ by at most one letter added, dropped, changed or swapped."""
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) <= 1 or (
+            len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+        )
+    short, long = sorted((a, b), key=len)
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
+
+
+def misspelt(names: Iterable[object]) -> str | None:
+    """
+    The first name that is not one of ours but nearly is (`consentId`, `identifer_type`),
+    as "consentId (consent_id?)"; None when there is none.
+
+    Such a field would be ignored, and the row sent another way than meant (an Automatic
+    Pix payment as an instant one).  Names unlike ours (an export's other columns) pass.
+    """
+    for name in names:
+        if not isinstance(name, str) or name in FIELDS:
+            continue
+        squashed = _squash(name)
+        for field_name in FIELDS:
+            if squashed and _one_edit(squashed, _squash(field_name)):
+                return f"{name} ({field_name}?)"
+    return None
+
+
 def parse_row(line: int, data: Any) -> Row:
     """
     The `Row` for *data*, one parsed CSV record or JSON value from input line *line*.
@@ -147,6 +182,9 @@ def parse_row(line: int, data: Any) -> Row:
     if not isinstance(data, dict):
         return _broken(line, "the row is not an object")
     wrong = _not_text(data)
+    near = misspelt(data)
+    if near is not None:
+        wrong = f"unknown field {near}: a misspelt field would be ignored"
     if wrong is not None:
         # Named by its line, as a row without fields: the same row fixed is another request.
         named = data.get("payment_id")
@@ -182,16 +220,20 @@ def _broken(line: int, error: str) -> Row:
     return Row(line, "", None, None, error, row_digest({}, line))
 
 
-def _open(path: str) -> IO[str]:
+def _open(path: str, newline: str) -> IO[str]:
+    """
+    *path* as text.  *newline*: `""` for CSV (the csv module reads the line ends itself),
+    `"\n"` for JSON Lines, where a lone `\r` is JSON white space, not the end of a row.
+    """
     if path == "-":
         try:
             # A private descriptor: a reader thread blocked on it holds no lock of sys.stdin.
             fd = os.dup(sys.stdin.fileno())
         except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-            return _Borrowed(sys.stdin.buffer)  # stdin replaced by an in-memory stream
-        return open(fd, encoding="utf-8-sig", errors="replace")
+            return _Borrowed(sys.stdin.buffer, newline)  # stdin replaced by an in-memory stream
+        return open(fd, encoding="utf-8-sig", errors="replace", newline=newline)
     try:
-        return open(path, encoding="utf-8-sig", errors="replace", newline="")
+        return open(path, encoding="utf-8-sig", errors="replace", newline=newline)
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
 
@@ -199,8 +241,8 @@ def _open(path: str) -> IO[str]:
 class _Borrowed(io.TextIOWrapper):
     """Text over a stream we do not own: closing detaches, the stream stays open."""
 
-    def __init__(self, buffer: IO[bytes]) -> None:
-        super().__init__(buffer, encoding="utf-8-sig", errors="replace")
+    def __init__(self, buffer: IO[bytes], newline: str) -> None:
+        super().__init__(buffer, encoding="utf-8-sig", errors="replace", newline=newline)
 
     def close(self) -> None:
         with contextlib.suppress(ValueError):  # detached already
@@ -221,7 +263,7 @@ def read_rows(path: str) -> Iterator[Row]:
 def open_rows(path: str) -> tuple[IO[str], Iterator[Row]]:
     """`read_rows()`, and the open handle (to close if the rows are never read)."""
     kind = input_format(path)
-    handle = _open(path)
+    handle = _open(path, "\n" if kind == "jsonl" else "")
     if kind == "jsonl":
         return handle, _jsonl_rows(handle, path)
     try:
@@ -236,14 +278,21 @@ def open_rows(path: str) -> tuple[IO[str], Iterator[Row]]:
             f"{path} is empty: a CSV needs a header line (payment_id,cancelled_by,...) "
             "and one row per payment"
         )
+    near = misspelt(header)
+    if near is not None:
+        handle.close()
+        raise InputError(
+            f"the CSV header of {path} has the column {near}: a misspelt column would be "
+            "ignored; name it as it should be"
+        )
     missing = [name for name in REQUIRED if name not in header]
     if missing:
         handle.close()
         raise InputError(f"the CSV header of {path} lacks {', '.join(missing)}")
-    return handle, _csv_rows(reader, handle)
+    return handle, _csv_rows(reader, handle, path)
 
 
-def _csv_rows(reader: csv.DictReader[str], handle: IO[str]) -> Iterator[Row]:
+def _csv_rows(reader: csv.DictReader[str], handle: IO[str], path: str) -> Iterator[Row]:
     with handle:
         line = 0
         while True:
@@ -262,7 +311,7 @@ def _csv_rows(reader: csv.DictReader[str], handle: IO[str]) -> Iterator[Row]:
                 # No field of ours holds a line break: a quote left open has swallowed
                 # the rows after it, which must not vanish without a word.
                 raise InputError(
-                    f"line {first} opens a quote that runs to line {reader.line_num}, so "
+                    f"{path}: line {first} opens a quote that runs to line {reader.line_num}, so "
                     f"lines {first}-{reader.line_num} read as one field: close the quote "
                     f"and rerun (the rows before line {first} are handled)"
                 )
@@ -283,11 +332,12 @@ def _jsonl_rows(handle: IO[str], path: str) -> Iterator[Row]:
                 data = json.loads(text)
             except (ValueError, RecursionError):  # not JSON, or nested too deep
                 if first and _csv_header(text):
-                    name = "stdin" if path == "-" else path
                     raise InputError(
-                        f"{name} holds CSV (its first line is a header), but "
-                        f"{'stdin takes' if path == '-' else 'a .jsonl file holds'} JSON "
+                        "stdin holds CSV (its first line is a header), but stdin takes JSON "
                         "lines: give the CSV file's path (a name ending in .csv)"
+                        if path == "-"
+                        else f"{path} holds CSV (its first line is a header), but its name "
+                        "says JSON lines: rename it to end in .csv"
                     ) from None
                 yield _broken(line, "the line is not valid JSON")
                 continue

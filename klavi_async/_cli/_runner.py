@@ -314,7 +314,9 @@ class _BatchRun:
                 "(or KLAVI_TOKEN) and the target, then rerun."
             )
             return EXIT_USAGE
-        self._print_summary(elapsed, "interrupted" if self._interrupted else "stopped")
+        nothing = not (summary.total or summary.skipped_ok or summary.skipped_failed)
+        if not (nothing and self._feed.error is not None):  # else the error alone says it
+            self._print_summary(elapsed, "interrupted" if self._interrupted else "stopped")
         if self._unreachable is not None:
             self._echo(
                 f"stopped: {DEAD_ENDPOINT_AFTER} cancels in a row could not reach "
@@ -327,7 +329,7 @@ class _BatchRun:
             return EXIT_USAGE
         if self._interrupted:
             return EXIT_INTERRUPTED
-        if not (summary.total or summary.skipped_ok or summary.skipped_failed):
+        if nothing:
             source = "stdin" if self._feed.path == "-" else self._feed.path
             self._echo(f"{source} has no rows: nothing to cancel")
         if summary.not_final or summary.unread:

@@ -237,6 +237,11 @@ def test_parse_request_follows_the_batch_row_rules() -> None:
     document = parse_request(json.dumps({"payment_id": "p", "cancelled_by": 52998224725}).encode())
     assert isinstance(document, Poison) and "cancelled_by must be a JSON string" in document.message
     assert "52998224725" not in document.message
+    camel = parse_request(
+        json.dumps({"payment_id": "p", "cancelled_by": CPF, "consentId": "c"}).encode()
+    )
+    assert isinstance(camel, Poison) and camel.reason == "bad_field"
+    assert "unknown field consentId (consent_id?)" in camel.message
 
 
 @pytest.mark.parametrize(
