@@ -24,6 +24,7 @@ to retry with the same idempotency key, which the record carries.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Final, NamedTuple
 
 from klavi_async import CancelFailed, Cancelled, ErrorKind, KlaviClient, RetryPolicy
@@ -35,6 +36,7 @@ __all__ = [
     "HttpAnswer",
     "extra_inputs_message",
     "http_answer",
+    "exit_unless_configured",
     "klavi_from_env",
     "shutting_down",
 ]
@@ -115,6 +117,14 @@ def shutting_down() -> HttpAnswer:
 def klavi_from_env() -> KlaviClient:
     """The apps' default client: credentials and target from `KLAVI_*` variables."""
     return KlaviClient.from_env(retry=RetryPolicy(deadline=CANCEL_DEADLINE))
+
+
+def exit_unless_configured() -> None:
+    """Stop with one line, not a traceback, when the `KLAVI_*` settings are missing or wrong."""
+    try:
+        klavi_from_env()  # builds a client, opens nothing
+    except ValueError as exc:
+        sys.exit(f"cannot start: {exc}")
 
 
 def _retry_after(seconds: float | None) -> str:

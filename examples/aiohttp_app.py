@@ -29,6 +29,7 @@ from aiohttp import web
 
 from examples._web import (
     SHUTDOWN_TIMEOUT,
+    exit_unless_configured,
     extra_inputs_message,
     http_answer,
     klavi_from_env,
@@ -137,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
+    exit_unless_configured()
     # The SDK's own records are safe to show: documents masked, no token or secret key.
     logging.basicConfig(level=logging.INFO)
     web.run_app(create_app(), host=args.host, port=args.port, shutdown_timeout=SHUTDOWN_TIMEOUT)

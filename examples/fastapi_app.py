@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from examples._web import (
     SHUTDOWN_TIMEOUT,
+    exit_unless_configured,
     extra_inputs_message,
     http_answer,
     klavi_from_env,
@@ -233,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
+    exit_unless_configured()
     # The SDK's own records are safe to show: documents masked, no token or secret key.
     logging.basicConfig(level=logging.INFO)
     uvicorn.run(

@@ -34,3 +34,16 @@ def test_a_malformed_rows_line_has_the_fields_of_a_result_line(
     assert list(lines[2]) == list(lines[1]) == list(lines[3])
     assert lines[2]["attempts"] == 0 and lines[2]["elapsed"] == 0.0
     assert lines[2]["retry_after"] is None and lines[2]["idempotency_key"] is None
+
+
+def test_a_stop_with_nothing_outstanding_but_unread_input_says_to_go_on() -> None:
+    # After Ctrl-C on an idle stdin the summary said "not final yet: 0 (...); rerun
+    # with the same --out to send them": there was nothing to send again.
+    from klavi_async._cli._summary import BatchSummary
+
+    summary = BatchSummary(cancelled=3, unread=True)
+    lines = list(summary.lines(1.0, "interrupted"))
+    assert "rerun with the same --out to go on with the rest of the input" in lines
+    assert not any(line.startswith("not final yet") for line in lines)
+    summary.unfinished = 2
+    assert any(line.startswith("not final yet: 2") for line in summary.lines(1.0))

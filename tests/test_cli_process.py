@@ -342,3 +342,41 @@ def test_without_the_flag_a_single_use_account_is_told_about_it(tmp_path: Path) 
         done.stderr
     )
     assert emu.secret_key not in done.stderr
+
+
+@pytest.mark.parametrize("command", ["cancel", "status"])
+@pytest.mark.parametrize("credentials", ["keys", "token"])
+def test_cancel_and_status_exit_2_on_refused_credentials(command: str, credentials: str) -> None:
+    # Exit 2 is "missing or rejected credentials" for every command; these exited 1.
+    with emulator_in_thread() as emu:
+        payment = emu.add_payment()
+        env = cli_env(emu)
+        if credentials == "keys":
+            env["KLAVI_SECRET_KEY"] = "not-the-secret"
+        else:
+            del env["KLAVI_ACCESS_KEY"], env["KLAVI_SECRET_KEY"]
+            env["KLAVI_TOKEN"] = "not-a-token"
+        args = [payment, "--cancelled-by", CPF] if command == "cancel" else [payment]
+        done = subprocess.run(
+            [CLI, command, *args], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        record = json.loads(done.stdout)
+        assert record["kind"] in ("authentication_failed", "unauthorized")
+        assert "not-the-secret" not in done.stdout and "not-a-token" not in done.stdout
+        assert emu.effects.get(payment, 0) == 0
+
+
+def test_careless_emulator_and_bare_invocations_get_clear_answers(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=60)
+
+    bare = run()
+    assert bare.returncode == 2
+    assert bare.stderr.startswith("Usage: klavi-async") and "error" not in bare.stderr.lower()
+    alone = run("emulator", "--port", "0", "--payments-csv", str(tmp_path / "p.csv"))
+    assert alone.returncode == 2 and "add --payments N" in alone.stderr
+    wrong = run("emulator", "--port", "0", "--payments", "3", "--payments-csv", "p.jsonl")
+    assert wrong.returncode == 2 and "name it *.csv, not p.jsonl" in wrong.stderr
+    assert not (tmp_path / "p.csv").exists()
+    assert "Retry-After" in run("emulator", "--help").stdout

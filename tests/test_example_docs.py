@@ -63,3 +63,26 @@ def test_every_extra_the_docs_name_exists_and_the_install_says_where_from() -> N
     # The example apps' own needs are the `examples` extra.
     needs = {dep.split(">")[0] for dep in project["optional-dependencies"]["examples"]}
     assert needs == {"fastapi", "uvicorn"}
+
+
+@pytest.mark.parametrize("module", ["examples.aiohttp_app", "examples.fastapi_app"])
+def test_an_example_app_without_credentials_says_so_in_one_line(module: str) -> None:
+    # It crashed with a traceback (the aiohttp app) or "Application startup failed".
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KLAVI_")}
+    done = subprocess.run(
+        [sys.executable, "-m", module],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr == (
+        "cannot start: no Klavi credentials: set KLAVI_ACCESS_KEY and KLAVI_SECRET_KEY, "
+        "or KLAVI_TOKEN\n"
+    )

@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
     try:
         cli.main(args=argv, prog_name="klavi-async", standalone_mode=False)
     except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `klavi-async` (click >= 8.2)
+            sys.stderr.write(exc.format_message() + "\n")  # the help: no "error:" before it
+            sys.exit(EXIT_USAGE)
         sys.stderr.write(f"klavi-async: error: {exc.format_message()}\n")
         sys.exit(EXIT_USAGE)
     except click.ClickException as exc:

@@ -12,10 +12,30 @@ import click
 
 from .._client import KlaviClient
 from .._errors import KlaviError
+from .._kinds import ErrorKind
 from .._results import CancelRequest, CancelResult
-from ._common import EXIT_FAILED, EXIT_OK, client_from_env, emit, single_use_tokens_option
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    client_from_env,
+    emit,
+    single_use_tokens_option,
+)
 
 __all__ = ["cancel", "status"]
+
+
+def _exit_status(record: dict[str, Any]) -> int:
+    """0 ok; 2 when the credentials were refused (as `cancel-batch`); 1 another failure."""
+    if record["ok"]:
+        return EXIT_OK
+    kind = record.get("kind")
+    if kind == ErrorKind.UNAUTHORIZED.value or (
+        kind == ErrorKind.AUTHENTICATION_FAILED.value and record.get("retryable") is False
+    ):
+        return EXIT_USAGE
+    return EXIT_FAILED
 
 
 async def _status_record(
@@ -80,9 +100,9 @@ def cancel(
         async with client:
             return await client.cancel_request(request)
 
-    result = asyncio.run(run())
-    emit(result.to_record())
-    sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
+    record = asyncio.run(run()).to_record()
+    emit(record)
+    sys.exit(_exit_status(record))
 
 
 @click.command()
@@ -94,4 +114,4 @@ def status(payment_id: str, consent_id: str | None, single_use_tokens: bool) -> 
     client = client_from_env(single_use_tokens=single_use_tokens)
     record = asyncio.run(_status_record(client, payment_id, consent_id))
     emit(record)
-    sys.exit(EXIT_OK if record["ok"] else EXIT_FAILED)
+    sys.exit(_exit_status(record))

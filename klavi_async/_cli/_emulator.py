@@ -169,12 +169,18 @@ def _refusal_code(code: str | None) -> str | int:
     show_default=True,
     help="Seconds a `latency` fault delays an answer; it needs --fault latency=RATE.",
 )
-@click.option("--retry-after", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option(
+    "--retry-after",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Seconds in the Retry-After of a `--fault 429=RATE` answer.",
+)
 @click.option("--payments", type=click.IntRange(min=0), default=0, help="Seed N payments.")
 @click.option(
     "--payments-csv",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help="Write the seeded payments as a cancel-batch input file.",
+    help="Write the seeded payments as a cancel-batch input file (.csv; needs --payments).",
 )
 @click.option(
     "--refusal-code",
@@ -203,6 +209,10 @@ def emulator(
 ) -> None:
     """Serve the Klavi emulator (no credentials, no network) until Ctrl-C."""
     rates = _fault_rates(faults)
+    if payments_csv is not None and not payments:
+        fail_usage("--payments-csv lists the seeded payments: add --payments N")
+    if payments_csv is not None and payments_csv.suffix.lower() != ".csv":
+        fail_usage(f"--payments-csv writes CSV: name it *.csv, not {payments_csv.name}")
     given = click.get_current_context().get_parameter_source("latency")
     if given is click.core.ParameterSource.COMMANDLINE and not rates.get("latency"):
         fail_usage(

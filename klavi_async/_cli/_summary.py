@@ -111,7 +111,9 @@ class BatchSummary:
                 else ""
             )
             yield f"not finished ({stopped}): {self.unfinished} never sent{cut}{rest}"
-        if self.not_final or self.unread:
+        if self.unread and not self.not_final:
+            yield "rerun with the same --out to go on with the rest of the input"
+        elif self.not_final or self.unread:
             cut = f"{self.cut_off} cut off, " if self.cut_off else ""
             yield (
                 f"not final yet: {self.not_final} ({self.retryable} retryable, "

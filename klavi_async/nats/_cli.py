@@ -25,6 +25,7 @@ from .._cli._signals import on_stop_signals
 from ._cliconnect import (
     EXIT_FAILED,
     EXIT_OK,
+    NATS_URL_HELP,
     echo as _echo,
     jetstream_errors,
     library_warnings,
@@ -175,7 +176,9 @@ def add_commands(cli: click.Group) -> None:
     add_operator_commands(cli)
 
     @cli.command()
-    @click.option("--nats-url", required=True, envvar="NATS_URL", help="e.g. nats://host:4222")
+    @click.option(
+        "--nats-url", required=True, envvar="NATS_URL", show_envvar=True, help=NATS_URL_HELP
+    )
     @click.option("--concurrency", type=click.IntRange(1, 10_000), default=32, show_default=True)
     @click.option(
         "--ack-wait",
@@ -226,7 +229,8 @@ def add_commands(cli: click.Group) -> None:
     ) -> None:
         """Cancel the requests queued on NATS JetStream until SIGINT/SIGTERM.
 
-        Each request gets one record on klavi.cancel.results (or klavi.cancel.dead).
+        Each request gets one record, on klavi.cancel.results.<key> (or, for a message
+        that cannot be a request, klavi.cancel.dead.<stream-sequence-time>).
         When Klavi is down (the recent cancels all fail retryably) the worker takes no
         new message and probes with one at growing intervals; the failed ones wait
         without spending their deliveries.  A signal stops taking messages; the
@@ -255,7 +259,9 @@ def add_commands(cli: click.Group) -> None:
 
     @cli.command("enqueue")
     @click.argument("input_path", metavar="INPUT")
-    @click.option("--nats-url", required=True, envvar="NATS_URL", help="e.g. nats://host:4222")
+    @click.option(
+        "--nats-url", required=True, envvar="NATS_URL", show_envvar=True, help=NATS_URL_HELP
+    )
     def enqueue_command(input_path: str, nats_url: str) -> None:
         """Queue every cancel in INPUT (CSV or JSONL, as for cancel-batch) on NATS.
 

@@ -22,6 +22,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "NATS_URL_HELP",
     "echo",
     "jetstream_errors",
     "library_warnings",
@@ -33,6 +34,7 @@ EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_INTERRUPTED: Final = 130
 FIRST_TIMEOUT: Final = 5.0  # seconds for the first connection
+NATS_URL_HELP: Final = "e.g. nats://host:4222"
 
 
 def echo(text: str) -> None:

@@ -25,6 +25,7 @@ from ._cliconnect import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    NATS_URL_HELP,
     echo,
     jetstream_errors,
     mask_url,
@@ -122,7 +123,9 @@ def add_operator_commands(cli: click.Group) -> None:
     """Register `streams` and `results` on *cli*."""
 
     @cli.command()
-    @click.option("--nats-url", required=True, envvar="NATS_URL", help="e.g. nats://host:4222")
+    @click.option(
+        "--nats-url", required=True, envvar="NATS_URL", show_envvar=True, help=NATS_URL_HELP
+    )
     @click.option("--replicas", type=int, help="Copies of each stream: 1 to 5 (3 for money).")
     @click.option(
         "--duplicate-window",
@@ -141,7 +144,9 @@ def add_operator_commands(cli: click.Group) -> None:
         sys.exit(asyncio.run(run_streams(nats_url, settings)))
 
     @cli.command()
-    @click.option("--nats-url", required=True, envvar="NATS_URL", help="e.g. nats://host:4222")
+    @click.option(
+        "--nats-url", required=True, envvar="NATS_URL", show_envvar=True, help=NATS_URL_HELP
+    )
     @click.option("--follow", is_flag=True, help="Go on with new records until SIGINT/SIGTERM.")
     @click.option(
         "--out",
