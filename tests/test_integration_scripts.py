@@ -19,7 +19,7 @@ import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from klavi_async import CancelFailed, CancelRequest, ErrorKind, KlaviClient
+from klavi_async import CancelFailed, CancelRequest, ClientCredentials, ErrorKind, KlaviClient
 from klavi_async.testing import KlaviEmulator
 
 from ._webapps import ROOT
@@ -178,3 +178,19 @@ async def test_the_proxy_script(serve: ServerFactory, monkeypatch: pytest.Monkey
     assert "POST /payment/customer/v1/auth" in forwarded
     cancels = [f"POST /payment/customer/v1/instant/payments/{p}/cancel" for p in payments]
     assert sorted(f for f in forwarded if f.endswith("/cancel")) == sorted(cancels)
+
+
+async def test_with_access_keys_a_missing_certificate_fails_the_token_fetch(
+    mtls_server: tuple[str, list[str], trustme.CA],
+) -> None:
+    url, seen, ca = mtls_server
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    credentials = ClientCredentials("access-key-1234", "secret-key-5678")
+    async with KlaviClient(credentials, base_url=url, ssl=context) as klavi:
+        result = await klavi.cancel_payment("p1", cancelled_by=CPF)
+    assert isinstance(result, CancelFailed), result
+    assert result.kind is ErrorKind.AUTHENTICATION_FAILED and result.retryable
+    assert result.attempts == 0 and not result.outcome_unknown  # nothing sent
+    assert "the auth endpoint failed (network:" in result.message
+    assert seen == []
