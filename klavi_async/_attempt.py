@@ -17,7 +17,14 @@ from collections.abc import Awaitable, Callable
 import attrs
 from yarl import URL
 
-from ._auth import CredentialsProvider, OwnToken, auth_failure, replays, wait_for_token
+from ._auth import (
+    CredentialsProvider,
+    OwnToken,
+    auth_failure,
+    replays,
+    scrub_echo,
+    wait_for_token,
+)
 from ._budget import RetryBudget
 from ._errors import ClientClosedError
 from ._events import (
@@ -48,7 +55,7 @@ class Shared:
     `closed` is set by `KlaviClient.aclose()` (`close()`, for the client's views too); an
     attempt that starts after it raises `ClientClosedError`.  `limiter` is the client's
     one rate limiter (None when `rate_limit=None`), shared by every request of every call
-    but the credentials exchange (rare, and not an API request).
+    but the credentials exchange of a shared token (rare).
     """
 
     __slots__ = (
@@ -112,9 +119,8 @@ class Shared:
         What a view of the client shares (`KlaviClient.with_options`): everything but the
         retry policy and the timeout.  Closed when this is closed.
         """
-        view = copy.copy(self)
+        view = copy.copy(self)  # `views` included: every view registers with the client's
         view.policy, view.timeout = policy, timeout
-        view.views = weakref.WeakSet()
         self.views.add(view)
         return view
 
@@ -149,9 +155,16 @@ class Shared:
         )
 
     async def post_unauthorised(self, url: URL, headers: dict[str, str], body: bytes) -> Outcome:
-        """POST without a token under the retry policy: the credentials exchange's send."""
+        """
+        POST without a token under the retry policy: the credentials exchange's send.
+
+        Safe to repeat (a second exchange only gives another token), so retried like a
+        read; part of the call that needed the token, so not counted as a call of its own
+        in the budget.  With single-use tokens every call makes one: it takes a slot of
+        the rate limiter then, and tells it what Klavi answered.
+        """
         call = Call(self, "auth", None, uuid4(), authorize=False)
-        loop = self.loop(call)
+        loop = self.loop(call, safe=True, counted=False)
         return await loop.run(call.attempt, loop, "POST", url, headers, body)
 
 
@@ -215,15 +228,15 @@ class Call:
             raise ClientClosedError("this KlaviClient was closed while a call was running")
         # A `Bearer`, never the bare string: this frame is on every traceback of the call.
         token: Bearer | None = None
-        limiter: RateLimiter | None = None  # the credentials exchange takes no slot
+        # The credentials exchange takes a slot only when every call makes one.
+        limiter = c.limiter if self._authorize or c.single_use else None
         if self._authorize:
-            limiter = c.limiter
             token = self._tokens.peek()
             if token is None:
-                try:
-                    token = await wait_for_token(self._tokens, loop.remaining(), loop.deadline)
-                except Exception as exc:
-                    return self._auth_failed(exc)
+                waited = await self._wait_token(loop)
+                if not isinstance(waited, Bearer):
+                    return waited
+                token = waited
         refreshed = False
         while True:
             if limiter is not None and limiter.engaged:
@@ -254,13 +267,22 @@ class Call:
             # 401: drop this token if it is still the cached one, get another, replay once.
             self._replayed = True
             self._tokens.invalidate(token)  # type: ignore[arg-type]  # replays() checked it
-            try:
-                fresh = await wait_for_token(self._tokens, loop.remaining(), loop.deadline)
-            except Exception as exc:
-                return self._auth_failed(exc)
+            fresh = await self._wait_token(loop)
+            if not isinstance(fresh, Bearer):
+                return fresh
             if fresh == token:
                 return outcome  # the same token would be refused again
             token, refreshed = fresh, True
+
+    async def _wait_token(self, loop: RetryLoop) -> Bearer | Outcome:
+        """A token within the call's deadline, or the outcome of a call that got none."""
+        try:
+            return await wait_for_token(self._tokens, loop.remaining(), loop.deadline)
+        except ClientClosedError:
+            raise  # misuse, not an outcome: the client was closed under the call
+        except Exception as exc:
+            outcome, self._auth_retryable = auth_failure(exc)
+            return outcome
 
     def _tell(
         self, limiter: RateLimiter, status: int, retry_after: float | None, sent_at: float
@@ -301,12 +323,11 @@ class Call:
 
     def _classify(self, response: Response, token: Bearer | None) -> Outcome:
         if response.cut is None:
+            body = response.body
+            if not self._authorize and self._shared.secrets:
+                body = scrub_echo(body, self._shared.secrets)  # /auth echoing the keys
             return classify_response(
-                response.status,
-                response.headers,
-                response.body,
-                document=self._document,
-                token=token,
+                response.status, response.headers, body, document=self._document, token=token
             )
         return cut_outcome(response.status, response.headers, *response.cut, token=token)
 
@@ -333,10 +354,6 @@ class Call:
                     call=self.info(), method=method, attempt=attempt, message=outcome.message
                 )
             )
-
-    def _auth_failed(self, exc: Exception) -> Outcome:
-        outcome, self._auth_retryable = auth_failure(exc)
-        return outcome
 
     def retryable(self, outcome: Outcome) -> bool:
         """The final result's `retryable` (`_kinds`' table; auth as its failure said)."""

@@ -47,6 +47,7 @@ __all__ = [
     "auth_failure",
     "parse_auth_response",
     "replays",
+    "scrub_echo",
     "wait_for_token",
 ]
 
@@ -54,6 +55,38 @@ _JSON_HEADERS: Final = {"Content-Type": "application/json", "Accept": "applicati
 
 Send = Callable[[URL, dict[str, str], bytes], Awaitable[Outcome]]
 """POST one unauthorised request under the client's retry policy: `send(url, headers, body)`."""
+
+
+class _KeysBody(bytes):
+    """
+    The credentials exchange's body: bytes whose repr and str never show them.
+
+    Every frame of the send holds it (error reporters capture locals, and a call
+    cancelled while it fetches its own token carries those frames).
+    """
+
+    def __repr__(self) -> str:
+        return "<auth request body ***>"
+
+    __str__ = __repr__
+
+
+def scrub_echo(raw: bytes, secrets: tuple[str, ...]) -> bytes:
+    """
+    *raw* with every echo of *secrets* (as sent, or JSON-escaped) replaced by `***`.
+
+    Done on the bytes, before any message is cleaned or clipped: a key cut at the clip's
+    edge, or with white space that cleaning would fold, cannot slip through in part.
+    """
+    for secret in secrets:
+        for form in {
+            secret.encode(),
+            json.dumps(secret)[1:-1].encode(),
+            json.dumps(secret, ensure_ascii=False)[1:-1].encode(),
+        }:
+            if form and form in raw:
+                raw = raw.replace(form, b"***")
+    return raw
 
 
 class CredentialsProvider:
@@ -76,9 +109,11 @@ class CredentialsProvider:
     async def get_token(self) -> AccessToken:
         """POST the keys; the token, or a `TokenError` that says whether to try again."""
         credentials = self._credentials
-        body = json.dumps(
-            {"accessKey": credentials.access_key, "secretKey": credentials.secret_key}
-        ).encode()
+        body = _KeysBody(
+            json.dumps(
+                {"accessKey": credentials.access_key, "secretKey": credentials.secret_key}
+            ).encode()
+        )
         outcome = await self._send(self._url, {**_JSON_HEADERS}, body)
         return self._token(outcome)
 

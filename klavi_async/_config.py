@@ -170,11 +170,13 @@ def check_optional_type(name: str, value: object, expected: type) -> None:
 
 
 def check_number(name: str, value: object) -> None:
-    """*value* must be a number > 0, not a bool."""
+    """*value* must be a number > 0 that a float holds, not a bool."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
+    if isinstance(value, int) and value > 1e300:  # float() of a 400-digit int overflows
+        raise ValueError(f"{name} is too large")
 
 
 def check_int(name: str, value: object) -> None:

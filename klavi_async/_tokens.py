@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from attrs import field, frozen
 
+from ._errors import ClientClosedError
 from ._events import WARNING, Events, TokenFailed, TokenRefreshed
 from ._logging import default_events
 
@@ -312,7 +313,16 @@ class TokenCache:
         if token is not None:
             return token
         task = self._inflight or self._start()
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or not current.cancelling()):
+                # aclose() cancelled the fetch; nobody cancelled this caller.
+                raise ClientClosedError(
+                    "the client was closed while a call waited for a token"
+                ) from None
+            raise
 
     def invalidate(self, token: Bearer) -> None:
         """Drop *token* if it is still the cached one (after a 401)."""

@@ -301,7 +301,7 @@ def _body_cut(exc: BaseException, timeout: float) -> tuple[ErrorKind, str]:
     if isinstance(exc, aiohttp.ClientPayloadError):
         return _payload_cut(exc, timeout)
     if isinstance(exc, TimeoutError):
-        return ErrorKind.TIMEOUT, f"the body did not arrive within {timeout:g} s"
+        return ErrorKind.TIMEOUT, f"the body did not arrive within {timeout:.3g} s"
     return ErrorKind.NETWORK, f"the connection failed mid-body: {_describe(exc)}"
 
 
@@ -314,10 +314,10 @@ def _failure(exc: Exception, timeout: float, auth: Bearer | None) -> TransportFa
     """
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return TransportFailure(
-            ErrorKind.TIMEOUT, f"no connection within {timeout:g} s", sent=False
+            ErrorKind.TIMEOUT, f"no connection within {timeout:.3g} s", sent=False
         )
     if isinstance(exc, TimeoutError):
-        return TransportFailure(ErrorKind.TIMEOUT, f"no response within {timeout:g} s", sent=True)
+        return TransportFailure(ErrorKind.TIMEOUT, f"no response within {timeout:.3g} s", sent=True)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return TransportFailure(ErrorKind.NETWORK, f"cannot connect: {_describe(exc)}", sent=False)
     if isinstance(exc, aiohttp.InvalidURL):
@@ -361,7 +361,7 @@ def _payload_cut(exc: aiohttp.ClientPayloadError, timeout: float) -> tuple[Error
         if isinstance(cause, aiohttp.http_exceptions.ContentEncodingError):
             return ErrorKind.UNEXPECTED_RESPONSE, "the body failed to decode (content encoding)"
         if isinstance(cause, TimeoutError):
-            return ErrorKind.TIMEOUT, f"the body did not arrive within {timeout:g} s"
+            return ErrorKind.TIMEOUT, f"the body did not arrive within {timeout:.3g} s"
         cause = cause.__cause__ or cause.__context__
     if "encoding" in str(exc).lower():
         return ErrorKind.UNEXPECTED_RESPONSE, "the body failed to decode (content encoding)"

@@ -7,6 +7,7 @@ file torn by a killed run: each has its own message, and nothing is lost or sent
 
 from __future__ import annotations
 
+import codecs
 import json
 import subprocess
 from pathlib import Path
@@ -67,7 +68,7 @@ def test_an_open_quote_stops_the_batch_instead_of_swallowing_rows(tmp_path: Path
         source.write_text("payment_id,cancelled_by\n" + "\n".join(rows) + "\n")
         done = batch(emu, str(source), out)
         assert done.returncode == 2, done.stderr
-        assert f"{source}: line 3 opens a quote that runs to line 5, so lines 3-5 read as " in (
+        assert f"{source}: line 3 opens a quote that runs to line 5, so the lines after it " in (
             done.stderr
         )
         assert [r["payment_id"] for r in records(out)] == [ids[0]]
@@ -216,3 +217,75 @@ def test_a_misspelt_field_is_refused_not_ignored(tmp_path: Path) -> None:
         done = batch(emu, str(table), tmp_path / "csv-out.jsonl")
         assert done.returncode == 0, done.stderr
         assert emu.effects[payment] == 1
+
+
+def test_an_open_quote_past_the_field_limit_still_stops_the_batch(tmp_path: Path) -> None:
+    # Past 128 KiB of swallowed rows the csv module fails on the field's size: the rows
+    # inside vanished, the batch reporting one "not valid CSV" row (5,242 of 6,001 lost).
+    source, out = tmp_path / "in.csv", tmp_path / "out.jsonl"
+    rows = "".join(f"p{i},{CPF}\n" for i in range(6000))
+    source.write_text(f'payment_id,cancelled_by\n"p-open,{CPF}\n{rows}')
+    with emulator_in_thread() as emu:
+        done = batch(emu, str(source), out)
+        assert emu.records("cancel") == []
+    assert done.returncode == 2, done.stderr[-500:]
+    assert f"{source}: line 2 opens a quote that runs to line " in done.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "stops"),
+    [
+        # A quoted line break in another column is valid CSV: no stop.
+        ('payment_id,cancelled_by,note\n{p},{cpf},"two\nlines"\n', False),
+        # One that holds what reads as a row is a quote left open.
+        ('payment_id,cancelled_by,note\n{p},{cpf},"open\n{p},{cpf},x\n', True),
+        # An open quote on the last line is never closed.
+        ('payment_id,cancelled_by\n{p},{cpf}\n"{p},{cpf}\n', True),
+    ],
+)
+def test_quoted_line_breaks(tmp_path: Path, text: str, stops: bool) -> None:
+    source, out = tmp_path / "in.csv", tmp_path / "out.jsonl"
+    with emulator_in_thread() as emu:
+        payment = emu.add_payment()
+        source.write_text(text.format(p=payment, cpf=CPF))
+        done = batch(emu, str(source), out)
+    assert (done.returncode == 2) is stops, done.stderr
+    assert ("opens a quote" in done.stderr) is stops
+
+
+def test_odd_encodings_are_named(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    utf16 = tmp_path / "in.csv"
+    utf16.write_text(f"payment_id,cancelled_by\np1,{CPF}\n", encoding="utf-16")
+    joined = tmp_path / "in.jsonl"  # two files joined with `cat`, each with its BOM
+    with emulator_in_thread() as emu:
+        first, second = emu.add_payment(), emu.add_payment()
+        rows = [json.dumps({"payment_id": p, "cancelled_by": CPF}) + "\n" for p in (first, second)]
+        joined.write_bytes(b"".join(codecs.BOM_UTF8 + row.encode() for row in rows))
+        done = batch(emu, str(utf16), out)
+        assert done.returncode == 2
+        assert f"{utf16} is not UTF-8 (UTF-16?): save it as UTF-8" in done.stderr
+        done = batch(emu, str(joined), out)
+        assert done.returncode == 0, done.stderr
+        assert emu.effects[first] == emu.effects[second] == 1
+
+
+def test_a_results_file_of_another_kind_is_never_cut(tmp_path: Path) -> None:
+    # The repair cut whatever followed the last line break: a notes file lost its text.
+    source = tmp_path / "in.csv"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious notes, no final newline")
+    with emulator_in_thread() as emu:
+        payment = emu.add_payment()
+        source.write_text(f"payment_id,cancelled_by\n{payment},{CPF}\n")
+        done = batch(emu, str(source), notes)
+        assert done.returncode == 0, done.stderr
+        assert "removed" not in done.stderr
+        assert notes.read_text().startswith("precious notes, no final newline\n")
+        # /dev/null cannot be fsynced: the run ends with its summary, not a traceback.
+        other = emu.add_payment()
+        source.write_text(f"payment_id,cancelled_by\n{other},{CPF}\n")
+        done = batch(emu, str(source), Path("/dev/null"))
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr

@@ -380,3 +380,28 @@ def test_careless_emulator_and_bare_invocations_get_clear_answers(tmp_path: Path
     assert wrong.returncode == 2 and "name it *.csv, not p.jsonl" in wrong.stderr
     assert not (tmp_path / "p.csv").exists()
     assert "Retry-After" in run("emulator", "--help").stdout
+
+
+def test_one_bad_token_answer_does_not_stop_a_single_use_batch(tmp_path: Path) -> None:
+    # One unusable /auth answer among good ones stopped the whole batch as "credentials
+    # rejected", each rerun getting a few rows further.  Now it is one line, not final,
+    # and the rerun sends that row.
+    from klavi_async.testing import Fault
+
+    with emulator_in_thread(single_use_tokens=True) as emu:
+        ids, out, command = batch_of_40(emu, tmp_path, concurrency=1)
+        emu.script("auth", [None] * 5 + [Fault.malformed_json(200)])
+        command.append("--single-use-tokens")
+        done = subprocess.run(
+            command, env=cli_env(emu), capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 3, done.stderr  # not final yet: the refused one
+        assert "rejected" not in done.stderr
+        failed = [r for r in records(out) if not r["ok"]]
+        assert [r["kind"] for r in failed] == ["authentication_failed"]
+        assert sum(emu.effects.values()) == 39
+        again = subprocess.run(
+            command, env=cli_env(emu), capture_output=True, text=True, timeout=120
+        )
+        assert again.returncode == 0, again.stderr
+        assert all(emu.effects[p] == 1 for p in ids)

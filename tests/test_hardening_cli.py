@@ -239,7 +239,8 @@ def test_emulator_on_all_interfaces_prints_a_usable_export(tmp_path: Path) -> No
         status = subprocess.run(
             [CLI, "status", "no-such-payment"], env=env, capture_output=True, text=True, timeout=30
         )
-        assert status.returncode != 2, status.stderr  # the URL was accepted and dialled
+        # The URL was accepted and dialled: the emulator answered (401 to a made-up token).
+        assert json.loads(status.stdout)["http_status"] == 401, status.stderr
     finally:
         server.send_signal(signal.SIGINT)
         server.communicate(timeout=20)

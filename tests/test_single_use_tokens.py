@@ -19,14 +19,26 @@ from klavi_async import (
     CancelFailed,
     CancelRequest,
     CancelResult,
+    ClientClosedError,
     ClientCredentials,
     ErrorKind,
     KlaviClient,
     RetryPolicy,
 )
+from klavi_async._transport import Response
 
 from .conftest import CPF, LeakGuard, ServerFactory, no_sdk_tasks
-from .fakes import AUTH, CANCEL, STATUS, Reply, ScriptedKlavi, status_reply
+from .fakes import (
+    AUTH,
+    CANCEL,
+    STATUS,
+    MockTransport,
+    Reply,
+    ScriptedKlavi,
+    Sent,
+    json_response,
+    status_reply,
+)
 
 FAST = RetryPolicy(initial_backoff=0, max_backoff=0, jitter=False)
 OWN = ClientCredentials("access-key-1234", "secret-key-5678", single_use=True)
@@ -193,3 +205,95 @@ def test_single_use_must_be_a_bool() -> None:
     assert ClientCredentials("a", "b").single_use is False
     assert "single_use=True" in repr(OWN)
     assert "secret-key-5678" not in repr(OWN)
+
+
+# -- the attack on single-use tokens ------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", ["SuperSecretKey-0123456789abcdef", "tab\tand  two spaces"])
+async def test_an_auth_answer_echoing_the_secret_near_the_clip_keeps_none_of_it(
+    serve: ServerFactory, leak_guard: LeakGuard, secret: str
+) -> None:
+    # Scrubbed after the message was cleaned and clipped, a key cut at the edge kept up
+    # to 26 characters, and one with folded white space was kept whole.
+    padding = "x" * (300 - len(secret) // 2)
+    answer = Reply(503, {"message": f"{padding} {secret} more"})
+    fake = ScriptedKlavi(default={AUTH: answer})
+    base = await fake.start(serve)
+    credentials = ClientCredentials("access-key-1234", secret, single_use=True)
+    async with KlaviClient(credentials, base_url=base, retry=FAST) as klavi:
+        result = await klavi.cancel_payment("p1", cancelled_by=CPF)
+    assert isinstance(result, CancelFailed) and result.kind is ErrorKind.AUTHENTICATION_FAILED
+    seen = [result.message, repr(result), *(r.getMessage() for r in leak_guard.records)]
+    for piece in (secret[:8], secret[-8:], "SuperSecretKey"):
+        assert not any(piece in text for text in seen), piece
+
+
+async def test_the_auth_body_never_shows_the_keys() -> None:
+    # A call cancelled while it fetches its own token carries the send's frames (Python
+    # 3.12's wait_for runs it in the caller's task): each holds the body as a local.
+    bodies: list[object] = []
+
+    def handler(sent: Sent) -> Response:
+        bodies.append(sent.body)
+        return json_response(200, {"accessToken": "tok-1", "expireIn": 300})
+
+    transport = MockTransport(handler)
+    klavi = KlaviClient._with_transport(transport, OWN, base_url="http://127.0.0.1:9")
+    async with klavi:
+        await klavi.cancel_payment("p1", cancelled_by=CPF)
+    body = bodies[0]
+    assert isinstance(body, bytes) and b"secret-key-5678" in body  # sent as it is
+    assert "secret-key-5678" not in repr(body) + str(body)
+
+
+async def test_each_token_fetch_takes_a_slot_and_tells_the_limiter(serve: ServerFactory) -> None:
+    # Every call fetches a token: /auth is a share of the traffic the limiter must see.
+    fake = Tokens().serve(ScriptedKlavi(default={CANCEL: Reply(200, {})}))
+    fake.script[AUTH].appendleft(Reply(429, {}, headers={"Retry-After": "0"}))
+    base = await fake.start(serve)
+    async with KlaviClient(OWN, base_url=base, retry=FAST) as klavi:
+        assert (await klavi.cancel_payment("p1", cancelled_by=CPF)).ok
+        stats = klavi.rate_limit_stats()
+    assert stats is not None and stats.throttle_events == 1
+
+
+async def test_a_token_fetch_is_part_of_its_call_in_the_budget(serve: ServerFactory) -> None:
+    fake = Tokens().serve(ScriptedKlavi(default={CANCEL: Reply(200, {})}))
+    base = await fake.start(serve)
+    async with KlaviClient(OWN, base_url=base, retry=FAST) as klavi:
+        for payment in ("p1", "p2", "p3"):
+            assert (await klavi.cancel_payment(payment, cancelled_by=CPF)).ok
+        assert klavi.retry_budget.stats().total_first_attempts == 3  # was 6
+
+
+async def test_an_auth_answer_cut_short_is_fetched_again(serve: ServerFactory) -> None:
+    fake = Tokens().serve(ScriptedKlavi(default={CANCEL: Reply(200, {})}))
+    fake.script[AUTH].appendleft(
+        Reply(200, body=b'{"accessToken": "tok', headers={"Content-Length": "90"})
+    )
+    base = await fake.start(serve)
+    async with KlaviClient(OWN, base_url=base, retry=FAST) as klavi:
+        result = await klavi.cancel_payment("p1", cancelled_by=CPF)
+    assert result.ok, result
+    assert len(fake.requests(AUTH)) == 2
+
+
+@pytest.mark.parametrize("single_use", [True, False])
+async def test_closing_the_client_while_calls_wait_for_tokens_raises_closed(
+    serve: ServerFactory, single_use: bool
+) -> None:
+    # Before: AUTHENTICATION_FAILED, not retryable, "the token provider raised
+    # ClientClosedError" (single-use), or a bare CancelledError nobody asked for.
+    tokens = Tokens(asyncio.Event())
+    fake = tokens.serve(ScriptedKlavi())
+    base = await fake.start(serve)
+    credentials = ClientCredentials("access-key-1234", "secret-key-5678", single_use=single_use)
+    klavi = KlaviClient(credentials, base_url=base, retry=FAST)
+    calls = [asyncio.create_task(klavi.cancel_payment(f"p{i}", cancelled_by=CPF)) for i in range(3)]
+    while tokens.waiting < (3 if single_use else 1):
+        await asyncio.sleep(0.01)
+    await klavi.aclose()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(o, ClientClosedError) for o in outcomes), outcomes
+    assert fake.cancels() == []

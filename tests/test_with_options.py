@@ -158,3 +158,23 @@ async def test_bad_options_are_refused(
     async with KlaviClient(TOKEN, base_url="http://127.0.0.1:9") as klavi:
         with pytest.raises(error, match=message):
             klavi.with_options(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_view_of_a_view_is_closed_with_the_client(serve: ServerFactory) -> None:
+    # Registered with the view it came from, a grandchild stayed open after aclose().
+    base = await ScriptedKlavi(default={CANCEL: Reply(200, {})}).start(serve)
+    klavi = KlaviClient(TOKEN, base_url=base, retry=FAST)
+    grandchild = klavi.with_options(timeout=3.0).with_options(timeout=2.0)
+    assert (await grandchild.cancel_payment("p1", cancelled_by=CPF)).ok
+    await klavi.aclose()
+    assert grandchild.closed
+    with pytest.raises(ClientClosedError):
+        await grandchild.cancel_payment("p2", cancelled_by=CPF)
+
+
+async def test_a_timeout_no_float_can_hold_is_refused() -> None:
+    async with KlaviClient(TOKEN, base_url="http://127.0.0.1:9") as klavi:
+        with pytest.raises(ValueError, match="timeout is too large"):
+            klavi.with_options(timeout=10**400)
+    with pytest.raises(ValueError, match="timeout is too large"):
+        KlaviClient(TOKEN, timeout=10**400)

@@ -11,6 +11,7 @@ row is sent with the idempotency key its request was sent with before.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -24,7 +25,7 @@ from attrs import define, field
 from .._documents import deterministic_idempotency_key
 from ._rows import InputError, Row, item_id
 
-__all__ = ["ResultsFile", "ResumeState", "check_paths", "is_final"]
+__all__ = ["CREDENTIAL_KINDS", "ResultsFile", "ResumeState", "check_paths", "is_final"]
 
 _LONGEST_LINE = 64 * 1024
 """Bytes: longer than any line a run writes, so a torn tail is found in that many."""
@@ -55,10 +56,19 @@ def check_paths(input_path: str, out_path: str) -> None:
         )
 
 
+CREDENTIAL_KINDS = frozenset({"authentication_failed", "unauthorized"})
+"""Refused for its credentials: nothing applied, so a rerun (keys fixed) sends it again."""
+
+
 def is_final(record: dict[str, Any]) -> bool:
-    """A line is final when `ok`, or when `retryable` is false and `outcome_unknown` is false."""
+    """
+    A line is final when `ok`, or when `retryable` is false and `outcome_unknown` is
+    false, unless its credentials were refused (`CREDENTIAL_KINDS`).
+    """
     if record.get("ok") is True:
         return True
+    if record.get("kind") in CREDENTIAL_KINDS:
+        return False
     return record.get("retryable") is False and record.get("outcome_unknown") is False
 
 
@@ -207,17 +217,13 @@ class ResultsFile:
         if not tail or tail.endswith(b"\n"):
             return 0
         cut = tail.rfind(b"\n") + 1
-        if cut == 0 and start > 0:
-            handle.write(b"\n")
+        last = tail[cut:]
+        if (cut == 0 and start > 0) or not _torn_line_of_ours(last):
+            handle.write(b"\n")  # a file of another kind, or a whole line: kept as it is
             return 0
-        try:
-            json.loads(tail[cut:])
-        except ValueError:
-            os.ftruncate(handle.fileno(), start + cut)
-            handle.seek(0, os.SEEK_END)
-            return len(tail) - cut
-        handle.write(b"\n")
-        return 0
+        os.ftruncate(handle.fileno(), start + cut)
+        handle.seek(0, os.SEEK_END)
+        return len(last)
 
     def write(self, record: dict[str, Any]) -> None:
         self._handle.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
@@ -225,7 +231,7 @@ class ResultsFile:
         self.written += 1
         now = time.monotonic()
         if now - self._last_sync >= self._fsync_interval:
-            os.fsync(self._handle.fileno())
+            _sync(self._handle.fileno())
             self._last_sync = now
 
     def close(self) -> None:
@@ -236,8 +242,32 @@ class ResultsFile:
             with contextlib.suppress(OSError):
                 os.unlink(self._path)  # a usage error must not leave an empty file behind
         self._handle.flush()
-        os.fsync(self._handle.fileno())
+        _sync(self._handle.fileno())
         self._handle.close()
+
+
+_LINE_START = b'{"payment_id":'
+"""How every line a run writes begins (`to_record()` puts `payment_id` first)."""
+
+
+def _torn_line_of_ours(text: bytes) -> bool:
+    """Whether *text*, a last line without its line break, is a line of ours cut short."""
+    if not (text.startswith(_LINE_START) or _LINE_START.startswith(text)):
+        return False  # another kind of file: never cut
+    try:
+        json.loads(text)
+    except ValueError:
+        return True
+    return False  # whole, only its line break missing
+
+
+def _sync(fd: int) -> None:
+    """fsync, where the file can be synced (`--out /dev/null` cannot: EINVAL)."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EROFS):
+            raise
 
 
 def _lock_holder(fd: int) -> int | None:

@@ -272,6 +272,9 @@ def open_rows(path: str) -> tuple[IO[str], Iterator[Row]]:
     except (csv.Error, OSError) as exc:
         handle.close()
         raise InputError(f"cannot read the CSV header of {path}: {exc}") from None
+    if header and any("\x00" in name for name in header):
+        handle.close()
+        raise InputError(f"{path} is not UTF-8 (UTF-16?): save it as UTF-8 and rerun")
     if not header:
         handle.close()
         raise InputError(
@@ -293,6 +296,7 @@ def open_rows(path: str) -> tuple[IO[str], Iterator[Row]]:
 
 
 def _csv_rows(reader: csv.DictReader[str], handle: IO[str], path: str) -> Iterator[Row]:
+    columns = len(reader.fieldnames or ())
     with handle:
         line = 0
         while True:
@@ -303,29 +307,47 @@ def _csv_rows(reader: csv.DictReader[str], handle: IO[str], path: str) -> Iterat
             except StopIteration:
                 return
             except csv.Error as exc:  # e.g. a field over csv.field_size_limit()
+                if reader.line_num > first:  # an open quote swallowed lines until the limit
+                    raise _open_quote(path, first, reader.line_num) from None
                 # The reader has consumed the line it failed on and goes on with the
                 # next one.  The error's text is the csv module's own, never the field.
                 yield _broken(line, f"the row is not valid CSV ({exc})")
                 continue
-            if reader.line_num > first and _spans_lines(record):
-                # No field of ours holds a line break: a quote left open has swallowed
-                # the rows after it, which must not vanish without a word.
-                raise InputError(
-                    f"{path}: line {first} opens a quote that runs to line {reader.line_num}, so "
-                    f"lines {first}-{reader.line_num} read as one field: close the quote "
-                    f"and rerun (the rows before line {first} are handled)"
-                )
+            if _swallowed(record, columns):
+                # A quote left open has swallowed the rows after it, which must not
+                # vanish without a word.
+                raise _open_quote(path, first, reader.line_num)
             yield parse_row(line, record)
 
 
-def _spans_lines(record: dict[str | Any, Any]) -> bool:
-    return any(isinstance(v, str) and ("\n" in v or "\r" in v) for v in record.values())
+def _open_quote(path: str, first: int, last: int) -> InputError:
+    runs = "is never closed" if last <= first else f"runs to line {last}"
+    return InputError(
+        f"{path}: line {first} opens a quote that {runs}, so the lines after it read as "
+        f"one field: close the quote and rerun (the rows before line {first} are handled)"
+    )
+
+
+def _swallowed(record: dict[str | Any, Any], columns: int) -> bool:
+    """
+    Whether a quoted field holds rows: a line break in a field of ours (none holds one),
+    or in another column a line that reads as a row (as many commas as a row has).
+    """
+    for name, value in record.items():
+        if not isinstance(value, str) or ("\n" not in value and "\r" not in value):
+            continue
+        if name in FIELDS or name is None:
+            return True
+        if any(part.count(",") >= columns - 1 for part in value.splitlines()[1:]):
+            return True
+    return False
 
 
 def _jsonl_rows(handle: IO[str], path: str) -> Iterator[Row]:
     with handle:
         first = True
         for line, text in enumerate(handle, start=1):
+            text = text.lstrip("\ufeff")  # files joined with `cat`: a BOM mid-stream
             if not text.strip():
                 continue
             try:

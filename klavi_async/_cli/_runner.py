@@ -13,9 +13,8 @@ import asyncio
 import contextlib
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Final, TypeGuard
+from typing import Any
 
 from tqdm import tqdm
 
@@ -24,95 +23,21 @@ from .._errors import ErrorKind
 from .._results import CancelFailed, CancelRequest, CancelResult
 from ._common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_FINAL, EXIT_OK, EXIT_USAGE
 from ._feed import RowFeed
+from ._lines import (
+    DEAD_ENDPOINT_AFTER,
+    REJECTED_AFTER,
+    Sent,
+    credentials_rejected,
+    invalid_result,
+    line_of,
+    never_reached_klavi,
+)
 from ._resume import ResultsFile, ResumeState, check_paths
-from ._rows import InputError, Row, count_rows, item_id
+from ._rows import InputError, Row, count_rows
 from ._signals import on_stop_signals
 from ._summary import BatchSummary
 
 __all__ = ["DEAD_ENDPOINT_AFTER", "run_batch"]
-
-DEAD_ENDPOINT_AFTER: Final = 10
-"""Consecutive cancels that never reached Klavi (connect failures, or no token to be had)
-that stop a batch."""
-
-
-def _credentials_rejected(result: CancelResult) -> TypeGuard[CancelFailed]:
-    """The token was refused for good: every other cancel of the batch would fail the same."""
-    if not isinstance(result, CancelFailed):
-        return False
-    if result.kind is ErrorKind.AUTHENTICATION_FAILED:
-        return not result.retryable
-    return result.kind is ErrorKind.UNAUTHORIZED
-
-
-def _never_reached_klavi(result: CancelResult) -> TypeGuard[CancelFailed]:
-    """
-    A connect failure or timeout on every attempt, none of which may have been sent; or
-    no token to be had for it (the auth endpoint unreachable or failing, with access
-    keys): nothing was sent.
-    """
-    if not isinstance(result, CancelFailed) or result.outcome_unknown:
-        return False
-    if result.kind is ErrorKind.AUTHENTICATION_FAILED:
-        return result.retryable and not result.history
-    return result.kind in (ErrorKind.NETWORK, ErrorKind.TIMEOUT) and not any(
-        attempt.ambiguous for attempt in result.history
-    )
-
-
-def _invalid_result(row: Row) -> CancelFailed:
-    """The result for a row that holds no request: rejected locally, nothing sent."""
-    from .._documents import clip_kept  # here, not at the top: one edit while _runner moves
-
-    # The row's values may be anything (a CPF in payment_id, 1 MB of text): masked and
-    # clipped.  Resume matches this final line by request_digest, not by payment_id.
-    return CancelFailed(
-        payment_id=clip_kept(row.payment_id) if row.payment_id else row.payment_id,
-        consent_id=clip_kept(row.consent_id) if row.consent_id else row.consent_id,
-        idempotency_key=None,
-        interaction_id=str(uuid.uuid4()),  # as for any cancel rejected before sending
-        attempts=0,
-        history=(),
-        elapsed=0.0,
-        kind=ErrorKind.INVALID_REQUEST,
-        http_status=None,
-        code=None,
-        message=f"malformed input row {row.line}: {row.error}",
-        retryable=False,
-    )
-
-
-def _line(result: CancelResult, line: int | None, digest: str | None) -> dict[str, Any]:
-    """The results file's line for *result*: its record, and which input row it answers."""
-    record = result.to_record()
-    record["input_line"] = line
-    record["request_digest"] = digest
-    return record
-
-
-class _Sent:
-    """The rows sent and not answered yet: which line and request each result answers."""
-
-    def __init__(self) -> None:
-        self._rows: dict[str, list[tuple[str | None, int, str]]] = {}
-        self.count = 0
-
-    def add(self, row: Row, key: str | None) -> None:
-        self._rows.setdefault(row.item, []).append((key, row.line, row.digest))
-        self.count += 1
-
-    def take(self, result: CancelResult) -> tuple[int | None, str | None]:
-        """The input line and request digest of the row *result* answers."""
-        item = item_id(result.payment_id, result.consent_id, 0)
-        rows = self._rows.get(item)
-        if not rows:
-            return None, None
-        index = next((i for i, r in enumerate(rows) if r[0] == result.idempotency_key), 0)
-        _, line, digest = rows.pop(index)
-        if not rows:
-            del self._rows[item]
-        self.count -= 1
-        return line, digest
 
 
 class _BatchRun:
@@ -138,11 +63,13 @@ class _BatchRun:
         self._echo = echo
         self.summary = BatchSummary()
         self._stop = asyncio.Event()
-        self._sent = _Sent()
+        self._sent = Sent()
         self._dead = 0
         self._rejected: str | None = None
         """Why Klavi refused the credentials, when it did (the batch stopped)."""
         self._fresh_refused = False
+        self._held: list[CancelFailed] = []
+        """Refusals of credentials not yet written: a few in a row stop the batch."""
         """Klavi refused a token fetched after a 401 too (single-use tokens, perhaps)."""
         self._unreachable: str | None = None
         """Why the endpoint looked dead, when it did (the batch stopped)."""
@@ -159,6 +86,8 @@ class _BatchRun:
             with on_stop_signals(self._on_signal):
                 with contextlib.suppress(asyncio.CancelledError):
                     await consumer
+                if self._rejected is None:
+                    self.flush_held()  # the batch ended before a third refusal
                 stopped_early = self._stop.is_set() and self._rejected is None
                 if stopped_early and self._feed.regular and not self._hard_stop:
                     await self._drain()
@@ -207,7 +136,7 @@ class _BatchRun:
             self._bar.update(1)
             return None
         if row.request is None:
-            self._out.write(_line(_invalid_result(row), row.line, row.digest))
+            self._out.write(line_of(invalid_result(row), row.line, row.digest))
             self.summary.failed[ErrorKind.INVALID_REQUEST.value] += 1
             self._bar.update(1)
             return None
@@ -258,16 +187,17 @@ class _BatchRun:
 
     def _record(self, result: CancelResult) -> bool:
         """Write *result*'s line; True when it says the batch must stop."""
-        if _credentials_rejected(result):
-            # One message, not a line per item: the rest is cut off unsent.
+        if credentials_rejected(result):
+            self._held.append(result)
+            if len(self._held) < REJECTED_AFTER:
+                return False
+            # Refused keys: one message, not a line per item; the rest is cut off unsent.
             self._rejected = result.message
             self._fresh_refused = any(attempt.token_refreshed for attempt in result.history)
             return True
-        line, digest = self._sent.take(result)
-        self._out.write(_line(result, line, digest))
-        self.summary.add(result)
-        self._bar.update(1)
-        if not _never_reached_klavi(result):
+        self.flush_held()
+        self._write(result)
+        if not never_reached_klavi(result):
             self._dead = 0
             return False
         self._dead += 1
@@ -276,6 +206,18 @@ class _BatchRun:
         # A dead endpoint: every further cancel would fail the same way.
         self._unreachable = result.message
         return True
+
+    def flush_held(self) -> None:
+        """Write the refusals held back: another answer came, so the keys are good."""
+        held, self._held = self._held, []
+        for result in held:
+            self._write(result)
+
+    def _write(self, result: CancelResult) -> None:
+        line, digest = self._sent.take(result)
+        self._out.write(line_of(result, line, digest))
+        self.summary.add(result)
+        self._bar.update(1)
 
     async def _drain(self) -> None:
         """Count the rows a stopped batch did not take (a regular file ends soon)."""

@@ -11,6 +11,7 @@ from attrs import define, field
 
 from .._errors import ErrorKind
 from .._results import Cancelled, CancelResult
+from ._resume import CREDENTIAL_KINDS
 
 __all__ = ["BatchSummary"]
 
@@ -59,8 +60,8 @@ class BatchSummary:
             self.outcome_unknown += 1
             return
         self.failed[result.kind.value] += 1
-        if result.retryable:
-            self.retryable += 1
+        if result.retryable or result.kind.value in CREDENTIAL_KINDS:
+            self.retryable += 1  # a rerun sends it
         if result.kind is ErrorKind.NOT_CANCELLABLE:
             self.refused_by_status[result.payment_status or "unknown"] += 1
 
