@@ -34,16 +34,21 @@ MAX_CONNECTIONS = 10
 class ClientFactory:
     """A `client_factory` for the apps: clients bound to *emulator*; keeps each one made."""
 
-    def __init__(self, emulator: KlaviEmulator, *, secret_key: str | None = None) -> None:
+    def __init__(
+        self, emulator: KlaviEmulator, *, secret_key: str | None = None, deadline: float = 2.0
+    ) -> None:
         self.emulator = emulator
         self.secret_key = secret_key
+        self.deadline = deadline
         self.clients: list[KlaviClient] = []
 
     def __call__(self) -> KlaviClient:
         emu = self.emulator
         credentials = ClientCredentials(emu.access_key, self.secret_key or emu.secret_key)
         # A short deadline: a 429 asking for 3 s is not waited for, it is answered at once.
-        policy = RetryPolicy(max_attempts=2, initial_backoff=0, jitter=False, deadline=2.0)
+        policy = RetryPolicy(
+            max_attempts=2, initial_backoff=0, jitter=False, deadline=self.deadline
+        )
         client = KlaviClient(
             credentials, base_url=emu.url, retry=policy, max_connections=MAX_CONNECTIONS
         )

@@ -18,10 +18,18 @@ import aioresponses.core
 import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestServer
+from hypothesis import HealthCheck, settings
 
 from klavi_async import KlaviError
 from klavi_async._documents import normalize_document
 from klavi_async._events import subscribed
+
+# Property tests judge what the code does, never how fast: no wall-clock deadline, and no
+# health check that fails a slow example on a busy machine (CI runners, laptops).
+settings.register_profile(
+    "suite", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("suite")
 
 # Documents used across the suite (valid ones from reference/openfinance-brasil.md).
 CPF = "529.982.247-25"

@@ -94,7 +94,9 @@ async def test_concurrent_requests_share_one_token_and_one_pool() -> None:
     peers = count_connections(emulator)
     async with emulator:
         payment_ids = [emulator.add_payment() for _ in range(200)]
-        factory = ClientFactory(emulator)
+        # 200 at once through a pool of MAX_CONNECTIONS: on a busy machine the last wait
+        # longer than the other tests' 2 s deadline for a connection.
+        factory = ClientFactory(emulator, deadline=60.0)
         async with served(factory) as (app, http):
 
             async def cancel(payment_id: str) -> int:

@@ -171,6 +171,9 @@ class ChaosKlavi:
         self.initial = dict(statuses)
         self.effects: dict[str, int] = dict.fromkeys(statuses, 0)
         self.replies: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self.held = asyncio.Event()
+        """`slow_after` answers hang until this is set: past any client timeout, however
+        busy the machine (a sleep just over the timeout was beaten by a slow loop)."""
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -209,7 +212,7 @@ class ChaosKlavi:
             request.transport.abort()
             return web.Response()
         if fault == "slow_after":
-            await asyncio.sleep(0.6)
+            await self.held.wait()
         return web.Response(status=status, body=body, content_type="application/json")
 
     async def read(self, request: web.Request) -> web.StreamResponse:
@@ -231,10 +234,13 @@ async def test_ok_iff_cancelled_under_random_faults(serve: ServerFactory, seed: 
     }
     chaos = ChaosKlavi(seed, statuses)
     base = await serve(chaos.app())
-    async with client_for(base, timeout=0.25, max_connections=50) as client:
+    # A timeout well above a loopback answer's time on a busy machine: at 0.25 s, under
+    # load, every answer came too late and every result was outcome_unknown.
+    async with client_for(base, timeout=1.5, max_connections=200) as client:
         results = await asyncio.gather(
             *(client.cancel_payment(pid, cancelled_by=CPF) for pid in statuses)
         )
+    chaos.held.set()
     checked = 0
     for result in results:
         final = chaos.status[result.payment_id]
