@@ -16,13 +16,16 @@ call uses them:
 from __future__ import annotations
 
 import asyncio
+import html
 import json
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from yarl import URL
 
+from ._errors import ClientClosedError
 from ._kinds import (
     AUTH_REJECTED_STATUSES,
     RETRYABLE_KINDS,
@@ -79,14 +82,26 @@ def scrub_echo(raw: bytes, secrets: tuple[str, ...]) -> bytes:
     edge, or with white space that cleaning would fold, cannot slip through in part.
     """
     for secret in secrets:
-        for form in {
-            secret.encode(),
-            json.dumps(secret)[1:-1].encode(),
-            json.dumps(secret, ensure_ascii=False)[1:-1].encode(),
-        }:
+        for form in _echo_forms(secret):
             if form and form in raw:
                 raw = raw.replace(form, b"***")
     return raw
+
+
+def _echo_forms(secret: str) -> set[bytes]:
+    """The ways a server may write *secret* back: as sent, JSON, URL, form or HTML escaped."""
+    texts = {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        json.dumps(secret)[1:-1].replace("/", "\\/"),
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret),
+        html.escape(secret),
+    }
+    forms = {text.encode() for text in texts}
+    forms.add(secret.encode("latin-1", errors="replace"))
+    return forms
 
 
 class CredentialsProvider:
@@ -171,6 +186,8 @@ class OwnToken:
         if token is None:
             try:
                 token, lifetime = await self._cache.produce()
+            except ClientClosedError:
+                raise  # the client closed under the fetch: nothing to warn about
             except Exception as exc:
                 self._cache.failed(exc)
                 raise

@@ -348,7 +348,7 @@ class TokenCache:
         if task.cancelled():
             return
         error = task.exception()  # also marks it retrieved when nobody waited
-        if error is not None:
+        if error is not None and not isinstance(error, ClientClosedError):
             self._advisory_after = self._clock() + ADVISORY_RETRY_DELAY
             self.failed(error)
 

@@ -250,6 +250,11 @@ class Transport:
             raise failure or _unbuildable(exc) from exc
         # Only a cancellation gets here.  Drop what this frame still holds, then raise.
         resp = sent_headers = None  # type: ignore[assignment]
+        current = asyncio.current_task()
+        if session.closed and current is not None and not current.cancelling():
+            # Nobody cancelled this call: closing the session cancelled its wait for a
+            # pooled connection.
+            raise ClientClosedError("the client was closed while a call was running")
         raise asyncio.CancelledError(*cancelled)
 
     async def _read_uncommon(self, resp: aiohttp.ClientResponse, timeout: float) -> Response:

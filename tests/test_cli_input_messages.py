@@ -242,6 +242,12 @@ def test_an_open_quote_past_the_field_limit_still_stops_the_batch(tmp_path: Path
         ('payment_id,cancelled_by,note\n{p},{cpf},"open\n{p},{cpf},x\n', True),
         # An open quote on the last line is never closed.
         ('payment_id,cancelled_by\n{p},{cpf}\n"{p},{cpf}\n', True),
+        # An address over two lines in a three-column file is an address.
+        ('payment_id,cancelled_by,address\n{p},{cpf},"Rua X, 12\nApto 4, Bloco B, SP"\n', False),
+        # A quote opened in a column past the header swallows the rows after it.
+        ('payment_id,cancelled_by\n{p},{cpf},"see note\np1,{cpf}\np2,{cpf}\n', True),
+        # Rows that leave the empty last field off still read as rows.
+        ('payment_id,cancelled_by,notes\n{p},{cpf},"open\np1,{cpf}\np2,{cpf}\n', True),
     ],
 )
 def test_quoted_line_breaks(tmp_path: Path, text: str, stops: bool) -> None:
@@ -289,3 +295,28 @@ def test_a_results_file_of_another_kind_is_never_cut(tmp_path: Path) -> None:
         done = batch(emu, str(source), Path("/dev/null"))
         assert done.returncode == 0, done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_a_second_header_from_joined_files_sends_nothing(tmp_path: Path) -> None:
+    source, out = tmp_path / "in.csv", tmp_path / "out.jsonl"
+    with emulator_in_thread() as emu:
+        first, second = emu.add_payment(), emu.add_payment()
+        header = "\ufeffpayment_id,cancelled_by\n"
+        source.write_text(f"{header}{first},{CPF}\n{header}{second},{CPF}\n")
+        done = batch(emu, str(source), out)
+        assert done.returncode == 1, done.stderr
+        assert emu.effects[first] == emu.effects[second] == 1
+        refused = [r for r in records(out) if not r["ok"]]
+        assert [r["message"] for r in refused] == [
+            "malformed input row 2: a header line again (two files joined?)"
+        ]
+        assert [r.payment_id for r in emu.records("cancel")] == [first, second]
+
+
+def test_utf16_json_lines_are_named(tmp_path: Path) -> None:
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text(json.dumps({"payment_id": "p1", "cancelled_by": CPF}) + "\n", "utf-16")
+    with emulator_in_thread() as emu:
+        done = batch(emu, str(source), out)
+    assert done.returncode == 2
+    assert f"{source} is not UTF-8 (UTF-16?)" in done.stderr

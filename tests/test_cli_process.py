@@ -405,3 +405,40 @@ def test_one_bad_token_answer_does_not_stop_a_single_use_batch(tmp_path: Path) -
         )
         assert again.returncode == 0, again.stderr
         assert all(emu.effects[p] == 1 for p in ids)
+
+
+def test_refused_keys_with_fewer_rows_than_the_stop_needs_still_say_so(tmp_path: Path) -> None:
+    # With two rows the three-in-a-row stop never came: exit 3, "not final yet: 2".
+    with emulator_in_thread() as emu:
+        ids = [emu.add_payment() for _ in range(2)]
+        source, out = tmp_path / "in.csv", tmp_path / "out.jsonl"
+        source.write_text("payment_id,cancelled_by\n" + "".join(f"{p},{CPF}\n" for p in ids))
+        env = cli_env(emu)
+        env["KLAVI_SECRET_KEY"] = "not-the-secret"
+        command = [CLI, "cancel-batch", str(source), "--out", str(out)]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "Klavi rejected the credentials" in done.stderr
+        assert not out.exists() or records(out) == []
+
+
+def test_a_stop_for_refused_tokens_records_the_cancels_in_flight(tmp_path: Path) -> None:
+    # Three refused fetches in a row at concurrency 16 stopped the batch and cut off the
+    # cancels in flight: 7 applied cancels were "cut off, may have reached Klavi".
+    from klavi_async.testing import Fault
+
+    with emulator_in_thread(
+        single_use_tokens=True, fault_rates={"latency": 1.0}, latency=0.2
+    ) as emu:
+        ids, out, command = batch_of_40(emu, tmp_path, concurrency=16)
+        emu.script("auth", [None] * 16 + [Fault.of_status(401)] * 3)
+        command.append("--single-use-tokens")
+        done = subprocess.run(
+            command, env=cli_env(emu), capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 2, done.stderr
+        assert "cut off" not in done.stderr
+        recorded = {str(r["payment_id"]) for r in records(out) if r["ok"]}
+        applied = {p for p in ids if emu.effects.get(p)}
+        assert applied and applied == recorded  # every applied cancel has its line
+        assert "items 40:" in done.stderr  # the rows not taken are counted as not sent

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from klavi_async._cli import main
-from klavi_async._cli._rows import read_rows
+from klavi_async._cli._input import read_rows
 from klavi_async.testing import KlaviEmulator
 
 from .conftest import CPF, CPF_BARE

@@ -9,7 +9,11 @@ test_emulator_fidelity.py; the CLI and the worker fleet in their own files.
 from __future__ import annotations
 
 import asyncio
+import html
 import itertools
+import json
+import urllib.parse
+from collections.abc import Callable
 from contextlib import aclosing
 
 import pytest
@@ -297,3 +301,50 @@ async def test_closing_the_client_while_calls_wait_for_tokens_raises_closed(
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
     assert all(isinstance(o, ClientClosedError) for o in outcomes), outcomes
     assert fake.cancels() == []
+
+
+@pytest.mark.parametrize("single_use", [True, False])
+async def test_closing_the_client_under_load_raises_closed_in_every_call(
+    serve: ServerFactory, single_use: bool
+) -> None:
+    # 120 calls over a pool of 100, Klavi slow: closing the client made the 20 waiting
+    # for a pooled connection raise a bare CancelledError (shared token) or end
+    # AUTHENTICATION_FAILED "the token provider raised CancelledError" (single-use).
+    fake = Tokens().serve(ScriptedKlavi(default={CANCEL: Reply(200, {}, delay=30)}), 200)
+    base = await fake.start(serve)
+    credentials = ClientCredentials("access-key-1234", "secret-key-5678", single_use=single_use)
+    klavi = KlaviClient(credentials, base_url=base, retry=FAST, max_connections=100)
+    calls = [
+        asyncio.create_task(klavi.cancel_payment(f"p{i}", cancelled_by=CPF)) for i in range(120)
+    ]
+    while len(fake.cancels()) < 100:
+        await asyncio.sleep(0.01)
+    await klavi.aclose()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    kinds = {type(o).__name__ for o in outcomes if not isinstance(o, CancelFailed)}
+    failed = [o for o in outcomes if isinstance(o, CancelFailed)]
+    assert kinds <= {"ClientClosedError"}, kinds
+    assert all(o.kind is not ErrorKind.AUTHENTICATION_FAILED for o in failed)
+
+
+@pytest.mark.parametrize(
+    "escape",
+    [
+        lambda s: urllib.parse.quote(s, safe=""),
+        urllib.parse.quote_plus,
+        html.escape,
+        lambda s: json.dumps(s)[1:-1],
+    ],
+    ids=["url", "form", "html", "json"],
+)
+async def test_an_escaped_echo_of_the_secret_is_scrubbed(
+    serve: ServerFactory, leak_guard: LeakGuard, escape: Callable[[str], str]
+) -> None:
+    secret = 'S3cr+t/K&y<>"\\é☃'
+    fake = ScriptedKlavi(default={AUTH: Reply(401, body=f"bad key {escape(secret)}".encode())})
+    base = await fake.start(serve)
+    credentials = ClientCredentials("access-key-1234", secret)
+    async with KlaviClient(credentials, base_url=base, retry=FAST) as klavi:
+        result = await klavi.cancel_payment("p1", cancelled_by=CPF)
+    assert isinstance(result, CancelFailed) and result.kind is ErrorKind.AUTHENTICATION_FAILED
+    assert "bad key ***" in result.message, result.message

@@ -23,6 +23,7 @@ from .._errors import ErrorKind
 from .._results import CancelFailed, CancelRequest, CancelResult
 from ._common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_FINAL, EXIT_OK, EXIT_USAGE
 from ._feed import RowFeed
+from ._input import count_rows
 from ._lines import (
     DEAD_ENDPOINT_AFTER,
     REJECTED_AFTER,
@@ -33,7 +34,7 @@ from ._lines import (
     never_reached_klavi,
 )
 from ._resume import ResultsFile, ResumeState, check_paths
-from ._rows import InputError, Row, count_rows
+from ._rows import InputError, Row
 from ._signals import on_stop_signals
 from ._summary import BatchSummary
 
@@ -68,9 +69,11 @@ class _BatchRun:
         self._rejected: str | None = None
         """Why Klavi refused the credentials, when it did (the batch stopped)."""
         self._fresh_refused = False
+        """Klavi refused a token fetched after a 401 too (single-use tokens, perhaps)."""
         self._held: list[CancelFailed] = []
         """Refusals of credentials not yet written: a few in a row stop the batch."""
-        """Klavi refused a token fetched after a 401 too (single-use tokens, perhaps)."""
+        self._accepted = False
+        """Klavi answered a request of this run with something other than a refusal."""
         self._unreachable: str | None = None
         """Why the endpoint looked dead, when it did (the batch stopped)."""
         self._interrupted = False
@@ -86,10 +89,11 @@ class _BatchRun:
             with on_stop_signals(self._on_signal):
                 with contextlib.suppress(asyncio.CancelledError):
                     await consumer
-                if self._rejected is None:
+                if self._held and self._accepted:
                     self.flush_held()  # the batch ended before a third refusal
-                stopped_early = self._stop.is_set() and self._rejected is None
-                if stopped_early and self._feed.regular and not self._hard_stop:
+                elif self._held:
+                    self._reject(self._held[-1])  # nothing else came: the keys are refused
+                if self._stop.is_set() and self._feed.regular and not self._hard_stop:
                     await self._drain()
         finally:
             if self._timer is not None:
@@ -178,24 +182,26 @@ class _BatchRun:
         async with contextlib.aclosing(results):
             async for result in results:
                 if self._record(result):
+                    # Refused keys or a dead endpoint: no new item; those in flight fail
+                    # fast or finish, and either way their lines tell what happened.
                     self._halt()
-                    if self._rejected is not None:
-                        return  # the cancels in flight are cut off: they would fail too
-                    # A dead endpoint: no new item; those in flight fail fast or, if it
-                    # came back, finish, and either way their lines tell what happened.
                     self._finish_in_flight()
 
     def _record(self, result: CancelResult) -> bool:
         """Write *result*'s line; True when it says the batch must stop."""
         if credentials_rejected(result):
+            if self._rejected is not None:  # stopped already: one more refused, unsent
+                self._unsent(result)
+                return False
             self._held.append(result)
             if len(self._held) < REJECTED_AFTER:
                 return False
-            # Refused keys: one message, not a line per item; the rest is cut off unsent.
-            self._rejected = result.message
-            self._fresh_refused = any(attempt.token_refreshed for attempt in result.history)
+            self._reject(result)
             return True
-        self.flush_held()
+        if result.attempts:
+            self._accepted = True  # Klavi took the credentials for a request
+        if self._rejected is None:
+            self.flush_held()
         self._write(result)
         if not never_reached_klavi(result):
             self._dead = 0
@@ -206,6 +212,19 @@ class _BatchRun:
         # A dead endpoint: every further cancel would fail the same way.
         self._unreachable = result.message
         return True
+
+    def _reject(self, result: CancelFailed) -> None:
+        """Refused keys: one message, not a line per item; the refused ones count as unsent."""
+        self._rejected = result.message
+        self._fresh_refused = any(attempt.token_refreshed for attempt in result.history)
+        held, self._held = self._held, []
+        for refused in held:
+            self._unsent(refused)
+
+    def _unsent(self, result: CancelResult) -> None:
+        """A cancel refused for its credentials after all: no line, sent again by a rerun."""
+        self._sent.take(result)
+        self.summary.unfinished += 1
 
     def flush_held(self) -> None:
         """Write the refusals held back: another answer came, so the keys are good."""

@@ -19,8 +19,9 @@ import nats.errors
 
 from .. import CancelRequest
 from .._cli._common import client_from_env, single_use_tokens_option
+from .._cli._input import read_rows
 from .._cli._process import start_in_fast_allocator_state
-from .._cli._rows import InputError, read_rows
+from .._cli._rows import InputError
 from .._cli._signals import on_stop_signals
 from ._cliconnect import (
     EXIT_FAILED,

@@ -242,6 +242,10 @@ def test_parse_request_follows_the_batch_row_rules() -> None:
     )
     assert isinstance(camel, Poison) and camel.reason == "bad_field"
     assert "unknown field consentId (consent_id?)" in camel.message
+    # Another word, not a slip of the keyboard: ignored as any other field.
+    for other in ("content_id", "consented", "payment", "paymentDate", "cancelledAt"):
+        body = {"payment_id": "p", "cancelled_by": CPF, other: "x"}
+        assert isinstance(parse_request(json.dumps(body).encode()), CancelRequest), other
 
 
 @pytest.mark.parametrize(
