@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all test lint typecheck unit docs demo demo-fleet bench clean
+.PHONY: all test test-under-load lint typecheck unit docs demo demo-fleet bench clean
 
 all: test
 
@@ -35,6 +35,10 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 test: lint typecheck unit docs
+
+# `make test` three times while two CPU hogs keep both cores busy (scripts/under_load.py).
+test-under-load: $(STAMP)
+	$(BIN)/python scripts/under_load.py --runs 3
 
 demo: $(STAMP)
 	$(BIN)/klavi-async demo

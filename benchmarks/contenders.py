@@ -48,8 +48,20 @@ async def _bounded(n: int, concurrency: int, one: Callable[[int], Awaitable[None
     await asyncio.gather(*(run(i) for i in range(n)))
 
 
-async def raw_aiohttp(base: str, n: int, concurrency: int) -> list[float]:
-    """The floor: `ClientSession.post` in a semaphore-bounded loop."""
+async def _pool(n: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> None:
+    """The cheapest shape: *concurrency* workers pulling from one iterator (no task per item)."""
+    items = iter(range(n))
+
+    async def worker() -> None:
+        for i in items:
+            await one(i)
+
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
+
+
+async def _raw(
+    base: str, n: int, concurrency: int, shape: Callable[..., Awaitable[None]]
+) -> list[float]:
     latencies: list[float] = []
     connector = aiohttp.TCPConnector(limit=max(100, concurrency))
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -63,8 +75,18 @@ async def raw_aiohttp(base: str, n: int, concurrency: int) -> list[float]:
                 assert response.status == 200
             latencies.append(time.perf_counter() - started)
 
-        await _bounded(n, concurrency, one)
+        await shape(n, concurrency, one)
     return latencies
+
+
+async def raw_aiohttp(base: str, n: int, concurrency: int) -> list[float]:
+    """`ClientSession.post` under `asyncio.gather` and a semaphore (a task per request)."""
+    return await _raw(base, n, concurrency, _bounded)
+
+
+async def raw_aiohttp_pool(base: str, n: int, concurrency: int) -> list[float]:
+    """The floor: `ClientSession.post` in a pool of *concurrency* workers over one session."""
+    return await _raw(base, n, concurrency, _pool)
 
 
 async def _requests(n: int) -> AsyncIterator[CancelRequest]:
@@ -135,6 +157,20 @@ async def klavi_gather(base: str, n: int, concurrency: int) -> list[float]:
     return latencies
 
 
+async def klavi_pool(base: str, n: int, concurrency: int) -> list[float]:
+    """klavi_async `cancel_payment` in a pool of *concurrency* workers (the floor's shape)."""
+    latencies: list[float] = []
+    async with KlaviClient(TOKEN, base_url=base, max_connections=max(100, concurrency)) as klavi:
+
+        async def one(i: int) -> None:
+            result = await klavi.cancel_payment(f"{PREFIX}{i}", cancelled_by=DOCUMENT)
+            assert result.ok, result
+            latencies.append(result.elapsed)
+
+        await _pool(n, concurrency, one)
+    return latencies
+
+
 async def httpx_client(base: str, n: int, concurrency: int) -> list[float]:
     """httpx `AsyncClient` with the same semaphore."""
     import httpx
@@ -180,7 +216,9 @@ async def aiohttp_retry_client(base: str, n: int, concurrency: int) -> list[floa
 
 
 CONTENDERS: dict[str, Contender] = {
+    "raw_aiohttp_pool": raw_aiohttp_pool,
     "raw_aiohttp": raw_aiohttp,
+    "klavi_pool": klavi_pool,
     "klavi_cancel_many": klavi_cancel_many,
     "klavi_cancel_many_no_telemetry": klavi_cancel_many_no_telemetry,
     "klavi_cancel_many_otel": klavi_cancel_many_otel,
