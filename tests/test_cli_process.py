@@ -431,7 +431,9 @@ def test_a_stop_for_refused_tokens_records_the_cancels_in_flight(tmp_path: Path)
         single_use_tokens=True, fault_rates={"latency": 1.0}, latency=0.2
     ) as emu:
         ids, out, command = batch_of_40(emu, tmp_path, concurrency=16)
-        emu.script("auth", [None] * 16 + [Fault.of_status(401)] * 3)
+        # Every fetch after the first 16 is refused, so three refusals come in a row
+        # whatever order the answers arrive in (three alone could be split by oks).
+        emu.script("auth", [None] * 16 + [Fault.of_status(401)] * 40)
         command.append("--single-use-tokens")
         done = subprocess.run(
             command, env=cli_env(emu), capture_output=True, text=True, timeout=120
