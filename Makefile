@@ -25,9 +25,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict klavi_async
 
+# Tests run in JOBS processes (pytest-xdist): most of them wait on servers and subprocesses.
+JOBS ?= 3
+
 unit: $(STAMP)
 	$(BIN)/coverage erase
-	$(BIN)/coverage run -m pytest
+	$(BIN)/coverage run -m pytest -n $(JOBS)
 	$(BIN)/coverage combine --quiet 2>/dev/null || true
 	$(BIN)/coverage report
 

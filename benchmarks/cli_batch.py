@@ -1,7 +1,7 @@
 """
 The CLI's own process: `klavi-async cancel-batch` with glibc's mmap threshold raised, and not.
 
-`cancel-batch` starts by freeing one 1 MiB block (`klavi_async/_cli/_process.py`), so
+`cancel-batch` starts by freeing one 1 MiB block (`klavi_async/_process.py`), so
 asyncio's 256 KiB read buffers come from the heap; `KLAVI_ASYNC_KEEP_ALLOCATOR=1` skips
 that and leaves the process as its imports left it.  Each round runs, in fresh processes
 against the benchmark's raw server (`server.py`): the batch with the call (the default),
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import DOC, RESULTS, machine, replace_block, server
 
-from klavi_async._cli._process import KEEP_ALLOCATOR_ENV
+from klavi_async._process import KEEP_ALLOCATOR_ENV
 
 CLI = str(Path(sys.executable).with_name("klavi-async"))
 DOCUMENT = "52998224725"

@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import DOC, RESULTS, machine, measure, replace_block, server
 
 from klavi_async import CancelRequest
+from klavi_async._cli._demofleet import nats_server_binary
 from klavi_async.nats import REQUESTS_STREAM, RESULTS_STREAM, connect, enqueue, ensure_streams
-from klavi_async.nats._demo import nats_server_binary
 
 DOCUMENT = "52998224725"
 CLI = [sys.executable, "-c", "import sys; from klavi_async._cli import main; main()"]

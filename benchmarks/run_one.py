@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import contenders
 from contenders import CONTENDERS
 
-from klavi_async._cli._process import raise_mmap_threshold
+from klavi_async._process import raise_mmap_threshold
 
 
 def _cpu() -> float:
@@ -70,7 +70,7 @@ def equalise_allocator() -> None:
     a process has freed one is an accident of its history: `asyncio.gather` over thousands
     of tasks does (large lists and dicts), a bounded worker pool never does.  Freeing one
     1 MiB block here puts every contender in the state a long-running process is in: the
-    same function the CLI's commands start with (`klavi_async/_cli/_process.py`), called
+    same function the CLI's commands start with (`klavi_async/_process.py`), called
     here unconditionally (its `KLAVI_ASYNC_KEEP_ALLOCATOR` switch is for the CLI).
     """
     raise_mmap_threshold()

@@ -25,8 +25,8 @@ from collections.abc import (
 )
 from typing import Any, cast
 
-from ._errors import ClientClosedError
-from ._results import CancelRequest, CancelResult
+from ._errors import CancelResult, ClientClosedError
+from ._results import CancelRequest
 from ._speedups import Turns
 
 __all__ = ["stream"]

@@ -25,6 +25,7 @@ from ._documents import (
     validate_idempotency_key,
     validate_payment_id,
 )
+from ._errors import CancelFailed, CancelResult
 from ._events import (
     DEBUG,
     INFO,
@@ -40,7 +41,7 @@ from ._events import (
 )
 from ._kinds import ErrorKind
 from ._outcome import Outcome
-from ._results import Attempt, CancelFailed, Cancelled, CancelResult, PaymentStatus
+from ._results import Attempt, Cancelled, PaymentStatus
 from ._retry import RetryLoop
 from ._speedups import cancel_body, new_cancelled, uuid4_pair
 

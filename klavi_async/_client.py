@@ -43,10 +43,10 @@ from ._config import (
     client_kwargs_from_env,
     client_settings,
 )
-from ._errors import ClientClosedError
+from ._errors import CancelResult, ClientClosedError
 from ._logging import default_events
 from ._ratelimit import RateLimit, RateLimitStats
-from ._results import CancelRequest, CancelResult, PaymentStatus
+from ._results import CancelRequest, PaymentStatus
 from ._retry import RetryPolicy
 from ._status import read_status
 from ._telemetry import subscribe_telemetry

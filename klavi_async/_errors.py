@@ -1,5 +1,6 @@
 """
-Error kinds and the exception tree.
+Failures: the failed result (`CancelFailed`), the exception tree it turns into, and
+`CancelResult`.  Results import nothing from here; this module builds on them.
 
 A cancel never raises for an outcome: it returns `Cancelled` or `CancelFailed`, and
 `CancelFailed.kind` is one of the `ErrorKind` members below.  Exceptions appear only
@@ -32,13 +33,13 @@ Misuse (wrong argument types, a closed client, bad configuration) raises `TypeEr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
+
+from attrs import field, frozen
 
 from ._documents import clip_kept, scrub_documents
 from ._kinds import ErrorKind
-
-if TYPE_CHECKING:
-    from ._results import CancelFailed
+from ._results import Cancelled, _masked, _ResultBase, _shown
 
 __all__ = [
     "ErrorKind",
@@ -59,6 +60,8 @@ __all__ = [
     "KlaviTimeoutError",
     "NetworkError",
     "ClientClosedError",
+    "CancelFailed",
+    "CancelResult",
     "error_class",
 ]
 
@@ -237,3 +240,78 @@ _BY_KIND: dict[ErrorKind, type[KlaviError]] = {
 def error_class(kind: ErrorKind) -> type[KlaviError]:
     """The exception class raised for *kind*."""
     return _BY_KIND[kind]
+
+
+@frozen(kw_only=True)
+class CancelFailed(_ResultBase):
+    """The call ended without the payment being known to be cancelled."""
+
+    kind: ErrorKind
+    """Why it failed; the last attempt's kind when retries ran out."""
+    http_status: int | None
+    """Status of the last attempt, or None when no response arrived."""
+    code: str | None = field(repr=_shown)
+    """Business or Open Finance code from the error body, if any."""
+    message: str = field(repr=_masked)
+    """A readable reason; never holds the token, the secret key or a full document."""
+    retryable: bool
+    """Whether the same call later may succeed."""
+    outcome_unknown: bool = False
+    """The cancel may have taken effect and no status read could tell."""
+    payment_status: str | None = None
+    """The payment's status when a reconciliation read found it, e.g. `PAYMENT_COMPLETED`."""
+    retry_after: float | None = None
+    """Seconds the server asked to wait, or the wait the deadline did not allow."""
+    body: Any = field(default=None, repr=False)
+    """The parsed JSON error body, or None."""
+
+    @property
+    def ok(self) -> Literal[False]:
+        """Always False."""
+        return False
+
+    def unwrap(self) -> Cancelled:
+        """Raise the `KlaviError` subclass matching `kind`, carrying this result."""
+        raise self._error()
+
+    def _error(self) -> KlaviError:
+        """The exception `unwrap()` raises: built from this result's own fields."""
+        return error_class(self.kind)(
+            self.message,
+            kind=self.kind,
+            payment_id=self.payment_id,
+            http_status=self.http_status,
+            code=self.code,
+            retryable=self.retryable,
+            retry_after=self.retry_after,
+            outcome_unknown=self.outcome_unknown,
+            payment_status=self.payment_status,
+            body=self.body,
+            result=self,
+        )
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-ready dict with the fields of a `klavi-async` result line."""
+        return {
+            "payment_id": self.payment_id,
+            "ok": False,
+            "kind": self.kind.value,
+            "retryable": self.retryable,
+            "http_status": self.http_status,
+            "code": self.code,
+            "message": self.message,
+            "idempotency_key": self.idempotency_key,
+            "interaction_id": self.interaction_id,
+            "consent_id": self.consent_id,
+            "attempts": self.attempts,
+            "already_cancelled": False,
+            "reconciled": False,
+            "outcome_unknown": self.outcome_unknown,
+            "payment_status": self.payment_status,
+            "retry_after": self.retry_after,
+            "elapsed": round(self.elapsed, 6),
+        }
+
+
+CancelResult = Cancelled | CancelFailed
+"""What every cancel returns."""

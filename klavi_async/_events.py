@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from attrs import frozen
 
 from ._documents import clip_kept, mask_document
+from ._errors import CancelFailed
 from ._kinds import ErrorKind
-from ._results import Attempt, CancelFailed, Cancelled, PaymentStatus
+from ._results import Attempt, Cancelled, PaymentStatus
 
 if TYPE_CHECKING:
     from ._errors import KlaviError

@@ -28,6 +28,7 @@ from typing import Any, Final
 from opentelemetry import context, metrics, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from ._errors import CancelFailed
 from ._events import (
     AttemptEnded,
     BudgetRefused,
@@ -44,7 +45,7 @@ from ._events import (
     TokenFailed,
     TokenRefreshed,
 )
-from ._results import CancelFailed, Cancelled
+from ._results import Cancelled
 from ._version import version
 
 __all__ = ["OtelSubscriber", "globally_configured"]

@@ -1,12 +1,11 @@
-"""The installed distribution's version."""
+"""
+The version, written here once: the build reads it (pyproject.toml, `[tool.hatch.version]`)
+and the code imports it, so neither needs `importlib.metadata` (and its zipfile and csv).
+"""
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version as _dist_version
+__all__ = ["__version__", "version"]
 
-__all__ = ["version"]
-
-try:
-    version = _dist_version("klavi-async")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    version = "0.0.0+unknown"
+__version__ = "0.1.0"
+version = __version__

@@ -1,5 +1,5 @@
 """
-The CLI's own process starts with glibc's mmap threshold raised (klavi_async/_cli/_process.py).
+The CLI's own process starts with glibc's mmap threshold raised (klavi_async/_process.py).
 
 The effect is checked in a fresh subprocess, since this one's allocator state is its
 history's: it reads glibc's `mallinfo2().hblks` (blocks now served by mmap) while it holds a
@@ -26,12 +26,11 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from klavi_async._cli import _batchcmd, _demo, _process
+from klavi_async import _process
+from klavi_async._cli import _batchcmd, _demo, _fleetcmds as nats_cli
 from klavi_async._cli._batchcmd import cancel_batch
 from klavi_async._cli._demo import demo
-from klavi_async._cli._process import KEEP_ALLOCATOR_ENV, start_in_fast_allocator_state
-from klavi_async.nats import _cli as nats_cli
-from klavi_async.nats._cli import add_commands
+from klavi_async._process import KEEP_ALLOCATOR_ENV, start_in_fast_allocator_state
 
 from .conftest import CPF
 from .test_cli_process import cli_env, emulator_in_thread, records
@@ -157,11 +156,7 @@ def test_the_switch_keeps_the_slow_state_for_benchmarks() -> None:
 
 
 def command(name: str) -> click.Command:
-    if name == "worker":
-        group = click.Group()
-        add_commands(group)
-        return group.commands["worker"]
-    return {"cancel-batch": cancel_batch, "demo": demo}[name]
+    return {"cancel-batch": cancel_batch, "demo": demo, "worker": nats_cli.worker}[name]
 
 
 @pytest.mark.parametrize(

@@ -52,13 +52,24 @@ async def test_public_names_match_the_contract() -> None:
         "deterministic_idempotency_key",
     }
     assert contract <= set(klavi_async.__all__)
-    public = {
+    # The package imports its names on first use: each one in __all__ resolves, and
+    # nothing else is offered as public.
+    assert set(klavi_async.__all__) == set(klavi_async._EXPORTS)
+    for name in klavi_async.__all__:
+        value = getattr(klavi_async, name)
+        assert getattr(value, "__name__", name) == name
+    offered = {
         name
-        for name, value in vars(klavi_async).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        for name in dir(klavi_async)
+        if name.isidentifier()  # not pytest's assertion-rewriting helpers
+        and not name.startswith("_")
+        and not isinstance(getattr(klavi_async, name), types.ModuleType)
     }
-    assert set(klavi_async.__all__) == public - {"annotations"}
+    helpers = {"annotations", "TYPE_CHECKING", "Any", "Final"}
+    assert offered - helpers == set(klavi_async.__all__)
     assert klavi_async.__version__
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        klavi_async.Nope  # noqa: B018
 
 
 async def test_defaults_to_the_sandbox_host() -> None:

@@ -10,10 +10,10 @@ from typing import Final
 
 import click
 
+from .._process import start_in_fast_allocator_state
 from .._ratelimit import RateLimit, rate_value
+from .._rows import InputError
 from ._common import client_from_env, fail_usage, say, single_use_tokens_option
-from ._process import start_in_fast_allocator_state
-from ._rows import InputError
 from ._runner import run_batch
 
 __all__ = ["MAX_CONCURRENCY", "cancel_batch", "rate_limit_option"]

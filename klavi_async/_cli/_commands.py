@@ -11,9 +11,9 @@ from typing import Any
 import click
 
 from .._client import KlaviClient
-from .._errors import KlaviError
+from .._errors import CancelResult, KlaviError
 from .._kinds import ErrorKind
-from .._results import CancelRequest, CancelResult
+from .._results import CancelRequest
 from ._common import (
     EXIT_FAILED,
     EXIT_OK,

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Final, NoReturn
+from typing import Any, NoReturn
 
 import click
 
 from .._client import KlaviClient
 from .._config import client_kwargs_from_env
+from ._exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_FINAL, EXIT_OK, EXIT_USAGE
 
 __all__ = [
     "EXIT_FAILED",
@@ -25,15 +26,6 @@ __all__ = [
     "say",
     "single_use_tokens_option",
 ]
-
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
-"""Some items failed for good."""
-EXIT_USAGE: Final = 2
-"""A bad flag, missing or rejected credentials, an unreadable input."""
-EXIT_NOT_FINAL: Final = 3
-"""Some items are not final yet: a rerun sends them."""
-EXIT_INTERRUPTED: Final = 130
 
 
 def fail_usage(message: str) -> NoReturn:

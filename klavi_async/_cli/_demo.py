@@ -32,12 +32,12 @@ from aiohttp import web
 from attrs import field, frozen
 
 from .._client import KlaviClient
+from .._process import start_in_fast_allocator_state
 from .._retry import RetryPolicy
 from .._tokens import ClientCredentials
 from ..testing import CANCELLABLE, Fault, KlaviEmulator, RandomFaults
 from ._common import say
 from ._emulator import seed_payments, write_payments_csv
-from ._process import start_in_fast_allocator_state
 from ._resume import is_final
 from ._runner import run_batch
 
@@ -116,28 +116,7 @@ async def run_demo(
             folder = workdir or Path(scratch)
             source, results = folder / "payments.csv", folder / "results.jsonl"
             write_payments_csv(source, list(planned))
-            credentials = ClientCredentials(emulator.access_key, emulator.secret_key)
-            # No jitter: the same seed, the same waits (nothing here is shared with others).
-            policy = RetryPolicy(initial_backoff=0.05, max_backoff=0.5, jitter=False)
-            async with KlaviClient(credentials, base_url=emulator.url, retry=policy) as klavi:
-                for run in range(3):  # the CLI's batch runner: the demo shows the real thing
-                    await run_batch(
-                        klavi,
-                        str(source),
-                        str(results),
-                        concurrency=32,
-                        grace=10.0,
-                        progress=progress,
-                        echo=echo,
-                    )
-                    left = _not_final(results)
-                    if not left or run == 2:
-                        break
-                    # What the summary advises, done: the same results file, the same keys.
-                    echo(
-                        f"demo: {_why(left)}; rerunning with the same results file, as "
-                        "`klavi-async cancel-batch payments.csv --out results.jsonl` would:"
-                    )
+            await _batches(emulator, source, results, echo, progress)
         problems = _check_story(emulator, planned)
         faults = Counter(r.fault for r in emulator.records("cancel") if r.fault)
         twice = [p for p, n in emulator.effects.items() if n > 1]
@@ -155,6 +134,38 @@ async def run_demo(
         echo(f"story check failed: {problem}")
     echo("the story ran as planned" if not problems else "the story did not go as planned")
     return 0 if not problems else 1
+
+
+async def _batches(
+    emulator: KlaviEmulator,
+    source: Path,
+    results: Path,
+    echo: Callable[[str], None],
+    progress: bool | None,
+) -> None:
+    """The batch, and up to two reruns of what it left not final (the summary's advice)."""
+    credentials = ClientCredentials(emulator.access_key, emulator.secret_key)
+    # No jitter: the same seed, the same waits (nothing here is shared with others).
+    policy = RetryPolicy(initial_backoff=0.05, max_backoff=0.5, jitter=False)
+    async with KlaviClient(credentials, base_url=emulator.url, retry=policy) as klavi:
+        for run in range(3):  # the CLI's batch runner: the demo shows the real thing
+            await run_batch(
+                klavi,
+                str(source),
+                str(results),
+                concurrency=32,
+                grace=10.0,
+                progress=progress,
+                echo=echo,
+            )
+            left = _not_final(results)
+            if not left or run == 2:
+                break
+            # What the summary advises, done: the same results file, the same keys.
+            echo(
+                f"demo: {_why(left)}; rerunning with the same results file, as "
+                "`klavi-async cancel-batch payments.csv --out results.jsonl` would:"
+            )
 
 
 def _not_final(results: Path) -> Counter[str]:

@@ -16,10 +16,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from ..testing import KlaviEmulator
-from ..testing._emulator import REFUSAL_CODE
+from .._signals import on_stop_signals
+from ..testing import REFUSAL_CODE, KlaviEmulator
 from ._common import fail_usage
-from ._signals import on_stop_signals
 
 __all__ = ["emulator", "reachable_url", "seed_payments", "serve_emulator", "write_payments_csv"]
 

@@ -17,8 +17,8 @@ import sys
 import threading
 from collections import deque
 
+from .._rows import InputError, Row
 from ._input import open_rows
-from ._rows import InputError, Row
 
 __all__ = ["RowFeed"]
 

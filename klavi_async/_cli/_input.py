@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator
 from typing import IO, Any, Final
 
-from ._rows import FIELDS, REQUIRED, InputError, Row, broken_row, misspelt, parse_row
+from .._rows import FIELDS, REQUIRED, InputError, Row, broken_row, misspelt, parse_row
 
 __all__ = ["count_rows", "input_format", "open_rows", "read_rows"]
 

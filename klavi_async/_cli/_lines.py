@@ -9,9 +9,8 @@ import uuid
 from typing import Any, Final, TypeGuard
 
 from .._documents import clip_kept
-from .._errors import ErrorKind
-from .._results import CancelFailed, CancelResult
-from ._rows import Row, item_id
+from .._errors import CancelFailed, CancelResult, ErrorKind
+from .._rows import Row, item_id
 
 __all__ = [
     "DEAD_ENDPOINT_AFTER",

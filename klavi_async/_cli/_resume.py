@@ -23,7 +23,7 @@ from typing import Any
 from attrs import define, field
 
 from .._documents import deterministic_idempotency_key
-from ._rows import InputError, Row, item_id
+from .._rows import InputError, Row, item_id
 
 __all__ = ["CREDENTIAL_KINDS", "ResultsFile", "ResumeState", "check_paths", "is_final"]
 

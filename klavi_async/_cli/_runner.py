@@ -19,8 +19,10 @@ from typing import Any
 from tqdm import tqdm
 
 from .._client import KlaviClient
-from .._errors import ErrorKind
-from .._results import CancelFailed, CancelRequest, CancelResult
+from .._errors import CancelFailed, CancelResult, ErrorKind
+from .._results import CancelRequest
+from .._rows import InputError, Row
+from .._signals import on_stop_signals
 from ._common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_FINAL, EXIT_OK, EXIT_USAGE
 from ._feed import RowFeed
 from ._input import count_rows
@@ -34,8 +36,6 @@ from ._lines import (
     never_reached_klavi,
 )
 from ._resume import ResultsFile, ResumeState, check_paths
-from ._rows import InputError, Row
-from ._signals import on_stop_signals
 from ._summary import BatchSummary
 
 __all__ = ["DEAD_ENDPOINT_AFTER", "run_batch"]

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 from attrs import define, field
 
-from .._errors import ErrorKind
-from .._results import Cancelled, CancelResult
+from .._errors import CancelResult, ErrorKind
+from .._results import Cancelled
 from ._resume import CREDENTIAL_KINDS
 
 __all__ = ["BatchSummary"]

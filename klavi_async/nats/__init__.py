@@ -14,7 +14,9 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess without nats-py
     raise ImportError("klavi_async.nats needs nats-py: pip install 'klavi-async[nats]'") from exc
 
-from ._decide import Action, Decision, Poison, decide, is_final, parse_request
+from ._decide import LONGEST, Action, Decision, Poison, decide, is_final, parse_request
+from ._reader import ResultsSummary, StoredMessage, read_results, result_line
+from ._settings import stream_changes
 from ._settle import WorkerStats
 from ._streams import (
     DEAD_SUBJECT,
@@ -26,6 +28,7 @@ from ._streams import (
     connect,
     enqueue,
     ensure_streams,
+    publish_requests,
     request_message,
 )
 from ._worker import CancelWorker
@@ -34,7 +37,9 @@ __all__ = [
     "CancelWorker",
     "WorkerStats",
     "enqueue",
+    "publish_requests",
     "ensure_streams",
+    "stream_changes",
     "connect",
     "request_message",
     "REQUESTS_STREAM",
@@ -49,4 +54,9 @@ __all__ = [
     "decide",
     "is_final",
     "parse_request",
+    "read_results",
+    "StoredMessage",
+    "result_line",
+    "ResultsSummary",
+    "LONGEST",
 ]

@@ -20,8 +20,8 @@ from typing import Any, Final
 from attrs import frozen
 
 from .. import CancelFailed, CancelRequest, CancelResult, ErrorKind
-from .._cli._rows import parse_row  # the cancel-batch row rules, shared on purpose
 from .._documents import clip_kept
+from .._rows import parse_row  # the cancel-batch row rules, shared on purpose
 
 __all__ = ["Action", "Decision", "Poison", "decide", "is_final", "parse_request"]
 
@@ -104,6 +104,18 @@ def parse_request(data: bytes) -> CancelRequest | Poison:
 
 LONGEST: Final = 1e9
 """The longest duration in seconds (31 years): under the server's int64 nanoseconds."""
+
+
+def check_settings(concurrency: int, max_deliver: int, ack_wait: float) -> None:
+    """A worker's counts are ints >= 1; *ack_wait* is in (0, LONGEST] (`ValueError`)."""
+    for name, value in (("concurrency", concurrency), ("max_deliver", max_deliver)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1")
+    # The server takes durations in int64 nanoseconds: 9.2e9 s at most.
+    if not LONGEST >= ack_wait > 0:
+        raise ValueError(f"ack_wait must be > 0 and at most {LONGEST:g} s")
 
 
 def check_schedule(

@@ -15,7 +15,7 @@ from typing import Final
 
 from nats.js.api import StreamConfig
 
-__all__ = ["apply_changes", "describe", "stream_changes"]
+__all__ = ["apply_changes", "stream_changes"]
 
 DEFAULT_DUPLICATE_WINDOW: Final = 120.0
 MAX_REPLICAS: Final = 5  # JetStream's own limit
@@ -84,38 +84,3 @@ def apply_changes(config: StreamConfig, changes: dict[str, int | float]) -> Stre
             f"max_age ({age:.15g} s)"
         )
     return changed
-
-
-def describe(config: StreamConfig) -> str:
-    """One readable line of a stream's settings, e.g. `KLAVI_CANCEL: replicas 1, ...`."""
-    subjects = " ".join(config.subjects or []) or "none"
-    return (
-        f"{config.name}: replicas {config.num_replicas}, "
-        f"duplicate window {_duration(config.duplicate_window)}, "
-        f"max age {_duration(config.max_age)}, max bytes {_amount(config.max_bytes, 'B')}, "
-        f"max msgs {_amount(config.max_msgs, '')}, storage {_text(config.storage)}, "
-        f"retention {_text(config.retention)}, subjects {subjects}"
-    )
-
-
-def _text(value: object) -> str:
-    return str(getattr(value, "value", value))
-
-
-def _duration(seconds: float | None) -> str:
-    if not seconds:
-        return "unlimited"
-    text = f"{seconds:.15g} s"
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{text} ({seconds / size:.15g} {unit})"
-    return text
-
-
-def _amount(value: int | None, unit: str) -> str:
-    if value is None or value < 0:
-        return "unlimited"
-    for prefix, size in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
-        if value >= size:
-            return f"{value} ({value / size:.3g} {prefix}{unit})"
-    return str(value)

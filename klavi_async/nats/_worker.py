@@ -36,7 +36,7 @@ from nats.js import JetStreamContext
 
 from .. import CancelResult, KlaviClient
 from ._consumer import Consumer, InProgress
-from ._decide import LONGEST, Decision, Poison, check_schedule, decide, is_final
+from ._decide import LONGEST, Decision, Poison, check_schedule, check_settings, decide, is_final
 from ._outage import FIRST_PROBE, LONGEST_PROBE, THRESHOLD, Outage
 from ._request import Failed, cancel_message
 from ._settle import Settler, WorkerStats
@@ -79,14 +79,7 @@ class CancelWorker:
     ) -> None:
         if not isinstance(client, KlaviClient):
             raise TypeError(f"client must be a KlaviClient, got {type(client).__name__}")
-        for name, value in (("concurrency", concurrency), ("max_deliver", max_deliver)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int")
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1")
-        # The server takes durations in int64 nanoseconds: 9.2e9 s at most.
-        if not LONGEST >= ack_wait > 0:
-            raise ValueError(f"ack_wait must be > 0 and at most {LONGEST:g} s")
+        check_settings(concurrency, max_deliver, ack_wait)
         check_schedule(retry_delay, max_retry_delay, max_age)
         self._client = client
         self._js = js
@@ -310,48 +303,9 @@ class CancelWorker:
             ref = f"{meta.stream}:{meta.sequence.stream}:{round(stored * 1e6)}"
             outcome = await cancel_message(self._client, msg.data, delivery, ref)
             if isinstance(outcome, CancelResult):
-                told, failed = True, not is_final(outcome)
+                told = True
                 entry = Failed(msg, outcome, delivery, ref, stored)
-                # A message held through an outage that fails again says nothing of
-                # Klavi (it may be why the outage was seen): it never makes one.
-                tainted = failed and ref in self._tainted
-                # A retry of a waiting message says nothing of Klavi's health: timed by
-                # its own schedule, it would sample a Klavi that lets one cancel a
-                # second through as one that answers half.
-                change = None if tainted or retry else outage.record(failed, loop.time(), ref)
-                if retry:  # the next retry at once after an answer, later after a failure
-                    self._retry_interval = (
-                        min(2 * self._retry_interval, LONGEST_PROBE) if failed else FIRST_PROBE
-                    )
-                    self._retry_at = loop.time() + (self._retry_interval if failed else 0.0)
-                if change == "began":
-                    self._outage_began()
-                elif change == "ended":
-                    logger.warning("Klavi answers again: retrying the held messages")
-                    self._release()
-                if not failed:
-                    if self._pending and not retry and outage.healthy(loop.time()):
-                        self._charge_pending()
-                elif outage.down and self._age(stored) < self._max_age:
-                    keep = True  # held: retried when Klavi answers again
-                    self._hold(entry)
-                    return
-                elif not (outage.down or outage.healthy(loop.time(), shown=tainted)):
-                    # Klavi fails as many as it answers (just after an outage, too; for
-                    # a message held through it, it must have answered one since): its
-                    # own failure, or Klavi's?  What follows tells: an outage holds it
-                    # (`_hold_pending`); Klavi healthy again charges it a delivery
-                    # (`_charge_pending`).
-                    keep = True
-                    if not self._pending and not retry:  # the first waiting: retried soon
-                        self._retry_at = loop.time() + FIRST_PROBE
-                        self._retry_interval = FIRST_PROBE
-                    self._pending.append(entry)
-                    if sum(e.ref not in self._tainted for e in self._pending) >= THRESHOLD:
-                        outage.begin(loop.time())
-                        self._outage_began()
-                    return
-                await self._conclude(entry, outcome)
+                keep = await self._after_cancel(entry, outcome, retry=retry)
             else:
                 await self._settle(msg, outcome, delivery, ref)
         except Exception:
@@ -366,6 +320,55 @@ class CancelWorker:
             stats.in_flight -= 1
             if probe and outage.probing:  # the probe failed, or could not tell
                 outage.probe_failed(loop.time(), told=told)
+
+    async def _after_cancel(self, entry: Failed, outcome: CancelResult, *, retry: bool) -> bool:
+        """
+        What a cancel's result means for the outage watch, then for its message: held
+        (Klavi is down), waiting (Klavi's fault or its own? what follows tells), or
+        settled now.  Returns whether the message is kept for later.
+        """
+        outage = self._outage
+        loop = asyncio.get_running_loop()
+        failed = not is_final(outcome)
+        # A message held through an outage that fails again says nothing of
+        # Klavi (it may be why the outage was seen): it never makes one.
+        tainted = failed and entry.ref in self._tainted
+        # A retry of a waiting message says nothing of Klavi's health: timed by
+        # its own schedule, it would sample a Klavi that lets one cancel a
+        # second through as one that answers half.
+        change = None if tainted or retry else outage.record(failed, loop.time(), entry.ref)
+        if retry:  # the next retry at once after an answer, later after a failure
+            self._retry_interval = (
+                min(2 * self._retry_interval, LONGEST_PROBE) if failed else FIRST_PROBE
+            )
+            self._retry_at = loop.time() + (self._retry_interval if failed else 0.0)
+        if change == "began":
+            self._outage_began()
+        elif change == "ended":
+            logger.warning("Klavi answers again: retrying the held messages")
+            self._release()
+        if not failed:
+            if self._pending and not retry and outage.healthy(loop.time()):
+                self._charge_pending()
+        elif outage.down and self._age(entry.stored) < self._max_age:
+            self._hold(entry)  # held: retried when Klavi answers again
+            return True
+        elif not (outage.down or outage.healthy(loop.time(), shown=tainted)):
+            # Klavi fails as many as it answers (just after an outage, too; for
+            # a message held through it, it must have answered one since): its
+            # own failure, or Klavi's?  What follows tells: an outage holds it
+            # (`_hold_pending`); Klavi healthy again charges it a delivery
+            # (`_charge_pending`).
+            if not self._pending and not retry:  # the first waiting: retried soon
+                self._retry_at = loop.time() + FIRST_PROBE
+                self._retry_interval = FIRST_PROBE
+            self._pending.append(entry)
+            if sum(e.ref not in self._tainted for e in self._pending) >= THRESHOLD:
+                outage.begin(loop.time())
+                self._outage_began()
+            return True
+        await self._conclude(entry, outcome)
+        return False
 
     async def _conclude(self, entry: Failed, outcome: CancelResult) -> None:
         """Settle a cancel's outcome: its record, then ack, nak (a retry later) or term."""

@@ -22,8 +22,8 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from klavi_async._cli._fleetprocs import free_port, nats_server_binary
 from klavi_async.nats import connect, ensure_streams
-from klavi_async.nats._fleet import free_port, nats_server_binary
 
 
 def _binary() -> str:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from klavi_async._cli._fleetprocs import free_port
+from klavi_async._cli._natsconnect import mask_url
 from klavi_async.nats import connect
-from klavi_async.nats._cliconnect import mask_url
-from klavi_async.nats._fleet import free_port
 
 from ..conftest import CPF
 from .conftest import NatsServer

@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 
-from klavi_async._cli import main
-from klavi_async.nats import _demo
-from klavi_async.nats._demo import FleetRun, check_fleet, run_fleet_demo
+from klavi_async._cli import _demofleet as _demo, main
+from klavi_async._cli._demofleet import FleetRun, check_fleet, run_fleet_demo
 
 REQUESTS = 300
 

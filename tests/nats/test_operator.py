@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 
+from klavi_async._cli._streamcmds import describe
 from klavi_async.nats import (
     DEAD_SUBJECT,
     REQUESTS_STREAM,
@@ -28,7 +29,6 @@ from klavi_async.nats import (
     LegacyStreamError,
     ensure_streams,
 )
-from klavi_async.nats._settings import describe
 
 from ..conftest import CPF
 from .conftest import NatsServer

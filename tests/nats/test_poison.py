@@ -19,7 +19,8 @@ from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from klavi_async import CancelRequest, ErrorKind, RetryPolicy, deterministic_idempotency_key
-from klavi_async._cli._rows import Row, parse_row
+from klavi_async._cli import _fleetcmds as nats_cli
+from klavi_async._rows import Row, parse_row
 from klavi_async.nats import (
     DEAD_SUBJECT,
     REQUESTS_STREAM,
@@ -29,7 +30,6 @@ from klavi_async.nats import (
     Action,
     CancelWorker,
     Poison,
-    _cli as nats_cli,
     _request,
     decide,
     enqueue,

@@ -24,13 +24,12 @@ from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 
 from klavi_async import CancelRequest
+from klavi_async._cli import _natsconnect as _cliconnect, _streamcmds as _clistreams
 from klavi_async.nats import (
     DEAD_SUBJECT,
     RESULTS_STREAM,
     RESULTS_SUBJECT,
     CancelWorker,
-    _cliconnect,
-    _clistreams,
     enqueue,
 )
 from klavi_async.nats._reader import (

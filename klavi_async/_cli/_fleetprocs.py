@@ -1,8 +1,8 @@
 """
 The processes of a local fleet: nats-server and `klavi-async worker`s, started and stopped.
 
-Strictly private.  Used by the fleet demo (`_demo`) and by the NATS test suite's server
-fixture, so both find the binary, pick ports and health-check the server the same way.
+Used by `demo-fleet` (`_demofleet`) and by the NATS test suite's server fixture, so both
+find the binary, pick ports and health-check the server the same way.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class Fleet:
         ]
         with log.open("wb") as handle:
             process = await asyncio.create_subprocess_exec(
-                *command, *options, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=handle
+                *command, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=handle
             )
         self.workers.append((process, log))
         return process

@@ -18,9 +18,9 @@ from typing import Any, Final
 
 from attrs import frozen
 
-from .._documents import normalize_document
-from .._results import CancelRequest
-from .._values import text_or_none
+from ._documents import normalize_document
+from ._results import CancelRequest
+from ._values import text_or_none
 
 __all__ = [
     "FIELDS",

