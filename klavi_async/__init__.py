@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from ._retry import RetryPolicy
     from ._tokens import AccessToken, ClientCredentials, StaticToken, TokenProvider
 
+    __version__: str
+
 # A library never configures logging; this only stops Python's last-resort handler
 # from printing our warnings when the application set up no logging at all.
 logging.getLogger("klavi_async").addHandler(logging.NullHandler())
@@ -131,24 +133,28 @@ _EXPORTS: Final = {
 """Each public name and the module that defines it: imported on first use (PEP 562)."""
 
 
-def __getattr__(name: str) -> Any:
-    """
-    A public name's value, importing its module the first time it is asked for.
+if not TYPE_CHECKING:  # a type checker sees the imports above: a typo stays an error
 
-    `import klavi_async` itself imports nothing heavy: a command's `--help`, or a program
-    that only reads `__version__`, does not pay for aiohttp.
-    """
-    module = _EXPORTS.get(name)
-    if module is not None:
-        value = getattr(importlib.import_module(f".{module}", __name__), name)
-        globals()[name] = value  # the next lookup is a plain attribute
-        return value
-    if name == "__version__":
-        from ._version import version
+    def __getattr__(name: str) -> Any:
+        """
+        A public name's value, importing its module the first time it is asked for.
 
-        return version
-    raise AttributeError(f"module 'klavi_async' has no attribute {name!r}")
+        `import klavi_async` itself imports nothing heavy: a command's `--help`, or a
+        program that only reads `__version__`, does not pay for aiohttp.
+        """
+        module = _EXPORTS.get(name)
+        if module is not None:
+            value = getattr(importlib.import_module(f".{module}", __name__), name)
+            globals()[name] = value  # the next lookup is a plain attribute
+            return value
+        if name == "__version__":
+            from ._version import version
+
+            return version
+        raise AttributeError(f"module 'klavi_async' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__, "__version__"})
+    """The public names and the module's own dunders: not the helpers it imports."""
+    own = {name for name in globals() if name.startswith("__") and name != "__getattr__"}
+    return sorted({*own, *__all__, "__version__"})

@@ -216,12 +216,9 @@ class Call:
         body: bytes | None,
     ) -> Outcome:
         """
-        One attempt: get a token, take a rate-limit slot, send, and on a 401 refresh the
-        token and replay once (in a slot of its own).
-
-        A single coroutine on purpose: every frame in the await chain is resumed each time
-        aiohttp wakes up, and this is the hot path of every cancel.  Until the limiter is
-        engaged (the first 429 of an adaptive one) a send costs it one attribute check.
+        One attempt: a token, a rate-limit slot, the send; a 401 refreshes the token and
+        replays once.  One coroutine on purpose: each frame of the await chain is resumed
+        on every wake-up.  Until the limiter is engaged a send costs one attribute check.
         """
         c = self._shared
         if c.closed:
@@ -243,20 +240,17 @@ class Call:
                 refusal = await self._take_slot(limiter, loop, method == "GET")
                 if refusal is not None:
                     return refusal
-            timeout = c.timeout
-            remaining = loop.remaining()
-            if remaining < timeout:  # keep the common value exact: its ClientTimeout is cached
-                timeout = max(remaining, 0.001)
+            timeout, left = c.timeout, loop.remaining()
+            if left < timeout:  # the common value stays exact: its ClientTimeout is cached
+                timeout = max(left, 0.001)
             started = c.clock()
             try:
                 # The transport adds the Authorization header: no dict of ours holds it.
                 response = await c.transport.request(
                     method, url, headers=headers, body=body, timeout=timeout, auth=token
                 )
-            except TransportFailure as failure:
-                outcome = transport_outcome(
-                    failure.kind, sent=failure.sent, message=failure.message
-                )
+            except TransportFailure as exc:
+                outcome = transport_outcome(exc.kind, sent=exc.sent, message=exc.message)
             else:
                 outcome = self._classify(response, token)
                 if limiter is not None:  # a 429/529 throttles it, any other answer counts

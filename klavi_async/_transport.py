@@ -202,12 +202,9 @@ class Transport:
         auth: Bearer | None = None,
     ) -> Response:
         """
-        Send one request; raise `TransportFailure` when no usable response arrives.
-
-        The `Authorization` header is added here, in a dict no caller's frame holds, and
-        a cancellation is re-raised as a fresh `CancelledError` whose traceback starts
-        here: no frame that saw the header travels with it (error reporters capture
-        locals).
+        Send one request; raise `TransportFailure` when no usable response arrives.  The
+        `Authorization` header is added here, in a dict no caller's frame holds; a
+        cancellation is re-raised fresh from here, with no frame that saw the header.
         """
         session = self.get_session()
         sent_headers = request_headers(
@@ -230,11 +227,8 @@ class Transport:
                 status = resp.status
                 try:
                     length = resp.content_length
-                    if (
-                        length is not None
-                        and length <= self._max_body
-                        and "Content-Encoding" not in resp.headers
-                    ):
+                    plain = "Content-Encoding" not in resp.headers
+                    if plain and length is not None and length <= self._max_body:
                         # The common case, inline: no extra coroutine on the hot path.
                         return Response(status, resp.headers, await resp.read())
                     return await self._read_uncommon(resp, timeout)
@@ -252,8 +246,7 @@ class Transport:
         resp = sent_headers = None  # type: ignore[assignment]
         current = asyncio.current_task()
         if session.closed and current is not None and not current.cancelling():
-            # Nobody cancelled this call: closing the session cancelled its wait for a
-            # pooled connection.
+            # Nobody cancelled this call: closing the session cancelled its wait.
             raise ClientClosedError("the client was closed while a call was running")
         raise asyncio.CancelledError(*cancelled)
 

@@ -37,8 +37,10 @@ def _runtime_imports(
     found: list[ast.Import | ast.ImportFrom] = []
 
     def visit(node: ast.AST) -> None:
-        if not typing and isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for child in node.orelse:
+        if not typing and isinstance(node, ast.If) and _is_type_checking(node.test) is not None:
+            # `if TYPE_CHECKING:` runs its else; `if not TYPE_CHECKING:` its body.
+            runs = node.orelse if _is_type_checking(node.test) else node.body
+            for child in runs:
                 visit(child)
             return
         if isinstance(node, ast.Import | ast.ImportFrom):
@@ -48,6 +50,15 @@ def _runtime_imports(
 
     visit(tree)
     return found
+
+
+def _is_type_checking(test: ast.expr) -> bool | None:
+    """True for `TYPE_CHECKING` (or `typing.TYPE_CHECKING`), False for its `not`, else None."""
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        inner = _is_type_checking(test.operand)
+        return None if inner is None else not inner
+    name = test.id if isinstance(test, ast.Name) else getattr(test, "attr", None)
+    return True if name == "TYPE_CHECKING" else None
 
 
 def _graph(*, typing: bool = False) -> dict[str, set[str]]:
@@ -189,35 +200,46 @@ def _resolve(module: str, node: ast.ImportFrom) -> list[str]:
             return []
         base = (node.module or "").split(".")[1:]
     else:
-        here = module.split(".")
-        if ALL_MODULES[module].name != "__init__.py":
-            here = here[:-1]
+        # The package the import is relative to: `nats._worker` and `nats.__init__` are
+        # both in `nats`; each further dot climbs one package.
+        here = module.split(".")[:-1]
         base = here[: len(here) - (node.level - 1)] + (node.module or "").split(".")
         base = [part for part in base if part]
-    if node.module is None or (node.level and not node.module):
-        return [".".join([*base, alias.name]) for alias in node.names]
-    return [".".join(base)]
+    target = ".".join(base)
+    # `from ..nats import _worker` names a module: the import reaches it, not only `nats`.
+    named = [f"{target}.{alias.name}".lstrip(".") for alias in node.names]
+    modules = [name for name in named if _is_module(name)]
+    if node.module is None:
+        return modules
+    return [target, *modules]
+
+
+def _is_module(dotted: str) -> bool:
+    return dotted in ALL_MODULES or f"{dotted}.__init__" in ALL_MODULES
 
 
 def _edges(*, typing: bool = True) -> dict[str, set[str]]:
     """Every module -> the dotted names of ours it imports (`nats`, `_cli._rows`, ...)."""
     edges: dict[str, set[str]] = {}
-    for module, path in ALL_MODULES.items():
-        module = module.removesuffix(".__init__")
+    for dotted, path in ALL_MODULES.items():
+        module = _package_name(dotted)
         found: set[str] = set()
         for node in _runtime_imports(ast.parse(path.read_text()), typing=typing):
             if isinstance(node, ast.ImportFrom):
-                found.update(
-                    _resolve(module if module in ALL_MODULES else f"{module}.__init__", node)
-                )
+                found.update(_resolve(dotted, node))
             else:
                 found.update(
                     ".".join(alias.name.split(".")[1:])
                     for alias in node.names
                     if alias.name.startswith("klavi_async.")
                 )
-        edges[module] = {target for target in found if target}
+        edges[module] = {target for target in found if target and target != module}
     return edges
+
+
+def _package_name(dotted: str) -> str:
+    """`nats.__init__` -> `nats`; the root's `__init__` -> `` (the core); others as they are."""
+    return "" if dotted == "__init__" else dotted.removesuffix(".__init__")
 
 
 def test_the_package_graph_sees_the_imports() -> None:
@@ -225,6 +247,46 @@ def test_the_package_graph_sees_the_imports() -> None:
     assert "nats" in edges["_cli._fleetcmds"]
     assert "_rows" in edges["nats._decide"]
     assert "testing" in edges["_cli._demo"]
+    # A package's `__init__` is the package: its relative imports are its own modules.
+    assert "nats._worker" in edges["nats"]
+    assert "_tokens" in _edges(typing=True)[""]  # the root's, under TYPE_CHECKING
+
+
+def test_the_resolver_reads_every_form_of_import() -> None:
+    def resolve(module: str, source: str) -> list[str]:
+        node = ast.parse(source).body[0]
+        assert isinstance(node, ast.ImportFrom)
+        return _resolve(module, node)
+
+    assert resolve("_cli._demo", "from ..nats import _worker, connect") == [
+        "nats",
+        "nats._worker",
+    ]
+    assert resolve("nats.__init__", "from ._worker import CancelWorker") == ["nats._worker"]
+    assert resolve("nats.__init__", "from .. import _rows") == ["_rows"]
+    assert resolve("_client", "from . import _batch") == ["_batch"]
+    assert resolve("_client", "from ._cancel import cancel") == ["_cancel"]
+    assert resolve("_cli._runner", "from klavi_async.nats import _settle") == [
+        "nats",
+        "nats._settle",
+    ]
+
+
+def test_type_checking_blocks_are_told_apart() -> None:
+    source = (
+        "if TYPE_CHECKING:\n    from ._a import A\nelse:\n    from ._b import B\n"
+        "if not TYPE_CHECKING:\n    from ._c import C\n"
+        "if typing.TYPE_CHECKING:\n    from ._d import D\n"
+    )
+    running = {
+        n.module for n in _runtime_imports(ast.parse(source)) if isinstance(n, ast.ImportFrom)
+    }
+    assert running == {"_b", "_c"}
+    every = {
+        n.module for n in _runtime_imports(ast.parse(source), typing=True)
+        if isinstance(n, ast.ImportFrom)
+    }  # fmt: skip
+    assert every == {"_a", "_b", "_c", "_d"}
 
 
 def test_no_package_imports_another_packages_private_module() -> None:

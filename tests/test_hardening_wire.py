@@ -532,4 +532,4 @@ async def test_the_reads_stay_within_the_remaining_deadline(serve: ServerFactory
         elapsed = time.monotonic() - started
     assert isinstance(result, CancelFailed) and result.outcome_unknown
     assert 1 <= len(fake.requests(method="GET")) <= 3
-    assert elapsed < 0.2 + 1.0 + 0.6
+    assert elapsed < 3.5  # ten reads would take 4 s; the count above is the check

@@ -12,7 +12,8 @@ import sys
 import click
 import pytest
 
-from klavi_async._cli import COMMANDS, NATS_COMMANDS, _build
+import klavi_async
+from klavi_async._cli import COMMANDS, NATS_COMMANDS, _build, main
 
 _MODULES_AFTER = """
 import json, sys
@@ -45,7 +46,7 @@ def test_help_imports_click_and_no_command_module() -> None:
     assert "click" in _roots(modules)
     assert not _roots(modules) & {"aiohttp", "nats", "tqdm", "opentelemetry", "attrs"}
     ours = {name for name in modules if name.startswith("klavi_async.")}
-    assert ours == {"klavi_async._cli", "klavi_async._cli._exits"}
+    assert ours == {"klavi_async._cli", "klavi_async._cli._exits", "klavi_async._version"}
 
 
 @pytest.mark.parametrize(
@@ -74,12 +75,36 @@ def test_each_listed_command_loads_under_its_name_with_its_help(name: str) -> No
     command = group.get_command(click.Context(group), name)
     assert command is not None and command.name == name
     listed = COMMANDS[name][2]
+    # `klavi-async --help` lists the first line of the command's own help, word for word.
+    assert listed == (command.help or "").strip().splitlines()[0]
     assert listed.endswith(".") and len(listed) <= 60
-    # The listed line says what the command's own help says first.
-    assert (command.help or "").split()[:3] == listed.split()[:3]
 
 
 def test_an_unknown_command_is_a_usage_error() -> None:
     group = _build()
     assert group.get_command(click.Context(group), "cancel-bacth") is None
     assert set(COMMANDS) >= NATS_COMMANDS
+
+
+@pytest.mark.parametrize(
+    ("typed", "said"),
+    [
+        ("cancel-bacth", "No such command 'cancel-bacth'.\nDid you mean 'cancel-batch'?"),
+        ("wroker", "No such command 'wroker'.\nDid you mean 'worker'?"),
+        ("xyzzy", "No such command 'xyzzy'."),
+    ],
+)
+def test_a_misspelt_command_gets_a_suggestion(
+    typed: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([typed, "--flag"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"klavi-async: error: {said}\n"
+
+
+def test_the_version_is_the_packages(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"klavi-async, version {klavi_async.__version__}\n"

@@ -47,14 +47,18 @@ COMMANDS: Final = {
     "results": ("_streamcmds", "results", "Print the records and dead letters as JSON lines."),
     "demo-fleet": ("_fleetcmds", "demo_fleet", "Run a worker fleet on a local nats-server."),
 }
-"""Each command: its module, its function, and the line `klavi-async --help` shows for it."""
+"""Each command: its module, its function, and its help's first line (`--help` lists it)."""
 
 NATS_COMMANDS: Final = frozenset({"worker", "enqueue", "streams", "results", "demo-fleet"})
 """The commands of the `nats` extra: without nats-py they print its install hint, exit 2."""
 
 
 def _build() -> click.Group:
+    import difflib
+
     import click
+
+    from .. import __version__
 
     class Commands(click.Group):
         """
@@ -66,6 +70,17 @@ def _build() -> click.Group:
 
         def list_commands(self, ctx: click.Context) -> list[str]:
             return sorted(COMMANDS)
+
+        def resolve_command(
+            self, ctx: click.Context, args: list[str]
+        ) -> tuple[str | None, click.Command | None, list[str]]:
+            name = args[0] if args else ""
+            if name in COMMANDS or name.startswith("-") or ctx.resilient_parsing:
+                return super().resolve_command(ctx, args)
+            # click suggests from the commands it has loaded: here, none yet.
+            close = difflib.get_close_matches(name, COMMANDS)
+            hint = f"\nDid you mean {close[0]!r}?" if close else ""
+            raise click.UsageError(f"No such command {name!r}.{hint}", ctx)
 
         def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
             found = COMMANDS.get(cmd_name)
@@ -86,7 +101,7 @@ def _build() -> click.Group:
                 formatter.write_dl(rows)
 
     @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
-    @click.version_option(package_name="klavi-async", prog_name="klavi-async")
+    @click.version_option(__version__, prog_name="klavi-async")
     def cli() -> None:
         """Cancel Klavi payment initiations from the command line."""
 

@@ -81,8 +81,9 @@ def cancel_batch(
     single_use_tokens: bool,
     grace: float,
 ) -> None:
-    """Cancel every payment in INPUT (CSV or JSONL; '-' reads JSONL from stdin).
+    """Cancel every payment in INPUT (CSV or JSON lines).
 
+    INPUT '-' reads JSON lines from stdin.
     Rerunning with the same --out sends only items without a final line, with the
     same idempotency keys as before.  Exit status: 0 all cancelled, 1 some failed for
     good, 2 usage or rejected credentials, 3 some items not final yet (rerun), 130

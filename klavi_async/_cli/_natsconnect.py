@@ -34,7 +34,10 @@ EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_INTERRUPTED: Final = 130
 FIRST_TIMEOUT: Final = 5.0  # seconds for the first connection
-NATS_URL_HELP: Final = "e.g. nats://host:4222"
+NATS_URL_HELP: Final = (
+    "e.g. nats://host:4222; a cluster's servers as a comma-separated list, "
+    "nats://a:4222,nats://b:4222,nats://c:4222"
+)
 
 
 def echo(text: str) -> None:
@@ -98,6 +101,8 @@ async def open_nats(url: str) -> NATS:
         cause = exc.strerror or type(exc).__name__  # e.g. "Name or service not known"
     except nats.errors.Error as exc:
         cause = str(exc).removeprefix("nats: ").strip("'") or type(exc).__name__
+    except ValueError as exc:  # an empty list or entry: says which, never the URLs
+        raise click.BadParameter(str(exc), param_hint="'--nats-url'") from None
     raise click.ClickException(f"cannot connect to NATS at {mask_url(url)}: {cause}")
 
 

@@ -139,8 +139,9 @@ async def run_results(url: str, *, follow: bool, out: TextIO | None = None) -> i
 @click.option("--max-bytes", type=int, help="Bytes each stream may hold; 0: no limit.")
 @click.option("--max-msgs", type=int, help="Messages each stream may hold; 0: no limit.")
 def streams(nats_url: str, **settings: Any) -> None:
-    """Create the two streams, or change the settings given; print their settings.
+    """Create the two streams, or change their settings.
 
+    It prints their settings.
     A setting not given keeps each stream's value (the default, for a stream
     created now); `worker` and `enqueue` never change an existing stream.
     """
@@ -156,8 +157,9 @@ def streams(nats_url: str, **settings: Any) -> None:
     help="Write the JSON lines to this file (created or truncated) instead of stdout.",
 )
 def results(nats_url: str, follow: bool, out: str | None) -> None:
-    """Print the records and dead letters as JSON lines, then a summary by outcome.
+    """Print the records and dead letters as JSON lines.
 
+    A summary by outcome follows on stderr.
     Without --follow it stops after what the stream held when it started.
     """
     if out is None or out == "-":

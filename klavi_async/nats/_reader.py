@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
@@ -71,31 +72,45 @@ class StoredMessage:
 
 
 async def read_results(
-    js: JetStreamContext, *, follow: bool = False, stop: asyncio.Event | None = None
+    js: JetStreamContext,
+    *,
+    follow: bool = False,
+    stop: asyncio.Event | None = None,
+    patience: float = 30.0,
 ) -> AsyncGenerator[StoredMessage, None]:
     """
     Yield the records and dead letters in `KLAVI_CANCEL_RESULTS`, oldest first.
 
     Without *follow* it ends after the last message the stream held when it started
-    (at once if it held none), and a broker error ends it (raised).  With *follow* it
-    goes on with the new ones, and outlives a NATS restart: it reads on from the
-    message after the last one yielded.  Either way it ends when *stop* is set.  Use it
-    with `contextlib.aclosing()`, so the consumer is deleted however the reading ends.
+    (at once if it held none).  A broker error (a cluster electing the stream's leader
+    after a node died, a server restarting) is retried, reading on from the message
+    after the last one yielded, until errors have lasted *patience* seconds in a row:
+    then the last one is raised.  With *follow* it goes on with the new ones, and
+    retries for ever.  Either way it ends when *stop* is set.  Use it with
+    `contextlib.aclosing()`, so the consumer is deleted however the reading ends.
     """
-    info = await js.stream_info(RESULTS_STREAM)
-    last = None if follow else info.state.last_seq
-    if not follow and info.state.messages == 0:
-        return
+    if patience < 0 or math.isnan(patience):
+        raise ValueError(f"patience must be 0 or more seconds, got {patience!r}")
+    loop = asyncio.get_running_loop()
+    failing_since: float | None = None
+    last: int | None = None
     start, pause = 1, _RETRY_PAUSE
     while stop is None or not stop.is_set():
         try:
+            if last is None and not follow:
+                info = await js.stream_info(RESULTS_STREAM)
+                if info.state.messages == 0:
+                    return
+                last = info.state.last_seq
             async with _consumer(js, start) as sub:
                 async for message in _pull(sub, last, stop):
-                    start, pause = message.seq + 1, _RETRY_PAUSE
+                    start, pause, failing_since = message.seq + 1, _RETRY_PAUSE, None
                     yield message
             return
         except (nats.errors.Error, TimeoutError) as exc:
-            if last is not None:
+            now = loop.time()
+            failing_since = now if failing_since is None else failing_since
+            if not follow and now - failing_since >= patience:
                 raise
             name = type(exc).__name__
             logger.warning("reading the results failed (%s); reading again from %d", name, start)

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import nats.errors
@@ -51,17 +51,44 @@ _KEY_RE: Final = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,38}[\x21-\x7e])?")
 logger = logging.getLogger("klavi_async.nats")
 
 
-async def connect(url: str, *, first_timeout: float = 5.0, **options: Any) -> NATS:
+def _server_urls(url: str | Sequence[str]) -> list[str]:
+    """
+    The server URLs in *url*: one URL, a comma-separated list of a cluster's servers (the
+    NATS CLI's convention: `nats://a:4222,nats://b:4222`), or a sequence of URLs.
+
+    Spaces around each are dropped; an empty list or entry is a `ValueError` (which never
+    shows the URLs: they may hold a password).
+    """
+    parts = url.split(",") if isinstance(url, str) else list(url)
+    urls = []
+    for number, part in enumerate(parts, start=1):
+        if not isinstance(part, str):
+            raise TypeError(f"a NATS server URL must be a str, got {type(part).__name__}")
+        part = part.strip()
+        if not part:
+            what = "no NATS server URL given" if len(parts) == 1 else f"server {number} is empty"
+            raise ValueError(f"{what}: give nats://host:4222, or a comma-separated list")
+        urls.append(part)
+    if not urls:
+        raise ValueError("no NATS server URL given: give nats://host:4222, or a list")
+    return urls
+
+
+async def connect(url: str | Sequence[str], *, first_timeout: float = 5.0, **options: Any) -> NATS:
     """
     Connect to NATS with options fit for a worker: reconnect for ever, log (not raise).
 
-    Messages are on the server's disk, so a restarted server loses nothing; the client
+    *url* is one server or a cluster's: a comma-separated list, or a sequence of URLs
+    (an empty one, or an empty entry, is a `ValueError`); the client reconnects to
+    whichever node answers, and learns the cluster's other nodes from the server.
+    Messages are on the servers' disks, so a restarted server loses nothing; the client
     buffers what it sends while reconnecting.  The first connection must succeed within
     *first_timeout* seconds (else `TimeoutError`); when every server refused it (the
     connection, the host's name or the credentials) it fails at once with that error,
     such as `ConnectionRefusedError`.  *options* go to `nats.connect()` (an `error_cb`
     given there is called for every error, as usual).
     """
+    servers = _server_urls(url)
     client = NATS()
     refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
     failures = 0
@@ -95,7 +122,7 @@ async def connect(url: str, *, first_timeout: float = 5.0, **options: Any) -> NA
         "name": "klavi-async",
     }
     settings.update(options)
-    connecting = asyncio.ensure_future(client.connect(url, **settings))
+    connecting = asyncio.ensure_future(client.connect(servers, **settings))
     try:
         # Reconnecting for ever must not make a wrong URL hang: the first connection
         # has to succeed within the time of a few attempts, or be refused by all.

@@ -73,6 +73,30 @@ def test_demo_fleet_cancels_each_payment_once_with_a_worker_killed(
     assert gone(store.group(1))
 
 
+@pytest.mark.slow
+def test_demo_fleet_on_a_cluster_outlives_its_stream_leader_killed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo-fleet", "--cluster", "--requests", str(REQUESTS)])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0, out
+    urls = re.search(r"a three-node nats cluster \(streams R3\) at (\S+),", out)
+    assert urls is not None and len(urls.group(1).split(",")) == 3, out
+    killed = re.search(
+        r"SIGKILLed nats node (n\d), the leader of KLAVI_CANCEL, at \d+ records", out
+    )
+    assert killed is not None, out
+    assert re.search(rf"restarted {killed.group(1)} on its ports and store; n\d leads", out)
+    assert re.search(rf"records +{REQUESTS} \(results {REQUESTS}, dead letters 0\)", out)
+    assert "worker exits       worker 1 SIGKILL, worker 2 0, worker 3 0" in out
+    assert "max effects per payment 1; cancelled twice 0" in out
+    assert out.rstrip().endswith("every invariant held")
+    store = re.search(r"JetStream in (\S+)", out)
+    assert store is not None
+    assert gone(store.group(1))
+
+
 async def test_an_interrupt_stops_every_process_and_removes_the_temp_dir(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

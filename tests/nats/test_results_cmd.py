@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 
 from klavi_async import CancelRequest
-from klavi_async._cli import _natsconnect as _cliconnect, _streamcmds as _clistreams
+from klavi_async._cli import _natsconnect, _streamcmds
 from klavi_async.nats import (
     DEAD_SUBJECT,
     RESULTS_STREAM,
@@ -411,9 +411,21 @@ async def test_reading_ends_when_what_was_there_is_gone(
 
     await js.publish(f"{RESULTS_SUBJECT}.kc1-9", json.dumps(CANCELLED).encode())
     monkeypatch.setattr(js, "pull_subscribe_bind", bind_then_lose_the_consumer)
-    with pytest.raises(nats.errors.Error):  # without --follow, a broker error ends it
-        async with contextlib.aclosing(read_results(js)) as reading:
+    with pytest.raises(nats.errors.Error):  # errors lasting its patience end the reading
+        async with contextlib.aclosing(read_results(js, patience=0)) as reading:
             [m async for m in reading]
+    lost: list[int] = []
+
+    async def lose_the_first_consumer(*args: Any, **kwargs: Any) -> Any:
+        if not lost:  # once: a leader election, say; the reading goes on
+            lost.append(1)
+            return await bind_then_lose_the_consumer(*args, **kwargs)
+        return await bind(*args, **kwargs)
+
+    monkeypatch.setattr(js, "pull_subscribe_bind", lose_the_first_consumer)
+    async with contextlib.aclosing(read_results(js)) as reading:
+        assert [m.seq async for m in reading] == [5]
+    assert lost == [1] and await consumers(js) == 0
 
 
 async def test_results_interrupted_or_failing_part_way(
@@ -424,7 +436,7 @@ async def test_results_interrupted_or_failing_part_way(
 ) -> None:
     for n in range(300):  # more than one fetch
         await js.publish(f"{RESULTS_SUBJECT}.kc1-{n}", json.dumps(CANCELLED).encode())
-    real = _clistreams.result_line
+    real = _streamcmds.result_line
     calls: list[int] = []
 
     def interrupted_at_the_first(message: StoredMessage) -> dict[str, Any]:
@@ -433,20 +445,20 @@ async def test_results_interrupted_or_failing_part_way(
         calls.append(message.seq)
         return real(message)
 
-    monkeypatch.setattr(_clistreams, "result_line", interrupted_at_the_first)
+    monkeypatch.setattr(_streamcmds, "result_line", interrupted_at_the_first)
     out = io.StringIO()
-    assert await _clistreams.run_results(nats_server.url, follow=False, out=out) == 130
+    assert await _streamcmds.run_results(nats_server.url, follow=False, out=out) == 130
     assert 0 < len(calls) < 300
     assert len(out.getvalue().splitlines()) == len(calls)
     assert capsys.readouterr().err.startswith(f"{len(calls)} messages: cancelled {len(calls)},")
-    monkeypatch.setattr(_clistreams, "result_line", real)
+    monkeypatch.setattr(_streamcmds, "result_line", real)
 
     async def broken(*args: Any, **kwargs: Any) -> AsyncGenerator[StoredMessage, None]:
         yield StoredMessage(RESULTS_SUBJECT, 1, None, b'{"ok": true}')
         raise nats.errors.ConnectionClosedError
 
-    monkeypatch.setattr(_clistreams, "read_results", broken)
-    assert await _clistreams.run_results(nats_server.url, follow=False) == 1
+    monkeypatch.setattr(_streamcmds, "read_results", broken)
+    assert await _streamcmds.run_results(nats_server.url, follow=False) == 1
     err = capsys.readouterr().err.splitlines()
     assert err[0] == (
         "klavi-async: results: stopped by ConnectionClosedError; the summary counts what was read"
@@ -473,7 +485,14 @@ async def test_results_out_in_a_missing_directory_is_a_usage_error(
 async def test_a_server_that_never_answers_is_said_after_the_first_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_cliconnect, "FIRST_TIMEOUT", 0.3)
+    monkeypatch.setattr(_natsconnect, "FIRST_TIMEOUT", 0.3)
     async with silent_server() as port:
         with pytest.raises(click.ClickException, match=r"no answer within 0\.3 s"):
-            await _cliconnect.open_nats(f"nats://127.0.0.1:{port}")
+            await _natsconnect.open_nats(f"nats://127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize("patience", [-1.0, float("nan")])
+async def test_patience_must_be_a_number_of_seconds(js: JetStreamContext, patience: float) -> None:
+    with pytest.raises(ValueError, match="patience must be 0 or more seconds"):
+        async with contextlib.aclosing(read_results(js, patience=patience)) as reading:
+            [m async for m in reading]
