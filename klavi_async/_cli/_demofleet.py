@@ -312,6 +312,9 @@ async def _stored(js: JetStreamContext, stream: str) -> int:
             # few seconds; so does a restarting server.  Past the patience: raised.
             await asyncio.sleep(POLL)
             continue
+        if info.cluster is not None and not info.cluster.leader:
+            await asyncio.sleep(POLL)  # a stream without a leader is told with no state
+            continue
         return info.state.messages
     raise TimeoutError
 

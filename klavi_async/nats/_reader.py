@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any, Final
 
 import nats.errors
+import nats.js.errors
 from attrs import define, field, frozen
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -85,7 +86,10 @@ async def read_results(
     (at once if it held none).  A broker error (a cluster electing the stream's leader
     after a node died, a server restarting) is retried, reading on from the message
     after the last one yielded, until errors have lasted *patience* seconds in a row:
-    then the last one is raised.  With *follow* it goes on with the new ones, and
+    then the last one is raised.  On a cluster it reads on until the stream's leader
+    has nothing more (a consumer on a replica catching up sees fewer messages than were
+    stored), and a stream without a leader is asked again, not taken for an empty one.
+    With *follow* it goes on with the new ones, and
     retries for ever.  Either way it ends when *stop* is set.  Use it with
     `contextlib.aclosing()`, so the consumer is deleted however the reading ends.
     """
@@ -99,11 +103,13 @@ async def read_results(
         try:
             if last is None and not follow:
                 info = await js.stream_info(RESULTS_STREAM)
+                if info.cluster is not None and not info.cluster.leader:
+                    raise Unsettled("the stream has no leader")  # an empty state, not its own
                 if info.state.messages == 0:
                     return
                 last = info.state.last_seq
             async with _consumer(js, start) as sub:
-                async for message in _pull(sub, last, stop):
+                async for message in _pull(js, sub, last, stop):
                     start, pause, failing_since = message.seq + 1, _RETRY_PAUSE, None
                     yield message
             return
@@ -149,16 +155,25 @@ async def _consumer(
             await js.delete_consumer(RESULTS_STREAM, consumer.name)
 
 
+class Unsettled(nats.errors.Error):
+    """The cluster cannot tell yet (no leader; a replica catching up): read again."""
+
+
 async def _pull(
-    sub: JetStreamContext.PullSubscription, last: int | None, stop: asyncio.Event | None
+    js: JetStreamContext,
+    sub: JetStreamContext.PullSubscription,
+    last: int | None,
+    stop: asyncio.Event | None,
 ) -> AsyncGenerator[StoredMessage, None]:
     """The consumer's messages, up to sequence *last* (None: for ever), until *stop*."""
+    after = 0  # the last sequence yielded
     while stop is None or not stop.is_set():
         msgs = await _fetch(sub, stop)
         if not msgs:
             # Nothing came: is anything left (or, following, is the consumer still there)?
             pending = (await sub.consumer_info()).num_pending
             if last is not None and not pending:
+                await _check_the_end(js, after, last)
                 return  # what was there was deleted meanwhile (replaced, expired)
             continue
         for msg in msgs:
@@ -167,12 +182,29 @@ async def _pull(
             if last is not None and seq > last:
                 return  # stored after the start: not asked for
             yield StoredMessage(msg.subject, seq, meta.timestamp, msg.data)
+            after = seq
             if last is not None and (seq >= last or meta.num_pending == 0):
+                if seq < last:
+                    await _check_the_end(js, seq, last)
                 return
             if stop is not None:  # a signal is handled on a turn of the loop: give it one
                 await asyncio.sleep(0)
                 if stop.is_set():
                     return
+
+
+async def _check_the_end(js: JetStreamContext, after: int, last: int) -> None:
+    """
+    Raise `Unsettled` if the stream's leader holds a message after *after*, up to
+    *last*, that the consumer did not count: a consumer on a replica still catching up
+    (its node just restarted) sees fewer messages than were stored.
+    """
+    try:
+        msg = await js.get_msg(RESULTS_STREAM, seq=after + 1, subject=">", next=True)
+    except nats.js.errors.NotFoundError:
+        return  # nothing after: the end
+    if msg.seq is not None and msg.seq <= last:
+        raise Unsettled(f"the stream holds {msg.seq}, its consumer said no more")
 
 
 async def _fetch(sub: JetStreamContext.PullSubscription, stop: asyncio.Event | None) -> list[Msg]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -20,8 +21,9 @@ from typing import Any
 import click
 import nats.errors
 import pytest
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import StreamConfig
+from nats.js.api import ClusterInfo, StreamConfig, StreamState
 
 from klavi_async import CancelRequest
 from klavi_async._cli import _natsconnect, _streamcmds
@@ -35,6 +37,8 @@ from klavi_async.nats import (
 from klavi_async.nats._reader import (
     ResultsSummary,
     StoredMessage,
+    Unsettled,
+    _check_the_end,
     outcome,
     read_results,
     result_line,
@@ -496,3 +500,69 @@ async def test_patience_must_be_a_number_of_seconds(js: JetStreamContext, patien
     with pytest.raises(ValueError, match="patience must be 0 or more seconds"):
         async with contextlib.aclosing(read_results(js, patience=patience)) as reading:
             [m async for m in reading]
+
+
+async def test_a_consumer_that_sees_fewer_than_were_stored_is_read_again(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A consumer placed on a replica still catching up (its node just restarted) counts
+    # fewer messages than the stream's leader stored: the reading must not end there.
+    for n in range(10):
+        await js.publish(f"{RESULTS_SUBJECT}.kc1-{n}", json.dumps(CANCELLED).encode())
+    bind = js.pull_subscribe_bind
+    behind: list[int] = []
+
+    async def bind_behind(*args: Any, **kwargs: Any) -> Any:
+        sub = await bind(*args, **kwargs)
+        if behind:
+            return sub
+        behind.append(1)
+        fetch = sub.fetch
+
+        async def fetch_four(batch: int, timeout: float) -> list[Msg]:
+            msgs = await fetch(4, timeout=timeout)
+            for msg in msgs:  # as the lagging replica says: nothing after these
+                msg._metadata = dataclasses.replace(msg.metadata, num_pending=0)
+            return msgs
+
+        sub.fetch = fetch_four
+        return sub
+
+    monkeypatch.setattr(js, "pull_subscribe_bind", bind_behind)
+    async with contextlib.aclosing(read_results(js)) as reading:
+        assert [m.seq async for m in reading] == list(range(1, 11))
+    assert behind == [1] and await consumers(js) == 0
+
+
+async def test_the_end_is_checked_with_the_streams_leader(js: JetStreamContext) -> None:
+    for n in range(3):
+        await js.publish(f"{RESULTS_SUBJECT}.kc1-{n}", json.dumps(CANCELLED).encode())
+    await _check_the_end(js, 3, 3)  # nothing after 3: the end
+    await js.delete_msg(RESULTS_STREAM, 2)
+    await _check_the_end(js, 1, 2)  # 2 was deleted (a record replaced): the end too
+    with pytest.raises(Unsettled, match="holds 3"):
+        await _check_the_end(js, 1, 3)
+
+
+async def test_a_stream_without_a_leader_is_asked_again(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # During an election a cluster answers a stream's info with no leader and an empty
+    # state: that is not "no records".
+    for n in range(3):
+        await js.publish(f"{RESULTS_SUBJECT}.kc1-{n}", json.dumps(CANCELLED).encode())
+    real = js.stream_info
+    asked: list[str] = []
+
+    async def leaderless_first(name: str, *args: Any, **kwargs: Any) -> Any:
+        info = await real(name, *args, **kwargs)
+        asked.append(name)
+        if len(asked) == 1:
+            empty = StreamState(messages=0, bytes=0, first_seq=0, last_seq=0, consumer_count=0)
+            return dataclasses.replace(info, state=empty, cluster=ClusterInfo(name="c"))
+        return info
+
+    monkeypatch.setattr(js, "stream_info", leaderless_first)
+    async with contextlib.aclosing(read_results(js)) as reading:
+        assert [m.seq async for m in reading] == [1, 2, 3]
+    assert len(asked) == 2
