@@ -101,7 +101,7 @@ async def run_worker(
 
             reporter = asyncio.create_task(progress())
             try:
-                with on_stop_signals(stop.set), library_warnings("worker"):
+                with on_stop_signals(stop.set), library_warnings("worker"), jetstream_errors(url):
                     # Said once a signal is handled: a SIGINT after it stops it cleanly.
                     _echo(f"worker: consuming {mask_url(url)} with concurrency {concurrency}")
                     await worker.run(stop)
@@ -152,7 +152,8 @@ async def run_enqueue(input_path: str, url: str) -> int:
         js = nc.jetstream()
         with jetstream_errors(url):
             await ensure_streams(js)  # creates what is missing, changes nothing
-        await publish_requests(js, requests(), on_stored=on_stored, on_duplicate=on_duplicate)
+        with library_warnings("enqueue"):  # a publish sent again says why
+            await publish_requests(js, requests(), on_stored=on_stored, on_duplicate=on_duplicate)
     except LegacyStreamError as exc:
         failed = True
         _echo(f"enqueue: {exc}; nothing was sent")

@@ -106,18 +106,32 @@ async def open_nats(url: str) -> NATS:
     raise click.ClickException(f"cannot connect to NATS at {mask_url(url)}: {cause}")
 
 
+UNAVAILABLE_CODE: Final = 10008  # JetStream: temporarily unavailable
+
+
 @contextlib.contextmanager
 def jetstream_errors(url: str) -> Iterator[None]:
     """
     Turn a server without JetStream into a `ClickException` that says so.
 
     Wrap a command's first JetStream request: without JetStream (on the server, or for
-    the account) nobody answers it, and nats-py raises a bare `ServiceUnavailableError`.
+    the account) nobody answers it, and nats-py raises a bare `ServiceUnavailableError`;
+    a cluster without a quorum answers it as unavailable, or not in time: said too.
     """
     try:
         yield
-    except ServiceUnavailableError:
+    except ServiceUnavailableError as exc:
+        if exc.err_code == UNAVAILABLE_CODE:  # JetStream is there, its cluster is not ready
+            raise click.ClickException(
+                f"JetStream at {mask_url(url)} is unavailable for now (a cluster without a "
+                "quorum of its nodes, or electing its leaders): try again"
+            ) from None
         raise click.ClickException(
             f"NATS at {mask_url(url)} has no JetStream: start nats-server with -js "
             "(or enable JetStream for this account)"
+        ) from None
+    except (nats.errors.TimeoutError, TimeoutError):
+        raise click.ClickException(
+            f"no answer from JetStream at {mask_url(url)} in time (a cluster without a "
+            "quorum of its nodes, or electing its leaders?): try again"
         ) from None

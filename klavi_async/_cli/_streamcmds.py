@@ -13,7 +13,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import click
 import nats.errors
@@ -39,6 +39,7 @@ from ._natsconnect import (
     NATS_URL_HELP,
     echo,
     jetstream_errors,
+    library_warnings,
     mask_url,
     open_nats,
 )
@@ -55,12 +56,16 @@ def check_settings(settings: dict[str, Any]) -> None:
             raise click.BadParameter(str(exc), param_hint=f"--{name.replace('_', '-')}") from None
 
 
+MANAGE_TIMEOUT: Final = 20.0  # seconds a stream's creation or change may take
+
+
 async def run_streams(url: str, settings: dict[str, Any]) -> int:
     """Create or update both streams with *settings* (None: keep); print their settings."""
     check_settings(settings)  # before connecting
     nc = await open_nats(url)
     try:
-        js = nc.jetstream()
+        # A cluster changes a stream on every node: give it longer than a request's 5 s.
+        js = nc.jetstream(timeout=MANAGE_TIMEOUT)
         with jetstream_errors(url):
             try:
                 configs = await ensure_streams(js, **settings)
@@ -75,6 +80,12 @@ async def run_streams(url: str, settings: dict[str, Any]) -> int:
                 echo(f"streams: the server refused: {exc.description} (code {exc.err_code})")
                 await _print_streams(js)  # what each stream is now
                 return EXIT_FAILED
+            except (nats.errors.TimeoutError, TimeoutError):
+                echo(
+                    "streams: no answer in time: a change may be applied to one stream "
+                    "and not the other; run `klavi-async streams` again to see them"
+                )
+                raise
         for config in configs.values():
             click.echo(describe(config))
         return EXIT_OK
@@ -107,7 +118,7 @@ async def run_results(url: str, *, follow: bool, out: TextIO | None = None) -> i
         summary = ResultsSummary()
         failed = False
         try:
-            with on_stop_signals(stop.set):
+            with on_stop_signals(stop.set), library_warnings("results"):
                 reading = read_results(js, follow=follow, stop=stop)
                 async with contextlib.aclosing(reading) as messages:
                     async for message in messages:

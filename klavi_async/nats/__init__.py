@@ -15,6 +15,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
     raise ImportError("klavi_async.nats needs nats-py: pip install 'klavi-async[nats]'") from exc
 
 from ._decide import LONGEST, Action, Decision, Poison, decide, is_final, parse_request
+from ._enqueue import enqueue, publish_requests, request_message
 from ._reader import ResultsSummary, StoredMessage, read_results, result_line
 from ._settings import stream_changes
 from ._settle import WorkerStats
@@ -26,10 +27,7 @@ from ._streams import (
     RESULTS_SUBJECT,
     LegacyStreamError,
     connect,
-    enqueue,
     ensure_streams,
-    publish_requests,
-    request_message,
 )
 from ._worker import CancelWorker
 

@@ -104,7 +104,7 @@ async def read_results(
             if last is None and not follow:
                 info = await js.stream_info(RESULTS_STREAM)
                 if info.cluster is not None and not info.cluster.leader:
-                    raise Unsettled("the stream has no leader")  # an empty state, not its own
+                    raise ClusterNotReady("the stream has no leader")  # an empty state, not its own
                 if info.state.messages == 0:
                     return
                 last = info.state.last_seq
@@ -155,7 +155,7 @@ async def _consumer(
             await js.delete_consumer(RESULTS_STREAM, consumer.name)
 
 
-class Unsettled(nats.errors.Error):
+class ClusterNotReady(nats.errors.Error):
     """The cluster cannot tell yet (no leader; a replica catching up): read again."""
 
 
@@ -195,7 +195,7 @@ async def _pull(
 
 async def _check_the_end(js: JetStreamContext, after: int, last: int) -> None:
     """
-    Raise `Unsettled` if the stream's leader holds a message after *after*, up to
+    Raise `ClusterNotReady` if the stream's leader holds a message after *after*, up to
     *last*, that the consumer did not count: a consumer on a replica still catching up
     (its node just restarted) sees fewer messages than were stored.
     """
@@ -204,7 +204,7 @@ async def _check_the_end(js: JetStreamContext, after: int, last: int) -> None:
     except nats.js.errors.NotFoundError:
         return  # nothing after: the end
     if msg.seq is not None and msg.seq <= last:
-        raise Unsettled(f"the stream holds {msg.seq}, its consumer said no more")
+        raise ClusterNotReady(f"the stream holds {msg.seq}, its consumer said no more")
 
 
 async def _fetch(sub: JetStreamContext.PullSubscription, stop: asyncio.Event | None) -> list[Msg]:

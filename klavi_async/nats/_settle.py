@@ -80,6 +80,7 @@ class WorkerStats:
             f"naked {self.naked}, dead {self.dead}, redelivered {self.redelivered}, "
             f"duplicates dropped {self.duplicates}"
             + (f", Klavi outages {self.outages} (held now {self.held})" if self.outages else "")
+            + (f", left to come back {self.unsettled}" if self.unsettled else "")
         )
 
 
@@ -147,7 +148,10 @@ class Settler:
                 # again as a start makes it (a record kept is worth more than its
                 # absence); records stored before are gone with it.
                 if loop.time() + pause > deadline:
-                    logger.warning("could not publish a record (no results stream)")
+                    logger.warning(
+                        "could not publish a record (no answer from the results stream: "
+                        "a cluster electing its leader, or the stream deleted)"
+                    )
                     return "failed"
                 await self._remake_streams()
             except nats.js.errors.APIError as exc:

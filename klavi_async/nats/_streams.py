@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
-from .. import CancelRequest, deterministic_idempotency_key
 from ._decide import DEAD_SUBJECT, RESULTS_SUBJECT
 from ._settings import DEFAULT_DUPLICATE_WINDOW, apply_changes, stream_changes
 
@@ -34,19 +32,18 @@ __all__ = [
     "RESULTS_STREAM",
     "RESULTS_SUBJECT",
     "connect",
-    "enqueue",
     "ensure_streams",
-    "request_message",
 ]
 
 REQUESTS_STREAM: Final = "KLAVI_CANCEL"
 REQUESTS_SUBJECT: Final = "klavi.cancel.requests"
 RESULTS_STREAM: Final = "KLAVI_CANCEL_RESULTS"
 MSG_ID: Final = "Nats-Msg-Id"
+# A node frozen or cut off answers no ping: after PING_INTERVAL x MAX_PINGS seconds
+# without an answer the client drops it and moves to another node of the cluster.
+PING_INTERVAL: Final = 5.0  # seconds between the client's pings to its server
+MAX_PINGS: Final = 3  # unanswered pings before the client drops the connection
 _STREAM_NAME_IN_USE: Final = 10058  # JetStream: a stream of that name, another config
-_PUBLISH_WINDOW: Final = 256  # publishes awaiting their acks at once
-# An idempotency key as Open Finance Brasil allows it; anything else never reaches a header.
-_KEY_RE: Final = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,38}[\x21-\x7e])?")
 
 logger = logging.getLogger("klavi_async.nats")
 
@@ -110,12 +107,14 @@ async def connect(url: str | Sequence[str], *, first_timeout: float = 5.0, **opt
         logger.warning("NATS disconnected")
 
     async def on_reconnected() -> None:
-        logger.info("NATS reconnected")
+        logger.warning("NATS reconnected")  # as loud as the disconnect it ends
 
     settings: dict[str, Any] = {
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.25,
         "connect_timeout": 2.0,
+        "ping_interval": PING_INTERVAL,  # a frozen node is left in 15 s, not nats-py's 4 min
+        "max_outstanding_pings": MAX_PINGS,
         "error_cb": on_error,
         "disconnected_cb": on_disconnected,
         "reconnected_cb": on_reconnected,
@@ -272,105 +271,3 @@ def _refuse_legacy(config: StreamConfig) -> None:
         "(klavi-async results --out FILE), delete the stream (nats stream rm "
         f"{RESULTS_STREAM}), then start again: it is created anew"
     )
-
-
-def request_message(request: CancelRequest) -> tuple[bytes, dict[str, str]]:
-    """
-    The body and headers `enqueue()` publishes for *request*.
-
-    The body holds the batch row fields, the idempotency key included (derived when the
-    request has none, so every worker sends the same one); the header `Nats-Msg-Id` is
-    that key.  A request whose key cannot be derived (a malformed id or document) gets no
-    header: the worker turns it into a dead letter.
-    """
-    if not isinstance(request, CancelRequest):
-        raise TypeError(f"expected a CancelRequest, got {type(request).__name__}")
-    for name in ("payment_id", "cancelled_by"):
-        if not isinstance(getattr(request, name), str):
-            raise TypeError(f"CancelRequest.{name} must be a str")
-    for name in ("identifier_type", "idempotency_key", "consent_id"):
-        value = getattr(request, name)
-        if value is not None and not isinstance(value, str):
-            raise TypeError(f"CancelRequest.{name} must be a str or None")
-    key = request.idempotency_key
-    if key is None:
-        try:
-            key = deterministic_idempotency_key(request.payment_id, request.cancelled_by)
-        except ValueError:
-            key = None
-    fields = {
-        "payment_id": request.payment_id,
-        "cancelled_by": request.cancelled_by,
-        "identifier_type": request.identifier_type,
-        "idempotency_key": key,
-        "consent_id": request.consent_id,
-    }
-    body = {name: value for name, value in fields.items() if value is not None}
-    headers = {MSG_ID: key} if key is not None and _KEY_RE.fullmatch(key) else {}
-    return json.dumps(body, separators=(",", ":")).encode(), headers
-
-
-async def enqueue(
-    js: JetStreamContext,
-    requests: Iterable[CancelRequest],
-    *,
-    on_duplicate: Callable[[CancelRequest], object] | None = None,
-) -> int:
-    """
-    Publish *requests* to `klavi.cancel.requests`; return how many the server stored.
-
-    A request published before, inside the stream's duplicate window, is dropped by the
-    server: it is not counted, and *on_duplicate* (if given) is called with it.  Raises
-    `TypeError` for an item that is not a `CancelRequest` (or has fields of the wrong
-    types) before publishing it; the requests before it are published, as they are when
-    *requests* itself raises.
-    """
-    stored = 0
-
-    def count(request: CancelRequest) -> None:
-        nonlocal stored
-        stored += 1
-
-    await publish_requests(js, requests, on_stored=count, on_duplicate=on_duplicate)
-    return stored
-
-
-async def publish_requests(
-    js: JetStreamContext,
-    requests: Iterable[CancelRequest],
-    *,
-    on_stored: Callable[[CancelRequest], object],
-    on_duplicate: Callable[[CancelRequest], object] | None = None,
-) -> None:
-    """
-    `enqueue()`, reporting each request as the server answers it.
-
-    What the server stored is known even when it fails part-way (the CLI prints it).
-    """
-    window: list[tuple[CancelRequest, bytes, dict[str, str]]] = []
-
-    async def flush() -> None:
-        batch = window[:]
-        window.clear()  # a failing flush is not retried by the `finally` below
-        acks = await asyncio.gather(
-            *(
-                js.publish(REQUESTS_SUBJECT, body, headers=headers or None)
-                for _, body, headers in batch
-            )
-        )
-        for (request, _, _), ack in zip(batch, acks, strict=True):
-            if not ack.duplicate:
-                on_stored(request)
-            elif on_duplicate is not None:
-                on_duplicate(request)
-
-    try:
-        for request in requests:
-            body, headers = request_message(request)
-            window.append((request, body, headers))
-            if len(window) >= _PUBLISH_WINDOW:
-                await flush()
-    finally:
-        # Whatever stopped the loop (a bad item, the input failing), what was read is sent.
-        if window:
-            await flush()

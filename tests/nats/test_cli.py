@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -145,6 +146,13 @@ async def test_a_fleet_with_single_use_tokens_ends_every_payment_ok(
             for _ in range(2)
         ]
         try:
+            for process in workers:  # each ready (its signals handled) before any is stopped
+                seen = ""
+                while "worker: consuming" not in seen:
+                    assert process.stderr is not None
+                    line = await asyncio.to_thread(process.stderr.readline)
+                    assert line, seen  # it exited
+                    seen += line
             await wait_for_records(js, len(requests), timeout=60)
         finally:
             for process in workers:

@@ -11,12 +11,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import nats.errors
 import pytest
+from nats.js.errors import ServiceUnavailableError
 
 from klavi_async._cli._fleetprocs import free_port
-from klavi_async._cli._natsconnect import mask_url
-from klavi_async.nats import connect
+from klavi_async._cli._natsconnect import jetstream_errors, mask_url
+from klavi_async.nats import WorkerStats, connect
 
 from ..conftest import CPF
 from .conftest import NatsServer
@@ -236,3 +238,46 @@ def test_a_refused_server_list_names_every_url_masked(tmp_path: Path) -> None:
         f"klavi-async: error: cannot connect to NATS at nats://***@127.0.0.1:{ports[0]},"
         f"nats://127.0.0.1:{ports[1]}: connection refused\n"
     )
+
+
+async def test_a_frozen_node_is_left_within_fifteen_seconds(nats_server: NatsServer) -> None:
+    # nats-py pings every 120 s and drops a connection after 2 unanswered: a node frozen
+    # (SIGSTOP, a partition) kept a worker for 4 minutes.  Ours: 5 s, 3 pings.
+    nc = await connect(nats_server.url)
+    try:
+        assert nc.options["ping_interval"] * nc.options["max_outstanding_pings"] <= 15
+        overridden = await connect(nats_server.url, ping_interval=60)
+        assert overridden.options["ping_interval"] == 60  # the caller's word wins
+        await overridden.close()
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (
+            ServiceUnavailableError(code=503, err_code=10008, description="unavailable"),
+            "JetStream at nats://***@127.0.0.1:4222 is unavailable for now (a cluster "
+            "without a quorum of its nodes, or electing its leaders): try again",
+        ),
+        (ServiceUnavailableError(), "NATS at nats://***@127.0.0.1:4222 has no JetStream"),
+        (nats.errors.TimeoutError(), "no answer from JetStream at nats://***@127.0.0.1:4222"),
+        (TimeoutError(), "no answer from JetStream at nats://***@127.0.0.1:4222 in time"),
+    ],
+)
+def test_a_cluster_without_a_quorum_is_told_from_a_server_without_jetstream(
+    error: Exception, said: str
+) -> None:
+    url = f"nats://operator:{SECRET}@127.0.0.1:4222"
+    with pytest.raises(click.ClickException) as caught, jetstream_errors(url):
+        raise error
+    assert caught.value.message.startswith(said)
+    assert SECRET not in caught.value.message
+
+
+def test_the_progress_line_says_what_is_left_to_come_back() -> None:
+    stats = WorkerStats(done=3, ok=3)
+    assert "left to come back" not in stats.line()
+    stats.unsettled = 2
+    assert stats.line().endswith(", left to come back 2")

@@ -35,9 +35,9 @@ from klavi_async.nats import (
     enqueue,
 )
 from klavi_async.nats._reader import (
+    ClusterNotReady,
     ResultsSummary,
     StoredMessage,
-    Unsettled,
     _check_the_end,
     outcome,
     read_results,
@@ -540,7 +540,7 @@ async def test_the_end_is_checked_with_the_streams_leader(js: JetStreamContext) 
     await _check_the_end(js, 3, 3)  # nothing after 3: the end
     await js.delete_msg(RESULTS_STREAM, 2)
     await _check_the_end(js, 1, 2)  # 2 was deleted (a record replaced): the end too
-    with pytest.raises(Unsettled, match="holds 3"):
+    with pytest.raises(ClusterNotReady, match="holds 3"):
         await _check_the_end(js, 1, 3)
 
 

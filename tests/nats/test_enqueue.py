@@ -1,0 +1,80 @@
+"""`enqueue()` counts each answer on its own and sends again what the broker did not answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import pytest
+from nats.js.api import PubAck
+
+from klavi_async import CancelRequest
+from klavi_async.nats import enqueue, publish_requests
+from klavi_async.nats._streams import MSG_ID
+
+from ..conftest import CPF
+
+
+class FlakyStream:
+    """A stream that stores by `Nats-Msg-Id` and fails the publishes it is told to."""
+
+    def __init__(self, fail: dict[str, list[Exception]]) -> None:
+        self.fail = fail  # payment id in the body -> errors to raise first, in order
+        self.stored: dict[str, bytes] = {}
+        self.sent = 0
+
+    async def publish(self, subject: str, body: bytes, headers: Any = None) -> PubAck:
+        self.sent += 1
+        for payment, errors in self.fail.items():
+            if payment.encode() in body and errors:
+                raise errors.pop(0)
+        key = (headers or {}).get(MSG_ID) or f"no-id-{self.sent}"
+        duplicate = key in self.stored
+        self.stored.setdefault(key, body)
+        return PubAck(stream="KLAVI_CANCEL", seq=len(self.stored), duplicate=duplicate)
+
+
+def requests(n: int) -> list[CancelRequest]:
+    return [CancelRequest(f"pay-{i:03}", CPF) for i in range(n)]
+
+
+async def test_a_failed_publish_does_not_hide_the_others_answers() -> None:
+    # One publish of the first window fails for good: its 255 others were stored, and
+    # are counted; the enqueue stops there (the next window is not sent).
+    js = FlakyStream({"pay-007": [nats.errors.MaxPayloadError()]})
+    stored: list[str] = []
+    with pytest.raises(nats.errors.MaxPayloadError):
+        await publish_requests(js, requests(300), on_stored=lambda r: stored.append(r.payment_id))  # type: ignore[arg-type]
+    assert len(stored) == len(js.stored) == 255  # before: 0 counted, 255 stored
+    assert "pay-007" not in stored
+
+
+async def test_a_publish_the_broker_did_not_answer_is_sent_again() -> None:
+    unanswered = [nats.errors.TimeoutError(), nats.errors.NoRespondersError()]
+    electing = nats.js.errors.APIError(code=503, err_code=10008, description="unavailable")
+    js = FlakyStream({"pay-001": unanswered, "pay-002": [electing]})
+    assert await enqueue(js, requests(5)) == 5  # type: ignore[arg-type]
+    assert js.sent == 5 + 3
+
+
+async def test_without_an_id_a_copy_would_be_a_second_request_so_none_is_sent() -> None:
+    # A key a header cannot hold is sent without a Nats-Msg-Id.
+    js = FlakyStream({"pay-x": [nats.errors.TimeoutError()]})
+    with pytest.raises(nats.errors.TimeoutError):
+        await enqueue(js, [CancelRequest("pay-x", CPF, idempotency_key="a\r\nX: y")])  # type: ignore[arg-type]
+    assert js.sent == 1 and not js.stored
+
+
+async def test_patience_bounds_the_sending_again() -> None:
+    js = FlakyStream({"pay-001": [nats.errors.TimeoutError() for _ in range(100)]})
+    with pytest.raises(nats.errors.TimeoutError):
+        await enqueue(js, requests(3), patience=0)  # type: ignore[arg-type]
+    assert len(js.stored) == 2
+    with pytest.raises(ValueError, match="patience"):
+        await enqueue(js, requests(1), patience=float("nan"))  # type: ignore[arg-type]
+    other = nats.js.errors.APIError(code=400, err_code=10077, description="maximum messages")
+    js = FlakyStream({"pay-000": [other]})
+    with pytest.raises(nats.js.errors.APIError):  # not a broker's pause: not sent again
+        await enqueue(js, requests(1))  # type: ignore[arg-type]
+    assert js.sent == 1
