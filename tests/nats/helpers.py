@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -82,3 +85,31 @@ async def silent_server() -> AsyncIterator[int]:
         for writer in accepted:
             writer.close()
             await writer.wait_closed()
+
+
+CLI = str(Path(sys.executable).parent / "klavi-async")
+
+
+async def start_logged_worker(
+    url: str, emu: KlaviEmulator, log: Path, *, ack_wait: float
+) -> asyncio.subprocess.Process:
+    """A `klavi-async worker` against *emu* (access keys), its stderr written to *log*."""
+    env = {
+        **os.environ,
+        "KLAVI_BASE_URL": emu.url,
+        "KLAVI_ACCESS_KEY": emu.access_key,
+        "KLAVI_SECRET_KEY": emu.secret_key,
+    }
+    env.pop("KLAVI_TOKEN", None)
+    with open(log, "wb") as handle:  # noqa: ASYNC230 - a log file, opened once
+        return await asyncio.create_subprocess_exec(
+            CLI, "worker",
+            "--nats-url", url,
+            "--concurrency", "32",
+            "--ack-wait", f"{ack_wait:g}",
+            "--retry-delay", "0.2",
+            "--progress-interval", "0.5",
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=handle,
+        )  # fmt: skip

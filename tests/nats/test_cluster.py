@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sys
 import time
@@ -37,9 +36,9 @@ from klavi_async.testing import KlaviEmulator
 
 from ..conftest import CPF
 from .cluster import NatsCluster
+from .helpers import start_logged_worker
 
 REQUESTS = 1000
-CLI = str(Path(sys.executable).parent / "klavi-async")
 
 
 @pytest.fixture
@@ -114,28 +113,6 @@ class Progress:
         return stored >= wanted
 
 
-async def start_worker(url: str, emu: KlaviEmulator, log: Path) -> asyncio.subprocess.Process:
-    env = {
-        **os.environ,
-        "KLAVI_BASE_URL": emu.url,
-        "KLAVI_ACCESS_KEY": emu.access_key,
-        "KLAVI_SECRET_KEY": emu.secret_key,
-    }
-    env.pop("KLAVI_TOKEN", None)
-    with open(log, "wb") as handle:  # noqa: ASYNC230 - a log file, opened once
-        return await asyncio.create_subprocess_exec(
-            CLI, "worker",
-            "--nats-url", url,
-            "--concurrency", "32",
-            "--ack-wait", "5",
-            "--retry-delay", "0.2",
-            "--progress-interval", "0.5",
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=handle,
-        )  # fmt: skip
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stream", [REQUESTS_STREAM, RESULTS_STREAM])
 async def test_a_stream_leader_killed_loses_nothing_and_cancels_nothing_twice(
@@ -147,7 +124,7 @@ async def test_a_stream_leader_killed_loses_nothing_and_cancels_nothing_twice(
         requests = [CancelRequest(emu.add_payment(), CPF) for _ in range(REQUESTS)]
         assert await enqueue(js, requests) == REQUESTS
         logs = [tmp_path / "worker-1.log", tmp_path / "worker-2.log"]
-        workers = [await start_worker(cluster.url, emu, log) for log in logs]
+        workers = [await start_logged_worker(cluster.url, emu, log, ack_wait=5) for log in logs]
         try:
             await until(lambda: _at_least(js, REQUESTS // 3), timeout=120)
             victim = await leader(js, stream)

@@ -9,7 +9,6 @@ not acked), every request ends with exactly one record and no payment is cancell
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import sys
@@ -26,34 +25,9 @@ from klavi_async.testing import KlaviEmulator
 
 from ..conftest import CPF
 from .conftest import NatsServer
-from .helpers import queue_empty, records, stored
+from .helpers import queue_empty, records, start_logged_worker, stored
 
 REQUESTS = 1000
-CLI = str(Path(sys.executable).parent / "klavi-async")
-
-
-async def start_worker(
-    nats_server: NatsServer, emu: KlaviEmulator, log: Path
-) -> asyncio.subprocess.Process:
-    env = {
-        **os.environ,
-        "KLAVI_BASE_URL": emu.url,
-        "KLAVI_ACCESS_KEY": emu.access_key,
-        "KLAVI_SECRET_KEY": emu.secret_key,
-    }
-    env.pop("KLAVI_TOKEN", None)
-    with open(log, "wb") as handle:  # noqa: ASYNC230 - a log file, opened once
-        return await asyncio.create_subprocess_exec(
-            CLI, "worker",
-            "--nats-url", nats_server.url,
-            "--concurrency", "32",
-            "--ack-wait", "2",
-            "--retry-delay", "0.2",
-            "--progress-interval", "0.5",
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=handle,
-        )  # fmt: skip
 
 
 async def until(condition: object, timeout: float) -> None:
@@ -71,8 +45,8 @@ async def test_a_sigkilled_worker_loses_nothing_and_cancels_nothing_twice(
         requests = [CancelRequest(emu.add_payment(), CPF) for _ in range(REQUESTS)]
         assert await enqueue(js, requests) == REQUESTS
         victim_log, survivor_log = tmp_path / "victim.log", tmp_path / "survivor.log"
-        victim = await start_worker(nats_server, emu, victim_log)
-        survivor = await start_worker(nats_server, emu, survivor_log)
+        victim = await start_logged_worker(nats_server.url, emu, ack_wait=2, log=victim_log)
+        survivor = await start_logged_worker(nats_server.url, emu, ack_wait=2, log=survivor_log)
         try:
             await until(lambda: _at_least(js, REQUESTS // 3), timeout=60)
             victim.send_signal(signal.SIGKILL)
@@ -134,8 +108,8 @@ async def test_a_worker_frozen_past_ack_wait_and_the_duplicate_window_adds_no_re
     async with KlaviEmulator(fault_rates=faults, latency=0.3, seed=7) as emu:
         requests = [CancelRequest(emu.add_payment(), CPF) for _ in range(requests_)]
         victim_log, survivor_log = tmp_path / "victim.log", tmp_path / "survivor.log"
-        victim = await start_worker(nats_server, emu, victim_log)
-        survivor = await start_worker(nats_server, emu, survivor_log)
+        victim = await start_logged_worker(nats_server.url, emu, ack_wait=2, log=victim_log)
+        survivor = await start_logged_worker(nats_server.url, emu, ack_wait=2, log=survivor_log)
         try:
             await until(lambda: _consumer_bound(js), timeout=30)
             await ensure_streams(js, duplicate_window=2.0)  # after the workers started
