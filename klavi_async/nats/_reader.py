@@ -89,9 +89,9 @@ async def read_results(
     then the last one is raised.  On a cluster it reads on until the stream's leader
     has nothing more (a consumer on a replica catching up sees fewer messages than were
     stored), and a stream without a leader is asked again, not taken for an empty one.
-    With *follow* it goes on with the new ones, and
-    retries for ever.  Either way it ends when *stop* is set.  Use it with
-    `contextlib.aclosing()`, so the consumer is deleted however the reading ends.
+    With *follow* it goes on with the new ones, and retries for ever.  Either way it
+    ends when *stop* is set.  Use it with `contextlib.aclosing()`, so the consumer is
+    deleted however the reading ends.
     """
     if patience < 0 or math.isnan(patience):
         raise ValueError(f"patience must be 0 or more seconds, got {patience!r}")
@@ -109,7 +109,7 @@ async def read_results(
                     return
                 last = info.state.last_seq
             async with _consumer(js, start) as sub:
-                async for message in _pull(js, sub, last, stop):
+                async for message in _pull(js, sub, start, last, stop):
                     start, pause, failing_since = message.seq + 1, _RETRY_PAUSE, None
                     yield message
             return
@@ -162,11 +162,12 @@ class ClusterNotReady(nats.errors.Error):
 async def _pull(
     js: JetStreamContext,
     sub: JetStreamContext.PullSubscription,
+    start: int,
     last: int | None,
     stop: asyncio.Event | None,
 ) -> AsyncGenerator[StoredMessage, None]:
-    """The consumer's messages, up to sequence *last* (None: for ever), until *stop*."""
-    after = 0  # the last sequence yielded
+    """The consumer's messages (from *start*) up to *last* (None: for ever), until *stop*."""
+    after = start - 1  # the last sequence yielded, or the one before the first asked for
     while stop is None or not stop.is_set():
         msgs = await _fetch(sub, stop)
         if not msgs:

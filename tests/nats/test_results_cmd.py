@@ -566,3 +566,37 @@ async def test_a_stream_without_a_leader_is_asked_again(
     async with contextlib.aclosing(read_results(js)) as reading:
         assert [m.seq async for m in reading] == [1, 2, 3]
     assert len(asked) == 2
+
+
+async def test_read_again_after_the_rest_was_deleted_it_ends_at_once(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A broker error after the first record, and the others replaced meanwhile: the new
+    # consumer (from 2) finds nothing, and the leader holds nothing after 1 either.
+    for n in range(3):
+        await js.publish(f"{RESULTS_SUBJECT}.kc1-{n}", json.dumps(CANCELLED).encode())
+    bind = js.pull_subscribe_bind
+    binds: list[int] = []
+
+    async def one_then_gone(*args: Any, **kwargs: Any) -> Any:
+        sub = await bind(*args, **kwargs)
+        binds.append(1)
+        if len(binds) > 1:
+            return sub
+        fetch = sub.fetch
+
+        async def first_only(batch: int, timeout: float) -> list[Msg]:
+            msgs = await fetch(1, timeout=timeout)
+            for seq in (2, 3):
+                await js.delete_msg(RESULTS_STREAM, seq)
+            (consumer,) = await js.consumers_info(RESULTS_STREAM)
+            await js.delete_consumer(RESULTS_STREAM, consumer.name)
+            return msgs
+
+        sub.fetch = first_only
+        return sub
+
+    monkeypatch.setattr(js, "pull_subscribe_bind", one_then_gone)
+    async with contextlib.aclosing(read_results(js, patience=5)) as reading:
+        assert [m.seq async for m in reading] == [1]
+    assert len(binds) == 2 and await consumers(js) == 0
