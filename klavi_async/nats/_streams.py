@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import nats.errors
-import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
