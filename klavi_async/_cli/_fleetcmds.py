@@ -33,6 +33,7 @@ from ._natsconnect import (
     library_warnings,
     mask_url,
     open_nats,
+    warn_single_replicas,
 )
 
 __all__ = ["demo_fleet", "enqueue_command", "run_enqueue", "run_worker", "worker"]
@@ -79,6 +80,7 @@ async def run_worker(
             try:
                 with jetstream_errors(url):
                     await ensure_streams(js)  # creates what is missing, changes nothing
+                await warn_single_replicas(js, "worker")
             except LegacyStreamError as exc:
                 _echo(f"worker: {exc}")
                 return EXIT_FAILED
@@ -152,6 +154,7 @@ async def run_enqueue(input_path: str, url: str) -> int:
         js = nc.jetstream()
         with jetstream_errors(url):
             await ensure_streams(js)  # creates what is missing, changes nothing
+        await warn_single_replicas(js, "enqueue")
         with library_warnings("enqueue"):  # a publish sent again says why
             await publish_requests(js, requests(), on_stored=on_stored, on_duplicate=on_duplicate)
     except LegacyStreamError as exc:

@@ -14,9 +14,10 @@ from typing import Final
 import click
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 from nats.js.errors import ServiceUnavailableError
 
-from ..nats import connect
+from ..nats import REQUESTS_STREAM, RESULTS_STREAM, connect
 
 __all__ = [
     "EXIT_FAILED",
@@ -43,6 +44,23 @@ NATS_URL_HELP: Final = (
 def echo(text: str) -> None:
     """Print `klavi-async: <text>` on stderr."""
     click.echo(f"klavi-async: {text}", err=True)
+
+
+async def warn_single_replicas(js: JetStreamContext, command: str) -> None:
+    """
+    On a cluster, say so of a stream with one replica: it stops with its node (streams
+    are created with one unless asked, and a worker or enqueue never changes them).
+    """
+    for name in (REQUESTS_STREAM, RESULTS_STREAM):
+        try:
+            info = await js.stream_info(name)
+        except (nats.errors.Error, TimeoutError):
+            continue  # the command itself says what is wrong with the broker
+        if info.cluster is not None and info.cluster.name and info.config.num_replicas == 1:
+            echo(
+                f"{command}: {name} has 1 replica on the cluster {info.cluster.name}: it stops "
+                "when its node does; for money run `klavi-async streams --replicas 3`"
+            )
 
 
 def mask_url(url: str) -> str:

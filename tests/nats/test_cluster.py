@@ -37,6 +37,7 @@ from klavi_async.testing import KlaviEmulator
 from ..conftest import CPF
 from .cluster import NatsCluster
 from .helpers import start_logged_worker
+from .test_cli import run
 
 REQUESTS = 1000
 
@@ -201,3 +202,20 @@ async def test_records_are_read_whole_while_the_results_leader_is_elected(
     assert seen == list(range(1, stored + 1))  # each once, in order, none lost
     assert await leader(js, RESULTS_STREAM) != victim
     cluster.restart(victim)
+
+
+def test_streams_of_one_replica_on_a_cluster_are_said(cluster: NatsCluster, tmp_path: Path) -> None:
+    rows = tmp_path / "cancels.jsonl"
+    rows.write_text(json.dumps({"payment_id": "pay-1", "cancelled_by": CPF}) + "\n")
+    first = run("enqueue", str(rows), "--nats-url", cluster.url)  # creates R1 streams
+    assert first.returncode == 0, first.stderr
+    for stream in (REQUESTS_STREAM, RESULTS_STREAM):
+        assert (
+            f"klavi-async: enqueue: {stream} has 1 replica on the cluster klavi: it stops "
+            "when its node does; for money run `klavi-async streams --replicas 3`"
+        ) in first.stderr
+    changed = run("streams", "--nats-url", cluster.url, "--replicas", "3")
+    assert changed.returncode == 0, changed.stderr
+    again = run("enqueue", str(rows), "--nats-url", cluster.url)
+    assert again.returncode == 0, again.stderr
+    assert "replica" not in again.stderr
