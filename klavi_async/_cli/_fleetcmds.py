@@ -59,6 +59,13 @@ class _Seconds(click.ParamType):  # type: ignore[type-arg]
 SECONDS = _Seconds()
 
 
+async def _progress(worker: CancelWorker, interval: float) -> None:
+    """A worker's progress line every *interval* seconds, until cancelled."""
+    while True:
+        await asyncio.sleep(interval)
+        _echo(f"worker: {worker.stats.line()}")
+
+
 async def run_worker(
     url: str,
     *,
@@ -95,13 +102,7 @@ async def run_worker(
                 max_age=max_age,
             )
             stop = asyncio.Event()
-
-            async def progress() -> None:
-                while True:
-                    await asyncio.sleep(progress_interval)
-                    _echo(f"worker: {worker.stats.line()}")
-
-            reporter = asyncio.create_task(progress())
+            reporter = asyncio.create_task(_progress(worker, progress_interval))
             try:
                 with on_stop_signals(stop.set), library_warnings("worker"), jetstream_errors(url):
                     # Said once a signal is handled: a SIGINT after it stops it cleanly.
