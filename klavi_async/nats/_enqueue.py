@@ -31,7 +31,6 @@ __all__ = ["enqueue", "publish_requests", "request_message"]
 logger = logging.getLogger("klavi_async.nats")
 
 _PUBLISH_WINDOW: Final = 256  # publishes awaiting their acks at once
-_UNAVAILABLE_CODE: Final = 10008  # JetStream: temporarily unavailable (no quorum, yet)
 # An idempotency key as Open Finance Brasil allows it; anything else never reaches a header.
 _KEY_RE: Final = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,38}[\x21-\x7e])?")
 
@@ -154,7 +153,7 @@ async def publish_requests(
 _RETRYABLE: Final = (
     nats.errors.TimeoutError,  # no ack: stored or not, a copy is dropped by its id
     nats.errors.NoRespondersError,  # no leader yet (an election)
-    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.ServiceUnavailableError,  # JetStream unavailable for now (no quorum)
     TimeoutError,
 )
 
@@ -175,9 +174,5 @@ async def _publish(
             logger.warning(
                 "enqueue: no answer from the stream (%s); sending again", type(exc).__name__
             )
-        except nats.js.errors.APIError as exc:
-            if exc.err_code != _UNAVAILABLE_CODE or loop.time() + pause > deadline:
-                raise
-            logger.warning("enqueue: JetStream is electing a leader; sending again")
         await asyncio.sleep(pause)
         pause = min(pause * 2, 2.0)

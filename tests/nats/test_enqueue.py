@@ -52,7 +52,9 @@ async def test_a_failed_publish_does_not_hide_the_others_answers() -> None:
 
 async def test_a_publish_the_broker_did_not_answer_is_sent_again() -> None:
     unanswered = [nats.errors.TimeoutError(), nats.errors.NoRespondersError()]
-    electing = nats.js.errors.APIError(code=503, err_code=10008, description="unavailable")
+    electing = nats.js.errors.ServiceUnavailableError(  # as nats-py raises a 503 with it
+        code=503, err_code=10008, description="unavailable"
+    )
     js = FlakyStream({"pay-001": unanswered, "pay-002": [electing]})
     assert await enqueue(js, requests(5)) == 5  # type: ignore[arg-type]
     assert js.sent == 5 + 3

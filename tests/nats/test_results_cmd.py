@@ -13,7 +13,7 @@ import json
 import os
 import signal
 from collections import Counter
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -502,6 +502,35 @@ async def test_patience_must_be_a_number_of_seconds(js: JetStreamContext, patien
             [m async for m in reading]
 
 
+Fetch = Callable[..., Awaitable[list[Msg]]]
+
+
+def first_consumer_fetches(
+    js: JetStreamContext,
+    monkeypatch: pytest.MonkeyPatch,
+    fetch: Callable[[Fetch, int, float], Awaitable[list[Msg]]],
+) -> list[int]:
+    """The reader's first consumer fetches through *fetch* (given the real fetch); the
+    list returned grows by one for each consumer the reader binds."""
+    bind = js.pull_subscribe_bind
+    binds: list[int] = []
+
+    async def bound(*args: Any, **kwargs: Any) -> Any:
+        sub = await bind(*args, **kwargs)
+        binds.append(1)
+        if len(binds) == 1:
+            real = sub.fetch
+
+            async def through(batch: int, timeout: float) -> list[Msg]:
+                return await fetch(real, batch, timeout)
+
+            sub.fetch = through
+        return sub
+
+    monkeypatch.setattr(js, "pull_subscribe_bind", bound)
+    return binds
+
+
 async def test_a_consumer_that_sees_fewer_than_were_stored_is_read_again(
     js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -509,29 +538,17 @@ async def test_a_consumer_that_sees_fewer_than_were_stored_is_read_again(
     # fewer messages than the stream's leader stored: the reading must not end there.
     for n in range(10):
         await js.publish(f"{RESULTS_SUBJECT}.kc1-{n}", json.dumps(CANCELLED).encode())
-    bind = js.pull_subscribe_bind
-    behind: list[int] = []
 
-    async def bind_behind(*args: Any, **kwargs: Any) -> Any:
-        sub = await bind(*args, **kwargs)
-        if behind:
-            return sub
-        behind.append(1)
-        fetch = sub.fetch
+    async def fetch_four(fetch: Fetch, batch: int, timeout: float) -> list[Msg]:
+        msgs = await fetch(4, timeout=timeout)
+        for msg in msgs:  # as the lagging replica says: nothing after these
+            msg._metadata = dataclasses.replace(msg.metadata, num_pending=0)
+        return msgs
 
-        async def fetch_four(batch: int, timeout: float) -> list[Msg]:
-            msgs = await fetch(4, timeout=timeout)
-            for msg in msgs:  # as the lagging replica says: nothing after these
-                msg._metadata = dataclasses.replace(msg.metadata, num_pending=0)
-            return msgs
-
-        sub.fetch = fetch_four
-        return sub
-
-    monkeypatch.setattr(js, "pull_subscribe_bind", bind_behind)
+    binds = first_consumer_fetches(js, monkeypatch, fetch_four)
     async with contextlib.aclosing(read_results(js)) as reading:
         assert [m.seq async for m in reading] == list(range(1, 11))
-    assert behind == [1] and await consumers(js) == 0
+    assert len(binds) == 2 and await consumers(js) == 0
 
 
 async def test_the_end_is_checked_with_the_streams_leader(js: JetStreamContext) -> None:
@@ -575,28 +592,16 @@ async def test_read_again_after_the_rest_was_deleted_it_ends_at_once(
     # consumer (from 2) finds nothing, and the leader holds nothing after 1 either.
     for n in range(3):
         await js.publish(f"{RESULTS_SUBJECT}.kc1-{n}", json.dumps(CANCELLED).encode())
-    bind = js.pull_subscribe_bind
-    binds: list[int] = []
 
-    async def one_then_gone(*args: Any, **kwargs: Any) -> Any:
-        sub = await bind(*args, **kwargs)
-        binds.append(1)
-        if len(binds) > 1:
-            return sub
-        fetch = sub.fetch
+    async def first_only(fetch: Fetch, batch: int, timeout: float) -> list[Msg]:
+        msgs = await fetch(1, timeout=timeout)
+        for seq in (2, 3):
+            await js.delete_msg(RESULTS_STREAM, seq)
+        (consumer,) = await js.consumers_info(RESULTS_STREAM)
+        await js.delete_consumer(RESULTS_STREAM, consumer.name)
+        return msgs
 
-        async def first_only(batch: int, timeout: float) -> list[Msg]:
-            msgs = await fetch(1, timeout=timeout)
-            for seq in (2, 3):
-                await js.delete_msg(RESULTS_STREAM, seq)
-            (consumer,) = await js.consumers_info(RESULTS_STREAM)
-            await js.delete_consumer(RESULTS_STREAM, consumer.name)
-            return msgs
-
-        sub.fetch = first_only
-        return sub
-
-    monkeypatch.setattr(js, "pull_subscribe_bind", one_then_gone)
+    binds = first_consumer_fetches(js, monkeypatch, first_only)
     async with contextlib.aclosing(read_results(js, patience=5)) as reading:
         assert [m.seq async for m in reading] == [1]
     assert len(binds) == 2 and await consumers(js) == 0
