@@ -1,77 +1,247 @@
 """
-The worker's durable pull consumer, kept alive: fetched from, and made again when gone;
+The worker's durable pull consumer, kept alive: pulled from, and made again when gone;
 and the heartbeats of the deliveries it works on (`InProgress`).
 
-A fetch fails for a moment while the server restarts, and for good once the consumer is
-gone: an operator deleted its stream (and an `enqueue` may have made the stream again,
-without the consumer).  After a failed fetch `Consumer` asks the server whether the
-consumer is there, and creates it again (with the requests stream, as a start does)
-when it is not.
+Messages are pulled as the JetStream protocol has it, without nats-py's `fetch()`
+(which spends two tasks and a timer on every message): a pull request asks for as many
+messages as the worker has free slots, the server sends them to this consumer's inbox,
+and the inbox's callback puts them in a queue (`take()` empties it) and wakes the
+worker.  Pulls are counted (`_credit`: asked for, not yet delivered or ended), so a
+worker never asks for more than its free slots; a pull ends delivered, or with a 408
+naming the messages it will not send; one not heard of past its expiry (a reconnect,
+a leader change) is written off.
+
+A pull fails for a moment while the server restarts or a cluster elects a leader, and
+for good once the consumer is gone: an operator deleted its stream (and an `enqueue`
+may have made the stream again, without the consumer).  After a failed pull `Consumer`
+asks the server whether the consumer is there, and creates it again (with the requests
+stream, as a start does) when it is not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections import deque
+from collections.abc import Callable
 from typing import Any, Final
 
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from ._decide import LONGEST
 from ._streams import REQUESTS_STREAM, ensure_streams
 
-__all__ = ["Consumer", "InProgress"]
+__all__ = ["Bell", "Consumer", "InProgress", "hand_back"]
 
 logger = logging.getLogger("klavi_async.nats")
 
 FETCH_TIMEOUT: Final = 0.5  # how long one pull waits for messages; bounds how late a stop is seen
 RETRY_PAUSE: Final = 0.25  # after a broker error (e.g. the server is restarting)
+LOST_AFTER: Final = 1.0  # past its expiry, a pull not heard of is written off
+_PULL_ENDED: Final = frozenset({"404", "408"})  # no messages now; the pull expired
+_STATUS: Final = "Status"
+_PENDING: Final = "Nats-Pending-Messages"  # what an ended pull will not send
+
+
+def _nothing() -> None:
+    return None
+
+
+class Bell:
+    """
+    What one loop waits on (`wait`) until anyone `ring`s: a message came, a cancel ended,
+    a stop.  A ring while nobody waits is kept: the next wait returns at once.
+    """
+
+    __slots__ = ("_rung", "_waiter")
+
+    def __init__(self) -> None:
+        self._rung = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def reset(self) -> None:
+        """Forget a ring nobody waited for."""
+        self._rung = False
+
+    def ring(self, *_: object) -> None:
+        self._rung = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, timeout: float) -> None:
+        """Until a ring, or *timeout* seconds (at most `LONGEST`)."""
+        if not self._rung:
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(min(timeout, LONGEST), self.ring)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        self._rung = False
 
 
 class Consumer:
-    """One worker's durable consumer *durable* on *stream*.  Strictly private."""
+    """
+    One worker's durable consumer *durable* on *stream*.  *arrived* is called when
+    messages come (or a pull fails), *in_progress* told of each message as it arrives.
+    Strictly private.
+    """
 
-    __slots__ = ("_ack_wait", "_durable", "_js", "_stream", "_sub")
+    __slots__ = (
+        "_ack_wait", "_arrived", "_bell", "_box", "_credit", "_durable", "_failed",
+        "_in_progress", "_inbox", "_js", "_lost_at", "_next", "_ready", "_stream",
+    )  # fmt: skip
 
-    def __init__(self, js: JetStreamContext, stream: str, durable: str, ack_wait: float) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        durable: str,
+        ack_wait: float,
+        *,
+        arrived: Callable[[], None] = _nothing,
+        in_progress: InProgress | None = None,
+    ) -> None:
         self._js, self._stream, self._durable, self._ack_wait = js, stream, durable, ack_wait
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._arrived, self._in_progress = arrived, in_progress
+        # nats-py names the API prefix (a domain's too) only on the context itself.
+        prefix = getattr(js, "_prefix", "$JS.API")
+        self._next = f"{prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._box: Subscription | None = None
+        self._inbox = ""
+        self._ready: deque[Msg] = deque()
+        self._credit = 0  # messages pulled for and neither delivered nor ended
+        self._lost_at = 0.0  # when every pull sent so far has expired (the loop's time)
+        self._failed: str | None = None  # a pull's failure, to be looked into
+        self._bell = Bell()  # what fetch() and hand_back() wait on
 
     async def open(self) -> None:
-        """Create or update the consumer and bind to it; errors propagate."""
+        """Create or update the consumer and subscribe its inbox; errors propagate."""
         try:
-            self._sub = await self._subscribe()
+            await self._create()
         except nats.js.errors.NotFoundError:
             if self._stream != REQUESTS_STREAM:
                 raise
             await ensure_streams(self._js)  # deleted since the start made it
-            self._sub = await self._subscribe()
+            await self._create()
+        nc = self._js._nc
+        self._inbox = nc.new_inbox()
+        self._box = await nc.subscribe(self._inbox, cb=self._receive)
 
     async def close(self) -> None:
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            await _unsubscribe(sub)
+        if self._box is not None:
+            box, self._box = self._box, None
+            try:
+                await box.unsubscribe()
+            except nats.errors.Error as exc:
+                logger.debug("unsubscribe failed: %s", type(exc).__name__)
+
+    @property
+    def ready(self) -> int:
+        """Messages delivered and not taken yet."""
+        return len(self._ready)
+
+    def take(self, limit: int) -> list[Msg]:
+        """Up to *limit* of the delivered messages, oldest first; no wait."""
+        ready = self._ready
+        if len(ready) <= limit:
+            taken = list(ready)
+            ready.clear()
+            return taken
+        return [ready.popleft() for _ in range(limit)]
+
+    async def pull(self, slots: int) -> None:
+        """Ask for messages up to *slots*, counting what is delivered or asked for already."""
+        if self._box is None:
+            raise RuntimeError("Consumer.pull() before open()")
+        if self._failed is not None:
+            await self._recover()
+        loop = asyncio.get_running_loop()
+        if self._credit and loop.time() > self._lost_at:
+            self._credit = 0  # every pull has expired unheard of: they are gone
+        batch = slots - len(self._ready) - self._credit
+        if batch <= 0:
+            return
+        expires = int(FETCH_TIMEOUT * 1e9)
+        request = json.dumps({"batch": batch, "expires": expires}).encode()
+        try:
+            await self._js._nc.publish(self._next, request, reply=self._inbox)
+        except nats.errors.ConnectionClosedError:
+            raise
+        except nats.errors.Error as exc:  # e.g. reconnecting with a full buffer
+            logger.warning("pull failed (%s); retrying", type(exc).__name__)
+            await asyncio.sleep(RETRY_PAUSE)
+            return
+        self._credit += batch
+        self._lost_at = loop.time() + FETCH_TIMEOUT + LOST_AFTER
 
     async def fetch(self, batch: int) -> list[Msg]:
         """Up to *batch* messages within `FETCH_TIMEOUT`; none after a broker error."""
-        if self._sub is None:
-            raise RuntimeError("Consumer.fetch() before open()")
-        try:
-            return await self._sub.fetch(batch, timeout=FETCH_TIMEOUT)
-        except TimeoutError:  # nats' own timeout errors subclass it; plain ones happen too
-            return []
-        except nats.errors.ConnectionClosedError:
-            raise
-        except nats.errors.Error as exc:
-            logger.warning("fetch failed (%s); retrying", type(exc).__name__)
-            await self._again_if_gone()
-            await asyncio.sleep(RETRY_PAUSE)
-            return []
+        if not self._ready:
+            self._bell.reset()  # what came before this fetch is not what it waits for
+            await self.pull(batch)
+            if not self._ready and self._failed is None:
+                await self._bell.wait(FETCH_TIMEOUT)
+        return self.take(batch)
 
-    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+    async def hand_back(self, in_progress: InProgress, delay: float | None) -> int:
+        """
+        Nak every message delivered and not taken, once the pulls sent have ended (or
+        are written off): a stopping worker leaves none to wait out `ack_wait`.  Returns
+        how many.
+        """
+        # Until the server says the last pull ended (its 408): a message naked while a
+        # pull of ours is still open would come straight back to it, and be lost here.
+        loop = asyncio.get_running_loop()
+        self._bell.reset()
+        while self._credit and self._failed is None and (left := self._lost_at - loop.time()) > 0:
+            await self._bell.wait(left)
+        return await hand_back(self.take(len(self._ready)), in_progress, delay)
+
+    def _wake(self) -> None:
+        self._bell.ring()
+        self._arrived()
+
+    async def _receive(self, msg: Msg) -> None:
+        # The inbox's callback, run by nats-py's task for the subscription.
+        headers = msg.headers or {}
+        status = headers.get(_STATUS)
+        if status is None:
+            self._credit = max(0, self._credit - 1)
+            self._ready.append(msg)
+            if self._in_progress is not None:
+                self._in_progress.add(msg, asyncio.get_running_loop().time())
+            self._wake()
+            return
+        if status == "100":  # a heartbeat: never asked for
+            return
+        pending = headers.get(_PENDING)
+        if pending is not None and pending.isdigit():
+            self._credit = max(0, self._credit - int(pending))
+        else:
+            self._credit = 0  # how much ended is not said: ask again
+        if status not in _PULL_ENDED and not headers.get("Description", "").startswith(
+            ("Leadership Change", "Server Shutdown")
+        ):
+            self._failed = f"{status} {headers.get('Description', '')}".strip()
+        self._wake()  # a pull ended: the worker may ask again
+
+    async def _recover(self) -> None:
+        why, self._failed = self._failed, None
+        logger.warning("pull failed (%s); retrying", why)
+        await self._again_if_gone()
+        await asyncio.sleep(RETRY_PAUSE)
+
+    async def _create(self) -> None:
         config = ConsumerConfig(
             name=self._durable,
             durable_name=self._durable,
@@ -82,7 +252,6 @@ class Consumer:
             max_deliver=-1,
         )
         await self._js.add_consumer(self._stream, config)
-        return await self._js.pull_subscribe_bind(durable=self._durable, stream=self._stream)
 
     async def _again_if_gone(self) -> None:
         try:
@@ -91,7 +260,7 @@ class Consumer:
         except nats.js.errors.NotFoundError:
             pass
         except (nats.errors.Error, TimeoutError):
-            return  # the server is not answering: the next fetch tells
+            return  # the server is not answering: the next pull tells
         logger.warning(
             "the consumer %s of %s is gone (its stream deleted?): creating it again",
             self._durable,
@@ -100,20 +269,22 @@ class Consumer:
         try:
             if self._stream == REQUESTS_STREAM:
                 await ensure_streams(self._js)  # what a start creates; nothing changed
-            sub = await self._subscribe()
+            await self._create()
         except Exception as exc:  # e.g. a stream of another name that is not there
             logger.warning("could not create the consumer (%s); retrying", type(exc).__name__)
-            return
-        old, self._sub = self._sub, sub
-        if old is not None:
-            await _unsubscribe(old)
 
 
-async def _unsubscribe(sub: JetStreamContext.PullSubscription) -> None:
-    try:
-        await sub.unsubscribe()
-    except nats.errors.Error as exc:
-        logger.debug("unsubscribe failed: %s", type(exc).__name__)
+async def hand_back(msgs: list[Msg], in_progress: InProgress, delay: float | None) -> int:
+    """Nak *msgs* (after *delay*, or at once), no longer in progress; how many went back."""
+    naked = 0
+    for msg in msgs:
+        in_progress.discard(msg)
+        try:
+            await msg.nak(delay=delay)
+            naked += 1
+        except nats.errors.Error as exc:  # it comes back after ack_wait anyway
+            logger.debug("nak failed: %s", type(exc).__name__)
+    return naked
 
 
 class InProgress:
@@ -135,6 +306,9 @@ class InProgress:
 
     def discard(self, msg: Msg) -> None:
         self._active.pop(id(msg), None)
+
+    def clear(self) -> None:
+        self._active.clear()
 
     async def run(self) -> None:
         """Send the heartbeats, until cancelled."""

@@ -21,7 +21,7 @@ from attrs import frozen
 
 from .. import CancelFailed, CancelRequest, CancelResult, ErrorKind
 from .._documents import clip_kept
-from .._rows import parse_row  # the cancel-batch row rules, shared on purpose
+from .._rows import FIELDS, parse_row  # the cancel-batch row rules, shared on purpose
 
 __all__ = ["Action", "Decision", "Poison", "decide", "is_final", "parse_request"]
 
@@ -88,6 +88,9 @@ def parse_request(data: bytes) -> CancelRequest | Poison:
         return Poison("bad_json", "the message is not valid JSON")
     if not isinstance(value, dict):
         return Poison("not_an_object", "the message is not a JSON object")
+    request = _as_enqueued(value)
+    if request is not None:
+        return request
     row = parse_row(0, value)
     if row.request is None:
         key = value.get("idempotency_key")
@@ -100,6 +103,32 @@ def parse_request(data: bytes) -> CancelRequest | Poison:
             idempotency_key=_kept(key if isinstance(key, str) else None),
         )
     return row.request
+
+
+_FIELDS: Final = frozenset(FIELDS)
+
+
+def _as_enqueued(value: dict[str, Any]) -> CancelRequest | None:
+    """
+    The request in a message of the shape `enqueue()` writes (known fields, strings or
+    null, both required ones there), or None for `parse_row` to judge.  The same
+    request `parse_row` gives (a test holds them equal), without what only a malformed
+    row needs: the misspelling and type checks, and the digest naming a result line.
+    """
+    if not value.keys() <= _FIELDS:
+        return None
+    fields = {}
+    for name, given in value.items():
+        if given is None:
+            continue
+        if type(given) is not str:
+            return None
+        given = given.strip()
+        if given:
+            fields[name] = given
+    if "payment_id" not in fields or "cancelled_by" not in fields:
+        return None
+    return CancelRequest(**fields)
 
 
 LONGEST: Final = 1e9

@@ -11,6 +11,12 @@ its sequence), never the other way round.  A results stream deleted under a runn
 worker is created again, as a start creates it.  A record too large for the server ends the
 message with a minimal dead letter instead: it never will fit, and the server redelivers
 without limit.
+
+A record's first publish is the cheap one (`_first`): a plain publish whose answer comes
+to one inbox for all of them, read with one `json.loads`; nats-py's `js.publish` costs
+a request inbox, a timer task and a parsed `PubAck` per record.  Anything but a clean
+"stored" (an error, no answer, no stream) goes to the careful `publish`, which starts
+over with the same id: the server drops the repeat or tells what stands.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import nats.errors
 import nats.js.errors
 from attrs import define
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from ._decide import (
@@ -44,6 +51,7 @@ logger = logging.getLogger("klavi_async.nats")
 _TOO_LARGE_CODE: Final = 10054  # JetStream: "message size exceeds maximum allowed"
 _WRONG_LAST_CODE: Final = 10071  # JetStream: "wrong last sequence" (the subject holds one)
 EXPECTED_LAST: Final = "Nats-Expected-Last-Subject-Sequence"
+_FIRST_ANSWER: Final = 5.0  # seconds a first publish waits for its answer (nats-py's own)
 
 _Published = Literal["stored", "failed", "too_large"]
 
@@ -84,10 +92,18 @@ class WorkerStats:
         )
 
 
+def _no_answer(waiter: asyncio.Future[bytes]) -> None:
+    if not waiter.done():
+        waiter.set_result(b"")  # not JSON: no answer
+
+
 class Settler:
     """A worker's settling of deliveries: its stream context, counters and timings."""
 
-    __slots__ = ("_ack_wait", "_js", "_remaking", "_retry_delay", "stats")
+    __slots__ = (
+        "_ack_wait", "_answers", "_box", "_js", "_remaking", "_retry_delay", "_sent",
+        "_waiting", "stats",
+    )  # fmt: skip
 
     def __init__(
         self, js: JetStreamContext, stats: WorkerStats, *, ack_wait: float, retry_delay: float
@@ -95,13 +111,62 @@ class Settler:
         self._js, self.stats = js, stats
         self._ack_wait, self._retry_delay = ack_wait, retry_delay
         self._remaking = asyncio.Lock()  # one worker's publishes remake a stream once
+        self._box: Subscription | None = None  # the first publishes' answers, once open
+        self._answers = ""  # their inbox prefix
+        self._sent = 0  # first publishes so far: each answer's token
+        self._waiting: dict[str, asyncio.Future[bytes]] = {}  # by token
+
+    async def open(self) -> None:
+        """Subscribe the inbox of the first publishes' answers (else every one is careful)."""
+        nc = self._js._nc
+        self._answers = nc.new_inbox()
+        self._box = await nc.subscribe(self._answers + ".*", cb=self._answer)
+
+    async def close(self) -> None:
+        if self._box is not None:
+            box, self._box = self._box, None
+            try:
+                await box.unsubscribe()
+            except nats.errors.Error as exc:
+                logger.debug("unsubscribe failed: %s", type(exc).__name__)
+
+    async def _answer(self, msg: Msg) -> None:
+        waiter = self._waiting.pop(msg.subject[len(self._answers) + 1 :], None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(msg.data)
+
+    async def _first(self, subject: str, msg_id: str, body: bytes) -> bool:
+        """Publish *body* once onto an empty *subject*; whether it is stored now."""
+        self._sent += 1
+        token = str(self._sent)
+        loop = asyncio.get_running_loop()
+        self._waiting[token] = waiter = loop.create_future()
+        timer = loop.call_later(min(_FIRST_ANSWER, self._ack_wait / 3), _no_answer, waiter)
+        headers = {MSG_ID: msg_id, EXPECTED_LAST: "0"}
+        try:
+            await self._js._nc.publish(
+                subject, body, reply=f"{self._answers}.{token}", headers=headers
+            )
+            answer = json.loads(await waiter)
+        except (nats.errors.Error, ValueError):
+            return False  # refused, too large, no answer in time: the careful publish tells
+        finally:
+            timer.cancel()
+            self._waiting.pop(token, None)
+        if not isinstance(answer, dict) or "error" in answer or "seq" not in answer:
+            return False  # e.g. a 503 without a body (no stream): the careful publish tells
+        if answer.get("duplicate") is True:
+            self.stats.duplicates += 1
+        return True
 
     async def settle(self, msg: Msg, decision: Decision, delivery: int, ref: str) -> None:
         """Publish the decision's record (if any), then ack, nak or term the delivery."""
         stats = self.stats
         record, subject, msg_id = decision.record, decision.subject, decision.msg_id
         if record is not None and subject and msg_id:
-            published = await self.publish(subject, msg_id, record)
+            body = json.dumps(record, separators=(",", ":")).encode()
+            first = self._box is not None and await self._first(subject, msg_id, body)
+            published = "stored" if first else await self.publish(subject, msg_id, record)
             if published == "too_large":
                 # It never will fit: end the message with a dead letter that does.
                 logger.warning("the record of %s is too large to publish: dead-lettered", ref)

@@ -1,24 +1,23 @@
 """
 `CancelWorker`: cancel requests pulled from JetStream, one shared `KlaviClient`.
 
-The loop fetches as many messages as there are free slots (never more in flight than
-`concurrency`), runs each cancel with the message's idempotency key, publishes the
-record `decide()` asks for and only then acks, naks or terms.  A worker killed between
-the publish and the ack leaves the message to be redelivered: the cancel is re-sent with
-the same key and the record republished with the same `Nats-Msg-Id`, which the results
-stream drops as a duplicate, so each request keeps exactly one record.  A message the
-worker fails on, or whose record is too large to publish, ends in a dead letter: the
-server redelivers without limit, so leaving it unsettled would loop for ever.
+The loop starts a cancel for each message its consumer pulled for a free slot (never
+more in flight than `concurrency`), then sleeps until a message comes, a cancel ends or
+a stop.  Each cancel is sent with the message's idempotency key, and its record (what
+`decide()` asks for) published before the ack, nak or term: a worker killed between the
+two leaves the message to be redelivered, the cancel re-sent with the same key and the
+record dropped by the results stream as a duplicate, so each request keeps exactly one
+record.  A message the worker fails on, or whose record is too large, ends in a dead
+letter: the server redelivers without limit.
 
-When Klavi is down (`_outage`: the last cancels all failed retryably) the loop fetches
-nothing, the failed messages are held (kept in progress, their deliveries unspent), and
-a probe is retried when one is due, a held message and a new one in turn; an answer
-releases them all.  A failure while Klavi is not clearly up (just after an outage, or
-failing as many as it answers) waits: Klavi answering most again says it was the
-message's own (a delivery spent), an outage that it was Klavi's (held); with nothing
-else in flight to tell, it is retried now and then.  A Klavi that lets a request through
-now and then spends no delivery; a held or waiting request past `max_age` ends at once.
-Settling a delivery (the record, then ack, nak or term) is `_settle.Settler`'s.
+When Klavi is down (`_outage`: the last cancels all failed retryably) the loop takes
+nothing new, holds the failed messages (in progress, their deliveries unspent), and
+probes, a held message and a new one in turn; an answer releases them all.  A failure
+while Klavi is not clearly up (just after an outage, or failing as many as it answers)
+waits: Klavi answering most again says it was the message's own (a delivery spent), an
+outage that it was Klavi's (held); with nothing else in flight to tell, it is retried
+now and then.  A held or waiting request past `max_age` ends at once.  Pulling is
+`_consumer.Consumer`'s; settling a delivery (record, then ack, nak or term) `_settle`'s.
 """
 
 from __future__ import annotations
@@ -28,14 +27,13 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Coroutine
 
-import nats.errors
-import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from .. import CancelResult, KlaviClient
-from ._consumer import Consumer, InProgress
+from ._consumer import FETCH_TIMEOUT, Bell, Consumer, InProgress, hand_back
 from ._decide import LONGEST, Decision, Poison, check_schedule, check_settings, decide, is_final
 from ._outage import FIRST_PROBE, LONGEST_PROBE, THRESHOLD, Outage
 from ._request import Failed, cancel_message
@@ -100,7 +98,15 @@ class CancelWorker:
         self._fresh_turn = False  # the next probe is a new message (when there is one)
         self._tasks: set[asyncio.Task[None]] = set()
         self._halt = asyncio.Event()
-        self._consumer = Consumer(js, stream, durable, self._ack_wait)
+        self._bell = Bell()  # rung when a message comes, a cancel ends, or a stop
+        self._consumer = Consumer(
+            js,
+            stream,
+            durable,
+            self._ack_wait,
+            arrived=self._bell.ring,
+            in_progress=self._in_progress,
+        )
         self._running = False
         self.stats = WorkerStats()
         self._settler = Settler(js, self.stats, ack_wait=self._ack_wait, retry_delay=retry_delay)
@@ -127,12 +133,14 @@ class CancelWorker:
         self._running = True
         self._outage, self._tainted = Outage(), set()  # a run says nothing of the next
         stop = stop if stop is not None else asyncio.Event()
-        tasks = self._tasks
-        await self._consumer.open()
+        tasks, consumer = self._tasks, self._consumer
         heartbeat = asyncio.create_task(self._in_progress.run())
         stopping = asyncio.create_task(self._stopping(stop))
+        stopping.add_done_callback(self._bell.ring)
         loop = asyncio.get_running_loop()
         try:
+            await consumer.open()
+            await self._settler.open()
             while not stopping.done():
                 outage = self._outage
                 if outage.down:  # Klavi's outage: no new message, one probe at a time
@@ -143,48 +151,52 @@ class CancelWorker:
                         oldest = max((self._age(e.stored) for e in self._held), default=0)
                         due = self._max_age - oldest
                         wait = due if outage.probing else min(due, outage.next_probe - loop.time())
-                        await asyncio.wait(
-                            {*tasks, stopping}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
-                        )
+                        await self._bell.wait(wait)
                     continue
-                free = self._concurrency - len(tasks)
-                if free <= 0:
-                    await asyncio.wait({*tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                    continue
-                msgs = await self._consumer.fetch(free)
-                for msg in msgs:
-                    if self._halt.is_set():  # no cancel can succeed: hand it straight back
-                        await msg.nak(delay=self._retry_delay)
-                        self.stats.naked += 1
-                        continue
+                halted = self._halt.is_set()  # no cancel can succeed: the stop is coming
+                started = [] if halted else consumer.take(self._concurrency - len(tasks))
+                for msg in started:
                     self._start(msg)
+                if not halted:
+                    await consumer.pull(self._concurrency - len(tasks))
                 if self._pending:
                     self._give_up_aged()
-                    if not msgs and not tasks and loop.time() >= self._retry_at:
+                    if not started and not tasks and loop.time() >= self._retry_at:
                         # No other cancel will tell whether Klavi is up: retry one of the
                         # waiting ones, as a probe would (while new messages still come).
                         self._start(self._pending.pop(0).msg, held=True, retry=True)
+                await self._bell.wait(FETCH_TIMEOUT)
             while tasks:  # a probe answered now releases the held ones: they finish too
-                await asyncio.wait(set(tasks))
+                await self._bell.wait(math.inf)
             await self._hand_back_held()
+            delay = self._retry_delay if self._halt.is_set() else None
+            self.stats.naked += await consumer.hand_back(self._in_progress, delay)
         finally:
             for task in (*tasks, heartbeat, stopping):
                 task.cancel()
             await asyncio.gather(*tasks, heartbeat, stopping, return_exceptions=True)
-            for entry in (*self._held, *self._pending):  # they come back after ack_wait
-                self._in_progress.discard(entry.msg)
+            consumer.take(consumer.ready)  # these, held and waiting ones come back after ack_wait
+            self._in_progress.clear()
             self._held.clear()
             self._pending.clear()
             self.stats.held = 0
-            await self._consumer.close()
+            await consumer.close()
+            await self._settler.close()
             self._running = False
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._bell.ring()
 
     def _start(
         self, msg: Msg, *, held: bool = False, probe: bool = False, retry: bool = False
     ) -> None:
-        task = asyncio.create_task(self._handle(msg, held=held, probe=probe, retry=retry))
+        self._spawn(self._handle(msg, held=held, probe=probe, retry=retry))
+
+    def _spawn(self, work: Coroutine[None, None, None]) -> None:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
 
     async def _probe(self) -> None:
         # A held message (the longest held first) and a new one in turn: held messages
@@ -245,9 +257,7 @@ class CancelWorker:
         self.stats.held = len(self._held)
 
     def _later(self, entry: Failed, outcome: CancelResult) -> None:
-        task = asyncio.create_task(self._conclude_now(entry, outcome))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._conclude_now(entry, outcome))
 
     async def _conclude_now(self, entry: Failed, outcome: CancelResult) -> None:
         try:
@@ -262,15 +272,9 @@ class CancelWorker:
     async def _hand_back_held(self) -> None:
         # Stopping in an outage: the held messages go back to the queue for another worker.
         self._hold_pending()
-        while self._held:
-            msg = self._held.popleft().msg
-            self.stats.held -= 1
-            self._in_progress.discard(msg)
-            try:
-                await msg.nak(delay=self._retry_delay)
-                self.stats.naked += 1
-            except nats.errors.Error as exc:  # it comes back after ack_wait anyway
-                logger.debug("nak failed: %s", type(exc).__name__)
+        held, self.stats.held = [entry.msg for entry in self._held], 0
+        self._held.clear()
+        self.stats.naked += await hand_back(held, self._in_progress, self._retry_delay)
 
     async def _stopping(self, stop: asyncio.Event) -> None:
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._halt.wait())]
@@ -290,8 +294,7 @@ class CancelWorker:
         loop = asyncio.get_running_loop()
         stats.in_flight += 1
         self._in_progress.add(msg, loop.time())
-        keep = told = False
-        ref = ""
+        keep, told, ref = False, False, ""
         try:
             meta = msg.metadata
             delivery = meta.num_delivered
@@ -380,14 +383,11 @@ class CancelWorker:
         await self._settle(entry.msg, decision, entry.delivery, entry.ref)
 
     async def _settle(self, msg: Msg, outcome: Poison | Decision, delivery: int, ref: str) -> None:
-        decision = (
-            outcome
-            if isinstance(outcome, Decision)
-            else decide(delivery, self._max_deliver, outcome, self._retry_delay, ref=ref)
-        )
-        if decision.halt:
+        if not isinstance(outcome, Decision):
+            outcome = decide(delivery, self._max_deliver, outcome, self._retry_delay, ref=ref)
+        if outcome.halt:
             self._halt_on()
-        await self._settler.settle(msg, decision, delivery, ref)
+        await self._settler.settle(msg, outcome, delivery, ref)
 
     def _age(self, enqueued: float) -> float:
         """Seconds since the request was stored in the stream (wall clocks: a guess)."""

@@ -44,6 +44,8 @@ class FakeMsg:
     data: bytes
     metadata: _Metadata
 
+    headers = None
+
     async def ack(self) -> None:
         self.js.settle(self, "ack")
 
@@ -89,6 +91,10 @@ class FakeJetStream:
     _ids: set[str] = field(factory=set)
     _last: dict[str, int] = field(factory=dict)
     _changed: asyncio.Event = field(factory=asyncio.Event)
+    _pulls: list[list[Any]] = field(factory=list)  # [batch left, expires at, deliver]
+    _server: asyncio.Task[None] | None = None
+    inboxes: int = 0
+    subscribers: dict[str, Any] = field(factory=dict)  # inbox (prefix) -> callback
 
     def enqueue(self, requests: list[Any], *, age: float = 0.0) -> None:
         """Store the requests, enqueued *age* seconds ago by the wall clock."""
@@ -108,23 +114,41 @@ class FakeJetStream:
         assert stream == REQUESTS_STREAM
         self.ack_wait = config.ack_wait
 
-    async def pull_subscribe_bind(self, *, durable: str, stream: str) -> FakeJetStream:
-        return self
+    @property
+    def _nc(self) -> _FakeConnection:
+        return _FakeConnection(self)
 
-    async def unsubscribe(self) -> None:
-        return None
+    def pull(self, batch: int, expires: float, deliver: Any) -> None:
+        """A pull request: up to *batch* messages to *deliver* until *expires* (loop time)."""
+        self._pulls.append([batch, self.loop.time() + expires, deliver])
+        if self._server is None or self._server.done():
+            self._server = self.loop.create_task(self._serve())
+        self._changed.set()
 
-    async def fetch(self, batch: int, timeout: float) -> list[FakeMsg]:
-        end = self.loop.time() + timeout
-        while True:
+    def stop_serving(self) -> None:
+        if self._server is not None:
+            self._server.cancel()
+
+    async def _serve(self) -> None:
+        # Deliver to the waiting pulls in order; end an expired one with a 408 naming
+        # what it will not send, as nats-server does.
+        while self._pulls:
             now = self.loop.time()
-            ready = [seq for seq in self.stored if self._available(seq, now)][:batch]
-            if ready:
-                return [self._deliver(seq, now) for seq in ready]
-            if now >= end:
-                raise TimeoutError
+            pull = self._pulls[0]
+            ready = [seq for seq in self.stored if self._available(seq, now)][: pull[0]]
+            for seq in ready:
+                pull[0] -= 1
+                await pull[2](self._deliver(seq, now))
+            if pull[0] == 0:
+                self._pulls.pop(0)
+                continue
+            if pull[1] <= now:
+                self._pulls.pop(0)
+                headers = {"Status": "408", "Nats-Pending-Messages": str(pull[0])}
+                await pull[2](SimpleNamespace(headers=headers, data=b""))
+                continue
             self._changed.clear()
-            wake = min([end, *self._next_times(now)])
+            wake = min([pull[1], *self._next_times(now)])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), max(wake - now, 0.0))
 
@@ -195,3 +219,48 @@ class FakeJetStream:
         entry = self._current(msg)
         if entry is not None:
             entry.deadline = self.loop.time() + self.ack_wait
+
+
+@define
+class _FakeConnection:
+    """
+    The connection under the fake context: the worker's inboxes, its pull requests, and
+    the records it publishes with a reply inbox (answered as the results stream would).
+    """
+
+    js: FakeJetStream
+
+    def new_inbox(self) -> str:
+        self.js.inboxes += 1
+        return f"_INBOX.fake{self.js.inboxes}"
+
+    async def subscribe(self, subject: str, cb: Any) -> _FakeSubscription:
+        self.js.subscribers[subject.removesuffix(".*")] = cb
+        return _FakeSubscription(self.js, subject)
+
+    async def publish(
+        self, subject: str, payload: bytes, reply: str, headers: dict[str, str] | None = None
+    ) -> None:
+        deliver = self.js.subscribers[reply.rsplit(".", 1)[0] if headers else reply]
+        if headers is None:  # a pull request
+            assert subject == f"$JS.API.CONSUMER.MSG.NEXT.{REQUESTS_STREAM}.klavi-cancel"
+            request = json.loads(payload)
+            self.js.pull(request["batch"], request["expires"] / 1e9, deliver)
+            return
+        try:
+            ack = await self.js.publish(subject, payload, headers)
+            answer: dict[str, Any] = {"stream": "R", "seq": 1, "duplicate": ack.duplicate}
+        except BadRequestError as exc:
+            answer = {"error": {"code": 400, "err_code": exc.err_code}}
+        await deliver(SimpleNamespace(subject=reply, data=json.dumps(answer).encode()))
+
+
+@define
+class _FakeSubscription:
+    js: FakeJetStream
+    subject: str
+
+    async def unsubscribe(self) -> None:
+        self.js.subscribers.pop(self.subject.removesuffix(".*"), None)
+        if not self.subject.endswith(".*"):
+            self.js.stop_serving()
