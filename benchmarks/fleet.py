@@ -266,15 +266,25 @@ async def run_rounds(rounds: int, n: int, concurrency: int) -> dict[str, Any]:
             await nc.close()
     summary = {name: summarise(runs[name]) for name in names}
     one, _, many = (summary[name] for name in names)
-    pairs = list(zip(runs["2 workers"], runs["1 worker"], strict=True))
-    ratios = {
-        "two_vs_one_workers": statistics.median(
-            b["calls_per_s"] / a["calls_per_s"] for b, a in pairs
-        ),
-        "one_worker_vs_cancel_many_calls": one["calls_per_s"] / many["calls_per_s"],
-        "broker_cpu_us_per_call_in_worker": one["cpu_us_per_call"] - many["cpu_us_per_call"],
-        "one_worker_vs_cancel_many_cpu": one["cpu_us_per_call"] / many["cpu_us_per_call"],
+    # Each ratio per round (the runs it compares ran minutes apart at most), then the
+    # median and the spread over rounds: the machine's speed moves between rounds.
+    per_round = {
+        "two_vs_one_workers": [
+            b["calls_per_s"] / a["calls_per_s"]
+            for b, a in zip(runs["2 workers"], runs["1 worker"], strict=True)
+        ],
+        "one_worker_vs_cancel_many_calls": [
+            a["calls_per_s"] / m["calls_per_s"]
+            for a, m in zip(runs["1 worker"], runs["cancel_many"], strict=True)
+        ],
+        "one_worker_vs_cancel_many_cpu": [
+            a["cpu_us_per_call"] / m["cpu_us_per_call"]
+            for a, m in zip(runs["1 worker"], runs["cancel_many"], strict=True)
+        ],
     }
+    ratios: dict[str, Any] = {key: statistics.median(v) for key, v in per_round.items()}
+    ratios["spread"] = {key: [min(v), max(v)] for key, v in per_round.items()}
+    ratios["broker_cpu_us_per_call_in_worker"] = one["cpu_us_per_call"] - many["cpu_us_per_call"]
     return {"summary": summary, "ratios": ratios, "runs": runs, "discarded": discarded}
 
 
@@ -305,14 +315,19 @@ def table(result: dict[str, Any], info: dict[str, Any], n: int, concurrency: int
         f'({sum(result["discarded"].values())} were); "cores busy" counts the workers, '
         "nats-server, the raw server and the driver, all on the same 2 cores.\n\n"
         + "\n".join(lines)
-        + f"\n\n- 2 workers vs 1: **{ratios['two_vs_one_workers']:.2f}x** the throughput "
-        "(median of per-round ratios).\n"
-        f"- The broker path costs a worker **{ratios['broker_cpu_us_per_call_in_worker']:.0f} µs "
-        f"of CPU per cancel** over `cancel_many` "
-        f"({ratios['one_worker_vs_cancel_many_cpu']:.2f}x), plus "
-        f"{summary['1 worker']['nats_cpu_us_per_call']:.0f} µs in nats-server; one worker runs at "
-        f"{ratios['one_worker_vs_cancel_many_calls']:.2f}x the cancels/s of `cancel_many`."
+        + "\n\nRatios per round, then their median [and range over the rounds]:\n\n"
+        f"- 2 workers vs 1: **{_ratio(ratios, 'two_vs_one_workers')}** the throughput.\n"
+        f"- A worker's CPU per cancel: **{_ratio(ratios, 'one_worker_vs_cancel_many_cpu')}** "
+        f"`cancel_many`'s ({ratios['broker_cpu_us_per_call_in_worker']:.0f} µs more, medians), "
+        f"plus {summary['1 worker']['nats_cpu_us_per_call']:.0f} µs in nats-server; one worker "
+        f"runs at {_ratio(ratios, 'one_worker_vs_cancel_many_calls')} the cancels/s of "
+        "`cancel_many`."
     )
+
+
+def _ratio(ratios: dict[str, Any], key: str) -> str:
+    low, high = ratios["spread"][key]
+    return f"{ratios[key]:.2f}x [{low:.2f}-{high:.2f}]"
 
 
 def main() -> None:

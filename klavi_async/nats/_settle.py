@@ -51,6 +51,7 @@ logger = logging.getLogger("klavi_async.nats")
 _TOO_LARGE_CODE: Final = 10054  # JetStream: "message size exceeds maximum allowed"
 _WRONG_LAST_CODE: Final = 10071  # JetStream: "wrong last sequence" (the subject holds one)
 EXPECTED_LAST: Final = "Nats-Expected-Last-Subject-Sequence"
+_compact: Final = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps makes one a call
 _FIRST_ANSWER: Final = 5.0  # seconds a first publish waits for its answer (nats-py's own)
 
 _Published = Literal["stored", "failed", "too_large"]
@@ -164,7 +165,7 @@ class Settler:
         stats = self.stats
         record, subject, msg_id = decision.record, decision.subject, decision.msg_id
         if record is not None and subject and msg_id:
-            body = json.dumps(record, separators=(",", ":")).encode()
+            body = _compact(record).encode()
             first = self._box is not None and await self._first(subject, msg_id, body)
             published = "stored" if first else await self.publish(subject, msg_id, record)
             if published == "too_large":
@@ -198,7 +199,7 @@ class Settler:
         within ack_wait.  A record already there stands ("stored": nothing to add),
         unless it is not final and this one is: then this one replaces it.
         """
-        body = json.dumps(record, separators=(",", ":")).encode()
+        body = _compact(record).encode()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._ack_wait
         pause, expected = 0.1, 0  # the subject's last sequence we accept: 0, none
