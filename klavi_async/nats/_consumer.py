@@ -134,7 +134,8 @@ class Consumer:
             await ensure_streams(self._js)  # deleted since the start made it
             await self._create()
         nc = self._js._nc
-        self._inbox = nc.new_inbox()
+        self._inbox = nc.new_inbox()  # a new one: a pull of an earlier run answers nothing here
+        self._credit, self._failed = 0, None
         self._box = await nc.subscribe(self._inbox, cb=self._receive)
 
     async def close(self) -> None:

@@ -13,6 +13,7 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
+import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
@@ -228,3 +229,22 @@ async def test_the_consumer_config_is_unchanged(js: JetStreamContext) -> None:
     await consumer.close()
     config: ConsumerConfig = (await js.consumer_info(REQUESTS_STREAM, "klavi-cancel")).config
     assert config.max_deliver == -1 and config.ack_wait == 30.0
+
+
+async def test_a_worker_runs_again_after_a_stop_and_after_a_failed_start(
+    js: JetStreamContext,
+) -> None:
+    async with KlaviEmulator() as emu, emulator_client(emu) as client:
+        worker = CancelWorker(client, js, concurrency=4)
+        for batch in range(2):
+            await enqueue(js, [CancelRequest(emu.add_payment(), CPF) for _ in range(6)])
+            stop = asyncio.Event()
+            task = asyncio.create_task(worker.run(stop))
+            await wait_for_records(js, 6 * (batch + 1))
+            stop.set()
+            await asyncio.wait_for(task, 30)
+        assert worker.stats.done == 12
+        nowhere = CancelWorker(client, js, stream="NO_SUCH_STREAM")
+        for _ in range(2):  # the same error again, not "already running"
+            with pytest.raises(nats.js.errors.NotFoundError):
+                await nowhere.run(asyncio.Event())
