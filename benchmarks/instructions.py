@@ -83,7 +83,8 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         base = stack.enter_context(server())
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
-        nats = stack.enter_context(nats_server())[0] if args.worker else ""
+        brokered = {WORKER, FLOOR} & set(contenders)
+        nats = stack.enter_context(nats_server())[0] if brokered else ""
         for contender in contenders:
             small = instructions(contender, base, args.small, Path(tmp), nats)
             large = instructions(contender, base, args.large, Path(tmp), nats)

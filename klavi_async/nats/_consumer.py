@@ -43,7 +43,7 @@ logger = logging.getLogger("klavi_async.nats")
 
 FETCH_TIMEOUT: Final = 0.5  # how long one pull waits for messages; bounds how late a stop is seen
 RETRY_PAUSE: Final = 0.25  # after a broker error (e.g. the server is restarting)
-LOST_AFTER: Final = 1.0  # past its expiry, a pull not heard of is written off
+LOST_AFTER: Final = 1.0  # past its expiry, a pull not heard of is looked into
 _PULL_ENDED: Final = frozenset({"404", "408"})  # no messages now; the pull expired
 _STATUS: Final = "Status"
 _PENDING: Final = "Nats-Pending-Messages"  # what an ended pull will not send
@@ -98,7 +98,7 @@ class Consumer:
 
     __slots__ = (
         "_ack_wait", "_arrived", "_bell", "_box", "_credit", "_durable", "_failed",
-        "_in_progress", "_inbox", "_js", "_lost_at", "_next", "_ready", "_stream",
+        "_in_progress", "_inbox", "_js", "_lost_at", "_next", "_ready", "_seen", "_stream",
     )  # fmt: skip
 
     def __init__(
@@ -121,6 +121,7 @@ class Consumer:
         self._ready: deque[Msg] = deque()
         self._credit = 0  # messages pulled for and neither delivered nor ended
         self._lost_at = 0.0  # when every pull sent so far has expired (the loop's time)
+        self._seen = False  # whether the server is known to hold every pull sent so far
         self._failed: str | None = None  # a pull's failure, to be looked into
         self._bell = Bell()  # what fetch() and hand_back() wait on
 
@@ -135,7 +136,7 @@ class Consumer:
             await self._create()
         nc = self._js._nc
         self._inbox = nc.new_inbox()  # a new one: a pull of an earlier run answers nothing here
-        self._credit, self._failed = 0, None
+        self._credit, self._failed, self._seen = 0, None, False
         self._box = await nc.subscribe(self._inbox, cb=self._receive)
 
     async def close(self) -> None:
@@ -164,18 +165,21 @@ class Consumer:
         """Ask for messages up to *slots*, counting what is delivered or asked for already."""
         if self._box is None:
             raise RuntimeError("Consumer.pull() before open()")
+        if self._js._nc.is_closed:
+            raise nats.errors.ConnectionClosedError
         if self._failed is not None:
             await self._recover()
         loop = asyncio.get_running_loop()
-        if self._credit and loop.time() > self._lost_at:
-            self._credit = 0  # every pull has expired unheard of: they are gone
+        if self._credit and loop.time() > self._lost_at and not await self._written_off():
+            return  # pulls the server may yet serve: no more until they are accounted for
         batch = slots - len(self._ready) - self._credit
-        if batch <= 0:
+        nc = self._js._nc
+        if batch <= 0 or not nc.is_connected:  # a pull buffered meanwhile is served later
             return
         expires = int(FETCH_TIMEOUT * 1e9)
         request = json.dumps({"batch": batch, "expires": expires}).encode()
         try:
-            await self._js._nc.publish(self._next, request, reply=self._inbox)
+            await nc.publish(self._next, request, reply=self._inbox)
         except nats.errors.ConnectionClosedError:
             raise
         except nats.errors.Error as exc:  # e.g. reconnecting with a full buffer
@@ -184,6 +188,7 @@ class Consumer:
             return
         self._credit += batch
         self._lost_at = loop.time() + FETCH_TIMEOUT + LOST_AFTER
+        self._seen = False
 
     async def fetch(self, batch: int) -> list[Msg]:
         """Up to *batch* messages within `FETCH_TIMEOUT`; none after a broker error."""
@@ -204,9 +209,36 @@ class Consumer:
         # pull of ours is still open would come straight back to it, and be lost here.
         loop = asyncio.get_running_loop()
         self._bell.reset()
-        while self._credit and self._failed is None and (left := self._lost_at - loop.time()) > 0:
-            await self._bell.wait(left)
+        while self._credit and self._failed is None and self._box is not None:
+            left = self._lost_at - loop.time()
+            if left > 0:
+                await self._bell.wait(left)
+            elif not await self._written_off() and not self._seen:
+                break  # the server does not answer: what it holds comes back after ack_wait
         return await hand_back(self.take(len(self._ready)), in_progress, delay)
+
+    async def _written_off(self) -> bool:
+        """
+        Past the expiry of every pull sent and no word of their end: whether they are
+        gone.  Only once the server is known to have them all (it answered a request
+        sent after them) and that long again has passed: a pull held up in a frozen
+        server's socket, or in nats-py's buffer through a reconnect, reaches the server
+        late and is served then.  False: wait (no answer yet, or the pulls are young).
+        """
+        if self._seen:
+            self._credit = 0  # seen, expired, unheard of: gone
+            return True
+        try:  # not nc.flush(): a PING timed out breaks nats-py's reading when its PONG comes
+            await self._js.consumer_info(self._stream, self._durable, timeout=LOST_AFTER)
+        except nats.js.errors.NotFoundError:
+            pass  # the consumer is gone, and its pulls with it
+        except nats.errors.ConnectionClosedError:
+            raise
+        except (nats.errors.Error, TimeoutError):
+            return False  # not answering: its pulls stand
+        self._seen = True
+        self._lost_at = asyncio.get_running_loop().time() + FETCH_TIMEOUT
+        return False
 
     def _wake(self) -> None:
         self._bell.ring()
@@ -215,7 +247,12 @@ class Consumer:
     async def _receive(self, msg: Msg) -> None:
         # The inbox's callback, run by nats-py's task for the subscription.
         headers = msg.headers or {}
-        status = headers.get(_STATUS)
+        if not msg.reply:  # not a delivery (each has its $JS.ACK... subject): a status?
+            status = headers.get(_STATUS)
+            if status is None:
+                return  # neither: something published to our inbox by someone else
+        else:
+            status = None  # a header named Status is the publisher's, not the server's
         if status is None:
             self._credit = max(0, self._credit - 1)
             self._ready.append(msg)

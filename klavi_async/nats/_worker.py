@@ -35,6 +35,7 @@ from nats.js import JetStreamContext
 from .. import CancelResult, KlaviClient
 from ._consumer import FETCH_TIMEOUT, Bell, Consumer, InProgress, hand_back
 from ._decide import LONGEST, Decision, Poison, check_schedule, check_settings, decide, is_final
+from ._lanes import Lanes
 from ._outage import FIRST_PROBE, LONGEST_PROBE, THRESHOLD, Outage
 from ._request import Failed, cancel_message
 from ._settle import Settler, WorkerStats
@@ -96,7 +97,7 @@ class CancelWorker:
         self._pending: list[Failed] = []  # failed when Klavi was not clearly up: waiting
         self._retry_at, self._retry_interval = math.inf, FIRST_PROBE  # of a waiting one
         self._fresh_turn = False  # the next probe is a new message (when there is one)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._lanes = Lanes(self._ended)  # runs each message's coroutine
         self._halt = asyncio.Event()
         self._bell = Bell()  # rung when a message comes, a cancel ends, or a stop
         self._consumer = Consumer(
@@ -133,7 +134,7 @@ class CancelWorker:
         self._running = True
         self._outage, self._tainted = Outage(), set()  # a run says nothing of the next
         stop = stop if stop is not None else asyncio.Event()
-        tasks, consumer = self._tasks, self._consumer
+        lanes, consumer = self._lanes, self._consumer
         heartbeat = asyncio.create_task(self._in_progress.run())
         stopping = asyncio.create_task(self._stopping(stop))
         stopping.add_done_callback(self._bell.ring)
@@ -154,27 +155,28 @@ class CancelWorker:
                         await self._bell.wait(wait)
                     continue
                 halted = self._halt.is_set()  # no cancel can succeed: the stop is coming
-                started = [] if halted else consumer.take(self._concurrency - len(tasks))
+                started = [] if halted else consumer.take(self._concurrency - lanes.busy)
                 for msg in started:
                     self._start(msg)
                 if not halted:
-                    await consumer.pull(self._concurrency - len(tasks))
+                    await consumer.pull(self._concurrency - lanes.busy)
                 if self._pending:
                     self._give_up_aged()
-                    if not started and not tasks and loop.time() >= self._retry_at:
+                    if not started and not lanes.busy and loop.time() >= self._retry_at:
                         # No other cancel will tell whether Klavi is up: retry one of the
                         # waiting ones, as a probe would (while new messages still come).
                         self._start(self._pending.pop(0).msg, held=True, retry=True)
                 await self._bell.wait(FETCH_TIMEOUT)
-            while tasks:  # a probe answered now releases the held ones: they finish too
+            while lanes.busy:  # a probe answered now releases the held ones: they finish too
                 await self._bell.wait(math.inf)
             await self._hand_back_held()
             delay = self._retry_delay if self._halt.is_set() else None
             self.stats.naked += await consumer.hand_back(self._in_progress, delay)
         finally:
-            for task in (*tasks, heartbeat, stopping):
+            await lanes.close()
+            for task in (heartbeat, stopping):
                 task.cancel()
-            await asyncio.gather(*tasks, heartbeat, stopping, return_exceptions=True)
+            await asyncio.gather(heartbeat, stopping, return_exceptions=True)
             consumer.take(consumer.ready)  # these, held and waiting ones come back after ack_wait
             self._in_progress.clear()
             self._held.clear()
@@ -184,8 +186,7 @@ class CancelWorker:
             await self._settler.close()
             self._running = False
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    def _ended(self) -> None:
         self._bell.ring()
 
     def _start(
@@ -194,9 +195,7 @@ class CancelWorker:
         self._spawn(self._handle(msg, held=held, probe=probe, retry=retry))
 
     def _spawn(self, work: Coroutine[None, None, None]) -> None:
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
+        self._lanes.run(work)
 
     async def _probe(self) -> None:
         # A held message (the longest held first) and a new one in turn: held messages

@@ -45,6 +45,7 @@ class FakeMsg:
     metadata: _Metadata
 
     headers = None
+    reply = "$JS.ACK.fake"  # a delivery has its ack subject; a status none
 
     async def ack(self) -> None:
         self.js.settle(self, "ack")
@@ -114,6 +115,9 @@ class FakeJetStream:
         assert stream == REQUESTS_STREAM
         self.ack_wait = config.ack_wait
 
+    async def consumer_info(self, stream: str, durable: str, timeout: float = 5.0) -> Any:
+        return SimpleNamespace(num_waiting=len(self._pulls))
+
     @property
     def _nc(self) -> _FakeConnection:
         return _FakeConnection(self)
@@ -145,7 +149,7 @@ class FakeJetStream:
             if pull[1] <= now:
                 self._pulls.pop(0)
                 headers = {"Status": "408", "Nats-Pending-Messages": str(pull[0])}
-                await pull[2](SimpleNamespace(headers=headers, data=b""))
+                await pull[2](SimpleNamespace(headers=headers, data=b"", reply=""))
                 continue
             self._changed.clear()
             wake = min([pull[1], *self._next_times(now)])
@@ -229,6 +233,12 @@ class _FakeConnection:
     """
 
     js: FakeJetStream
+
+    is_closed = False
+    is_connected = True
+
+    async def flush(self, timeout: int) -> None:
+        return None
 
     def new_inbox(self) -> str:
         self.js.inboxes += 1

@@ -113,3 +113,34 @@ async def start_logged_worker(
             stdout=asyncio.subprocess.DEVNULL,
             stderr=handle,
         )  # fmt: skip
+
+
+async def stranded(js: JetStreamContext, within: float = 8.0) -> int:
+    """
+    Messages left in the (work-queue) requests stream after a fresh pull took and acked
+    all it could get for *within* s: the ones delivered to an inbox nobody reads, to
+    come back only after ack_wait.
+    """
+    await js._nc.flush()
+    sub = await js.pull_subscribe_bind(durable="klavi-cancel", stream=REQUESTS_STREAM)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    try:
+        while loop.time() < deadline:
+            try:
+                batch = await sub.fetch(256, timeout=1.0)
+            except TimeoutError:
+                if (await js.stream_info(REQUESTS_STREAM)).state.messages == 0:
+                    break
+                continue
+            for msg in batch:
+                await msg.ack()
+    finally:
+        await sub.unsubscribe()
+    await js._nc.flush()
+    for _ in range(100):  # the server removes acked messages as it handles the acks
+        left = (await js.stream_info(REQUESTS_STREAM)).state.messages
+        if not left:
+            break
+        await asyncio.sleep(0.02)
+    return left

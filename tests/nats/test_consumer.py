@@ -109,19 +109,25 @@ async def test_the_end_of_a_pull_is_counted_from_what_the_server_says(
         await consumer.close()
 
 
-async def test_pulls_lost_unheard_of_are_written_off(
-    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+async def test_pulls_lost_unheard_of_are_written_off_once_the_server_has_seen_them(
+    js: JetStreamContext,
 ) -> None:
     consumer = await opened(js)
     try:
         await consumer.pull(5)
         assert consumer._credit == 5
-        # A reconnect or a leader change drops a pull without a word: once every pull
-        # sent has expired, what is still counted is gone.
-        consumer._lost_at = asyncio.get_running_loop().time() - 0.01
+        # Past its expiry and unheard of (a reconnect or a leader change drops a pull
+        # without a word): first the server is asked, which tells it holds every pull
+        # sent; no pull meanwhile, in case one reaches it late and is served then.
+        loop = asyncio.get_running_loop()
+        consumer._lost_at = loop.time() - 0.01
         await consumer.pull(5)
-        assert consumer._credit == 5
-        await waiting(js, 2)
+        assert consumer._credit == 5 and consumer._seen
+        await waiting(js, 1)
+        # A pull's life later, what is still counted is gone: pulled for again.
+        consumer._lost_at = loop.time() - 0.01
+        await consumer.pull(5)
+        assert consumer._credit == 5 and not consumer._seen
     finally:
         await consumer.close()
 
