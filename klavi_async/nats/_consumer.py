@@ -37,7 +37,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from ._decide import LONGEST
 from ._streams import REQUESTS_STREAM, ensure_streams
 
-__all__ = ["Bell", "Consumer", "InProgress", "hand_back"]
+__all__ = ["Bell", "Consumer", "InProgress", "hand_back", "unsubscribe"]
 
 logger = logging.getLogger("klavi_async.nats")
 
@@ -140,12 +140,8 @@ class Consumer:
         self._box = await nc.subscribe(self._inbox, cb=self._receive)
 
     async def close(self) -> None:
-        if self._box is not None:
-            box, self._box = self._box, None
-            try:
-                await box.unsubscribe()
-            except nats.errors.Error as exc:
-                logger.debug("unsubscribe failed: %s", type(exc).__name__)
+        box, self._box = self._box, None
+        await unsubscribe(box)
 
     @property
     def ready(self) -> int:
@@ -310,6 +306,16 @@ class Consumer:
             await self._create()
         except Exception as exc:  # e.g. a stream of another name that is not there
             logger.warning("could not create the consumer (%s); retrying", type(exc).__name__)
+
+
+async def unsubscribe(box: Subscription | None) -> None:
+    """Unsubscribe *box* (if any); a broker error is only logged: the box is gone anyway."""
+    if box is None:
+        return
+    try:
+        await box.unsubscribe()
+    except nats.errors.Error as exc:
+        logger.debug("unsubscribe failed: %s", type(exc).__name__)
 
 
 async def hand_back(msgs: list[Msg], in_progress: InProgress, delay: float | None) -> int:

@@ -33,6 +33,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
+from ._consumer import unsubscribe
 from ._decide import (
     DEAD_SUBJECT,
     Action,
@@ -124,12 +125,8 @@ class Settler:
         self._box = await nc.subscribe(self._answers + ".*", cb=self._answer)
 
     async def close(self) -> None:
-        if self._box is not None:
-            box, self._box = self._box, None
-            try:
-                await box.unsubscribe()
-            except nats.errors.Error as exc:
-                logger.debug("unsubscribe failed: %s", type(exc).__name__)
+        box, self._box = self._box, None
+        await unsubscribe(box)
 
     async def _answer(self, msg: Msg) -> None:
         waiter = self._waiting.pop(msg.subject[len(self._answers) + 1 :], None)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,6 +26,7 @@ from ..conftest import CPF
 from .conftest import NatsServer
 from .helpers import emulator_client, stranded, wait_for_records
 from .test_consumer import handed_back, opened
+from .test_worker import running
 
 OUTAGE = 4.0  # seconds: past a pull's life (FETCH_TIMEOUT) and its write-off (LOST_AFTER)
 
@@ -158,7 +159,7 @@ async def test_a_request_with_a_header_named_status_gets_its_record(
         body, headers = request_message(CancelRequest(emu.add_payment(), CPF))
         await js.publish(REQUESTS_SUBJECT, body, headers={**headers, "Status": status})
         worker = CancelWorker(client, js, concurrency=4, ack_wait=1.0)
-        async with _running(worker):
+        async with running(worker):
             await wait_for_records(js, 1, timeout=6)
         assert worker.stats.done == 1 and worker.stats.ok == 1
 
@@ -194,14 +195,3 @@ async def test_odd_status_messages_do_not_stop_the_pulls(
         assert consumer.ready <= 4
     finally:
         await consumer.close()
-
-
-@contextlib.asynccontextmanager
-async def _running(worker: CancelWorker) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
