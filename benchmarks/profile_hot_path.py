@@ -58,7 +58,19 @@ def main() -> None:
         profiler.enable()
         asyncio.run(contender(base, args.n, args.concurrency))
         profiler.disable()
-    stats = pstats.Stats(profiler)
+    by_area, total, rows = own_times(pstats.Stats(profiler))
+    print(
+        f"{args.contender}, {args.n} calls at concurrency {args.concurrency}: "
+        f"{total / args.n * 1e6:.0f} µs profiled per call\n"
+    )
+    print_tables(by_area, total, rows, args.n, args.top)
+
+
+Row = tuple[float, int, str, str]  # own seconds, calls, where, area
+
+
+def own_times(stats: pstats.Stats) -> tuple[dict[str, float], float, list[Row]]:
+    """Own time per area, in all, and per function, from a profile."""
     by_area: dict[str, float] = defaultdict(float)
     total = 0.0
     rows = []
@@ -66,18 +78,23 @@ def main() -> None:
         by_area[area_of(filename)] += own
         total += own
         rows.append((own, calls, f"{Path(filename).name}:{line}({name})", area_of(filename)))
-    print(
-        f"{args.contender}, {args.n} calls at concurrency {args.concurrency}: "
-        f"{total / args.n * 1e6:.0f} µs profiled per call\n"
-    )
+    return by_area, total, rows
+
+
+def print_tables(
+    by_area: dict[str, float], total: float, rows: list[Row], n: int, top: int
+) -> None:
+    """The share of own time per area, then the *top* functions, per call of *n*."""
     print("| area | share of own time | µs per call (profiled) |\n|---|---:|---:|")
     for area, own in sorted(by_area.items(), key=lambda item: -item[1]):
-        print(f"| {area} | {own / total:.1%} | {own / args.n * 1e6:.1f} |")
+        print(f"| {area} | {own / total:.1%} | {own / n * 1e6:.1f} |")
+    if top <= 0:
+        return
     print(
-        "\n| top functions by own time | area | calls per cancel | µs per cancel |\n|---|---|---:|---:|"
+        "\n| top functions by own time | area | calls per call | µs per call |\n|---|---|---:|---:|"
     )
-    for own, calls, where, area in sorted(rows, reverse=True)[: args.top]:
-        print(f"| `{where}` | {area} | {calls / args.n:.1f} | {own / args.n * 1e6:.1f} |")
+    for own, calls, where, area in sorted(rows, reverse=True)[:top]:
+        print(f"| `{where}` | {area} | {calls / n:.2f} | {own / n * 1e6:.1f} |")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import pstats
 import sys
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import server
 from fleet import nats_server
 from nats.js.api import AckPolicy, ConsumerConfig
-from profile_hot_path import area_of
+from profile_hot_path import own_times, print_tables
 
 from klavi_async import CancelRequest, KlaviClient
 from klavi_async.nats import (
@@ -166,26 +165,14 @@ def profile(
         profiler.disable()
 
     asyncio.run(run(profiled))
-    stats = pstats.Stats(profiler)
-    by_area: dict[str, float] = defaultdict(float)
-    total = 0.0
-    rows = []
-    for (filename, line, func), (_, calls, own, _c, _) in stats.stats.items():  # type: ignore[attr-defined]
-        by_area[area_of(filename)] += own
-        total += own
-        rows.append((own, calls, f"{Path(filename).name}:{line}({func})", area_of(filename)))
+    by_area, total, rows = own_times(pstats.Stats(profiler))
     print(
         f"\n## {name}: {n} cancels; {counts.tasks / n:.2f} tasks and "
         f"{counts.wakeups / n:.2f} loop iterations per cancel; "
         f"{counts.cpu / n * 1e6:.0f} µs CPU per cancel (unprofiled, counting); "
         f"{total / n * 1e6:.0f} µs profiled per cancel\n"
     )
-    print("| area | share | µs per cancel (profiled) |\n|---|---:|---:|")
-    for area, own in sorted(by_area.items(), key=lambda item: -item[1]):
-        print(f"| {area} | {own / total:.1%} | {own / n * 1e6:.1f} |")
-    print("\n| function | area | calls per cancel | µs per cancel |\n|---|---|---:|---:|")
-    for own, calls, where, area in sorted(rows, reverse=True)[:top]:
-        print(f"| `{where}` | {area} | {calls / n:.2f} | {own / n * 1e6:.1f} |")
+    print_tables(by_area, total, rows, n, top)
 
 
 async def broker_floor(url: str, n: int, concurrency: int) -> None:

@@ -27,7 +27,6 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Coroutine
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -97,9 +96,9 @@ class CancelWorker:
         self._pending: list[Failed] = []  # failed when Klavi was not clearly up: waiting
         self._retry_at, self._retry_interval = math.inf, FIRST_PROBE  # of a waiting one
         self._fresh_turn = False  # the next probe is a new message (when there is one)
-        self._lanes = Lanes(self._ended)  # runs each message's coroutine
         self._halt = asyncio.Event()
         self._bell = Bell()  # rung when a message comes, a cancel ends, or a stop
+        self._lanes = Lanes(self._bell.ring)  # runs each message's coroutine
         self._consumer = Consumer(
             js,
             stream,
@@ -186,16 +185,10 @@ class CancelWorker:
             await self._settler.close()
             self._running = False
 
-    def _ended(self) -> None:
-        self._bell.ring()
-
     def _start(
         self, msg: Msg, *, held: bool = False, probe: bool = False, retry: bool = False
     ) -> None:
-        self._spawn(self._handle(msg, held=held, probe=probe, retry=retry))
-
-    def _spawn(self, work: Coroutine[None, None, None]) -> None:
-        self._lanes.run(work)
+        self._lanes.run(self._handle(msg, held=held, probe=probe, retry=retry))
 
     async def _probe(self) -> None:
         # A held message (the longest held first) and a new one in turn: held messages
@@ -256,7 +249,7 @@ class CancelWorker:
         self.stats.held = len(self._held)
 
     def _later(self, entry: Failed, outcome: CancelResult) -> None:
-        self._spawn(self._conclude_now(entry, outcome))
+        self._lanes.run(self._conclude_now(entry, outcome))
 
     async def _conclude_now(self, entry: Failed, outcome: CancelResult) -> None:
         try:
