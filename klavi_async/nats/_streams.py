@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from ._decide import DEAD_SUBJECT, RESULTS_SUBJECT
 from ._settings import DEFAULT_DUPLICATE_WINDOW, apply_changes, stream_changes
@@ -43,6 +43,12 @@ MSG_ID: Final = "Nats-Msg-Id"
 PING_INTERVAL: Final = 5.0  # seconds between the client's pings to its server
 MAX_PINGS: Final = 3  # unanswered pings before the client drops the connection
 _STREAM_NAME_IN_USE: Final = 10058  # JetStream: a stream of that name, another config
+# A cluster that has just formed, or is electing a leader, or a busy node, may leave a
+# stream request unanswered for seconds: ensure_streams asks again, a few times.
+API_ATTEMPTS: Final = 5
+API_PAUSE: Final = 0.5  # seconds before the second attempt; the pause grows by this much
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger("klavi_async.nats")
 
@@ -173,7 +179,9 @@ async def ensure_streams(
     limit.  Everything is checked before either stream is touched: `TypeError` or
     `ValueError` for a bad setting (a duplicate window longer than `max_age`
     included).  Raises `LegacyStreamError` for a results stream from before one record
-    per request.  Returns each stream's config as the server now has it, by name.
+    per request.  A request that goes unanswered (a timeout, or a 503 while a cluster
+    elects a leader) is asked again, up to `API_ATTEMPTS` times.  Returns each
+    stream's config as the server now has it, by name.
     """
     changes = stream_changes(
         replicas=replicas,
@@ -219,9 +227,24 @@ def _default_configs() -> tuple[StreamConfig, StreamConfig]:
     )
 
 
+async def _api(call: Callable[[], Awaitable[_T]]) -> _T:
+    """
+    A JetStream API request, asked again when it went unanswered (a timeout) or no
+    leader could answer it (503: a cluster electing one).  Safe because every request
+    here may be repeated: reading a stream, creating one with a config identical to
+    what a first, unanswered attempt may have created, or updating to the same config.
+    """
+    for attempt in range(1, API_ATTEMPTS):
+        try:
+            return await call()
+        except (nats.errors.TimeoutError, ServiceUnavailableError):
+            await asyncio.sleep(API_PAUSE * attempt)
+    return await call()  # the last attempt's error is the caller's
+
+
 async def _current_config(js: JetStreamContext, name: str) -> StreamConfig | None:
     try:
-        info = await js.stream_info(name)
+        info = await _api(lambda: js.stream_info(name))
     except NotFoundError:
         return None
     return info.config
@@ -231,7 +254,7 @@ async def _create(
     js: JetStreamContext, config: StreamConfig, changes: dict[str, int | float]
 ) -> StreamConfig:
     try:
-        return (await js.add_stream(config)).config
+        return (await _api(lambda: js.add_stream(config))).config
     except BadRequestError as exc:
         if exc.err_code != _STREAM_NAME_IN_USE:
             raise
@@ -250,7 +273,7 @@ async def _update(
 ) -> StreamConfig:
     if wanted == current:
         return current  # nothing asked for, or nothing different: no request
-    return (await js.update_stream(wanted)).config
+    return (await _api(lambda: js.update_stream(wanted))).config
 
 
 class LegacyStreamError(RuntimeError):

@@ -13,8 +13,9 @@ import math
 import os
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import nats.errors
 import pytest
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
@@ -27,6 +28,7 @@ from klavi_async.nats import (
     RESULTS_STREAM,
     RESULTS_SUBJECT,
     LegacyStreamError,
+    _streams,
     ensure_streams,
 )
 
@@ -290,3 +292,61 @@ def test_the_settings_line_reads_well() -> None:
         "S: replicas None, duplicate window 90 s, max age 5400 s (90 min), max bytes 999, "
         "max msgs unlimited, storage None, retention None, subjects a b.>"
     )
+
+
+class Unanswered:
+    """
+    A JetStream context whose stream requests go unanswered while *lost* says so: the
+    request is either never sent ("before") or done and its answer lost ("after"), the
+    two ways a request times out while a cluster elects a leader; None is answered.
+    """
+
+    def __init__(self, js: JetStreamContext, lost: list[str | None]) -> None:
+        self._js = js
+        self.lost = lost
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._js, name)
+        if name not in {"stream_info", "add_stream", "update_stream"}:
+            return real
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            how = self.lost.pop(0) if self.lost else None
+            if how == "after":
+                await real(*args, **kwargs)
+            if how is not None:
+                raise nats.errors.TimeoutError
+            return await real(*args, **kwargs)
+
+        return call
+
+
+@pytest.mark.parametrize("how", ["before", "after"])
+async def test_ensure_streams_asks_again_when_a_request_goes_unanswered(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    monkeypatch.setattr(_streams, "API_PAUSE", 0.0)
+    for name in STREAMS:
+        await js.delete_stream(name)
+    flaky = Unanswered(js, ["before", None, None, how])  # a read, the first creation
+    created = await ensure_streams(cast(JetStreamContext, flaky), max_age=DAY)
+    assert flaky.calls == ["stream_info"] * 3 + ["add_stream"] * 3
+    assert created == await configs(js)
+    assert {c.max_age for c in created.values()} == {DAY}
+    # Changing them goes through a lost answer as well.
+    flaky.lost = [how]
+    changed = await ensure_streams(cast(JetStreamContext, flaky), max_msgs=7)
+    assert {c.max_msgs for c in changed.values()} == {7}
+    assert changed == await configs(js)
+
+
+async def test_ensure_streams_gives_up_after_its_attempts(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_streams, "API_PAUSE", 0.0)
+    silent = Unanswered(js, ["before"] * 100)
+    with pytest.raises(nats.errors.TimeoutError):
+        await ensure_streams(cast(JetStreamContext, silent))
+    assert silent.calls == ["stream_info"] * _streams.API_ATTEMPTS
