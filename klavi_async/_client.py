@@ -13,15 +13,7 @@ import asyncio
 import copy
 import ssl as _ssl
 import time
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterable,
-    Awaitable,
-    Callable,
-    Coroutine,
-    Iterable,
-)
-from types import TracebackType
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Self
 
 from . import _batch
@@ -45,7 +37,7 @@ from ._config import (
 )
 from ._errors import CancelResult, ClientClosedError
 from ._logging import default_events
-from ._ratelimit import RateLimit, RateLimitStats
+from ._ratelimit import RateLimit, RateLimitStats, rate_value
 from ._results import CancelRequest, PaymentStatus
 from ._retry import RetryPolicy
 from ._status import read_status
@@ -236,6 +228,20 @@ class KlaviClient:
         limiter = self._shared.limiter
         return None if limiter is None else limiter.stats()
 
+    def share_rate_limit(self, part: float | None, *, fleet_size: int) -> None:
+        """
+        Give the adaptive limiter its *part* of a limit shared by *fleet_size* clients (on
+        one Klavi account): it goes on from *part* requests/s, probing past it as usual;
+        None: no division now.  `CancelWorker` calls it with its fleet's division; a fixed
+        cap ignores it.  A *part* a `RateLimit` would refuse is a `ValueError`.
+        """
+        if part is not None:
+            part = rate_value(part, "part")
+        check_int("fleet_size", fleet_size)
+        limiter = self._shared.limiter
+        if limiter is not None:
+            limiter.share(part, fleet_size)
+
     @property
     def closed(self) -> bool:
         """True after `aclose()` (of the client a view was made from, for a view)."""
@@ -250,12 +256,7 @@ class KlaviClient:
         self._check_open()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:

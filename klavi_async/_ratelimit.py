@@ -388,13 +388,3 @@ class RateLimiter(_Queue):
         reading = self._meter.rate(now)
         if reading * (1 - _MARGIN) > self._cubic.w_max:
             self._cubic.decrease(self._measured_at, reading)  # type: ignore[arg-type]
-
-    def stats(self) -> RateLimitStats:
-        """The limiter's counters now."""
-        return RateLimitStats(
-            allowed_rate=self.rate,
-            throttle_events=self._throttles,
-            wait_time=self._wait_time,
-            waits=self._waits,
-            engaged=self.engaged,
-        )

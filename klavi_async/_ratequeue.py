@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from ._ratecurve import _Cubic, _Meter, _Ramp
-from ._ratesettings import RateLimit
+from ._ratesettings import RateLimit, RateLimitStats
 
 _CATCH_UP = 0.02
 """How far back (s) a late-waking queued call may take its slot (else -1/3 of 500/s).  Under
@@ -101,6 +101,8 @@ class _Queue:
         "_capped",
         "_clock",
         "_cubic",
+        "_fleet_part",
+        "_fleet_size",
         "_hold",
         "_last_change",
         "_last_wait",
@@ -159,6 +161,44 @@ class _Queue:
         self._nap: asyncio.Future[object] | None = None
         self._throttles = self._waits = 0
         self._wait_time = 0.0
+        self._fleet_size: int | None = None
+        self._fleet_part: float | None = None
+
+    def stats(self) -> RateLimitStats:
+        """The limiter's counters now."""
+        return RateLimitStats(
+            allowed_rate=self.rate,
+            throttle_events=self._throttles,
+            wait_time=self._wait_time,
+            waits=self._waits,
+            engaged=self.engaged,
+            accepted_rate=self._meter.counts(self._clock())[0],  # not scaled up at a start
+            waiting=len(self._waiters),
+            fleet_size=self._fleet_size,
+            fleet_part=self._fleet_part,
+        )
+
+    def share(self, part: float | None, fleet_size: int) -> None:
+        """
+        Clients sharing one limit divided it: this one's *part* (None: no division now).
+        The search goes on from the part: flat there, then probing past it, as after any
+        change; answers to requests sent before it say nothing more.  A fixed cap, and a
+        hold (the server refusing whatever is sent), stay as they are; a hold ends at the
+        part.
+        """
+        self._fleet_size, self._fleet_part = fleet_size, part
+        if part is None or not self._adaptive:
+            return
+        now, cubic = self._clock(), self._cubic
+        part = min(max(part, cubic.min_rate), cubic.max_rate)
+        if self._hold is not None:
+            self._hold.reading, self._hold.saved = part, None
+            return
+        self._ramp = self._trial = self._suspect = self._measured_at = None
+        self._reading = self.engaged = True
+        cubic.hold(now, part)
+        self._last_change = now
+        self._wake()
 
     def _save(self) -> _Saved:
         return self._cubic.save(), self._reading, self.engaged

@@ -87,3 +87,12 @@ class RateLimitStats:
     """Requests that had to wait for their slot."""
     engaged: bool
     """Whether requests go through the limiter's schedule (True from the first throttle on)."""
+    accepted_rate: float = 0.0
+    """Answers that were not throttles within the last second (a client's first second:
+    what came so far)."""
+    waiting: int = 0
+    """Calls waiting for a slot now: more than the allowed rate is asked for."""
+    fleet_size: int | None = None
+    """Clients sharing the limit as this one last heard (`share_rate_limit`); None: alone."""
+    fleet_part: float | None = None
+    """This client's part of the shared limit, in requests per second; None: no division."""
