@@ -23,6 +23,7 @@ from typing import Any
 
 from klavi_async import RetryBudget, RetryPolicy
 from klavi_async._ratelimit import RateLimit, RateLimiter
+from klavi_async.nats._division import BEAT, Division, Report
 
 
 class _VirtualSelector(selectors.DefaultSelector):
@@ -121,11 +122,67 @@ class Client:
     results: Counter[str] = field(default_factory=Counter)
     finished: float = 0.0
     limiter: RateLimiter | None = None
+    division: Division | None = None
+    parts: list[tuple[float, float]] = field(default_factory=list)
+    """(time, part) each time the fleet's division gave this client a part."""
 
 
-def simulate(server: Server, clients: list[Client], *, seed: int = 1) -> None:
-    """Run every client against *server* to the end of its payments (or its `until`)."""
+class Board:
+    """
+    The fleet's shared reports (the KV bucket), delivered to every member at once; a
+    member that stops deletes its report.  `frozen` members stop reporting (SIGSTOP).
+    """
+
+    def __init__(self) -> None:
+        self.members: dict[str, Client] = {}
+        self.reports: dict[str, Report] = {}
+
+    def put(self, who: str, report: Report) -> None:
+        division = self.members[who].division
+        if who not in self.reports and division is not None:  # a watch starts with them all
+            for other, last in self.reports.items():
+                division.heard(other, last)
+        self.reports[who] = report
+        for client in self.members.values():
+            if client.division is not None:
+                client.division.heard(who, report)
+
+    def delete(self, who: str) -> None:
+        self.members.pop(who, None)
+        self.reports.pop(who, None)
+        for client in self.members.values():
+            if client.division is not None:
+                client.division.left(who)
+
+
+async def report_every_beat(loop: VirtualLoop, board: Board, client: Client, who: str) -> None:
+    """What `CancelWorker` does with the bucket: report, hear, give the limiter its part."""
+    limiter, division = client.limiter, client.division
+    assert limiter is not None and division is not None
+    started, waits = loop.time(), 0
+    board.members[who] = client
+    try:
+        while loop.time() < client.until:
+            stats = limiter.stats()
+            wanting, waits = stats.waits > waits or stats.waiting > 0, stats.waits
+            uptime = loop.time() - started
+            board.put(who, Report(stats.allowed_rate, stats.accepted_rate, wanting, uptime))
+            part = division.part()
+            if part is not None:
+                limiter.share(part, division.size)
+                client.parts.append((loop.time(), part))
+            await asyncio.sleep(BEAT)
+    finally:
+        board.delete(who)
+
+
+def simulate(server: Server, clients: list[Client], *, seed: int = 1, shared: bool = False) -> None:
+    """
+    Run every client against *server* to the end of its payments (or its `until`);
+    *shared*: the clients share the limit through a `Board`, as a fleet's workers do.
+    """
     rng = random.Random(seed)
+    board = Board()
 
     async def call(
         loop: VirtualLoop, client: Client, budget: RetryBudget, who: int, payment: int
@@ -184,10 +241,17 @@ def simulate(server: Server, clients: list[Client], *, seed: int = 1) -> None:
         budget = RetryBudget(clock=loop.time)
         count = range(client.payments) if client.payments is not None else itertools.count()
         queue = iter(who * 10_000_000 + i for i in count)
+        beat = None
+        if shared and client.limiter is not None:
+            client.division = Division(str(who), loop.time)
+            beat = asyncio.ensure_future(report_every_beat(loop, board, client, str(who)))
         await asyncio.gather(
             *(caller(loop, client, budget, who, queue) for _ in range(client.concurrency))
         )
         client.finished = loop.time()
+        if beat is not None:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
 
     async def main(loop: VirtualLoop) -> None:
         await asyncio.gather(*(one(loop, client, who) for who, client in enumerate(clients)))

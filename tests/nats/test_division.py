@@ -1,0 +1,200 @@
+"""
+The fleet's division of a shared rate limit (`_division`): the arithmetic, one worker's
+view of joins and leaves on a fake clock, and fleets simulated on virtual time against a
+fake Klavi (`ratesim`), with and without sharing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, strategies as st
+
+from klavi_async.nats._division import GONE, SETTLE, Division, Report, fair_parts
+
+from ..ratesim import Client, Server, simulate
+
+
+def report(accepted: float, *, rate: float | None = 100.0, wanting: bool = True,
+           uptime: float = 60.0) -> Report:  # fmt: skip
+    return Report(rate, accepted, wanting, uptime)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- the arithmetic ------------------------------------------------------------------------
+
+
+def test_members_that_want_more_share_equally() -> None:
+    parts = fair_parts(90.0, {"a": report(60.0), "b": report(30.0), "c": report(0.0)})
+    assert parts == pytest.approx({"a": 30.0, "b": 30.0, "c": 30.0})
+
+
+def test_a_member_using_little_keeps_it_with_headroom_and_the_rest_goes_to_the_others() -> None:
+    parts = fair_parts(100.0, {"a": report(80.0), "b": report(8.0, wanting=False)})
+    assert parts == pytest.approx({"a": 90.0, "b": 10.0})
+
+
+reports = st.dictionaries(
+    st.text("abcdef", min_size=1, max_size=3),
+    st.builds(
+        Report,
+        st.none() | st.floats(0.1, 1e4),
+        st.floats(0.0, 1e4),
+        st.booleans(),
+        st.floats(0.0, 1e3),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@given(st.floats(0.0, 1e5), reports)
+def test_parts_never_exceed_the_limit_and_who_wants_more_gets_no_less(
+    limit: float, members: dict[str, Report]
+) -> None:
+    parts = fair_parts(limit, members)
+    assert set(parts) == set(members)
+    assert all(part >= 0.0 for part in parts.values())
+    assert sum(parts.values()) <= limit * (1 + 1e-9) + 1e-9
+    wanting = [parts[who] for who, r in members.items() if r.wanting]
+    if wanting:  # equal among themselves, and at least what any other member gets
+        assert max(wanting) - min(wanting) <= 1e-6 * max(limit, 1.0)
+        assert min(wanting) >= max(parts.values()) - 1e-6 * max(limit, 1.0)
+    if all(r.wanting for r in members.values()):  # nothing kept back
+        assert sum(parts.values()) == pytest.approx(limit)
+
+
+# -- one worker's view ---------------------------------------------------------------------
+
+
+def test_a_joiner_takes_its_part_of_what_the_members_hold_and_they_give_it() -> None:
+    clock = Clock()
+    a, b = Division("a", clock), Division("b", clock)
+    a.heard("a", report(90.0))
+    assert a.part() is None and a.size == 1  # alone: its own limiter decides
+    # B starts: it hears itself (nothing taken yet) and A; A hears B.
+    joiner = report(0.0, rate=None, uptime=0.0)
+    for division in (a, b):
+        division.heard("b", joiner)
+    b.heard("a", report(90.0))
+    assert a.part() == pytest.approx(45.0) and a.size == 2
+    assert b.part() == pytest.approx(45.0) and b.size == 2
+    assert a.part() is None  # given once
+
+
+def test_a_member_that_stops_or_falls_silent_leaves_its_part_to_the_others() -> None:
+    clock = Clock()
+    b = Division("b", clock)
+    for who in "abc":
+        b.heard(who, report(30.0))
+    assert b.part() == pytest.approx(30.0)
+    b.left("a")  # a clean stop deletes its report
+    assert b.part() == pytest.approx(45.0) and b.size == 2
+    clock.now += GONE - 0.1
+    b.heard("b", report(45.0))
+    b.heard("c", report(45.0))
+    clock.now += GONE - 0.1
+    b.heard("b", report(45.0))
+    assert b.part() is None  # c is still heard
+    clock.now += 0.1
+    assert b.part() == pytest.approx(90.0) and b.size == 1  # c not heard for GONE
+    b.left("nobody")
+    assert b.part() is None
+
+
+def test_nothing_is_divided_while_no_member_is_throttled() -> None:
+    clock = Clock()
+    a = Division("a", clock)
+    a.heard("a", report(40.0, rate=None))
+    a.heard("b", report(0.0, rate=None, uptime=0.0))
+    assert a.part() is None and a.size == 2
+    clock.now += 10
+    a.heard("a", report(40.0, rate=None))
+    a.heard("b", report(40.0, rate=None))
+    assert a.part() is None
+
+
+def test_a_rate_off_its_part_is_corrected_once_the_fleet_has_settled() -> None:
+    clock = Clock()
+    a = Division("a", clock)
+    a.heard("a", report(70.0))
+    a.heard("b", report(30.0))
+    assert a.part() == pytest.approx(50.0)  # the change itself
+    a.heard("a", report(70.0))
+    clock.now += SETTLE - 0.01
+    assert a.part() is None  # the others' reports may not show the change yet
+    clock.now += 0.01
+    a.heard("b", report(30.0))
+    assert a.part() == pytest.approx(50.0)
+    a.heard("a", report(54.0))
+    a.heard("b", report(46.0))
+    assert a.part() is None  # within the tolerance: its own search goes on
+
+
+# -- fleets on virtual time ----------------------------------------------------------------
+
+
+def rate(server: Server, who: int | None, start: float, end: float) -> float:
+    return server.accepted(who, start, end) / (end - start)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_two_workers_one_joining_and_one_leaving_share_a_limit(seed: int) -> None:
+    # The issue's timeline: 100/s, B joins 6 s after A, A stops 10 s after that.
+    server = Server(limit=lambda _: 100)
+    a, b = Client(concurrency=32, until=16.0), Client(concurrency=32, start=6.0, until=30.0)
+    simulate(server, [a, b], seed=seed, shared=True)
+    assert rate(server, 1, 10.0, 16.0) >= 100 / 3  # B, from 4 s after joining
+    assert rate(server, None, 10.0, 16.0) >= 85  # together
+    assert rate(server, 1, 20.0, 30.0) >= 80  # B, from 4 s after A left
+    assert server.share_refused() <= 0.10
+    assert set(a.results) == set(b.results) == {"ok"}  # nothing RATE_LIMITED
+    assert b.parts and b.parts[0][0] == 6.0  # its part before its first request
+
+
+def test_without_sharing_the_joiner_gets_less_than_a_third() -> None:
+    # What the division is for: the same timeline, each adapting alone (seed 3).
+    server = Server(limit=lambda _: 100)
+    a, b = Client(concurrency=32, until=16.0), Client(concurrency=32, start=6.0, until=30.0)
+    simulate(server, [a, b], seed=3)
+    assert rate(server, 1, 10.0, 16.0) < 100 / 3
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_three_workers_one_joining_late_and_one_leaving(seed: int) -> None:
+    server = Server(limit=lambda _: 100)
+    clients = [
+        Client(concurrency=32, until=20.0),
+        Client(concurrency=32, start=6.0, until=35.0),
+        Client(concurrency=32, start=12.0, until=35.0),
+    ]
+    simulate(server, clients, seed=seed, shared=True)
+    assert rate(server, 2, 16.0, 20.0) >= 2 / 3 * 100 / 3  # C: two thirds of a fair part
+    assert rate(server, None, 16.0, 20.0) >= 85
+    assert rate(server, None, 24.0, 35.0) >= 85  # B and C, after A left
+    assert server.share_refused() <= 0.10
+    assert all(set(c.results) == {"ok"} for c in clients)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_shared_limit_that_moves_is_followed_and_shared_fairly(seed: int) -> None:
+    def limit(t: float) -> float:
+        return 200 if t < 10 else 100 if t < 20 else 300
+
+    server = Server(limit=limit)
+    clients = [Client(concurrency=64, until=30.0), Client(concurrency=64, until=30.0)]
+    simulate(server, clients, seed=seed, shared=True)
+    for start, end, offered in ((3, 10, 200), (13, 20, 100), (23, 30, 300)):
+        assert rate(server, None, start, end) >= 0.85 * offered
+    assert server.share_refused(3.0, 30.0) <= 0.05
+    split = rate(server, 0, 23.0, 30.0) / rate(server, 1, 23.0, 30.0)
+    assert 1 / 1.2 <= split <= 1.2
+    assert not math.isnan(split)
