@@ -671,3 +671,70 @@ async def test_the_limiter_pauses_at_most_the_policys_max_retry_after() -> None:
     async with KlaviClient(TOKEN, base_url="http://127.0.0.1:9", retry=policy) as klavi:
         limiter = klavi._shared.limiter
         assert limiter is not None and limiter._max_pause == 0.5
+
+
+# -- a part of a shared limit ---------------------------------------------------------------
+
+
+async def test_a_part_of_a_shared_limit_is_taken_and_shown() -> None:
+    async with KlaviClient(TOKEN, base_url="http://127.0.0.1:9") as klavi:
+        klavi.share_rate_limit(40.0, fleet_size=3)
+        stats = klavi.rate_limit_stats()
+        assert stats is not None and stats.engaged and stats.allowed_rate == 40.0
+        assert (stats.fleet_size, stats.fleet_part) == (3, 40.0)
+        klavi.share_rate_limit(None, fleet_size=1)  # no division now: the rate stays
+        stats = klavi.rate_limit_stats()
+        assert stats is not None and stats.allowed_rate == 40.0
+        assert (stats.fleet_size, stats.fleet_part) == (1, None)
+
+
+async def test_a_fixed_cap_and_no_limiter_ignore_a_part() -> None:
+    async with KlaviClient(TOKEN, base_url="http://127.0.0.1:9", rate_limit=20.0) as klavi:
+        klavi.share_rate_limit(400.0, fleet_size=2)
+        stats = klavi.rate_limit_stats()
+        assert stats is not None and stats.allowed_rate == 20.0
+    async with KlaviClient(TOKEN, base_url="http://127.0.0.1:9", rate_limit=None) as klavi:
+        klavi.share_rate_limit(400.0, fleet_size=2)
+        assert klavi.rate_limit_stats() is None
+
+
+@pytest.mark.parametrize(
+    ("part", "size", "error"),
+    [
+        (0.0, 1, ValueError),
+        (math.nan, 1, ValueError),
+        (math.inf, 1, ValueError),
+        (True, 1, TypeError),
+        ("5", 1, TypeError),
+        (5.0, 0, ValueError),
+        (5.0, 1.5, TypeError),
+    ],
+)
+async def test_a_bad_part_is_refused(part: object, size: object, error: type[Exception]) -> None:
+    async with KlaviClient(TOKEN, base_url="http://127.0.0.1:9") as klavi:
+        with pytest.raises(error):
+            klavi.share_rate_limit(part, fleet_size=size)  # type: ignore[arg-type]
+        stats = klavi.rate_limit_stats()
+        assert stats is not None and not stats.engaged and stats.fleet_size is None
+
+
+def test_a_part_given_during_a_hold_is_where_the_hold_ends() -> None:
+    async def main(loop: VirtualLoop) -> None:
+        client, sends = timed_client(loop, scripted(*[throttled("1")] * 8))
+        async with client:
+            burst = [
+                asyncio.create_task(client.cancel_payment(f"pay-{i}", cancelled_by=CPF))
+                for i in range(8)
+            ]
+            for _ in range(1000):  # a run of refusals: the client holds
+                if len(sends) >= 8:
+                    break
+                await asyncio.sleep(0.01)
+            client.share_rate_limit(30.0, fleet_size=2)
+            assert all(r.ok for r in await asyncio.gather(*burst))
+            stats = client.rate_limit_stats()
+        assert len(sends) == 16
+        assert stats is not None and stats.fleet_part == 30.0
+        assert stats.allowed_rate is not None and stats.allowed_rate <= 30.0
+
+    run_virtual(main)
