@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, 
 from typing import TYPE_CHECKING, Any, Self
 
 from . import _batch
+from ._account import account_fingerprint
 from ._attempt import Shared
 from ._budget import RetryBudget
 from ._cancel import Canceller
@@ -103,17 +104,9 @@ class KlaviClient:
     ) -> None:
         paths = (cancel_path, status_path, automatic_cancel_path, automatic_status_path)
         self._base_url = check_client_config(
-            environment,
-            base_url,
-            retry,
-            retry_budget,
-            timeout,
-            max_connections,
-            max_response_size,
-            idempotency_header,
-            ssl,
-            paths,
-        )
+            environment, base_url, retry, retry_budget, timeout, max_connections,
+            max_response_size, idempotency_header, ssl, paths,
+        )  # fmt: skip
         self._retry, self._budget, self._rate_limit = client_settings(
             retry, retry_budget, rate_limit
         )
@@ -241,6 +234,11 @@ class KlaviClient:
         limiter = self._shared.limiter
         if limiter is not None:
             limiter.share(part, fleet_size)
+
+    @property
+    def account(self) -> str | None:
+        """The Klavi account's fingerprint (`_account`); None for a callable token source."""
+        return account_fingerprint(self._base_url, self._provider)
 
     @property
     def closed(self) -> bool:

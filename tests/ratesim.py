@@ -146,6 +146,7 @@ class Board:
         for client in self.members.values():
             if client.division is not None:
                 client.division.heard(who, report)
+                give_part(client)
 
     def delete(self, who: str) -> None:
         self.members.pop(who, None)
@@ -153,6 +154,18 @@ class Board:
         for client in self.members.values():
             if client.division is not None:
                 client.division.left(who)
+                give_part(client)
+
+
+def give_part(client: Client) -> None:
+    """What a worker does on hearing a change: give its limiter its part at once."""
+    limiter, division = client.limiter, client.division
+    if limiter is None or division is None:
+        return
+    part = division.part()
+    if part is not None:
+        limiter.share(part, division.size)
+        client.parts.append((asyncio.get_running_loop().time(), part))
 
 
 async def report_every_beat(loop: VirtualLoop, board: Board, client: Client, who: str) -> None:
@@ -167,10 +180,7 @@ async def report_every_beat(loop: VirtualLoop, board: Board, client: Client, who
             wanting, waits = stats.waits > waits or stats.waiting > 0, stats.waits
             uptime = loop.time() - started
             board.put(who, Report(stats.allowed_rate, stats.accepted_rate, wanting, uptime))
-            part = division.part()
-            if part is not None:
-                limiter.share(part, division.size)
-                client.parts.append((loop.time(), part))
+            give_part(client)  # a member gone silent
             await asyncio.sleep(BEAT)
     finally:
         board.delete(who)

@@ -77,6 +77,7 @@ async def run_worker(
     max_retry_delay: float = 300.0,
     max_age: float = 86400.0,
     single_use_tokens: bool = False,
+    shared_limit: bool = True,
 ) -> int:
     """Serve until SIGINT/SIGTERM, drain, return the exit status."""
     client = client_from_env(single_use_tokens=single_use_tokens)
@@ -100,6 +101,7 @@ async def run_worker(
                 retry_delay=retry_delay,
                 max_retry_delay=max_retry_delay,
                 max_age=max_age,
+                shared_limit=shared_limit,
             )
             stop = asyncio.Event()
             reporter = asyncio.create_task(_progress(worker, progress_interval))
@@ -213,6 +215,12 @@ async def run_enqueue(input_path: str, url: str) -> int:
     default=10.0,
     show_default=True,
 )
+@click.option(
+    "--shared-limit/--no-shared-limit",
+    default=True,
+    show_default=True,
+    help="Share the account's rate limit with the other workers through the broker.",
+)
 @single_use_tokens_option
 def worker(
     nats_url: str,
@@ -224,6 +232,7 @@ def worker(
     max_age: float,
     progress_interval: float,
     single_use_tokens: bool,
+    shared_limit: bool,
 ) -> None:
     """Cancel the requests queued on NATS JetStream.
 
@@ -232,8 +241,9 @@ def worker(
     that cannot be a request, klavi.cancel.dead.<stream-sequence-time>).
     When Klavi is down (the recent cancels all fail retryably) the worker takes no
     new message and probes with one at growing intervals; the failed ones wait
-    without spending their deliveries.  A signal stops taking messages; the
-    cancels in flight finish, then it exits 0.
+    without spending their deliveries.  Workers of one account divide its rate
+    limit through the broker (a key-value bucket), unless --no-shared-limit.  A
+    signal stops taking messages; the cancels in flight finish, then it exits 0.
     """
     if not max_retry_delay >= retry_delay:
         raise click.BadParameter(
@@ -252,6 +262,7 @@ def worker(
                 max_retry_delay=max_retry_delay,
                 max_age=max_age,
                 single_use_tokens=single_use_tokens,
+                shared_limit=shared_limit,
             )
         )
     )

@@ -38,6 +38,7 @@ from ._lanes import Lanes
 from ._outage import FIRST_PROBE, LONGEST_PROBE, THRESHOLD, Outage
 from ._request import Failed, cancel_message
 from ._settle import Settler, WorkerStats
+from ._sharedlimit import SharedLimit
 from ._streams import REQUESTS_STREAM
 
 __all__ = ["LONGEST", "CancelWorker", "WorkerStats"]
@@ -58,7 +59,8 @@ class CancelWorker:
     cancel comes back after *retry_delay* doubling with each delivery, at most
     *max_retry_delay*; a request enqueued more than *max_age* seconds ago is given up
     with its non-final record.  In a Klavi outage (see `_outage`) the worker takes no new
-    message, holds the failed ones without spending their deliveries, and probes.
+    message, holds the failed ones without spending their deliveries, and probes.  With
+    *shared_limit*, workers of one account share its rate limit (`_sharedlimit`).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class CancelWorker:
         retry_delay: float = 5.0,
         max_retry_delay: float = 300.0,
         max_age: float = 86400.0,
+        shared_limit: bool = True,
     ) -> None:
         if not isinstance(client, KlaviClient):
             raise TypeError(f"client must be a KlaviClient, got {type(client).__name__}")
@@ -110,6 +113,7 @@ class CancelWorker:
         self._running = False
         self.stats = WorkerStats()
         self._settler = Settler(js, self.stats, ack_wait=self._ack_wait, retry_delay=retry_delay)
+        self._sharing = SharedLimit(js, client, enabled=shared_limit)
         self.halted: str | None = None
         """Why the worker stopped on its own (refused credentials), or None."""
 
@@ -141,6 +145,7 @@ class CancelWorker:
         try:
             await consumer.open()
             await self._settler.open()
+            await self._sharing.start()
             while not stopping.done():
                 outage = self._outage
                 if outage.down:  # Klavi's outage: no new message, one probe at a time
@@ -183,6 +188,7 @@ class CancelWorker:
             self.stats.held = 0
             await consumer.close()
             await self._settler.close()
+            await self._sharing.stop()
             self._running = False
 
     def _start(

@@ -9,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from nats.js import JetStreamContext
 
 from klavi_async import CancelRequest
-from klavi_async.nats import REQUESTS_STREAM, RESULTS_SUBJECT, enqueue
+from klavi_async.nats import REQUESTS_STREAM, RESULTS_SUBJECT, connect, enqueue
 
 from ..conftest import CPF
 from ..test_cli_process import cli_env, emulator_in_thread
@@ -180,3 +181,30 @@ async def test_enqueue_stops_at_an_open_quote_and_says_where(
     path.write_text("")
     empty = run("enqueue", str(path), "--nats-url", nats_server.url)
     assert empty.returncode == 2 and "is empty: a CSV needs a header line" in empty.stderr
+
+
+@pytest.mark.parametrize("flag", [None, "--no-shared-limit"])
+async def test_worker_shares_the_limit_unless_told_not_to(
+    nats_server: NatsServer, flag: str | None
+) -> None:
+    env = {**os.environ, "KLAVI_TOKEN": "tok-of-a-fleet", "KLAVI_BASE_URL": "http://127.0.0.1:9"}
+    command = [CLI, "worker", "--nats-url", nats_server.url, "--progress-interval", "0.1"]
+    process = await asyncio.create_subprocess_exec(
+        *command, *([flag] if flag else []), env=env, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stderr is not None
+    seen = b""
+    while b"worker: done" not in seen:  # consuming (the bucket is made before), progress
+        line = await asyncio.wait_for(process.stderr.readline(), 30)
+        assert line, seen
+        seen += line
+    nc = await connect(nats_server.url)
+    try:
+        names = [info.config.name for info in await nc.jetstream().streams_info()]
+    finally:
+        await nc.close()
+    process.send_signal(signal.SIGINT)
+    _, rest = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, seen + rest
+    assert ("KV_KLAVI_RATE_SHARES" in names) is (flag is None)
+    assert b"adapts alone" not in seen + rest

@@ -6,12 +6,13 @@ fake Klavi (`ratesim`), with and without sharing.
 
 from __future__ import annotations
 
-import math
+import random
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, strategies as st
 
-from klavi_async.nats._division import GONE, SETTLE, Division, Report, fair_parts
+from klavi_async.nats._division import GONE, Division, Report, fair_parts
 
 from ..ratesim import Client, Server, simulate
 
@@ -94,15 +95,15 @@ def test_a_member_that_stops_or_falls_silent_leaves_its_part_to_the_others() -> 
     clock = Clock()
     b = Division("b", clock)
     for who in "abc":
-        b.heard(who, report(30.0))
+        b.heard(who, report(30.0, rate=30.0))
     assert b.part() == pytest.approx(30.0)
     b.left("a")  # a clean stop deletes its report
     assert b.part() == pytest.approx(45.0) and b.size == 2
     clock.now += GONE - 0.1
-    b.heard("b", report(45.0))
-    b.heard("c", report(45.0))
+    b.heard("b", report(45.0, rate=45.0))
+    b.heard("c", report(45.0, rate=45.0))
     clock.now += GONE - 0.1
-    b.heard("b", report(45.0))
+    b.heard("b", report(45.0, rate=45.0))
     assert b.part() is None  # c is still heard
     clock.now += 0.1
     assert b.part() == pytest.approx(90.0) and b.size == 1  # c not heard for GONE
@@ -122,21 +123,31 @@ def test_nothing_is_divided_while_no_member_is_throttled() -> None:
     assert a.part() is None
 
 
-def test_a_rate_off_its_part_is_corrected_once_the_fleet_has_settled() -> None:
+def test_a_change_during_a_storm_divides_nothing() -> None:
+    # Accepted far below the rates held: a storm or a hold refuses what is sent, and
+    # what comes through then says nothing of the limit.
+    clock = Clock()
+    a = Division("a", clock)
+    a.heard("a", report(3.0, rate=95.0))
+    a.heard("b", report(0.0, rate=None, uptime=0.0))
+    assert a.part() is None and a.size == 2
+    a.heard("c", report(0.5, rate=None))
+    a.left("c")
+    assert a.part() is None
+
+
+def test_between_changes_nothing_is_divided() -> None:
+    # Each worker's own search goes on: unequal rates are not corrected.
     clock = Clock()
     a = Division("a", clock)
     a.heard("a", report(70.0))
     a.heard("b", report(30.0))
     assert a.part() == pytest.approx(50.0)  # the change itself
-    a.heard("a", report(70.0))
-    clock.now += SETTLE - 0.01
-    assert a.part() is None  # the others' reports may not show the change yet
-    clock.now += 0.01
-    a.heard("b", report(30.0))
-    assert a.part() == pytest.approx(50.0)
-    a.heard("a", report(54.0))
-    a.heard("b", report(46.0))
-    assert a.part() is None  # within the tolerance: its own search goes on
+    for _ in range(10):
+        clock.now += 0.5
+        a.heard("a", report(80.0))
+        a.heard("b", report(20.0))
+        assert a.part() is None
 
 
 # -- fleets on virtual time ----------------------------------------------------------------
@@ -184,17 +195,41 @@ def test_three_workers_one_joining_late_and_one_leaving(seed: int) -> None:
     assert all(set(c.results) == {"ok"} for c in clients)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_a_shared_limit_that_moves_is_followed_and_shared_fairly(seed: int) -> None:
-    def limit(t: float) -> float:
-        return 200 if t < 10 else 100 if t < 20 else 300
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("shape", "limit", "storms", "noise", "start"),
+    [
+        ("a limit moving 200, 100, 300/s", lambda t: 200 if t < 10 else 100 if t < 20 else 300,
+         (), 0.0, 6.0),
+        ("a 3 s storm with a join in it", lambda _: 100, ((8.0, 11.0),), 0.0, 9.0),
+        ("10 % random 429s with a join", lambda _: 100, (), 0.1, 6.0),
+        ("a limit flapping 300/100 every 2 s", lambda t: 300 if int(t / 2) % 2 else 100,
+         (), 0.0, 6.0),
+    ],
+)  # fmt: skip
+def test_sharing_costs_little_against_what_it_was_not_made_for(
+    seed: int,
+    shape: str,
+    limit: Callable[[float], float],
+    storms: tuple[tuple[float, float], ...],
+    noise: float,
+    start: float,
+) -> None:
+    # What each worker adapting alone gets, sharing gets nearly too, with a worker
+    # joining 6 s in (9 s: in the storm).  Measured: 0.94-1.05 of the goodput, 429s no
+    # more.  (With corrections every beat, a storm or noise cost a third to a half.)
+    def run(shared: bool) -> tuple[float, float, int]:
+        chance = random.Random(seed)
+        server = Server(limit=limit, storms=storms, noise=lambda _p, _a: chance.random() < noise)
+        fleet = [
+            Client(concurrency=32, until=30.0),
+            Client(concurrency=32, start=start, until=30.0),
+        ]
+        simulate(server, fleet, seed=seed, shared=shared)
+        failed = sum(n for c in fleet for kind, n in c.results.items() if kind != "ok")
+        return rate(server, None, 3.0, 30.0), server.share_refused(3.0, 30.0), failed
 
-    server = Server(limit=limit)
-    clients = [Client(concurrency=64, until=30.0), Client(concurrency=64, until=30.0)]
-    simulate(server, clients, seed=seed, shared=True)
-    for start, end, offered in ((3, 10, 200), (13, 20, 100), (23, 30, 300)):
-        assert rate(server, None, start, end) >= 0.85 * offered
-    assert server.share_refused(3.0, 30.0) <= 0.05
-    split = rate(server, 0, 23.0, 30.0) / rate(server, 1, 23.0, 30.0)
-    assert 1 / 1.2 <= split <= 1.2
-    assert not math.isnan(split)
+    (alone, alone_refused, alone_failed), (shared, refused, failed) = run(False), run(True)
+    assert shared >= 0.9 * alone, shape
+    assert refused <= alone_refused + 0.01, shape
+    assert failed <= alone_failed + 1, shape

@@ -1,0 +1,222 @@
+"""
+A fleet's shared rate limit through the broker: every worker's report in a JetStream
+key-value bucket, every worker watching the bucket and dividing what it hears
+(`_division`), then giving its client's limiter its part.
+
+The key is `<account fingerprint>.<worker id>`: workers of one Klavi account hear each
+other, never the key itself.  The bucket keeps reports in memory for `REPORT_TTL`
+seconds, so a crashed worker's report is gone for a later joiner; a watch starts with
+every report there, so a joiner takes its part before its first request.  A worker
+hears its own report through the watch too: not hearing it for `GONE` seconds means the
+watch broke (a broker restart), and it is started again.  Whatever fails (no JetStream
+key-value, no permission, a callable token source that names no account), the worker
+adapts alone, as without a fleet, and says so once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Final
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
+
+from .. import KlaviClient
+from ._division import BEAT, GONE, Division, Report
+
+__all__ = ["BUCKET", "SharedLimit"]
+
+logger = logging.getLogger("klavi_async.nats")
+
+BUCKET: Final = "KLAVI_RATE_SHARES"
+REPORT_TTL: Final = 10.0
+"""Seconds a report stays in the bucket unless put again (every `BEAT`)."""
+_MOST: Final = 1e6
+"""The highest number a report may hold (a `RateLimit`'s highest rate): above, none."""
+_FIRST_WATCH: Final = 2.0
+"""Seconds a start waits for the watch's reports there before going on without them."""
+
+
+def parse_report(data: bytes) -> Report | None:
+    """A member's report, or None for anything not one (hostile, garbled, absurd)."""
+    try:
+        raw = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(raw, dict):
+        return None
+    rate, accepted = _number(raw.get("rate"), _MOST), _number(raw.get("accepted"), _MOST)
+    uptime = _number(raw.get("up"), math.inf)  # a worker may run for years
+    wanting = raw.get("wanting")
+    if accepted is None or uptime is None or not isinstance(wanting, bool):
+        return None
+    if rate is None and raw.get("rate") is not None:
+        return None
+    return Report(rate, accepted, wanting, uptime)
+
+
+def _number(value: object, most: float) -> float | None:
+    """*value* as a float from 0 to *most* (NaN never is); else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)  # a 400-digit int overflows
+    except OverflowError:
+        return None
+    return number if 0 <= number <= most and number != math.inf else None
+
+
+class SharedLimit:
+    """
+    One worker's part in its fleet's division: `start()`, then reports every `BEAT`
+    until `stop()`.  `start()` returns False when the worker adapts alone.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        client: KlaviClient,
+        *,
+        enabled: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._js, self._client, self._clock = js, client, clock
+        self._enabled = enabled
+        self._kv: KeyValue | None = None
+        self._key = ""
+        self._prefix = ""
+        self.division: Division | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = 0.0
+        self._heard_self = -math.inf  # when the watch last brought our own report
+        self._waits = 0  # the limiter's waits at the last report
+
+    async def start(self) -> bool:
+        if not self._enabled:
+            return False
+        account = self._client.account
+        if account is None:
+            logger.warning(
+                "rate limit not shared with the fleet: the client's token source names no "
+                "account (give ClientCredentials); this worker adapts alone"
+            )
+            return False
+        try:
+            self._kv = await self._bucket()
+        except Exception as exc:  # no key-value on this broker, no permission: alone
+            logger.warning(
+                "rate limit not shared with the fleet (the bucket %s: %s); this worker "
+                "adapts alone",
+                BUCKET,
+                type(exc).__name__,
+            )
+            return False
+        self._prefix = f"{account}."
+        me = uuid.uuid4().hex[:12]
+        self._key = self._prefix + me
+        self.division = Division(me, self._clock)
+        self._started = self._heard_self = self._clock()
+        first = asyncio.get_running_loop().create_future()
+        self._tasks = [asyncio.create_task(self._watch(first))]
+        with contextlib.suppress(TimeoutError):  # go on without: it reports as it comes
+            async with asyncio.timeout(_FIRST_WATCH):
+                await asyncio.shield(first)
+        await self._report()
+        self._tasks.append(asyncio.create_task(self._beat()))
+        return True
+
+    async def stop(self) -> None:
+        """Stop reporting and take our report out: the others take back its part now."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._kv is not None and self._key:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2.0):
+                    await self._kv.delete(self._key)
+
+    async def _bucket(self) -> KeyValue:
+        try:
+            return await self._js.key_value(BUCKET)
+        except BucketNotFoundError:
+            config = KeyValueConfig(
+                bucket=BUCKET, history=1, ttl=REPORT_TTL, storage=StorageType.MEMORY
+            )
+            return await self._js.create_key_value(config=config)
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(BEAT)
+            if self._clock() - self._heard_self >= GONE:  # the watch broke: again
+                logger.warning("rate limit shares: the watch went silent; watching again")
+                self._heard_self = self._clock()
+                for task in self._tasks[:1]:
+                    task.cancel()
+                self._tasks[:1] = [asyncio.create_task(self._watch(None))]
+            await self._report()
+
+    async def _report(self) -> None:
+        division, stats = self.division, self._client.rate_limit_stats()
+        if division is None or stats is None:
+            return
+        report = Report(
+            stats.allowed_rate,
+            stats.accepted_rate,
+            stats.waiting > 0 or stats.waits > self._waits,
+            self._clock() - self._started,
+        )
+        self._waits = stats.waits
+        body = {"rate": report.rate, "accepted": report.accepted}
+        body |= {"wanting": report.wanting, "up": round(report.uptime, 3)}
+        try:
+            await self._kv.put(self._key, json.dumps(body).encode())  # type: ignore[union-attr]
+        except Exception as exc:  # the broker is away: no new part on stale reports
+            logger.debug("rate limit shares: could not report (%s)", type(exc).__name__)
+            return
+        division.heard(division.me, report)
+        self._give(division)  # a member gone silent
+
+    def _give(self, division: Division) -> None:
+        # A change of members is given to the limiter at once: the others hear a joiner
+        # within milliseconds of its first report, not at their next beat.
+        self._client.share_rate_limit(division.part(), fleet_size=division.size)
+
+    async def _watch(self, first: asyncio.Future[None] | None) -> None:
+        division, kv = self.division, self._kv
+        if division is None or kv is None:  # not started
+            return
+        try:
+            watcher = await kv.watch(self._prefix + "*")
+        except Exception as exc:
+            logger.debug("rate limit shares: no watch (%s)", type(exc).__name__)
+            return
+        try:
+            async for entry in watcher:
+                if entry is None:  # every report there has come
+                    if first is not None and not first.done():
+                        first.set_result(None)
+                    continue
+                self._hear(division, entry.key[len(self._prefix) :], entry)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def _hear(self, division: Division, who: str, entry: Any) -> None:
+        if entry.operation in ("DEL", "PURGE"):
+            division.left(who)
+        elif who == division.me:
+            self._heard_self = self._clock()
+            return  # our own is taken as we put it
+        elif (report := parse_report(entry.value or b"")) is not None:
+            division.heard(who, report)
+        self._give(division)

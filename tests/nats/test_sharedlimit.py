@@ -1,0 +1,157 @@
+"""
+`_sharedlimit`: a fleet's reports in a key-value bucket on a real nats-server, and the
+worker adapting alone when the bucket cannot be had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+
+import pytest
+from nats.js import JetStreamContext
+
+from klavi_async import ClientCredentials, KlaviClient, RateLimitStats
+from klavi_async.nats import CancelWorker
+from klavi_async.nats._division import Report
+from klavi_async.nats._sharedlimit import BUCKET, SharedLimit, parse_report
+
+CREDENTIALS = ClientCredentials("access-key-of-the-fleet", "secret-key-of-the-fleet")
+BASE = "http://127.0.0.1:9"  # never called: the limiters are driven by hand
+
+
+async def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Poll *condition* until it holds (a bound, not a pace: it returns as soon as it does)."""
+    async with asyncio.timeout(seconds):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+def stats(client: KlaviClient) -> RateLimitStats:
+    snapshot = client.rate_limit_stats()
+    assert snapshot is not None
+    return snapshot
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b'{"rate": 50, "accepted": 40.5, "wanting": true, "up": 3}', Report(50, 40.5, True, 3)),
+        (b'{"rate": null, "accepted": 0, "wanting": false, "up": 9}', Report(None, 0, False, 9)),
+        (b'{"rate": 1, "accepted": 0, "wanting": false, "up": 3e9}', Report(1, 0, False, 3e9)),
+        (b"not json", None),
+        (b"[1, 2]", None),
+        (b'{"rate": "50", "accepted": 1, "wanting": true, "up": 1}', None),
+        (b'{"rate": 50, "accepted": -1, "wanting": true, "up": 1}', None),
+        (b'{"rate": 50, "accepted": 1e7, "wanting": true, "up": 1}', None),
+        (b'{"rate": 50, "accepted": NaN, "wanting": true, "up": 1}', None),
+        (b'{"rate": Infinity, "accepted": 1, "wanting": true, "up": 1}', None),
+        (b'{"rate": 50, "accepted": 1, "wanting": 1, "up": 1}', None),
+        (b'{"rate": 50, "accepted": 1, "wanting": true, "up": ' + b"9" * 400 + b"}", None),
+        (b'{"rate": 50, "accepted": true, "wanting": true, "up": 1}', None),
+        (b'{"accepted": 1, "wanting": true}', None),
+    ],
+)  # fmt: skip
+def test_a_report_is_read_strictly(data: bytes, expected: Report | None) -> None:
+    assert parse_report(data) == expected
+
+
+async def test_two_workers_hear_each_other_and_a_stop_is_heard_at_once(
+    js: JetStreamContext,
+) -> None:
+    async with (
+        KlaviClient(CREDENTIALS, base_url=BASE) as one,
+        KlaviClient(CREDENTIALS, base_url=BASE) as other,
+    ):
+        first, second = SharedLimit(js, one), SharedLimit(js, other)
+        assert await first.start()
+        try:
+            assert await second.start()
+            await until(lambda: stats(one).fleet_size == 2 and stats(other).fleet_size == 2)
+            # Reports carry the account's fingerprint, never its key.
+            kv = await js.key_value(BUCKET)
+            keys = await kv.keys()
+            assert len(keys) == 2 and all(k.startswith(f"{one.account}.") for k in keys)
+            assert all("access-key" not in k for k in keys)
+            await second.stop()
+            await until(lambda: stats(one).fleet_size == 1, seconds=1.5)  # before GONE
+        finally:
+            await first.stop()
+            await second.stop()
+
+
+async def test_a_joiner_takes_its_part_of_what_the_members_hold(js: JetStreamContext) -> None:
+    # The member there reports 80 accepted at a rate of 90 (written as a worker would):
+    # the joiner takes half before anything else.
+    kv = await js.create_key_value(bucket=BUCKET, ttl=10.0)
+    async with KlaviClient(CREDENTIALS, base_url=BASE) as client:
+        body = {"rate": 90.0, "accepted": 80.0, "wanting": True, "up": 60.0}
+        await kv.put(f"{client.account}.elder", json.dumps(body).encode())
+        joiner = SharedLimit(js, client)
+        assert await joiner.start()
+        try:
+            assert (stats(client).fleet_size, stats(client).fleet_part) == (2, 40.0)
+            assert stats(client).allowed_rate == 40.0
+            await kv.delete(f"{client.account}.elder")  # it stops: its part comes back
+            await until(lambda: stats(client).fleet_size == 1)
+            assert stats(client).fleet_part == 80.0  # what it accepted (none) and the elder
+        finally:
+            await joiner.stop()
+
+
+async def test_reports_of_another_account_and_hostile_ones_are_not_heard(
+    js: JetStreamContext,
+) -> None:
+    kv = await js.create_key_value(bucket=BUCKET, ttl=10.0)
+    async with KlaviClient(CREDENTIALS, base_url=BASE) as client:
+        body = json.dumps({"rate": 90.0, "accepted": 80.0, "wanting": True, "up": 60.0})
+        await kv.put("0123456789abcdef.elsewhere", body.encode())
+        await kv.put(f"{client.account}.liar", b'{"rate": 1e300, "accepted": -5}')
+        await kv.put(f"{client.account}.garbage", b"\xff\xfe")
+        shared = SharedLimit(js, client)
+        assert await shared.start()
+        try:
+            assert stats(client).fleet_size == 1 and stats(client).fleet_part is None
+            assert stats(client).engaged is False  # nothing divided: its own limiter's
+        finally:
+            await shared.stop()
+
+
+async def test_without_an_account_or_a_bucket_the_worker_adapts_alone(
+    js: JetStreamContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def token() -> str:
+        return "a-token"
+
+    caplog.set_level(logging.WARNING, "klavi_async.nats")
+    async with KlaviClient(token, base_url=BASE) as client:
+        assert client.account is None
+        assert not await SharedLimit(js, client).start()
+    assert "names no account" in caplog.text
+
+    class NoKeyValue:  # a broker without key-value, or an account without the permission
+        async def key_value(self, bucket: str) -> None:
+            raise PermissionError("denied")
+
+    caplog.clear()
+    async with KlaviClient(CREDENTIALS, base_url=BASE) as client:
+        refused = SharedLimit(NoKeyValue(), client)  # type: ignore[arg-type]
+        assert not await refused.start()
+        await refused.stop()
+        assert stats(client).fleet_size is None
+    assert "not shared with the fleet (the bucket" in caplog.text
+    assert "PermissionError" in caplog.text and "access-key" not in caplog.text
+
+    async with KlaviClient(CREDENTIALS, base_url=BASE) as client:
+        assert not await SharedLimit(js, client, enabled=False).start()
+
+
+async def test_a_worker_without_a_shared_limit_makes_no_bucket(js: JetStreamContext) -> None:
+    async with KlaviClient(CREDENTIALS, base_url=BASE) as client:
+        worker = CancelWorker(client, js, shared_limit=False)
+        stop = asyncio.Event()
+        stop.set()
+        await worker.run(stop)
+    assert f"KV_{BUCKET}" not in [info.config.name for info in await js.streams_info()]
