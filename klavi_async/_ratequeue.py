@@ -180,15 +180,17 @@ class _Queue:
 
     def share(self, part: float | None, fleet_size: int) -> None:
         """
-        Clients sharing one limit divided it: this one's *part* (None: no division now).
+        Clients sharing one limit divided it: this one's *part* (None: nothing new; the
+        fleet is *fleet_size* clients).
         The search goes on from the part: flat there, then probing past it, as after any
         change; answers to requests sent before it say nothing more.  A fixed cap, and a
         hold (the server refusing whatever is sent), stay as they are; a hold ends at the
         part.
         """
-        self._fleet_size, self._fleet_part = fleet_size, part
+        self._fleet_size = fleet_size
         if part is None or not self._adaptive:
             return
+        self._fleet_part = part
         now, cubic = self._clock(), self._cubic
         part = min(max(part, cubic.min_rate), cubic.max_rate)
         if self._hold is not None:

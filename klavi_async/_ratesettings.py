@@ -95,4 +95,5 @@ class RateLimitStats:
     fleet_size: int | None = None
     """Clients sharing the limit as this one last heard (`share_rate_limit`); None: alone."""
     fleet_part: float | None = None
-    """This client's part of the shared limit, in requests per second; None: no division."""
+    """The part of the shared limit last given to this client, in requests per second
+    (its search goes on from there); None: none given."""

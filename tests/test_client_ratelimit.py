@@ -682,10 +682,10 @@ async def test_a_part_of_a_shared_limit_is_taken_and_shown() -> None:
         stats = klavi.rate_limit_stats()
         assert stats is not None and stats.engaged and stats.allowed_rate == 40.0
         assert (stats.fleet_size, stats.fleet_part) == (3, 40.0)
-        klavi.share_rate_limit(None, fleet_size=1)  # no division now: the rate stays
+        klavi.share_rate_limit(None, fleet_size=1)  # nothing new: the rate stays
         stats = klavi.rate_limit_stats()
         assert stats is not None and stats.allowed_rate == 40.0
-        assert (stats.fleet_size, stats.fleet_part) == (1, None)
+        assert (stats.fleet_size, stats.fleet_part) == (1, 40.0)
 
 
 async def test_a_fixed_cap_and_no_limiter_ignore_a_part() -> None:

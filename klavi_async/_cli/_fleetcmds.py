@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import click
 import nats.errors
 
-from .. import CancelRequest
+from .. import CancelRequest, KlaviClient, RateLimitStats
 from .._process import start_in_fast_allocator_state
 from .._rows import InputError
 from .._signals import on_stop_signals
@@ -59,11 +59,19 @@ class _Seconds(click.ParamType):  # type: ignore[type-arg]
 SECONDS = _Seconds()
 
 
-async def _progress(worker: CancelWorker, interval: float) -> None:
+async def _progress(worker: CancelWorker, client: KlaviClient, interval: float) -> None:
     """A worker's progress line every *interval* seconds, until cancelled."""
     while True:
         await asyncio.sleep(interval)
-        _echo(f"worker: {worker.stats.line()}")
+        _echo(f"worker: {worker.stats.line()}{_sharing(client.rate_limit_stats())}")
+
+
+def _sharing(stats: RateLimitStats | None) -> str:
+    """The fleet's division as the limiter last heard it, if the limit is shared."""
+    if stats is None or stats.fleet_size is None:
+        return ""
+    part = "" if stats.fleet_part is None else f", part {stats.fleet_part:.0f}/s"
+    return f"; rate limit shared by {stats.fleet_size}{part}"
 
 
 async def run_worker(
@@ -104,7 +112,7 @@ async def run_worker(
                 shared_limit=shared_limit,
             )
             stop = asyncio.Event()
-            reporter = asyncio.create_task(_progress(worker, progress_interval))
+            reporter = asyncio.create_task(_progress(worker, client, progress_interval))
             try:
                 with on_stop_signals(stop.set), library_warnings("worker"), jetstream_errors(url):
                     # Said once a signal is handled: a SIGINT after it stops it cleanly.

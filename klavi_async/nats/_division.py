@@ -148,6 +148,12 @@ class Division:
         if member is not None and who != self.me:
             self._gone(member)
 
+    def touch(self) -> None:
+        """Take every member as heard now: this worker could not hear (the broker away)."""
+        now = self._clock()
+        for member in self._members.values():
+            member.heard = now
+
     def expire(self) -> None:
         """Members not heard from for `GONE` seconds have left."""
         now = self._clock()

@@ -99,6 +99,7 @@ class SharedLimit:
         self._started = 0.0
         self._heard_self = -math.inf  # when the watch last brought our own report
         self._waits = 0  # the limiter's waits at the last report
+        self._away = False  # the last report could not be put: the broker is away
 
     async def start(self) -> bool:
         if not self._enabled:
@@ -179,10 +180,16 @@ class SharedLimit:
         body = {"rate": report.rate, "accepted": report.accepted}
         body |= {"wanting": report.wanting, "up": round(report.uptime, 3)}
         try:
+            if self._away:  # a restarted broker lost the bucket (kept in memory): again
+                self._kv = await self._bucket()
             await self._kv.put(self._key, json.dumps(body).encode())  # type: ignore[union-attr]
         except Exception as exc:  # the broker is away: no new part on stale reports
             logger.debug("rate limit shares: could not report (%s)", type(exc).__name__)
+            self._away = True
             return
+        if self._away:  # the others were not silent: this worker could not hear them
+            self._away = False
+            division.touch()
         division.heard(division.me, report)
         self._give(division)  # a member gone silent
 

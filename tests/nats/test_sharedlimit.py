@@ -18,6 +18,8 @@ from klavi_async.nats import CancelWorker
 from klavi_async.nats._division import Report
 from klavi_async.nats._sharedlimit import BUCKET, SharedLimit, parse_report
 
+from .conftest import NatsServer
+
 CREDENTIALS = ClientCredentials("access-key-of-the-fleet", "secret-key-of-the-fleet")
 BASE = "http://127.0.0.1:9"  # never called: the limiters are driven by hand
 
@@ -155,3 +157,30 @@ async def test_a_worker_without_a_shared_limit_makes_no_bucket(js: JetStreamCont
         stop.set()
         await worker.run(stop)
     assert f"KV_{BUCKET}" not in [info.config.name for info in await js.streams_info()]
+
+
+async def test_a_broker_restart_loses_the_bucket_and_the_workers_make_it_again(
+    nats_server: NatsServer, js: JetStreamContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, "klavi_async.nats")
+    async with KlaviClient(CREDENTIALS, base_url=BASE) as client:
+        shared = SharedLimit(js, client)
+        assert await shared.start()
+        try:
+            nats_server.restart()  # the bucket is kept in memory: gone with the server
+
+            async def reported() -> bool:
+                try:
+                    kv = await js.key_value(BUCKET)
+                    return len(await kv.keys()) == 1
+                except Exception:
+                    return False
+
+            async with asyncio.timeout(20):
+                while not await reported():
+                    await asyncio.sleep(0.1)
+            assert "could not report" in caplog.text  # while the server was away
+            await until(lambda: "watching again" in caplog.text)
+            assert stats(client).fleet_size == 1
+        finally:
+            await shared.stop()
