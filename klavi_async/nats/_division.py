@@ -143,10 +143,10 @@ class Division:
         self._change(_held(reports), _level(reports), throttled=_throttled(reports) and not alone)
 
     def left(self, who: str) -> None:
-        """A member's report was deleted: it stopped."""
+        """A member's report was deleted: it stopped, and its last report is fresh."""
         member = self._members.pop(who, None)
         if member is not None and who != self.me:
-            self._gone(member)
+            self._gone(member, fresh=True)
 
     def touch(self) -> None:
         """Take every member as heard now: this worker could not hear (the broker away)."""
@@ -160,13 +160,15 @@ class Division:
         for who, member in list(self._members.items()):
             if who != self.me and now - member.heard >= GONE:
                 del self._members[who]
-                self._gone(member)
+                self._gone(member, fresh=False)
 
-    def _gone(self, member: _Member) -> None:
-        # What it had accepted goes to those left.
+    def _gone(self, member: _Member, *, fresh: bool) -> None:
+        # What it had accepted goes to those left.  Unheard for `GONE`, what it said is
+        # that old: the others have taken what it no longer sent since (counting it
+        # again gave one worker 141/s of a 100/s limit), so only theirs is divided.
         reports = {w: m.report for w, m in self._members.items()}
-        held = _held(reports) + member.report.accepted
-        level = _level(reports) + member.report.level()
+        held = _held(reports) + (member.report.accepted if fresh else 0.0)
+        level = _level(reports) + (member.report.level() if fresh else 0.0)
         throttled = member.report.rate is not None or _throttled(reports)
         self._change(held, level, throttled=throttled)
 
@@ -180,7 +182,9 @@ class Division:
         for who, report in reports.items():
             if report.young:
                 reports[who] = Report(report.rate, report.accepted, True, report.uptime)
-        self._due = fair_parts(held, reports)[self.me]
+        part = fair_parts(held, reports)[self.me]
+        # Under `MIN_PART` (an idle member's part: what it uses, nothing) its limiter stays.
+        self._due = part if part >= MIN_PART else None
 
     def part(self) -> float | None:
         """The part to give this worker's limiter now (after a change of members), or None."""

@@ -44,6 +44,8 @@ _MOST: Final = 1e6
 """The highest number a report may hold (a `RateLimit`'s highest rate): above, none."""
 _FIRST_WATCH: Final = 2.0
 """Seconds a start waits for the watch's reports there before going on without them."""
+_START: Final = 2.0
+"""Seconds a start gives the bucket, and its first report, before going on without."""
 
 
 def parse_report(data: bytes) -> Report | None:
@@ -112,7 +114,8 @@ class SharedLimit:
             )
             return False
         try:
-            self._kv = await self._bucket()
+            async with asyncio.timeout(_START):  # a slow broker must not hold the worker
+                self._kv = await self._bucket()
         except Exception as exc:  # no key-value on this broker, no permission: alone
             logger.warning(
                 "rate limit not shared with the fleet (the bucket %s: %s); this worker "
@@ -131,7 +134,9 @@ class SharedLimit:
         with contextlib.suppress(TimeoutError):  # go on without: it reports as it comes
             async with asyncio.timeout(_FIRST_WATCH):
                 await asyncio.shield(first)
-        await self._report()
+        with contextlib.suppress(TimeoutError):  # reported at the next beat then
+            async with asyncio.timeout(_START):
+                await self._report()
         self._tasks.append(asyncio.create_task(self._beat()))
         return True
 
@@ -164,7 +169,10 @@ class SharedLimit:
                 for task in self._tasks[:1]:
                     task.cancel()
                 self._tasks[:1] = [asyncio.create_task(self._watch(None))]
-            await self._report()
+            try:
+                await self._report()
+            except Exception:  # a bug here must not end the reports: told, and on
+                logger.exception("rate limit shares: a report failed")
 
     async def _report(self) -> None:
         division, stats = self.division, self._client.rate_limit_stats()
@@ -196,7 +204,9 @@ class SharedLimit:
     def _give(self, division: Division) -> None:
         # A change of members is given to the limiter at once: the others hear a joiner
         # within milliseconds of its first report, not at their next beat.
-        self._client.share_rate_limit(division.part(), fleet_size=division.size)
+        part = division.part()
+        part = None if part is None else min(part, _MOST)  # liars may sum past it
+        self._client.share_rate_limit(part, fleet_size=division.size)
 
     async def _watch(self, first: asyncio.Future[None] | None) -> None:
         division, kv = self.division, self._kv
@@ -213,7 +223,10 @@ class SharedLimit:
                     if first is not None and not first.done():
                         first.set_result(None)
                     continue
-                self._hear(division, entry.key[len(self._prefix) :], entry)
+                try:
+                    self._hear(division, entry.key[len(self._prefix) :], entry)
+                except Exception:  # a bug here must not end the watch: told, and on
+                    logger.exception("rate limit shares: a report could not be heard")
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]

@@ -97,18 +97,30 @@ def test_a_member_that_stops_or_falls_silent_leaves_its_part_to_the_others() -> 
     for who in "abc":
         b.heard(who, report(30.0, rate=30.0))
     assert b.part() == pytest.approx(30.0)
-    b.left("a")  # a clean stop deletes its report
+    b.left("a")  # a clean stop deletes its report: what it said is fresh
     assert b.part() == pytest.approx(45.0) and b.size == 2
     clock.now += GONE - 0.1
     b.heard("b", report(45.0, rate=45.0))
     b.heard("c", report(45.0, rate=45.0))
     clock.now += GONE - 0.1
-    b.heard("b", report(45.0, rate=45.0))
+    b.heard("b", report(80.0, rate=90.0))  # taking what c no longer sends
     assert b.part() is None  # c is still heard
     clock.now += 0.1
-    assert b.part() == pytest.approx(90.0) and b.size == 1  # c not heard for GONE
+    # Not heard for GONE: what it said is that old, and the others have taken what it
+    # no longer sent since: only theirs is divided (not 80 + 45).
+    assert b.part() == pytest.approx(80.0) and b.size == 1
     b.left("nobody")
     assert b.part() is None
+
+
+def test_an_idle_member_is_given_no_part() -> None:
+    # Not waiting for slots and accepting nothing: its part would be 0 (what it uses):
+    # its limiter stays as it is (a part of 0 is no rate a limiter takes).
+    clock = Clock()
+    idle = Division("idle", clock)
+    idle.heard("idle", report(0.0, rate=50.0, wanting=False))
+    idle.heard("busy", report(50.0, rate=50.0))
+    assert idle.part() is None and idle.size == 2
 
 
 def test_nothing_is_divided_while_no_member_is_throttled() -> None:

@@ -184,3 +184,29 @@ async def test_a_broker_restart_loses_the_bucket_and_the_workers_make_it_again(
             assert stats(client).fleet_size == 1
         finally:
             await shared.stop()
+
+
+async def test_an_idle_worker_hearing_a_member_come_and_go_keeps_reporting(
+    js: JetStreamContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A part of 0 (an idle worker's) once killed the watch and the reports, silently.
+    kv = await js.create_key_value(bucket=BUCKET, ttl=10.0)
+    async with KlaviClient(CREDENTIALS, base_url=BASE) as client:
+        client.share_rate_limit(50.0, fleet_size=1)  # throttled once, idle since
+        shared = SharedLimit(js, client)
+        assert await shared.start()
+        try:
+            key = next(k for k in await kv.keys() if k.startswith(f"{client.account}."))
+            body = json.dumps({"rate": 50, "accepted": 50, "wanting": True, "up": 30})
+            await kv.put(f"{client.account}.busy", body.encode())
+            await until(lambda: stats(client).fleet_size == 2)
+            await kv.delete(f"{client.account}.busy")
+            await until(lambda: stats(client).fleet_size == 1)
+            first = (await kv.get(key)).revision or 0
+            async with asyncio.timeout(5):
+                while ((await kv.get(key)).revision or 0) <= first:
+                    await asyncio.sleep(0.05)
+        finally:
+            await shared.stop()
+    assert "watch went silent" not in caplog.text
+    assert "Traceback" not in caplog.text
