@@ -27,6 +27,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import itertools
+
 from fleet import nats_server
 from ratelimit import emulator, server_log
 
@@ -130,8 +132,8 @@ def plot(results: dict[str, dict[str, Any]], limit: float, path: Path) -> None:
     for ax, (mode, result) in zip(axes, results.items(), strict=True):
         for name, lines in zip("ABC", result["lines"], strict=False):
             points = [(t, ok) for t, ok, _ in lines]
-            xs = [(a[0] + b[0]) / 2 for a, b in zip(points, points[1:], strict=False)]
-            ys = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(points, points[1:], strict=False)]
+            xs = [(a[0] + b[0]) / 2 for a, b in itertools.pairwise(points)]
+            ys = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in itertools.pairwise(points)]
             ax.plot(xs, ys, lw=1.4, label=f"worker {name}")
         ax.axhline(limit, color="black", ls="--", lw=1, label=f"limit {limit:g}/s")
         ax.axvline(result["left"], color="gray", ls=":", lw=1, label="A stops")
