@@ -102,6 +102,7 @@ class SharedLimit:
         self._heard_self = -math.inf  # when the watch last brought our own report
         self._waits = 0  # the limiter's waits at the last report
         self._away = False  # the last report could not be put: the broker is away
+        self._rewatched = False  # the watch was started again and has not been heard since
 
     async def start(self) -> bool:
         if not self._enabled:
@@ -164,7 +165,10 @@ class SharedLimit:
         while True:
             await asyncio.sleep(BEAT)
             if self._clock() - self._heard_self >= GONE:  # the watch broke: again
-                logger.warning("rate limit shares: the watch went silent; watching again")
+                # Once until it is heard again: a broker away for an hour is one line.
+                log = logger.debug if self._rewatched else logger.warning
+                log("rate limit shares: the watch went silent; watching again")
+                self._rewatched = True
                 self._heard_self = self._clock()
                 for task in self._tasks[:1]:
                     task.cancel()
@@ -235,7 +239,7 @@ class SharedLimit:
         if entry.operation in ("DEL", "PURGE"):
             division.left(who)
         elif who == division.me:
-            self._heard_self = self._clock()
+            self._heard_self, self._rewatched = self._clock(), False
             return  # our own is taken as we put it
         elif (report := parse_report(entry.value or b"")) is not None:
             division.heard(who, report)
