@@ -105,8 +105,8 @@ class SharedLimit:
         self._rewatched = False  # the watch was started again and has not been heard since
 
     async def start(self) -> bool:
-        if not self._enabled:
-            return False
+        if not self._enabled or self._client.rate_limit_stats() is None:
+            return False  # off, or a client without a limiter (`rate_limit=None`)
         account = self._client.account
         if account is None:
             logger.warning(

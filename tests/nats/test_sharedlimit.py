@@ -148,6 +148,8 @@ async def test_without_an_account_or_a_bucket_the_worker_adapts_alone(
 
     async with KlaviClient(CREDENTIALS, base_url=BASE) as client:
         assert not await SharedLimit(js, client, enabled=False).start()
+    async with KlaviClient(CREDENTIALS, base_url=BASE, rate_limit=None) as client:
+        assert not await SharedLimit(js, client).start()  # no limiter: nothing to share
 
 
 async def test_a_worker_without_a_shared_limit_makes_no_bucket(js: JetStreamContext) -> None:
