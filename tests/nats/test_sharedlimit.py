@@ -14,7 +14,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from klavi_async import ClientCredentials, KlaviClient, RateLimitStats
-from klavi_async.nats import CancelWorker
+from klavi_async.nats import CancelWorker, _division
 from klavi_async.nats._division import Report
 from klavi_async.nats._sharedlimit import BUCKET, SharedLimit, parse_report
 
@@ -61,8 +61,10 @@ def test_a_report_is_read_strictly(data: bytes, expected: Report | None) -> None
 
 
 async def test_two_workers_hear_each_other_and_a_stop_is_heard_at_once(
-    js: JetStreamContext,
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A member is gone only when its report is deleted here: never for silence.
+    monkeypatch.setattr(_division, "GONE", 3600.0)
     async with (
         KlaviClient(CREDENTIALS, base_url=BASE) as one,
         KlaviClient(CREDENTIALS, base_url=BASE) as other,
@@ -78,7 +80,7 @@ async def test_two_workers_hear_each_other_and_a_stop_is_heard_at_once(
             assert len(keys) == 2 and all(k.startswith(f"{one.account}.") for k in keys)
             assert all("access-key" not in k for k in keys)
             await second.stop()
-            await until(lambda: stats(one).fleet_size == 1, seconds=1.5)  # before GONE
+            await until(lambda: stats(one).fleet_size == 1)  # its report deleted
         finally:
             await first.stop()
             await second.stop()
