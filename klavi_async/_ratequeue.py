@@ -181,11 +181,11 @@ class _Queue:
     def share(self, part: float | None, fleet_size: int) -> None:
         """
         Clients sharing one limit divided it: this one's *part* (None: nothing new; the
-        fleet is *fleet_size* clients).
-        The search goes on from the part: flat there, then probing past it, as after any
-        change; answers to requests sent before it say nothing more.  A fixed cap, and a
-        hold (the server refusing whatever is sent), stay as they are; a hold ends at the
-        part.
+        fleet is *fleet_size* clients).  The search goes on from the part, probing past
+        it (slowly at first) as after any change; answers to requests sent before it say
+        nothing more.  A fixed cap stays as it is.  A hold (the server refusing
+        whatever is sent) goes on: after a storm it ends at the part, after a full
+        window below it, as it would have from the rate before.
         """
         self._fleet_size = fleet_size
         if part is None or not self._adaptive:
@@ -193,12 +193,13 @@ class _Queue:
         self._fleet_part = part
         now, cubic = self._clock(), self._cubic
         part = min(max(part, cubic.min_rate), cubic.max_rate)
-        if self._hold is not None:
-            self._hold.reading, self._hold.saved = part, None
-            return
         self._ramp = self._trial = self._suspect = self._measured_at = None
         self._reading = self.engaged = True
         cubic.hold(now, part)
+        hold = self._hold
+        if hold is not None:
+            hold.reading, hold.saved = part, None
+            return
         self._last_change = now
         self._wake()
 

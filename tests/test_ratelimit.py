@@ -859,3 +859,37 @@ def test_a_limit_that_flaps() -> None:
     assert server.accepted(None, 6.0, 30.0) / offered >= 0.45
     assert server.share_refused(6.0, 30.0) <= 0.07
     assert set(client.results) == {"ok"}
+
+
+# -- a part of a shared limit -------------------------------------------------------------
+
+
+def test_a_part_is_where_the_search_goes_on_from() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    accept(limiter, clock, 150)  # unthrottled: no rate of its own
+    limiter.share(80.0, 2)
+    assert limiter.engaged and limiter.rate == 80.0
+    accept(limiter, clock, 60)  # near the part for a while (the probe grows as t**3)
+    assert limiter.rate == pytest.approx(80.0, rel=0.05)
+    accept(limiter, clock, 200)
+    assert limiter.rate is not None and limiter.rate > 80.0
+    limiter.share(None, 1)  # nothing new: the rate stays
+    assert limiter.rate is not None and limiter.rate > 80.0
+    assert limiter.stats().fleet_size == 1 and limiter.stats().fleet_part == 80.0
+
+
+def test_a_part_given_during_a_storm_is_the_rate_it_ends_at() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    accept(limiter, clock, 150)
+    limiter.share(80.0, 2)
+    for _ in range(8):  # a run of refusals: a hold
+        clock.now += 0.01
+        limiter.on_throttle(None, sent_at=clock.now - 0.005)
+    clock.now += 1.5  # a probe refused past the window: a storm
+    limiter.on_throttle(None, sent_at=clock.now - 0.005)
+    limiter.share(30.0, 3)  # the fleet grew meanwhile
+    clock.now += 2.0
+    limiter.on_success(clock.now - 0.005)  # the storm is over
+    assert limiter.rate == 30.0
