@@ -103,6 +103,7 @@ class SharedLimit:
         self._waits = 0  # the limiter's waits at the last report
         self._away = False  # the last report could not be put: the broker is away
         self._rewatched = False  # the watch was started again and has not been heard since
+        self._stopping = False
 
     async def start(self) -> bool:
         if not self._enabled or self._client.rate_limit_stats() is None:
@@ -130,6 +131,7 @@ class SharedLimit:
         self._key = self._prefix + me
         self.division = Division(me, self._clock)
         self._started = self._heard_self = self._clock()
+        self._stopping = False
         first = asyncio.get_running_loop().create_future()
         self._tasks = [asyncio.create_task(self._watch(first))]
         with contextlib.suppress(TimeoutError):  # go on without: it reports as it comes
@@ -143,10 +145,17 @@ class SharedLimit:
 
     async def stop(self) -> None:
         """Stop reporting and take our report out: the others take back its part now."""
+        self._stopping = True
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        while tasks:
+            # nats-py's requests await `asyncio.wait_for`, which in Python 3.11 can swallow
+            # a cancel that comes as the answer does: the task would go on for ever (a
+            # worker never exited on SIGINT).  Cancelled again until it ends; the flag
+            # ends the loops at their next turn anyway.
+            for task in tasks:
+                task.cancel()
+            _, pending = await asyncio.wait(tasks, timeout=1.0)
+            tasks = list(pending)
         if self._kv is not None and self._key:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2.0):
@@ -164,6 +173,8 @@ class SharedLimit:
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(BEAT)
+            if self._stopping:  # a cancel swallowed (see `stop`)
+                return
             if self._clock() - self._heard_self >= GONE:  # the watch broke: again
                 # Once until it is heard again: a broker away for an hour is one line.
                 log = logger.debug if self._rewatched else logger.warning
@@ -223,6 +234,8 @@ class SharedLimit:
             return
         try:
             async for entry in watcher:
+                if self._stopping:
+                    return
                 if entry is None:  # every report there has come
                     if first is not None and not first.done():
                         first.set_result(None)

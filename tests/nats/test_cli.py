@@ -193,18 +193,31 @@ async def test_worker_shares_the_limit_unless_told_not_to(
         *command, *([flag] if flag else []), env=env, stderr=asyncio.subprocess.PIPE
     )
     assert process.stderr is not None
-    seen = b""
-    while b"worker: done" not in seen:  # consuming (the bucket is made before), progress
-        line = await asyncio.wait_for(process.stderr.readline(), 30)
-        assert line, seen
-        seen += line
-    nc = await connect(nats_server.url)
+    seen: list[str] = []
+
+    async def read(stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            seen.append(line.decode())
+
+    reader = asyncio.create_task(read(process.stderr))
     try:
-        names = [info.config.name for info in await nc.jetstream().streams_info()]
+        async with asyncio.timeout(60):  # consuming (the bucket is made before), progress
+            while not any("worker: done" in line for line in seen):
+                await asyncio.sleep(0.05)
+        nc = await connect(nats_server.url)
+        try:
+            names = [info.config.name for info in await nc.jetstream().streams_info()]
+        finally:
+            await nc.close()
+        process.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(process.wait(), 60)
+        await asyncio.wait_for(reader, 10)
     finally:
-        await nc.close()
-    process.send_signal(signal.SIGINT)
-    _, rest = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 0, seen + rest
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        reader.cancel()
+    text = "".join(seen)
+    assert code == 0, text
     assert ("KV_KLAVI_RATE_SHARES" in names) is (flag is None)
-    assert b"adapts alone" not in seen + rest
+    assert "adapts alone" not in text

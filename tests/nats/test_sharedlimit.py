@@ -6,6 +6,7 @@ worker adapting alone when the bucket cannot be had.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -221,3 +222,27 @@ async def test_an_idle_worker_hearing_a_member_come_and_go_keeps_reporting(
             await shared.stop()
     assert "watch went silent" not in caplog.text
     assert "Traceback" not in caplog.text
+
+
+async def test_a_stop_ends_the_reports_even_when_a_cancel_is_swallowed(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # nats-py awaits `asyncio.wait_for`, which (Python 3.11) can swallow a cancel that
+    # comes with the answer: a worker then never exited on SIGINT.
+    inside = asyncio.Event()
+
+    async def swallowing(self: SharedLimit) -> None:
+        inside.set()
+        with contextlib.suppress(asyncio.CancelledError):  # the answer came with the cancel
+            await asyncio.sleep(0.2)
+
+    async with KlaviClient(CREDENTIALS, base_url=BASE) as client:
+        shared = SharedLimit(js, client)
+        assert await shared.start()
+        monkeypatch.setattr(SharedLimit, "_report", swallowing)
+        async with asyncio.timeout(10):
+            await inside.wait()
+            await shared.stop()
+        assert shared._tasks == []
+    leftover = [t for t in asyncio.all_tasks() if "SharedLimit" in repr(t)]
+    assert leftover == []
