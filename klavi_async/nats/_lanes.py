@@ -52,9 +52,13 @@ class Lanes:
     async def close(self) -> None:
         """Cancel every lane and what it runs; return once they have ended."""
         lanes = list(self._lanes)
-        for lane in lanes:
-            lane.cancel()
-        await asyncio.gather(*lanes, return_exceptions=True)
+        while lanes:
+            # A cancel that comes as a nats-py request is answered can be swallowed by
+            # its `asyncio.wait_for` (Python 3.11): that lane would wait for work for ever.
+            for lane in lanes:
+                lane.cancel()
+            _, pending = await asyncio.wait(lanes, timeout=1.0)
+            lanes = list(pending)
         self._free.clear()
         for work in self._unstarted.values():  # cancelled before their first step
             work.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import warnings
 
@@ -116,3 +117,23 @@ async def test_busy_counts_what_was_given_and_not_ended(count: int) -> None:
     while lanes.busy:
         await asyncio.sleep(0.001)
     await lanes.close()
+
+
+async def test_close_ends_a_lane_whose_work_swallowed_the_cancel() -> None:
+    # nats-py's requests await `asyncio.wait_for`, which can swallow a cancel that comes
+    # with the answer: the work goes on and ends, and its lane must still end.
+    ended: list[None] = []
+    inside = asyncio.Event()
+
+    async def swallowing() -> None:
+        inside.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(10)
+
+    lanes = Lanes(lambda: ended.append(None))
+    lanes.run(swallowing())
+    await inside.wait()
+    async with asyncio.timeout(10):
+        await lanes.close()
+    assert lanes.busy == 0 and len(ended) == 1
+    assert [t for t in asyncio.all_tasks() if "Lanes._lane" in repr(t)] == []
