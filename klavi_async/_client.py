@@ -225,8 +225,8 @@ class KlaviClient:
         """
         Give the adaptive limiter its *part* of a limit shared by *fleet_size* clients (on
         one Klavi account): it goes on from *part* requests/s, probing past it as usual;
-        None: no division now.  `CancelWorker` calls it with its fleet's division; a fixed
-        cap ignores it.  A *part* a `RateLimit` would refuse is a `ValueError`.
+        None: nothing new.  `CancelWorker` calls it with its fleet's division; a fixed cap
+        ignores it.  A *part* a `RateLimit` would refuse is a `ValueError`.
         """
         if part is not None:
             part = rate_value(part, "part")
@@ -237,7 +237,10 @@ class KlaviClient:
 
     @property
     def account(self) -> str | None:
-        """The Klavi account's fingerprint (`_account`); None for a callable token source."""
+        """
+        The Klavi account, as 16 hex digits of a SHA-256 of the base URL and the access key
+        (or static token): the same for its clients, showing neither.  None: a callable.
+        """
         return account_fingerprint(self._base_url, self._provider)
 
     @property
