@@ -223,10 +223,9 @@ class KlaviClient:
 
     def share_rate_limit(self, part: float | None, *, fleet_size: int) -> None:
         """
-        Give the adaptive limiter its *part* of a limit shared by *fleet_size* clients (on
-        one Klavi account): it goes on from *part* requests/s, probing past it as usual;
-        None: nothing new.  `CancelWorker` calls it with its fleet's division; a fixed cap
-        ignores it.  A *part* a `RateLimit` would refuse is a `ValueError`.
+        Give the adaptive limiter its *part* of a limit shared by *fleet_size* clients of one
+        account: it goes on from *part* requests/s, probing past it (None: nothing new; a
+        fixed cap ignores it).  A *part* a `RateLimit` would refuse is a `ValueError`.
         """
         if part is not None:
             part = rate_value(part, "part")
