@@ -201,6 +201,8 @@ class _Queue:
             hold.reading, hold.saved = part, None
             return
         self._last_change = now
+        if self._waiters:  # a lower part: queued calls now past their deadline are told
+            self._refuse_late_waiters()
         self._wake()
 
     def _save(self) -> _Saved:

@@ -893,3 +893,26 @@ def test_a_part_given_during_a_storm_is_the_rate_it_ends_at() -> None:
     clock.now += 2.0
     limiter.on_success(clock.now - 0.005)  # the storm is over
     assert limiter.rate == 30.0
+
+
+def test_a_lower_part_tells_the_queued_calls_it_makes_late_at_once() -> None:
+    async def main(loop: VirtualLoop) -> tuple[list[float], list[bool]]:
+        limiter = RateLimiter(RateLimit(), clock=loop.time)
+        limiter.share(100.0, 1)
+        told: list[float] = []
+
+        async def call() -> bool:
+            got = await limiter.acquire(1.0)
+            if not got:
+                told.append(loop.time())
+            return got
+
+        calls = [asyncio.ensure_future(call()) for _ in range(50)]
+        await asyncio.sleep(0.05)  # queued at 100/s: every one within its second
+        limiter.share(5.0, 2)  # another worker joined: most can no longer go in time
+        results = await asyncio.gather(*calls)
+        return told, results
+
+    told, results = run(main)
+    assert 0 < results.count(True) < 15
+    assert told and max(told) == pytest.approx(0.05)  # told when the part came, not later
