@@ -24,6 +24,7 @@ from typing import Any
 from klavi_async import RetryBudget, RetryPolicy
 from klavi_async._ratelimit import RateLimit, RateLimiter
 from klavi_async.nats._division import BEAT, Division, Report
+from klavi_async.nats._sharedlimit import report_of
 
 
 class _VirtualSelector(selectors.DefaultSelector):
@@ -177,9 +178,9 @@ async def report_every_beat(loop: VirtualLoop, board: Board, client: Client, who
     try:
         while loop.time() < client.until:
             stats = limiter.stats()
-            wanting, waits = stats.waits > waits or stats.waiting > 0, stats.waits
             uptime = loop.time() - started
-            board.put(who, Report(stats.allowed_rate, stats.accepted_rate, wanting, uptime))
+            board.put(who, report_of(stats, waits, uptime))
+            waits = stats.waits
             give_part(client)  # a member gone silent
             await asyncio.sleep(BEAT)
     finally:

@@ -138,9 +138,10 @@ class Division:
         # One more (or, for a joiner, one more it knows of): what the members hold,
         # divided among them all.
         self._members[who] = _Member(report, now)
-        reports = {w: m.report for w, m in self._members.items()}
+        reports = self._reports()
         alone = len(reports) < 2  # this worker alone: its own limiter decides
-        self._change(_held(reports), _level(reports), throttled=_throttled(reports) and not alone)
+        throttled = _throttled(reports) and not alone
+        self._change(reports, _held(reports), _level(reports), throttled=throttled)
 
     def left(self, who: str) -> None:
         """A member's report was deleted: it stopped, and its last report is fresh."""
@@ -166,15 +167,20 @@ class Division:
         # What it had accepted goes to those left.  Unheard for `GONE`, what it said is
         # that old: the others have taken what it no longer sent since (counting it
         # again gave one worker 141/s of a 100/s limit), so only theirs is divided.
-        reports = {w: m.report for w, m in self._members.items()}
+        reports = self._reports()
         held = _held(reports) + (member.report.accepted if fresh else 0.0)
         level = _level(reports) + (member.report.level() if fresh else 0.0)
         throttled = member.report.rate is not None or _throttled(reports)
-        self._change(held, level, throttled=throttled)
+        self._change(reports, held, level, throttled=throttled)
 
-    def _change(self, held: float, level: float, *, throttled: bool) -> None:
-        self.size = max(len(self._members), 1)
-        reports = {w: m.report for w, m in self._members.items()}
+    def _reports(self) -> dict[str, Report]:
+        return {who: member.report for who, member in self._members.items()}
+
+    def _change(
+        self, reports: dict[str, Report], held: float, level: float, *, throttled: bool
+    ) -> None:
+        """The members changed (now *reports*): divide *held*, if it can be read."""
+        self.size = max(len(reports), 1)
         if not throttled or self.me not in reports or held < max(MIN_PART, DEPRESSED * level):
             self._due = None  # nothing to divide, or a storm or a hold: no reading
             return

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
-__all__ = ["Lanes"]
+__all__ = ["Lanes", "cancel_until_done"]
 
 logger = logging.getLogger("klavi_async.nats")
 
@@ -51,14 +51,7 @@ class Lanes:
 
     async def close(self) -> None:
         """Cancel every lane and what it runs; return once they have ended."""
-        lanes = list(self._lanes)
-        while lanes:
-            # A cancel that comes as a nats-py request is answered can be swallowed by
-            # its `asyncio.wait_for` (Python 3.11): that lane would wait for work for ever.
-            for lane in lanes:
-                lane.cancel()
-            _, pending = await asyncio.wait(lanes, timeout=1.0)
-            lanes = list(pending)
+        await cancel_until_done(self._lanes)
         self._free.clear()
         for work in self._unstarted.values():  # cancelled before their first step
             work.close()
@@ -85,3 +78,17 @@ class Lanes:
                     free.result().close()
                     self.busy -= 1
                 raise
+
+
+async def cancel_until_done(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """
+    Cancel *tasks* and return once they have all ended.  A cancel that comes as a
+    nats-py request is answered can be swallowed by its `asyncio.wait_for` (Python
+    3.11): the task goes on (a lane to wait for work for ever, a loop to its next turn),
+    so a task still running a second later is cancelled again.
+    """
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)

@@ -30,10 +30,11 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
-from .. import KlaviClient
+from .. import KlaviClient, RateLimitStats
 from ._division import BEAT, GONE, Division, Report
+from ._lanes import cancel_until_done
 
-__all__ = ["BUCKET", "SharedLimit"]
+__all__ = ["BUCKET", "SharedLimit", "parse_report", "report_body", "report_of"]
 
 logger = logging.getLogger("klavi_async.nats")
 
@@ -46,6 +47,18 @@ _FIRST_WATCH: Final = 2.0
 """Seconds a start waits for the watch's reports there before going on without them."""
 _START: Final = 2.0
 """Seconds a start gives the bucket, and its first report, before going on without."""
+
+
+def report_of(stats: RateLimitStats, waits: int, uptime: float) -> Report:
+    """What a limiter says to its fleet; *waits* is its count of waits at the last report."""
+    wanting = stats.waiting > 0 or stats.waits > waits  # calls waited since: it wants more
+    return Report(stats.allowed_rate, stats.accepted_rate, wanting, uptime)
+
+
+def report_body(report: Report) -> bytes:
+    """A report as it is put in the bucket; `parse_report` reads it back."""
+    body = {"rate": report.rate, "accepted": report.accepted, "wanting": report.wanting}
+    return json.dumps(body | {"up": round(report.uptime, 3)}).encode()
 
 
 def parse_report(data: bytes) -> Report | None:
@@ -147,15 +160,9 @@ class SharedLimit:
         """Stop reporting and take our report out: the others take back its part now."""
         self._stopping = True
         tasks, self._tasks = self._tasks, []
-        while tasks:
-            # nats-py's requests await `asyncio.wait_for`, which in Python 3.11 can swallow
-            # a cancel that comes as the answer does: the task would go on for ever (a
-            # worker never exited on SIGINT).  Cancelled again until it ends; the flag
-            # ends the loops at their next turn anyway.
-            for task in tasks:
-                task.cancel()
-            _, pending = await asyncio.wait(tasks, timeout=1.0)
-            tasks = list(pending)
+        # A swallowed cancel (see `cancel_until_done`) once kept a worker from exiting on
+        # SIGINT; the flag ends the loops at their next turn as well.
+        await cancel_until_done(tasks)
         if self._kv is not None and self._key:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2.0):
@@ -193,19 +200,12 @@ class SharedLimit:
         division, stats = self.division, self._client.rate_limit_stats()
         if division is None or stats is None:
             return
-        report = Report(
-            stats.allowed_rate,
-            stats.accepted_rate,
-            stats.waiting > 0 or stats.waits > self._waits,
-            self._clock() - self._started,
-        )
+        report = report_of(stats, self._waits, self._clock() - self._started)
         self._waits = stats.waits
-        body = {"rate": report.rate, "accepted": report.accepted}
-        body |= {"wanting": report.wanting, "up": round(report.uptime, 3)}
         try:
             if self._away:  # a restarted broker lost the bucket (kept in memory): again
                 self._kv = await self._bucket()
-            await self._kv.put(self._key, json.dumps(body).encode())  # type: ignore[union-attr]
+            await self._kv.put(self._key, report_body(report))  # type: ignore[union-attr]
         except Exception as exc:  # the broker is away: no new part on stale reports
             logger.debug("rate limit shares: could not report (%s)", type(exc).__name__)
             self._away = True

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,18 @@ async def records(js: JetStreamContext, subject: str) -> list[tuple[dict[str, An
 
 async def queue_empty(js: JetStreamContext) -> bool:
     return await stored(js, REQUESTS_STREAM) == 0
+
+
+async def at_least(js: JetStreamContext, count: int) -> bool:
+    """Whether *count* records or more are stored."""
+    return await stored(js) >= count
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout: float) -> None:
+    """Poll *condition* until it holds (a bound: it returns as soon as it does)."""
+    async with asyncio.timeout(timeout):
+        while not await condition():
+            await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager

@@ -25,15 +25,9 @@ from klavi_async.testing import KlaviEmulator
 
 from ..conftest import CPF
 from .conftest import NatsServer
-from .helpers import queue_empty, records, start_logged_worker, stored
+from .helpers import at_least, queue_empty, records, start_logged_worker, stored, until
 
 REQUESTS = 1000
-
-
-async def until(condition: object, timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not await condition():  # type: ignore[operator]
-            await asyncio.sleep(0.02)
 
 
 @pytest.mark.slow
@@ -48,11 +42,11 @@ async def test_a_sigkilled_worker_loses_nothing_and_cancels_nothing_twice(
         victim = await start_logged_worker(nats_server.url, emu, ack_wait=2, log=victim_log)
         survivor = await start_logged_worker(nats_server.url, emu, ack_wait=2, log=survivor_log)
         try:
-            await until(lambda: _at_least(js, REQUESTS // 3), timeout=60)
+            await until(lambda: at_least(js, REQUESTS // 3), timeout=60)
             victim.send_signal(signal.SIGKILL)
             assert await victim.wait() == -signal.SIGKILL
             killed_at = await stored(js)
-            await until(lambda: _at_least(js, REQUESTS), timeout=60)
+            await until(lambda: at_least(js, REQUESTS), timeout=60)
             await until(lambda: queue_empty(js), timeout=30)
             survivor.send_signal(signal.SIGTERM)
             code = await asyncio.wait_for(survivor.wait(), timeout=30)
@@ -91,10 +85,6 @@ async def test_a_sigkilled_worker_loses_nothing_and_cancels_nothing_twice(
         assert 0 < killed_at < REQUESTS
 
 
-async def _at_least(js: JetStreamContext, count: int) -> bool:
-    return await stored(js) >= count
-
-
 @pytest.mark.slow
 async def test_a_worker_frozen_past_ack_wait_and_the_duplicate_window_adds_no_record(
     nats_server: NatsServer, js: JetStreamContext, tmp_path: Path
@@ -114,12 +104,12 @@ async def test_a_worker_frozen_past_ack_wait_and_the_duplicate_window_adds_no_re
             await until(lambda: _consumer_bound(js), timeout=30)
             await ensure_streams(js, duplicate_window=2.0)  # after the workers started
             assert await enqueue(js, requests) == requests_
-            await until(lambda: _at_least(js, requests_ // 4), timeout=60)
+            await until(lambda: at_least(js, requests_ // 4), timeout=60)
             victim.send_signal(signal.SIGSTOP)
             frozen_at = len(emu.records("cancel"))
             # Past ack_wait and the window: the survivor takes the victim's deliveries.
             await asyncio.sleep(2.0 + 2.0 + 2.0)  # the freeze itself: its length is the point
-            await until(lambda: _at_least(js, requests_), timeout=60)
+            await until(lambda: at_least(js, requests_), timeout=60)
             victim.send_signal(signal.SIGCONT)
             for process in (victim, survivor):
                 process.send_signal(signal.SIGTERM)

@@ -23,15 +23,9 @@ from klavi_async.testing import KlaviEmulator
 
 from ..conftest import CPF
 from .conftest import NatsServer
-from .helpers import queue_empty, records, start_logged_worker, stored
+from .helpers import at_least, queue_empty, records, start_logged_worker, until
 
 REQUESTS = 1200
-
-
-async def until(condition: object, timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not await condition():  # type: ignore[operator]
-            await asyncio.sleep(0.05)
 
 
 def shared_by(log: Path) -> list[int]:
@@ -51,7 +45,7 @@ async def test_a_joiner_and_a_leaver_are_heard_and_nothing_is_lost(
         joiner = None
         try:
             # The first at the limit: a few hundred cancelled, the window full.
-            await until(lambda: _at_least(js, 250), timeout=60)
+            await until(lambda: at_least(js, 250), timeout=60)
             joiner = await start_logged_worker(nats_server.url, emu, joiner_log, ack_wait=10)
 
             async def both_hear_two() -> bool:
@@ -66,7 +60,7 @@ async def test_a_joiner_and_a_leaver_are_heard_and_nothing_is_lost(
                 return 2 in sizes and sizes[-1] == 1
 
             await until(joiner_alone_again, timeout=30)  # the stop deleted its report
-            await until(lambda: _at_least(js, REQUESTS), timeout=90)
+            await until(lambda: at_least(js, REQUESTS), timeout=90)
             await until(lambda: queue_empty(js), timeout=30)
             joiner.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(joiner.wait(), timeout=30) == 0
@@ -84,7 +78,3 @@ async def test_a_joiner_and_a_leaver_are_heard_and_nothing_is_lost(
         cancels = emu.records("cancel")
         refused = sum(1 for r in cancels if r.status == 429)
         assert refused / len(cancels) <= 0.15, (refused, len(cancels))
-
-
-async def _at_least(js: JetStreamContext, count: int) -> bool:
-    return await stored(js) >= count
