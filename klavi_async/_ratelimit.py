@@ -196,8 +196,8 @@ class RateLimiter(_Queue):
         # then probe.  Whether it was a full window or a storm, the probes tell.
         pause = min(_PROBE_FIRST if wait is None else wait, self._max_pause)
         hold = _Hold(origin, origin + pause, pause)
-        if self._reading:  # what was accepted, at most what was allowed (as a decrease)
-            hold.reading = min(self._meter.rate(now), self._cubic.rate)
+        if self._reading:  # as a decrease would read it
+            hold.reading = self._accepted(now)
         trial = self._trial
         if trial is not None and trial.run:  # the storm's start: its end restores before it
             hold.saved = trial.saved
@@ -248,15 +248,21 @@ class RateLimiter(_Queue):
         accepted, refused = counts
         share = min(refused / max(accepted + refused, 1.0), self._threshold(now))
         trial = _Trial(now, share, self, run=run)
-        current = self._meter.rate(now)
-        if self._reading:
-            current = min(current, self._cubic.rate)
+        current = self._accepted(now)
         self._reading = self.engaged = True
         self._cubic.decrease(now, current)
         self._last_change = now
         self._trial = trial
         if self._waiters:
             self._refuse_late_waiters()
+
+    def _accepted(self, now: float) -> float:
+        # What was accepted over the last second, at most what was allowed.  Within a
+        # second of a part given (`share`), the part: the meter counts the time before it.
+        if now - self._shared_at < _WINDOW:
+            return self._cubic.rate
+        rate = self._meter.rate(now)
+        return min(rate, self._cubic.rate) if self._reading else rate
 
     def _noise_level(self, now: float) -> float:
         noise = self._noise * math.exp2((self._noise_at - now) / _NOISE_HALF_LIFE)

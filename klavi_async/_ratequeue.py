@@ -117,6 +117,7 @@ class _Queue:
         "_reading",
         "_run",
         "_run_start",
+        "_shared_at",
         "_sleep",
         "_suspect",
         "_tat",
@@ -163,6 +164,7 @@ class _Queue:
         self._wait_time = 0.0
         self._fleet_size: int | None = None
         self._fleet_part: float | None = None
+        self._shared_at = -math.inf  # when the last part was given
 
     def stats(self) -> RateLimitStats:
         """The limiter's counters now."""
@@ -192,6 +194,7 @@ class _Queue:
             return
         self._fleet_part = part
         now, cubic = self._clock(), self._cubic
+        self._shared_at = now
         part = min(max(part, cubic.min_rate), cubic.max_rate)
         self._ramp = self._trial = self._suspect = self._measured_at = None
         self._reading = self.engaged = True

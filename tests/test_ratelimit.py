@@ -879,6 +879,32 @@ def test_a_part_is_where_the_search_goes_on_from() -> None:
     assert limiter.stats().fleet_size == 1 and limiter.stats().fleet_part == 80.0
 
 
+def test_refusals_within_a_second_of_a_part_drop_from_the_part_not_the_meter() -> None:
+    # A joiner given 500/s has accepted 2/s so far: the window the others filled in the
+    # last second refuses it.  Its drop is from the part (the meter counts the time
+    # before the part); it used to drop to 1.4/s and stay there for seconds.
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    accept(limiter, clock, 2)
+    limiter.share(500.0, 2)
+    clock.now += 0.05
+    for _ in range(8):  # a run of refusals: a drop
+        clock.now += 0.005
+        limiter.on_throttle(1.0, sent_at=clock.now - 0.002)
+    assert limiter.rate == pytest.approx(0.7 * 500.0, rel=0.02)
+
+
+def test_a_second_after_a_part_the_meter_reads_again() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    limiter.share(500.0, 2)
+    accept(limiter, clock, 100, spacing=0.02)  # 50/s accepted over two seconds
+    for _ in range(8):
+        clock.now += 0.005
+        limiter.on_throttle(1.0, sent_at=clock.now - 0.002)
+    assert limiter.rate == pytest.approx(0.7 * 50.0, rel=0.1)
+
+
 def test_a_part_given_during_a_storm_is_the_rate_it_ends_at() -> None:
     clock = FakeClock()
     limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)

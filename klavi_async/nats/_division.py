@@ -12,7 +12,8 @@ here every worker computes its own lease from what all said).
   counted twice (a rate allowed is only a ceiling).  With no member throttled there is
   no limit in sight and nothing is divided, and a worker alone is left to its own
   limiter; with less than `MIN_PART` accepted, or less than `DEPRESSED` of the rates
-  the members hold (a storm, a hold), neither.
+  the members hold (a storm, a hold, a probe running far past the limit), not yet: the
+  change is divided at the first report after which it can be read.
 - **A part** is max-min fair: a member not waiting for slots keeps what it uses and a
   quarter more; the others share the rest equally.  A member reporting for less than
   `SETTLE` is young, and wants its part whatever it says.
@@ -125,6 +126,7 @@ class Division:
         self._clock = clock
         self._members: dict[str, _Member] = {}
         self._due: float | None = None  # a part to give at the next `part()`
+        self._pending = False  # a change a storm or a hold kept from being divided
         self.size = 1
         """Members seen, this worker included."""
 
@@ -134,13 +136,18 @@ class Division:
         member = self._members.get(who)
         if member is not None:
             member.report, member.heard = report, now
+            if self._pending:  # a change not divided yet: now, if it can be read
+                self._divide_again()
             return
         # One more (or, for a joiner, one more it knows of): what the members hold,
         # divided among them all.
         self._members[who] = _Member(report, now)
+        self._divide_again()
+
+    def _divide_again(self) -> None:
+        # What the members hold now, divided among them all (alone: its limiter decides).
         reports = self._reports()
-        alone = len(reports) < 2  # this worker alone: its own limiter decides
-        throttled = _throttled(reports) and not alone
+        throttled = _throttled(reports) and len(reports) >= 2
         self._change(reports, _held(reports), _level(reports), throttled=throttled)
 
     def left(self, who: str) -> None:
@@ -181,8 +188,14 @@ class Division:
     ) -> None:
         """The members changed (now *reports*): divide *held*, if it can be read."""
         self.size = max(len(reports), 1)
-        if not throttled or self.me not in reports or held < max(MIN_PART, DEPRESSED * level):
-            self._due = None  # nothing to divide, or a storm or a hold: no reading
+        self._pending = False
+        if not throttled or self.me not in reports:
+            self._due = None  # nothing to divide: no limit in sight
+            return
+        if held < max(MIN_PART, DEPRESSED * level):
+            # A storm or a hold (what the members hold is refused): no reading now.  The
+            # change is divided as soon as one can be read, at a later report.
+            self._due, self._pending = None, True
             return
         # The young members want their part: their reports are too young to say.
         for who, report in reports.items():

@@ -148,6 +148,26 @@ def test_a_change_during_a_storm_divides_nothing() -> None:
     assert a.part() is None
 
 
+def test_a_change_a_storm_kept_from_division_is_divided_once_it_can_be_read() -> None:
+    # A joins while the others' probe runs far past what Klavi accepts (or a hold): no
+    # reading then.  Once what they hold can be read, the join is divided, once.
+    clock = Clock()
+    a = Division("a", clock)
+    a.heard("a", report(800.0, rate=2000.0))
+    a.heard("b", report(0.0, rate=None, uptime=0.0))
+    assert a.part() is None and a.size == 2
+    clock.now += 0.5
+    a.heard("b", report(180.0, rate=None, uptime=0.5))
+    assert a.part() is None  # 980 accepted of 2,180 held: no reading yet
+    clock.now += 0.5
+    a.heard("a", report(810.0, rate=900.0))
+    assert a.part() == pytest.approx(495.0)  # (810 + 180) / 2
+    a.heard("a", report(700.0, rate=900.0))
+    assert a.part() is None  # divided once: between changes, nothing
+    a.heard("c", report(0.0, rate=None, uptime=0.0))  # the next change, divided at once
+    assert a.part() == pytest.approx(880.0 / 3)
+
+
 def test_between_changes_nothing_is_divided() -> None:
     # Each worker's own search goes on: unequal rates are not corrected.
     clock = Clock()
@@ -189,6 +209,22 @@ def test_without_sharing_the_joiner_gets_less_than_a_third() -> None:
     a, b = Client(concurrency=32, until=16.0), Client(concurrency=32, start=6.0, until=30.0)
     simulate(server, [a, b], seed=3)
     assert rate(server, 1, 10.0, 16.0) < 100 / 3
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("limit", [200, 1000])
+def test_two_processes_started_5_s_apart_share_fairly_within_10_s(limit: int, seed: int) -> None:
+    # Issue 17's late joiner, for processes that share the limit.  At 1,000/s the first
+    # one's start-up probe runs far past what Klavi accepts when the second joins (seed
+    # 4: no division, then 2,072 calls RATE_LIMITED when the joiner's first drop read its
+    # meter instead of its part).
+    server = Server(limit=lambda _: limit)
+    a, b = Client(until=20.0), Client(start=5.0, until=20.0)
+    simulate(server, [a, b], seed=seed, shared=True)
+    assert b.parts and b.parts[0][0] < 7.0
+    share = server.accepted(1, 15.0, 20.0) / server.accepted(None, 15.0, 20.0)
+    assert share >= (0.4 if limit == 200 else 0.3)
+    assert set(a.results) == set(b.results) == {"ok"}
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
