@@ -13,6 +13,7 @@ import click
 from .._process import start_in_fast_allocator_state
 from .._ratelimit import RateLimit, rate_value
 from .._rows import InputError
+from ._batchshare import check_nats_extra, shared_through
 from ._common import client_from_env, fail_usage, say, single_use_tokens_option
 from ._runner import run_batch
 
@@ -70,6 +71,13 @@ def _requests_per_second(
     default=True,
     help="Send at exactly --rate-limit (a fixed cap), not adapting to Klavi's 429s.",
 )
+@click.option(
+    "--nats-url",
+    metavar="URL",
+    help="Share the account's rate limit with the workers (and other batches) that "
+    "share it through this NATS server; a cluster's servers as a comma-separated list. "
+    "Needs the nats extra.",
+)
 @single_use_tokens_option
 @click.option("--grace", type=click.FloatRange(min=0), default=10.0, hidden=True)
 def cancel_batch(
@@ -78,6 +86,7 @@ def cancel_batch(
     concurrency: int,
     rate_limit: float | None,
     adaptive: bool,
+    nats_url: str | None,
     single_use_tokens: bool,
     grace: float,
 ) -> None:
@@ -90,11 +99,12 @@ def cancel_batch(
     interrupted.
     """
     setting = rate_limit_option(rate_limit, adaptive)
+    check_nats_extra(nats_url)
     start_in_fast_allocator_state()  # this process is ours: see _process.py
     client = client_from_env(rate_limit=setting, single_use_tokens=single_use_tokens)
 
     async def run() -> int:
-        async with client:
+        async with client, shared_through(nats_url, client):
             return await run_batch(
                 client,
                 input_path,

@@ -19,6 +19,7 @@ from ._enqueue import enqueue, publish_requests, request_message
 from ._reader import ResultsSummary, StoredMessage, read_results, result_line
 from ._settings import stream_changes
 from ._settle import WorkerStats
+from ._sharedlimit import shared_rate_limit
 from ._streams import (
     DEAD_SUBJECT,
     REQUESTS_STREAM,
@@ -34,6 +35,7 @@ from ._worker import CancelWorker
 __all__ = [
     "CancelWorker",
     "WorkerStats",
+    "shared_rate_limit",
     "enqueue",
     "publish_requests",
     "ensure_streams",

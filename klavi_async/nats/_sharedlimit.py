@@ -22,7 +22,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 from nats.js import JetStreamContext
@@ -34,7 +34,14 @@ from .. import KlaviClient, RateLimitStats
 from ._division import BEAT, GONE, Division, Report
 from ._lanes import cancel_until_done
 
-__all__ = ["BUCKET", "SharedLimit", "parse_report", "report_body", "report_of"]
+__all__ = [
+    "BUCKET",
+    "SharedLimit",
+    "parse_report",
+    "report_body",
+    "report_of",
+    "shared_rate_limit",
+]
 
 logger = logging.getLogger("klavi_async.nats")
 
@@ -103,9 +110,11 @@ class SharedLimit:
         *,
         enabled: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        who: str = "worker",
     ) -> None:
         self._js, self._client, self._clock = js, client, clock
         self._enabled = enabled
+        self._who = who  # what the warnings call this process
         self._kv: KeyValue | None = None
         self._key = ""
         self._prefix = ""
@@ -125,7 +134,8 @@ class SharedLimit:
         if account is None:
             logger.warning(
                 "rate limit not shared with the fleet: the client's token source names no "
-                "account (give ClientCredentials); this worker adapts alone"
+                "account (give ClientCredentials); this %s adapts alone",
+                self._who,
             )
             return False
         try:
@@ -133,10 +143,10 @@ class SharedLimit:
                 self._kv = await self._bucket()
         except Exception as exc:  # no key-value on this broker, no permission: alone
             logger.warning(
-                "rate limit not shared with the fleet (the bucket %s: %s); this worker "
-                "adapts alone",
+                "rate limit not shared with the fleet (the bucket %s: %s); this %s adapts alone",
                 BUCKET,
                 type(exc).__name__,
+                self._who,
             )
             return False
         self._prefix = f"{account}."
@@ -257,3 +267,24 @@ class SharedLimit:
         elif (report := parse_report(entry.value or b"")) is not None:
             division.heard(who, report)
         self._give(division)
+
+
+@contextlib.asynccontextmanager
+async def shared_rate_limit(
+    client: KlaviClient, js: JetStreamContext, *, who: str = "process"
+) -> AsyncIterator[bool]:
+    """
+    Share *client*'s rate limit with every client of its Klavi account that shares it
+    through this broker (`CancelWorker`s do, by default), for the length of the block.
+
+    On entry *client* reports to the bucket and takes its part of what the others hold,
+    before its first request; the others give theirs up within milliseconds.  On exit its
+    report is deleted and the others take its part back.  Yields True when shared, False
+    when *client* adapts alone (no account, no key-value on the broker, no permission,
+    no limiter), which is logged once, naming this process as *who*.
+    """
+    sharing = SharedLimit(js, client, who=who)
+    try:
+        yield await sharing.start()
+    finally:
+        await sharing.stop()
