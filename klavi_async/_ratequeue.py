@@ -186,8 +186,8 @@ class _Queue:
         fleet is *fleet_size* clients).  The search goes on from the part, probing past
         it (slowly at first) as after any change; answers to requests sent before it say
         nothing more.  A fixed cap stays as it is.  A hold (the server refusing
-        whatever is sent) goes on: after a storm it ends at the part, after a full
-        window below it, as it would have from the rate before.
+        whatever is sent) goes on, and ends at the part: the part is a division of what
+        Klavi accepted, which a window this client overfilled says nothing against.
         """
         self._fleet_size = fleet_size
         if part is None or not self._adaptive:
@@ -200,8 +200,9 @@ class _Queue:
         self._reading = self.engaged = True
         cubic.hold(now, part)
         hold = self._hold
-        if hold is not None:
+        if hold is not None:  # its release goes on at the part, as after a ramp's pause
             hold.reading, hold.saved = part, None
+            hold.storm = hold.drain = True
             return
         self._last_change = now
         if self._waiters:  # a lower part: queued calls now past their deadline are told

@@ -921,6 +921,22 @@ def test_a_part_given_during_a_storm_is_the_rate_it_ends_at() -> None:
     assert limiter.rate == 30.0
 
 
+def test_a_part_given_during_a_full_window_is_the_rate_it_ends_at() -> None:
+    # A joiner's first burst overfills the window and holds it; the part given meanwhile
+    # is a division of what Klavi accepted: the hold ends at it (it ended at 0.7 of it,
+    # which, at 1,000/s, left the joiner at a third of its partner's rate for seconds).
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    accept(limiter, clock, 15)
+    for _ in range(8):  # the burst refused: a hold
+        clock.now += 0.001
+        limiter.on_throttle(1.0, sent_at=clock.now - 0.0005)
+    limiter.share(500.0, 2)
+    clock.now += 1.0
+    limiter.on_success(clock.now - 0.005)  # the first probe, accepted within the window
+    assert limiter.rate == 500.0
+
+
 def test_a_lower_part_tells_the_queued_calls_it_makes_late_at_once() -> None:
     async def main(loop: VirtualLoop) -> tuple[list[float], list[bool]]:
         limiter = RateLimiter(RateLimit(), clock=loop.time)
