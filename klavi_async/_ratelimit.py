@@ -258,7 +258,8 @@ class RateLimiter(_Queue):
 
     def _accepted(self, now: float) -> float:
         # What was accepted over the last second, at most what was allowed.  Within a
-        # second of a part given (`share`), the part: the meter counts the time before it.
+        # second of a part given to a limiter with no rate of its own (`share`: a joiner),
+        # the part: the meter counts the time before it, when it had none.
         if now - self._shared_at < _WINDOW:
             return self._cubic.rate
         rate = self._meter.rate(now)

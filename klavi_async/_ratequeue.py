@@ -164,18 +164,20 @@ class _Queue:
         self._wait_time = 0.0
         self._fleet_size: int | None = None
         self._fleet_part: float | None = None
-        self._shared_at = -math.inf  # when the last part was given
+        self._shared_at = -math.inf  # when a part was given to a limiter with no rate
 
     def stats(self) -> RateLimitStats:
         """The limiter's counters now."""
+        accepted, throttled = self._meter.counts(self._clock())  # not scaled up at a start
         return RateLimitStats(
             allowed_rate=self.rate,
             throttle_events=self._throttles,
             wait_time=self._wait_time,
             waits=self._waits,
             engaged=self.engaged,
-            accepted_rate=self._meter.counts(self._clock())[0],  # not scaled up at a start
+            accepted_rate=accepted,
             waiting=len(self._waiters),
+            throttled_rate=throttled,
             fleet_size=self._fleet_size,
             fleet_part=self._fleet_part,
         )
@@ -194,7 +196,8 @@ class _Queue:
             return
         self._fleet_part = part
         now, cubic = self._clock(), self._cubic
-        self._shared_at = now
+        if not self._reading:  # no rate of its own (a joiner): its meter counts nothing yet
+            self._shared_at = now
         part = min(max(part, cubic.min_rate), cubic.max_rate)
         self._ramp = self._trial = self._suspect = self._measured_at = None
         self._reading = self.engaged = True

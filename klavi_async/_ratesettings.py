@@ -92,6 +92,8 @@ class RateLimitStats:
     what came so far)."""
     waiting: int = 0
     """Calls waiting for a slot now: more than the allowed rate is asked for."""
+    throttled_rate: float = 0.0
+    """429 and 529 answers within the last second."""
     fleet_size: int | None = None
     """Clients sharing the limit as this one last heard (`share_rate_limit`); None: alone."""
     fleet_part: float | None = None

@@ -24,7 +24,7 @@ from typing import Any
 from klavi_async import RetryBudget, RetryPolicy
 from klavi_async._ratelimit import RateLimit, RateLimiter
 from klavi_async.nats._division import BEAT, Division, Report
-from klavi_async.nats._sharedlimit import report_of
+from klavi_async.nats._sharedlimit import Reporter
 
 
 class _VirtualSelector(selectors.DefaultSelector):
@@ -173,14 +173,11 @@ async def report_every_beat(loop: VirtualLoop, board: Board, client: Client, who
     """What `CancelWorker` does with the bucket: report, hear, give the limiter its part."""
     limiter, division = client.limiter, client.division
     assert limiter is not None and division is not None
-    started, waits = loop.time(), 0
+    reporter = Reporter(loop.time())
     board.members[who] = client
     try:
         while loop.time() < client.until:
-            stats = limiter.stats()
-            uptime = loop.time() - started
-            board.put(who, report_of(stats, waits, uptime))
-            waits = stats.waits
+            board.put(who, reporter.report(limiter.stats(), loop.time()))
             give_part(client)  # a member gone silent
             await asyncio.sleep(BEAT)
     finally:

@@ -124,7 +124,7 @@ def test_a_lone_429_changes_nothing() -> None:
     stats = limiter.stats()
     assert stats == RateLimitStats(
         allowed_rate=None, throttle_events=2, wait_time=0.0, waits=0, engaged=False,
-        accepted_rate=stats.accepted_rate,
+        accepted_rate=stats.accepted_rate, throttled_rate=2.0,
     )  # fmt: skip
     assert 50 <= stats.accepted_rate <= 200  # the last second's answers
     assert limiter.delay() == 0.0

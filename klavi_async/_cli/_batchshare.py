@@ -5,6 +5,7 @@ workers (and other batches) through the broker, for as long as it runs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -51,7 +52,10 @@ async def shared_through(url: str | None, client: KlaviClient) -> AsyncIterator[
                     say(_sharing_line(client, mask_url(url)))
                 yield
     finally:
-        await nc.close()
+        # A broker gone meanwhile fails the close: the batch's results stand as they are.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5.0):
+                await nc.close()
 
 
 def _sharing_line(client: KlaviClient, url: str) -> str:

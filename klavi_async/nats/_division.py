@@ -11,9 +11,10 @@ here every worker computes its own lease from what all said).
   second, summed: Klavi's own count, so what a joiner took from the others is never
   counted twice (a rate allowed is only a ceiling).  With no member throttled there is
   no limit in sight and nothing is divided, and a worker alone is left to its own
-  limiter; with less than `MIN_PART` accepted, or less than `DEPRESSED` of the rates
-  the members hold (a storm, a hold, a probe running far past the limit), not yet: the
-  change is divided at the first report after which it can be read.
+  limiter; with less than `MIN_PART` accepted, less than `DEPRESSED` of the rates the
+  members hold (a storm, a hold, a probe running far past the limit), or more than
+  `NOISY` of their answers refused (noise), not yet: the change is divided at the first
+  report within `PENDING` after which it can be read, or not at all.
 - **A part** is max-min fair: a member not waiting for slots keeps what it uses and a
   quarter more; the others share the rest equally.  A member reporting for less than
   `SETTLE` is young, and wants its part whatever it says.
@@ -35,7 +36,7 @@ import math
 from collections.abc import Callable
 from typing import Final
 
-from attrs import define, frozen
+from attrs import define, evolve, frozen
 
 __all__ = ["BEAT", "GONE", "Division", "Report", "fair_parts"]
 
@@ -51,6 +52,20 @@ no traffic, says nothing of the limit)."""
 DEPRESSED: Final = 0.5
 """Accepted less than this share of the rates the members hold, a change divides
 nothing: a storm or a hold refuses what they send, and says nothing of the limit."""
+NOISY: Final = 0.1
+"""Refused more than this share of their answers over three seconds (the settled
+members' mean), a change divides nothing: among
+noise (a gateway refusing a fifth of the requests at random) what was accepted is no
+reading of the limit, and a division of it left two workers at a tenth of it.  At a
+steady limit the members' refusals are about 5 %."""
+IN_SIGHT: Final = 3.0
+"""Seconds since Klavi last refused a member within which the limit is in sight: what
+the members accept is the limit, not only what their rates allow (at a steady limit
+each member meets it every second or two)."""
+PENDING: Final = 3.0
+"""Seconds within which a change not divided at once is divided when it can be read;
+after that the limiters have found their own way, and a division would come from
+nowhere."""
 HEADROOM: Final = 1.25
 """A member not waiting for slots keeps what it uses times this."""
 
@@ -67,10 +82,21 @@ class Report:
     """Calls waited for slots: it would send more than its rate."""
     uptime: float
     """Seconds it has been reporting (its own count: no clock is compared)."""
+    refused: float = 0.0
+    """The share of its answers Klavi refused (429, 529) over its last three seconds."""
+    calm: float = 0.0
+    """Seconds since Klavi last refused one of its answers."""
+
+    def per_second(self) -> float:
+        """What it accepted, per second: a member reporting for less than a second has
+        counted less than a second (a batch that lived a second once left its part to
+        the others at a quarter of its rate, and twenty of them in turn took a worker
+        down to 1/s)."""
+        return self.accepted / min(max(self.uptime, BEAT), 1.0)
 
     def level(self) -> float:
         """The rate it holds: its allowed rate, or (unthrottled) what it had accepted."""
-        return self.accepted if self.rate is None else self.rate
+        return self.per_second() if self.rate is None else self.rate
 
     @property
     def young(self) -> bool:
@@ -82,7 +108,7 @@ def _held(reports: dict[str, Report]) -> float:
     """What Klavi accepted of the members in their last second, summed: the limit, as
     far as it is in sight.  Acceptances are Klavi's own count, so what a joiner took from
     the others is never counted twice."""
-    return sum(report.accepted for report in reports.values())
+    return sum(report.per_second() for report in reports.values())
 
 
 def _level(reports: dict[str, Report]) -> float:
@@ -126,7 +152,7 @@ class Division:
         self._clock = clock
         self._members: dict[str, _Member] = {}
         self._due: float | None = None  # a part to give at the next `part()`
-        self._pending = False  # a change a storm or a hold kept from being divided
+        self._pending: float | None = None  # when a change could not be divided at once
         self.size = 1
         """Members seen, this worker included."""
 
@@ -136,8 +162,11 @@ class Division:
         member = self._members.get(who)
         if member is not None:
             member.report, member.heard = report, now
-            if self._pending:  # a change not divided yet: now, if it can be read
-                self._divide_again()
+            if self._pending is not None:  # a change not divided yet: now, if it can be
+                if now - self._pending < PENDING:  # read (and is not too old)
+                    self._divide_again()
+                else:
+                    self._pending = None
             return
         # One more (or, for a joiner, one more it knows of): what the members hold,
         # divided among them all.
@@ -148,7 +177,7 @@ class Division:
         # What the members hold now, divided among them all (alone: its limiter decides).
         reports = self._reports()
         throttled = _throttled(reports) and len(reports) >= 2
-        self._change(reports, _held(reports), _level(reports), throttled=throttled)
+        self._change(reports, _held(reports), _level(reports), throttled=throttled, join=True)
 
     def left(self, who: str) -> None:
         """A member's report was deleted: it stopped, and its last report is fresh."""
@@ -175,32 +204,49 @@ class Division:
         # that old: the others have taken what it no longer sent since (counting it
         # again gave one worker 141/s of a 100/s limit), so only theirs is divided.
         reports = self._reports()
-        held = _held(reports) + (member.report.accepted if fresh else 0.0)
+        held = _held(reports) + (member.report.per_second() if fresh else 0.0)
         level = _level(reports) + (member.report.level() if fresh else 0.0)
         throttled = member.report.rate is not None or _throttled(reports)
-        self._change(reports, held, level, throttled=throttled)
+        self._change(reports, held, level, throttled=throttled, join=False)
 
     def _reports(self) -> dict[str, Report]:
         return {who: member.report for who, member in self._members.items()}
 
     def _change(
-        self, reports: dict[str, Report], held: float, level: float, *, throttled: bool
+        self,
+        reports: dict[str, Report],
+        held: float,
+        level: float,
+        *,
+        throttled: bool,
+        join: bool,
     ) -> None:
-        """The members changed (now *reports*): divide *held*, if it can be read."""
+        """
+        The members changed (now *reports*): divide *held*, if it can be read.  A join
+        lowers the members' parts, so it needs the limit in sight: Klavi refusing some of
+        their answers within `IN_SIGHT`.  What they accept below the limit is only what
+        their rates allow (a division before left them there): 20 one-second batches
+        joining in turn once took a worker down to 1/s, a half of a half at a time.
+        """
         self.size = max(len(reports), 1)
-        self._pending = False
+        pending, self._pending = self._pending, None
         if not throttled or self.me not in reports:
             self._due = None  # nothing to divide: no limit in sight
             return
-        if held < max(MIN_PART, DEPRESSED * level):
-            # A storm or a hold (what the members hold is refused): no reading now.  The
-            # change is divided as soon as one can be read, at a later report.
-            self._due, self._pending = None, True
+        # The young's refusals are their first burst into a full window, not noise.
+        settled = [report.refused for report in reports.values() if not report.young]
+        refused = sum(settled) / max(len(settled), 1)
+        in_sight = any(report.calm < IN_SIGHT for report in reports.values())
+        if held < max(MIN_PART, DEPRESSED * level) or refused > NOISY or (join and not in_sight):
+            # A storm, a hold, noise, the limit not in sight: no reading now.  The change
+            # is divided if one can be read at a later report within `PENDING`.
+            self._due = None
+            self._pending = self._clock() if pending is None else pending
             return
         # The young members want their part: their reports are too young to say.
         for who, report in reports.items():
             if report.young:
-                reports[who] = Report(report.rate, report.accepted, True, report.uptime)
+                reports[who] = evolve(report, wanting=True)
         part = fair_parts(held, reports)[self.me]
         # Under `MIN_PART` (an idle member's part: what it uses, nothing) its limiter stays.
         self._due = part if part >= MIN_PART else None

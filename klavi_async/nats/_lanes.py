@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
-__all__ = ["Lanes", "cancel_until_done"]
+__all__ = ["Lanes", "cancel_until_done", "raise_if_cancelled"]
 
 logger = logging.getLogger("klavi_async.nats")
 
@@ -78,6 +78,16 @@ class Lanes:
                     free.result().close()
                     self.busy -= 1
                 raise
+
+
+def raise_if_cancelled() -> None:
+    """
+    Raise the cancel a nats-py request swallowed (see `cancel_until_done`): the task was
+    cancelled, and went on as if it had not been (a start that never ended once).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def cancel_until_done(tasks: Iterable[asyncio.Task[None]]) -> None:

@@ -22,6 +22,7 @@ import logging
 import math
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
@@ -32,14 +33,14 @@ from nats.js.kv import KeyValue
 
 from .. import KlaviClient, RateLimitStats
 from ._division import BEAT, GONE, Division, Report
-from ._lanes import cancel_until_done
+from ._lanes import cancel_until_done, raise_if_cancelled
 
 __all__ = [
     "BUCKET",
     "SharedLimit",
     "parse_report",
     "report_body",
-    "report_of",
+    "Reporter",
     "shared_rate_limit",
 ]
 
@@ -54,18 +55,43 @@ _FIRST_WATCH: Final = 2.0
 """Seconds a start waits for the watch's reports there before going on without them."""
 _START: Final = 2.0
 """Seconds a start gives the bucket, and its first report, before going on without."""
+_SECONDS: Final = 3
+"""Seconds over which a report tells the share of answers Klavi refused."""
+_CALMEST: Final = 3600.0
+"""The longest calm a report tells (seconds since Klavi last refused the member)."""
 
 
-def report_of(stats: RateLimitStats, waits: int, uptime: float) -> Report:
-    """What a limiter says to its fleet; *waits* is its count of waits at the last report."""
-    wanting = stats.waiting > 0 or stats.waits > waits  # calls waited since: it wants more
-    return Report(stats.allowed_rate, stats.accepted_rate, wanting, uptime)
+class Reporter:
+    """What a limiter says to its fleet, beat after beat (it keeps what the last ones saw)."""
+
+    def __init__(self, now: float) -> None:
+        self._started = now
+        self._waits = self._throttles = 0
+        self._refused_at = -math.inf
+        # (accepted, refused) in the second before each of the last beats: every other
+        # one is a second apart, so three of them are the last three seconds.
+        self._seconds: deque[tuple[float, float]] = deque(maxlen=_SECONDS * 2 - 1)
+
+    def report(self, stats: RateLimitStats, now: float) -> Report:
+        wanting = stats.waiting > 0 or stats.waits > self._waits  # calls waited: more
+        if stats.throttle_events > self._throttles:
+            self._refused_at = now
+        self._waits, self._throttles = stats.waits, stats.throttle_events
+        self._seconds.appendleft((stats.accepted_rate, stats.throttled_rate))
+        seconds = list(self._seconds)[::2]
+        refused = sum(bad for _, bad in seconds)
+        share = refused / max(sum(ok for ok, _ in seconds) + refused, 1.0)
+        calm = min(now - self._refused_at, _CALMEST)
+        uptime = now - self._started
+        return Report(stats.allowed_rate, stats.accepted_rate, wanting, uptime, share, calm)
 
 
 def report_body(report: Report) -> bytes:
     """A report as it is put in the bucket; `parse_report` reads it back."""
     body = {"rate": report.rate, "accepted": report.accepted, "wanting": report.wanting}
-    return json.dumps(body | {"up": round(report.uptime, 3)}).encode()
+    body |= {"up": round(report.uptime, 3), "refused": report.refused}
+    body |= {"calm": round(report.calm, 3)}
+    return json.dumps(body).encode()
 
 
 def parse_report(data: bytes) -> Report | None:
@@ -78,12 +104,14 @@ def parse_report(data: bytes) -> Report | None:
         return None
     rate, accepted = _number(raw.get("rate"), _MOST), _number(raw.get("accepted"), _MOST)
     uptime = _number(raw.get("up"), math.inf)  # a worker may run for years
+    # Neither from an earlier version: nothing refused, the limit in sight, as it read.
+    refused, calm = _number(raw.get("refused", 0), 1.0), _number(raw.get("calm", 0), _CALMEST)
     wanting = raw.get("wanting")
-    if accepted is None or uptime is None or not isinstance(wanting, bool):
+    if None in (accepted, uptime, refused, calm) or not isinstance(wanting, bool):
         return None
     if rate is None and raw.get("rate") is not None:
         return None
-    return Report(rate, accepted, wanting, uptime)
+    return Report(rate, accepted, wanting, uptime, refused, calm)  # type: ignore[arg-type]
 
 
 def _number(value: object, most: float) -> float | None:
@@ -120,9 +148,8 @@ class SharedLimit:
         self._prefix = ""
         self.division: Division | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._started = 0.0
         self._heard_self = -math.inf  # when the watch last brought our own report
-        self._waits = 0  # the limiter's waits at the last report
+        self._reporter = Reporter(clock())
         self._away = False  # the last report could not be put: the broker is away
         self._rewatched = False  # the watch was started again and has not been heard since
         self._stopping = False
@@ -141,6 +168,7 @@ class SharedLimit:
         try:
             async with asyncio.timeout(_START):  # a slow broker must not hold the worker
                 self._kv = await self._bucket()
+            raise_if_cancelled()
         except Exception as exc:  # no key-value on this broker, no permission: alone
             logger.warning(
                 "rate limit not shared with the fleet (the bucket %s: %s); this %s adapts alone",
@@ -153,7 +181,8 @@ class SharedLimit:
         me = uuid.uuid4().hex[:12]
         self._key = self._prefix + me
         self.division = Division(me, self._clock)
-        self._started = self._heard_self = self._clock()
+        self._heard_self = self._clock()
+        self._reporter = Reporter(self._heard_self)  # its uptime from now
         self._stopping = False
         first = asyncio.get_running_loop().create_future()
         self._tasks = [asyncio.create_task(self._watch(first))]
@@ -163,6 +192,7 @@ class SharedLimit:
         with contextlib.suppress(TimeoutError):  # reported at the next beat then
             async with asyncio.timeout(_START):
                 await self._report()
+        raise_if_cancelled()
         self._tasks.append(asyncio.create_task(self._beat()))
         return True
 
@@ -210,8 +240,7 @@ class SharedLimit:
         division, stats = self.division, self._client.rate_limit_stats()
         if division is None or stats is None:
             return
-        report = report_of(stats, self._waits, self._clock() - self._started)
-        self._waits = stats.waits
+        report = self._reporter.report(stats, self._clock())
         try:
             if self._away:  # a restarted broker lost the bucket (kept in memory): again
                 self._kv = await self._bucket()
@@ -238,7 +267,7 @@ class SharedLimit:
         if division is None or kv is None:  # not started
             return
         try:
-            watcher = await kv.watch(self._prefix + "*")
+            watcher = await _open_watch(kv, self._prefix + "*")
         except Exception as exc:
             logger.debug("rate limit shares: no watch (%s)", type(exc).__name__)
             return
@@ -267,6 +296,19 @@ class SharedLimit:
         elif (report := parse_report(entry.value or b"")) is not None:
             division.heard(who, report)
         self._give(division)
+
+
+async def _open_watch(kv: KeyValue, keys: str) -> KeyValue.KeyWatcher:
+    # A cancel while the watch is being made (its subscription is, by then) must not
+    # leave it behind on the connection: it is stopped once made, within a bound.
+    opening = asyncio.ensure_future(kv.watch(keys))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            async with asyncio.timeout(2.0):
+                await (await opening).stop()  # type: ignore[no-untyped-call]
+        raise
 
 
 @contextlib.asynccontextmanager

@@ -95,9 +95,10 @@ async def connect(url: str | Sequence[str], *, first_timeout: float = 5.0, **opt
     refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
     failures = 0
     error_cb = options.pop("error_cb", None)
+    told = False  # an error was logged since the last (re)connection
 
     async def on_error(exc: Exception) -> None:
-        nonlocal failures
+        nonlocal failures, told
         # Only before the first connection: later, reconnecting for ever is the point.
         if not refused.done() and _hopeless(exc):
             failures += 1
@@ -105,13 +106,17 @@ async def connect(url: str | Sequence[str], *, first_timeout: float = 5.0, **opt
                 refused.set_result(exc)
         if error_cb is not None:
             await error_cb(exc)
-        else:
-            logger.warning("NATS connection error: %s", type(exc).__name__)
+        else:  # once per outage: reconnecting every 0.25 s for an hour is not 14,400 lines
+            log = logger.debug if told else logger.warning
+            log("NATS connection error: %s", type(exc).__name__)
+            told = True
 
     async def on_disconnected() -> None:
         logger.warning("NATS disconnected")
 
     async def on_reconnected() -> None:
+        nonlocal told
+        told = False
         logger.warning("NATS reconnected")  # as loud as the disconnect it ends
 
     settings: dict[str, Any] = {

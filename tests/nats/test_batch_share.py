@@ -83,6 +83,31 @@ async def test_cancel_batch_shares_the_limit_with_the_fleet(
         assert await kv.keys() == [elder]  # the batch's report deleted as it ended
 
 
+async def test_a_broker_gone_mid_batch_changes_nothing_the_batch_does(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    # Killed with the batch under way: every row still ends ok, the exit status is 0,
+    # and the reconnect attempts (every 0.25 s) are one line, not one each.
+    with emulator_in_thread() as emu:
+        ids, out, command = batch_of_40(emu, tmp_path, concurrency=2)
+        command += ["--rate-limit", "20", "--no-adaptive"]  # two seconds of batch
+        process = await asyncio.create_subprocess_exec(
+            *command, "--nats-url", nats_server.url, env=cli_env(emu),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(60):
+            while not out.exists() or not out.read_text().count("\n"):
+                await asyncio.sleep(0.02)  # under way: a line written
+        nats_server.stop()
+        _, err = await asyncio.wait_for(process.communicate(), 120)
+        stderr = err.decode()
+        assert process.returncode == 0, stderr
+        assert "Traceback" not in stderr
+        assert stderr.count("NATS connection error") <= 1
+        assert sorted(r["payment_id"] for r in records(out) if r["ok"]) == sorted(ids)
+        assert stderr.index("NATS disconnected") < stderr.index("items 40:")  # under way
+
+
 def test_cancel_batch_with_an_unreachable_broker_sends_nothing(tmp_path: Path) -> None:
     with emulator_in_thread() as emu:
         ids, out, command = batch_of_40(emu, tmp_path, concurrency=8)

@@ -12,12 +12,19 @@ import logging
 from collections.abc import Callable
 
 import pytest
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from klavi_async import ClientCredentials, KlaviClient, RateLimitStats
-from klavi_async.nats import CancelWorker, _division
+from klavi_async.nats import CancelWorker, _division, shared_rate_limit
 from klavi_async.nats._division import Report
-from klavi_async.nats._sharedlimit import BUCKET, SharedLimit, parse_report
+from klavi_async.nats._sharedlimit import (
+    BUCKET,
+    Reporter,
+    SharedLimit,
+    parse_report,
+    report_body,
+)
 
 from .conftest import NatsServer
 
@@ -55,10 +62,34 @@ def stats(client: KlaviClient) -> RateLimitStats:
         (b'{"rate": 50, "accepted": 1, "wanting": true, "up": ' + b"9" * 400 + b"}", None),
         (b'{"rate": 50, "accepted": true, "wanting": true, "up": 1}', None),
         (b'{"accepted": 1, "wanting": true}', None),
+        (b'{"rate": 9, "accepted": 8, "wanting": true, "up": 5, "refused": 0.2, "calm": 0.5}',
+         Report(9, 8, True, 5, 0.2, 0.5)),
+        (b'{"rate": 9, "accepted": 8, "wanting": true, "up": 5, "refused": 1.5}', None),
+        (b'{"rate": 9, "accepted": 8, "wanting": true, "up": 5, "calm": -1}', None),
+        (b'{"rate": 9, "accepted": 8, "wanting": true, "up": 5, "calm": "x"}', None),
     ],
 )  # fmt: skip
 def test_a_report_is_read_strictly(data: bytes, expected: Report | None) -> None:
     assert parse_report(data) == expected
+
+
+def test_a_report_tells_the_share_refused_over_three_seconds_and_the_calm() -> None:
+    def stats(accepted: float, throttled: float, events: int) -> RateLimitStats:
+        return RateLimitStats(
+            allowed_rate=100.0, throttle_events=events, wait_time=0.0, waits=0,
+            engaged=True, accepted_rate=accepted, throttled_rate=throttled,
+        )  # fmt: skip
+
+    reporter = Reporter(10.0)
+    first = reporter.report(stats(90.0, 10.0, 10), 10.0)
+    assert (first.refused, first.calm, first.uptime) == (0.1, 0.0, 0.0)
+    for beat in range(1, 5):  # two more seconds, nothing refused
+        last = reporter.report(stats(100.0, 0.0, 10), 10.0 + beat * 0.5)
+    assert last.refused == pytest.approx(10 / 300)  # the last three seconds (every other beat)
+    assert last.calm == 2.0 and last.uptime == 2.0
+    last = reporter.report(stats(100.0, 0.0, 10), 12.5)
+    assert last.refused == 0.0  # the refusing second is over three seconds old
+    assert parse_report(report_body(last)) == last
 
 
 async def test_two_workers_hear_each_other_and_a_stop_is_heard_at_once(
@@ -246,3 +277,28 @@ async def test_a_stop_ends_the_reports_even_when_a_cancel_is_swallowed(
         assert shared._tasks == []
     leftover = [t for t in asyncio.all_tasks() if "SharedLimit" in repr(t)]
     assert leftover == []
+
+
+async def test_a_cancel_while_entering_leaves_no_watch_behind(
+    nc: NATS, js: JetStreamContext
+) -> None:
+    # Cancelled 1-10 ms in: the block ends cancelled, and a watch's subscription made
+    # by then is stopped.
+    await js.create_key_value(bucket=BUCKET, ttl=10.0)
+    before = len(nc._subs)
+    async with KlaviClient(CREDENTIALS, base_url=BASE) as client:
+
+        async def enter() -> None:
+            async with shared_rate_limit(client, js):
+                await asyncio.Event().wait()
+
+        for attempt in range(20):
+            task = asyncio.create_task(enter())
+            await asyncio.sleep(0.001 * (attempt % 10 + 1))
+            task.cancel()
+            # A cancel nats-py swallowed while the bucket was looked up once let the
+            # start go on and the block wait for ever.
+            async with asyncio.timeout(30):
+                await asyncio.gather(task, return_exceptions=True)
+            assert task.cancelled()
+    await until(lambda: len(nc._subs) == before)
