@@ -323,7 +323,8 @@ async def shared_rate_limit(
     before its first request; the others give theirs up within milliseconds.  On exit its
     report is deleted and the others take its part back.  Yields True when shared, False
     when *client* adapts alone (no account, no key-value on the broker, no permission,
-    no limiter), which is logged once, naming this process as *who*.
+    no limiter), which is logged once, naming this process as *who*.  One block per
+    client (in two it is counted twice); a fixed cap is counted and keeps its cap.
     """
     sharing = SharedLimit(js, client, who=who)
     try:
