@@ -19,7 +19,9 @@ here every worker computes its own lease from what all said).
   quarter more; the others share the rest equally.  A member reporting for less than
   `SETTLE` is young, and wants its part whatever it says.
 - **A member joins**: every member divides the limit among them all (the joiner, seeing
-  the others' reports when it starts, takes its part before its first request).
+  the others' reports when it starts, takes its part before its first request).  A join
+  lowers the others' parts, so it needs the limit in sight (a member refused within
+  `IN_SIGHT`): below it, what they accept is what their last parts allow.
 - **A member leaves**: a clean stop deletes its report, and one not heard for `GONE`
   seconds by this worker's clock is gone (the members' clocks may disagree).  What it
   had accepted goes to the others.
@@ -54,10 +56,10 @@ DEPRESSED: Final = 0.5
 nothing: a storm or a hold refuses what they send, and says nothing of the limit."""
 NOISY: Final = 0.1
 """Refused more than this share of their answers over three seconds (the settled
-members' mean), a change divides nothing: among
-noise (a gateway refusing a fifth of the requests at random) what was accepted is no
-reading of the limit, and a division of it left two workers at a tenth of it.  At a
-steady limit the members' refusals are about 5 %."""
+members' mean), a change divides nothing: among noise (a gateway refusing a fifth of the
+requests at random) what was accepted is no reading of the limit, and a division of it
+left two workers at a tenth of it.  At a steady limit the members' refusals are about
+5 %."""
 IN_SIGHT: Final = 3.0
 """Seconds since Klavi last refused a member within which the limit is in sight: what
 the members accept is the limit, not only what their rates allow (at a steady limit
@@ -171,6 +173,7 @@ class Division:
         # One more (or, for a joiner, one more it knows of): what the members hold,
         # divided among them all.
         self._members[who] = _Member(report, now)
+        self._pending = None  # a new change: its own `PENDING` from now
         self._divide_again()
 
     def _divide_again(self) -> None:
@@ -207,6 +210,7 @@ class Division:
         held = _held(reports) + (member.report.per_second() if fresh else 0.0)
         level = _level(reports) + (member.report.level() if fresh else 0.0)
         throttled = member.report.rate is not None or _throttled(reports)
+        self._pending = None  # a new change: its own `PENDING` from now
         self._change(reports, held, level, throttled=throttled, join=False)
 
     def _reports(self) -> dict[str, Report]:
