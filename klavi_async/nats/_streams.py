@@ -95,10 +95,10 @@ async def connect(url: str | Sequence[str], *, first_timeout: float = 5.0, **opt
     refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
     failures = 0
     error_cb = options.pop("error_cb", None)
-    told = False  # an error was logged since the last (re)connection
+    said = _Said()
 
     async def on_error(exc: Exception) -> None:
-        nonlocal failures, told
+        nonlocal failures
         # Only before the first connection: later, reconnecting for ever is the point.
         if not refused.done() and _hopeless(exc):
             failures += 1
@@ -106,18 +106,8 @@ async def connect(url: str | Sequence[str], *, first_timeout: float = 5.0, **opt
                 refused.set_result(exc)
         if error_cb is not None:
             await error_cb(exc)
-        else:  # once per outage: reconnecting every 0.25 s for an hour is not 14,400 lines
-            log = logger.debug if told else logger.warning
-            log("NATS connection error: %s", type(exc).__name__)
-            told = True
-
-    async def on_disconnected() -> None:
-        logger.warning("NATS disconnected")
-
-    async def on_reconnected() -> None:
-        nonlocal told
-        told = False
-        logger.warning("NATS reconnected")  # as loud as the disconnect it ends
+        else:
+            said.error(exc)
 
     settings: dict[str, Any] = {
         "max_reconnect_attempts": -1,
@@ -126,8 +116,8 @@ async def connect(url: str | Sequence[str], *, first_timeout: float = 5.0, **opt
         "ping_interval": PING_INTERVAL,  # a frozen node is left in 15 s, not nats-py's 4 min
         "max_outstanding_pings": MAX_PINGS,
         "error_cb": on_error,
-        "disconnected_cb": on_disconnected,
-        "reconnected_cb": on_reconnected,
+        "disconnected_cb": said.disconnected,
+        "reconnected_cb": said.reconnected,
         "name": "klavi-async",
     }
     settings.update(options)
@@ -153,6 +143,28 @@ async def connect(url: str | Sequence[str], *, first_timeout: float = 5.0, **opt
         if not refused.done():
             refused.cancel()  # later errors are the reconnecting's, logged only
     return client
+
+
+class _Said:
+    """
+    What the connection says in the log: a connection error once per outage (then at
+    DEBUG until reconnected: reconnecting every 0.25 s for an hour is not 14,400 lines).
+    """
+
+    def __init__(self) -> None:
+        self._told = False
+
+    def error(self, exc: Exception) -> None:
+        log = logger.debug if self._told else logger.warning
+        log("NATS connection error: %s", type(exc).__name__)
+        self._told = True
+
+    async def disconnected(self) -> None:
+        logger.warning("NATS disconnected")
+
+    async def reconnected(self) -> None:
+        self._told = False
+        logger.warning("NATS reconnected")  # as loud as the disconnect it ends
 
 
 def _hopeless(exc: Exception) -> bool:

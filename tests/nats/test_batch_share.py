@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 from klavi_async import ClientCredentials, KlaviClient
 from klavi_async.nats import shared_rate_limit
 from klavi_async.nats._sharedlimit import BUCKET
+from klavi_async.nats._streams import _Said
 
 from ..conftest import CPF
 from ..test_cli_process import batch_of_40, cli_env, emulator_in_thread, records
@@ -136,3 +137,19 @@ def test_cancel_batch_with_nats_url_but_no_nats_py_is_a_usage_error(tmp_path: Pa
     )  # fmt: skip
     assert done.returncode == 2
     assert "--nats-url needs nats-py: pip install 'klavi-async[nats]'" in done.stderr
+
+
+async def test_connection_errors_are_said_once_per_outage(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="klavi_async")
+    said = _Said()
+    for _ in range(3):
+        said.error(ConnectionRefusedError())
+    await said.reconnected()
+    said.error(TimeoutError())
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [
+        "NATS connection error: ConnectionRefusedError",
+        "NATS reconnected",
+        "NATS connection error: TimeoutError",
+    ]
+    assert sum(r.levelno == logging.DEBUG for r in caplog.records) == 2
