@@ -104,14 +104,21 @@ def parse_report(data: bytes) -> Report | None:
         return None
     rate, accepted = _number(raw.get("rate"), _MOST), _number(raw.get("accepted"), _MOST)
     uptime = _number(raw.get("up"), math.inf)  # a worker may run for years
-    # Neither from an earlier version: nothing refused, the limit in sight, as it read.
-    refused, calm = _number(raw.get("refused", 0), 1.0), _number(raw.get("calm", 0), _CALMEST)
+    # Neither (or null) from an earlier version: nothing refused, the limit in sight, as
+    # it read; a longer calm than ours is ours.
+    refused = _number(_given(raw.get("refused")), 1.0)
+    calm = _number(_given(raw.get("calm")), math.inf)
+    calm = None if calm is None else min(calm, _CALMEST)
     wanting = raw.get("wanting")
     if None in (accepted, uptime, refused, calm) or not isinstance(wanting, bool):
         return None
     if rate is None and raw.get("rate") is not None:
         return None
     return Report(rate, accepted, wanting, uptime, refused, calm)  # type: ignore[arg-type]
+
+
+def _given(value: object) -> object:
+    return 0 if value is None else value
 
 
 def _number(value: object, most: float) -> float | None:

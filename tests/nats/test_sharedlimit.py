@@ -66,6 +66,8 @@ def stats(client: KlaviClient) -> RateLimitStats:
          Report(9, 8, True, 5, 0.2, 0.5)),
         (b'{"rate": 9, "accepted": 8, "wanting": true, "up": 5, "refused": 1.5}', None),
         (b'{"rate": 9, "accepted": 8, "wanting": true, "up": 5, "calm": -1}', None),
+        (b'{"rate": 9, "accepted": 8, "wanting": true, "up": 5, "calm": 1e9, "refused": null}',
+         Report(9, 8, True, 5, 0.0, 3600.0)),
         (b'{"rate": 9, "accepted": 8, "wanting": true, "up": 5, "calm": "x"}', None),
     ],
 )  # fmt: skip
