@@ -888,9 +888,7 @@ def test_refusals_within_a_second_of_a_part_drop_from_the_part_not_the_meter() -
     accept(limiter, clock, 2)
     limiter.share(500.0, 2)
     clock.now += 0.05
-    for _ in range(8):  # a run of refusals: a drop
-        clock.now += 0.005
-        limiter.on_throttle(1.0, sent_at=clock.now - 0.002)
+    refuse(limiter, clock, 8)  # a run of refusals: a drop
     assert limiter.rate == pytest.approx(0.7 * 500.0, rel=0.02)
 
 
@@ -899,9 +897,7 @@ def test_a_second_after_a_part_the_meter_reads_again() -> None:
     limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
     limiter.share(500.0, 2)
     accept(limiter, clock, 100, spacing=0.02)  # 50/s accepted over two seconds
-    for _ in range(8):
-        clock.now += 0.005
-        limiter.on_throttle(1.0, sent_at=clock.now - 0.002)
+    refuse(limiter, clock, 8)
     assert limiter.rate == pytest.approx(0.7 * 50.0, rel=0.1)
 
 
@@ -928,9 +924,7 @@ def test_a_part_given_during_a_full_window_is_the_rate_it_ends_at() -> None:
     clock = FakeClock()
     limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
     accept(limiter, clock, 15)
-    for _ in range(8):  # the burst refused: a hold
-        clock.now += 0.001
-        limiter.on_throttle(1.0, sent_at=clock.now - 0.0005)
+    refuse(limiter, clock, 8)  # the burst refused: a hold
     limiter.share(500.0, 2)
     clock.now += 1.0
     limiter.on_success(clock.now - 0.005)  # the first probe, accepted within the window

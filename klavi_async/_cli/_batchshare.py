@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 from collections.abc import AsyncIterator
 
 import click
@@ -21,8 +22,8 @@ def check_nats_extra(url: str | None) -> None:
     """A usage error, before anything starts, when `--nats-url` is given without nats-py."""
     if url is None:
         return
-    try:
-        import nats  # noqa: F401
+    try:  # as the JetStream commands check: the library's own import
+        importlib.import_module("klavi_async.nats")
     except ImportError:
         fail_usage("--nats-url needs nats-py: pip install 'klavi-async[nats]'")
 

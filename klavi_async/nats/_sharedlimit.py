@@ -156,7 +156,7 @@ class SharedLimit:
         self.division: Division | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._heard_self = -math.inf  # when the watch last brought our own report
-        self._reporter = Reporter(clock())
+        self._reporter: Reporter | None = None  # made by start()
         self._away = False  # the last report could not be put: the broker is away
         self._rewatched = False  # the watch was started again and has not been heard since
         self._stopping = False
@@ -244,10 +244,11 @@ class SharedLimit:
                 logger.exception("rate limit shares: a report failed")
 
     async def _report(self) -> None:
-        division, stats = self.division, self._client.rate_limit_stats()
-        if division is None or stats is None:
+        division, reporter = self.division, self._reporter
+        stats = self._client.rate_limit_stats()
+        if division is None or reporter is None or stats is None:
             return
-        report = self._reporter.report(stats, self._clock())
+        report = reporter.report(stats, self._clock())
         try:
             if self._away:  # a restarted broker lost the bucket (kept in memory): again
                 self._kv = await self._bucket()

@@ -9,7 +9,6 @@ import asyncio
 import json
 import logging
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from klavi_async.nats._streams import _Said
 from ..conftest import CPF
 from ..test_cli_process import batch_of_40, cli_env, emulator_in_thread, records
 from .conftest import NatsServer
-from .test_cli import WITHOUT_NATS
+from .test_cli import run_without_nats
 
 CREDENTIALS = ClientCredentials("access-key-of-the-batch", "secret-key-of-the-batch")
 BASE = "http://127.0.0.1:9"  # never called: the limiter is driven by the bucket alone
@@ -130,11 +129,8 @@ def test_cancel_batch_with_an_unreachable_broker_sends_nothing(tmp_path: Path) -
 def test_cancel_batch_with_nats_url_but_no_nats_py_is_a_usage_error(tmp_path: Path) -> None:
     source = tmp_path / "in.csv"
     source.write_text(f"payment_id,cancelled_by\npay-1,{CPF}\n")
-    done = subprocess.run(
-        [sys.executable, "-c", WITHOUT_NATS, "cancel-batch", str(source), "--out",
-         str(tmp_path / "out.jsonl"), "--nats-url", "nats://x"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    out = str(tmp_path / "out.jsonl")
+    done = run_without_nats("cancel-batch", str(source), "--out", out, "--nats-url", "nats://x")
     assert done.returncode == 2
     assert "--nats-url needs nats-py: pip install 'klavi-async[nats]'" in done.stderr
 

@@ -35,6 +35,14 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+def run_without_nats(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as on a machine without nats-py."""
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_NATS, *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
 async def test_enqueue_prints_published_and_deduplicated_counts(
     nats_server: NatsServer, js: JetStreamContext, tmp_path: Path
 ) -> None:
@@ -102,13 +110,7 @@ def test_worker_drains_and_exits_0_on_sigint(nats_server: NatsServer) -> None:
 
 def test_without_nats_py_the_commands_print_the_install_hint() -> None:
     for command in ("worker", "enqueue", "streams", "results"):
-        result = subprocess.run(
-            [sys.executable, "-c", WITHOUT_NATS, command, "--nats-url", "nats://x"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_without_nats(command, "--nats-url", "nats://x")
         assert result.returncode == 2
         assert "pip install 'klavi-async[nats]'" in result.stderr
     imported = subprocess.run(
