@@ -153,6 +153,7 @@ async def publish_requests(
 _RETRYABLE: Final = (
     nats.errors.TimeoutError,  # no ack: stored or not, a copy is dropped by its id
     nats.errors.NoRespondersError,  # no leader yet (an election)
+    nats.js.errors.NoStreamResponseError,  # the same, as `js.publish` raises it
     nats.js.errors.ServiceUnavailableError,  # JetStream unavailable for now (no quorum)
     TimeoutError,
 )
