@@ -2,12 +2,13 @@
 `cancel_many`: bounded-concurrency streaming over a sync or async iterable.
 
 Input is pulled only when a slot frees up, so memory is bounded by `concurrency`, not by
-the input's length.  Workers start as input arrives (one more per item pulled, up to
-`concurrency`), so a huge `concurrency` over a short input costs a few tasks, not one per
-slot.  Each finished task lands in a deque; the generator yields from it in completion
-order.  Closing the generator (explicitly, by
-`aclosing()`, or when a `break` drops the last reference) cancels the tasks in flight
-and waits for them, so no task outlives it.
+the input's length: at most `concurrency` requests in flight (one per worker), and at
+most twice `concurrency` requests in flight and results not yet taken together.
+Workers start as input arrives (one more per item pulled, up to `concurrency`), so a
+huge `concurrency` over a short input costs a few tasks, not one per slot.  Each
+finished result lands in a deque; the generator yields from it in completion order.
+Closing the generator (explicitly, by `aclosing()`, or when a `break` drops the last
+reference) cancels the tasks in flight and waits for them, so no task outlives it.
 """
 
 from __future__ import annotations
@@ -104,6 +105,18 @@ class _Input:
                 closer()
 
 
+_SLOTS_PER_WORKER = 2
+"""Slots per unit of concurrency: one for the request a worker has in flight, one for a
+result it handed over that the consumer has not taken yet.  With one slot each (in
+flight plus waiting at most `concurrency`), a worker whose result waits for the
+consumer's next turn cannot send its next request until then: it parks on the
+semaphore, the consumer wakes it a loop turn later, and the batch's requests go out
+spread over more turns.  Measured at concurrency 64: 0.089 event-loop turns per call
+against the plain pool's 0.053, and 1.17x its instructions per call; with two, 0.058
+turns and 1.09x (what `cancel_payment` costs in that pool).  A consumer that stops
+taking results still stops the batch, with at most twice `concurrency` results waiting."""
+
+
 Run = Callable[[CancelRequest], Coroutine[Any, Any, CancelResult]]
 """Check one request now (raising `TypeError` for a malformed one) and return its cancel."""
 Workers = set["asyncio.Task[None]"]
@@ -121,8 +134,10 @@ async def stream(
     The body of `KlaviClient.cancel_many()`: `run(request)` for each request.  Strictly private.
 
     Up to *concurrency* workers each pull a request, cancel it and hand the result over; a
-    slot is given back only when the consumer takes a result, so requests in flight plus
-    results not yet taken never exceed *concurrency*.  Workers run the cancel coroutine
+    slot is given back only when the consumer takes a result.  There are twice
+    *concurrency* slots (`_SLOTS_PER_WORKER`): requests in flight never exceed
+    *concurrency* (one per worker), and requests in flight plus results not yet taken
+    never exceed twice *concurrency*.  Workers run the cancel coroutine
     themselves: no task per item.  One worker starts at once and each item pulled starts
     one more while fewer than *concurrency* run, so the tasks alive never exceed the items
     pulled plus one.  *on_start* gets the set of workers (live, kept up to date) before
@@ -175,7 +190,7 @@ class _Pool:
         self._loop = asyncio.get_running_loop()
         self.finished: deque[CancelResult] = deque()
         self._ended: deque[asyncio.Task[None]] = deque()
-        self.slots = asyncio.Semaphore(concurrency)
+        self.slots = asyncio.Semaphore(_SLOTS_PER_WORKER * concurrency)
         self._waiter: asyncio.Future[None] | None = None
         self.workers: Workers = set()
         self._started = 0

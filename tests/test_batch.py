@@ -84,9 +84,31 @@ async def test_async_input_is_pulled_lazily(serve: ServerFactory) -> None:
         batch = client.cancel_many(source(), concurrency=4)
         first = await anext(batch)
         assert first.ok
-        assert pulled <= 4 + 1
+        assert pulled <= 2 * 4 + 1  # in flight plus not taken: twice concurrency
         await batch.aclose()
-    assert pulled <= 6
+    assert pulled <= 2 * 4 + 2
+    assert no_other_tasks()
+
+
+async def test_a_consumer_that_stops_taking_results_stops_the_batch(
+    serve: ServerFactory,
+) -> None:
+    # At most `concurrency` requests in flight; in flight plus results not taken at most
+    # twice that: a consumer that takes one result and stops holds the batch at 2C + 1.
+    fake = ScriptedKlavi(default={CANCEL: Reply(200, {}, delay=0.02)})
+    base = await fake.start(serve)
+    async with client_for(base) as client:
+        batch = client.cancel_many((CancelRequest(f"p{i}", CPF) for i in range(100)), concurrency=3)
+        assert (await anext(batch)).ok
+        async with asyncio.timeout(10):
+            while len(fake.cancels()) < 2 * 3 + 1:
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0.3)  # ten round trips: none more is sent
+        assert len(fake.cancels()) == 2 * 3 + 1
+        assert fake.max_in_flight <= 3
+        taken = [(await anext(batch)).payment_id for _ in range(2 * 3)]
+        assert len(set(taken)) == 6  # the waiting results, each once
+        await batch.aclose()
     assert no_other_tasks()
 
 
