@@ -58,6 +58,11 @@ async def cluster_js(cluster: NatsCluster) -> AsyncIterator[JetStreamContext]:
     try:
         js = nc.jetstream(timeout=2.0)
         await ensure_streams(js, replicas=3)
+        # An R3 stream just made may have no leader yet: a test's own js.publish would be
+        # answered "no response from stream" (enqueue sends such a publish again).
+        async with asyncio.timeout(30):
+            for stream in (REQUESTS_STREAM, RESULTS_STREAM):
+                await leader(js, stream)
         yield js
     finally:
         await nc.close()
