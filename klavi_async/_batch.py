@@ -114,7 +114,9 @@ semaphore, the consumer wakes it a loop turn later, and the batch's requests go 
 spread over more turns.  Measured at concurrency 64: 0.089 event-loop turns per call
 against the plain pool's 0.053, and 1.17x its instructions per call; with two, 0.058
 turns and 1.09x (what `cancel_payment` costs in that pool).  A consumer that stops
-taking results still stops the batch, with at most twice `concurrency` results waiting."""
+taking results still stops the batch, with at most twice `concurrency` results waiting.
+At `concurrency=1` there is one slot: one at a time, as a caller deciding on each result
+before the next is sent expects (a loop turn per call costs nothing at one at a time)."""
 
 
 Run = Callable[[CancelRequest], Coroutine[Any, Any, CancelResult]]
@@ -135,9 +137,9 @@ async def stream(
 
     Up to *concurrency* workers each pull a request, cancel it and hand the result over; a
     slot is given back only when the consumer takes a result.  There are twice
-    *concurrency* slots (`_SLOTS_PER_WORKER`): requests in flight never exceed
-    *concurrency* (one per worker), and requests in flight plus results not yet taken
-    never exceed twice *concurrency*.  Workers run the cancel coroutine
+    *concurrency* slots (`_SLOTS_PER_WORKER`; one at concurrency 1): requests in flight
+    never exceed *concurrency* (one per worker), and requests in flight plus results not
+    yet taken never exceed twice *concurrency*.  Workers run the cancel coroutine
     themselves: no task per item.  One worker starts at once and each item pulled starts
     one more while fewer than *concurrency* run, so the tasks alive never exceed the items
     pulled plus one.  *on_start* gets the set of workers (live, kept up to date) before
@@ -190,7 +192,10 @@ class _Pool:
         self._loop = asyncio.get_running_loop()
         self.finished: deque[CancelResult] = deque()
         self._ended: deque[asyncio.Task[None]] = deque()
-        self.slots = asyncio.Semaphore(_SLOTS_PER_WORKER * concurrency)
+        # One at a time means one: the next cancel goes only once the result is taken, so
+        # a consumer that stops on a result stops before anything more is sent.
+        slots = 1 if concurrency == 1 else _SLOTS_PER_WORKER * concurrency
+        self.slots = asyncio.Semaphore(slots)
         self._waiter: asyncio.Future[None] | None = None
         self.workers: Workers = set()
         self._started = 0

@@ -90,6 +90,27 @@ async def test_async_input_is_pulled_lazily(serve: ServerFactory) -> None:
     assert no_other_tasks()
 
 
+async def test_one_at_a_time_sends_nothing_after_the_result_that_stops_the_loop(
+    serve: ServerFactory,
+) -> None:
+    # concurrency=1 keeps one slot: the next cancel waits for the result to be taken, so
+    # "stop at the first failure" sends nothing more (with two slots p1 reached Klavi).
+    fake = ScriptedKlavi(default={CANCEL: Reply(200, {})})
+    fake.on(CANCEL, Reply(422, {"errors": [{"code": "NAO_INFORMADO"}]}))
+    base = await fake.start(serve)
+    seen = []
+    async with client_for(base) as client:
+        batch = client.cancel_many([CancelRequest(f"p{i}", CPF) for i in range(5)], concurrency=1)
+        async with contextlib.aclosing(batch) as results:
+            async for result in results:
+                seen.append(result.payment_id)
+                if not result.ok:
+                    break
+    assert seen == ["p0"]
+    assert [s.path.rsplit("/", 2)[1] for s in fake.cancels()] == ["p0"]
+    assert no_other_tasks()
+
+
 async def test_a_consumer_that_stops_taking_results_stops_the_batch(
     serve: ServerFactory,
 ) -> None:

@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from .. import CancelRequest, deterministic_idempotency_key
-from ._streams import MSG_ID, REQUESTS_SUBJECT
+from ._streams import MSG_ID, REQUESTS_STREAM, REQUESTS_SUBJECT
 
 __all__ = ["enqueue", "publish_requests", "request_message"]
 
@@ -119,12 +119,13 @@ async def publish_requests(
     if not patience >= 0:
         raise ValueError(f"patience must be 0 or more seconds, got {patience!r}")
     window: list[tuple[CancelRequest, bytes, dict[str, str]]] = []
+    said: set[str] = set()  # why publishes were sent again, logged once each
 
     async def flush() -> None:
         batch = window[:]
         window.clear()  # a failing flush is not retried by the `finally` below
         acks = await asyncio.gather(
-            *(_publish(js, body, headers, patience) for _, body, headers in batch),
+            *(_publish(js, body, headers, patience, said) for _, body, headers in batch),
             return_exceptions=True,
         )
         failure: BaseException | None = None
@@ -160,9 +161,12 @@ _RETRYABLE: Final = (
 
 
 async def _publish(
-    js: JetStreamContext, body: bytes, headers: dict[str, str], patience: float
+    js: JetStreamContext, body: bytes, headers: dict[str, str], patience: float, said: set[str]
 ) -> PubAck:
-    """One request, sent again while the broker cannot answer, for *patience* seconds."""
+    """
+    One request, sent again while the broker cannot answer, for *patience* seconds.  Why
+    is logged once per enqueue (*said* holds what was), not once per request.
+    """
     loop = asyncio.get_running_loop()
     deadline, pause = loop.time() + patience, 0.1
     while True:
@@ -172,8 +176,28 @@ async def _publish(
             # Without an id a copy would be a second request: only an id makes it safe.
             if MSG_ID not in headers or loop.time() + pause > deadline:
                 raise
-            logger.warning(
-                "enqueue: no answer from the stream (%s); sending again", type(exc).__name__
-            )
+            # "No response from stream" is also what a stream that is gone answers
+            # (deleted mid-enqueue): no election will bring it back.
+            if isinstance(exc, nats.js.errors.NoStreamResponseError) and await _gone(js):
+                raise
+            reason = type(exc).__name__
+            if reason not in said:
+                said.add(reason)
+                logger.warning(
+                    "enqueue: no answer from the stream (%s); sending again for up to %g s",
+                    reason,
+                    patience,
+                )
         await asyncio.sleep(pause)
         pause = min(pause * 2, 2.0)
+
+
+async def _gone(js: JetStreamContext) -> bool:
+    """Whether the requests stream no longer exists (an unanswered question: not gone)."""
+    try:
+        await js.stream_info(REQUESTS_STREAM)
+    except nats.js.errors.NotFoundError:
+        return True
+    except (nats.errors.Error, TimeoutError):
+        return False
+    return False

@@ -10,8 +10,9 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import pytest
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from klavi_async import CancelRequest
 from klavi_async.nats import (
@@ -74,6 +75,16 @@ async def test_a_deleted_requests_stream_is_made_again_with_the_consumer(
     found = await records(js, RESULTS_SUBJECT)
     assert len(found) == 20 and all(record["ok"] for record, _ in found)
     assert all(emu.effects[request.payment_id] == 1 for request in later)
+
+
+async def test_an_enqueue_into_a_deleted_stream_fails_at_once(js: JetStreamContext) -> None:
+    # The server answers "no response from stream" as it does while a cluster elects a
+    # leader; enqueue asks whether the stream is there before sending again for 30 s.
+    await js.delete_stream(REQUESTS_STREAM)
+    started = time.monotonic()
+    with pytest.raises(NoStreamResponseError):
+        await enqueue(js, [CancelRequest("pay-1", CPF)], patience=30)
+    assert time.monotonic() - started < 15  # not the 30 s of patience (it was ~30 s)
 
 
 async def test_a_requests_stream_made_again_by_an_enqueue_gets_the_consumer_back(

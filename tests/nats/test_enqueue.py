@@ -19,10 +19,18 @@ from ..conftest import CPF
 class FlakyStream:
     """A stream that stores by `Nats-Msg-Id` and fails the publishes it is told to."""
 
-    def __init__(self, fail: dict[str, list[Exception]]) -> None:
+    def __init__(self, fail: dict[str, list[Exception]], *, gone: bool = False) -> None:
         self.fail = fail  # payment id in the body -> errors to raise first, in order
         self.stored: dict[str, bytes] = {}
         self.sent = 0
+        self.gone = gone  # the stream was deleted: `stream_info` says NotFound
+        self.asked = 0
+
+    async def stream_info(self, name: str) -> object:
+        self.asked += 1
+        if self.gone:
+            raise nats.js.errors.NotFoundError(code=404, err_code=10059, description="not found")
+        return object()
 
     async def publish(self, subject: str, body: bytes, headers: Any = None) -> PubAck:
         self.sent += 1
@@ -64,6 +72,29 @@ async def test_a_publish_the_broker_did_not_answer_is_sent_again() -> None:
     js = FlakyStream({"pay-001": unanswered, "pay-002": [electing]})
     assert await enqueue(js, requests(5)) == 5  # type: ignore[arg-type]
     assert js.sent == 5 + 4
+
+
+async def test_a_stream_that_is_gone_fails_the_enqueue_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # "No response from stream" is also what a deleted stream answers: no election will
+    # bring it back, so it is not sent again for `patience` seconds.
+    js = FlakyStream({"pay-001": [nats.js.errors.NoStreamResponseError()]}, gone=True)
+    with pytest.raises(nats.js.errors.NoStreamResponseError):
+        await enqueue(js, requests(3))  # type: ignore[arg-type]
+    assert js.asked == 1 and js.sent == 3
+    assert "sending again" not in caplog.text
+
+
+async def test_why_a_publish_is_sent_again_is_said_once_per_enqueue(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    timeouts = {f"pay-{i:03}": [nats.errors.TimeoutError()] * 3 for i in range(50)}
+    js = FlakyStream(timeouts)
+    assert await enqueue(js, requests(50)) == 50  # type: ignore[arg-type]
+    assert js.sent == 50 * 4
+    said = [r for r in caplog.records if "sending again" in r.getMessage()]
+    assert len(said) == 1 and "TimeoutError" in said[0].getMessage()
 
 
 async def test_without_an_id_a_copy_would_be_a_second_request_so_none_is_sent() -> None:
