@@ -45,6 +45,12 @@ _DOUBLING = 0.1
 """The ramp doubles its rate every this many seconds: from 1/s it fills a one-second
 window of 100 in about 0.9 s, of 10,000 in 1.6 s.  Processes whose ramps start a few
 milliseconds apart stay within a few per cent of each other (5 ms: 3.5 %)."""
+_RAMP_FOUND = 4
+"""Answers a ramp must have had accepted before refusals in a row end it with a reading.
+Refused before that, from its first requests (measured: a joiner at 1,000/s whose ramp
+met the other process's probe filling the window read 1.4-1.7/s, and 58-72 of its
+calls failed `RATE_LIMITED`), it found the window full of others' requests (or a
+storm), which says nothing of its part: it holds and ramps again."""
 _RAMP_MAX_DOUBLINGS = 60.0
 """The ramp's exponent is clipped here (2**60 times `min_rate`): no overflow after an idle hour."""
 
@@ -100,13 +106,15 @@ class _Ramp:
     """
     `start * 2**((t - origin) / _DOUBLING)`, never above `cap`: a curve in wall time, so
     two processes with the same origin have the same rate at every moment, however their
-    event loops are scheduled.
+    event loops are scheduled.  `accepted` counts the answers accepted to requests sent
+    on it: a ramp refused before it has `_RAMP_FOUND` found a window others fill.
     """
 
-    __slots__ = ("cap", "origin", "start")
+    __slots__ = ("accepted", "cap", "origin", "start")
 
     def __init__(self, origin: float, start: float, cap: float) -> None:
         self.origin, self.start, self.cap = origin, start, cap
+        self.accepted = 0
 
     def _doublings(self, at: float) -> float:
         return min(max(at - self.origin, 0.0) / _DOUBLING, _RAMP_MAX_DOUBLINGS)

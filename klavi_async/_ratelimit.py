@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 
-from ._ratecurve import _BUCKET, _MARGIN, _Cubic, _Ramp
+from ._ratecurve import _BUCKET, _MARGIN, _RAMP_FOUND, _Cubic, _Ramp
 from ._ratequeue import _Hold, _Queue, _Trial
 from ._ratesettings import MAX_RATE, MIN_RATE, RateLimit, RateLimitStats, rate_value
 
@@ -214,10 +214,12 @@ class RateLimiter(_Queue):
         share = refused / (accepted + refused)
         ramp = self._ramp
         if ramp is not None:  # the ramp found the limit: read this process's part
-            # A full window refuses whatever is sent: a run (noise, a refusal now and
-            # then, must not end the ramp at a fraction of the limit, nor the refusals
-            # counted before the ramp, which the meter still holds).
-            if self._run >= _RAMP_RUN:
+            # A full window refuses whatever is sent: only a run ends the ramp (not noise,
+            # nor the refusals from before it, which the meter still holds).
+            if self._run >= _RAMP_RUN and ramp.accepted < _RAMP_FOUND:
+                self._ramp = None  # the window is others' (or a storm): again, later
+                self._start_hold(now, wait, origin=now)
+            elif self._run >= _RAMP_RUN:
                 self._ramp, self._reading = None, True
                 self._cubic.decrease(now, self._meter.rate(now))
                 # The ramp overfilled the window: let it drain, then go on at the reading.
@@ -344,6 +346,7 @@ class RateLimiter(_Queue):
                 cap = min(cap, self._cubic.w_max)
             self._cubic.grow(now, cap)
         elif self._ramp is not None:
+            self._ramp.accepted += fresh
             self._end_ramp_unless_needed(self._ramp, now)
 
     def _release(self, hold: _Hold, now: float) -> None:

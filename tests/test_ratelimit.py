@@ -12,7 +12,17 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from klavi_async import RetryPolicy
-from klavi_async._ratecurve import _BETA, _C_ADD, _C_PROBE, _DOUBLING, _K, _MARGIN, _Cubic, _Ramp
+from klavi_async._ratecurve import (
+    _BETA,
+    _C_ADD,
+    _C_PROBE,
+    _DOUBLING,
+    _K,
+    _MARGIN,
+    _RAMP_FOUND,
+    _Cubic,
+    _Ramp,
+)
 from klavi_async._ratelimit import (
     _PROBE_FIRST,
     _PROBE_MAX,
@@ -393,6 +403,31 @@ def test_the_ramp_ends_on_a_throttle_with_a_reading_and_a_hold() -> None:
     assert limiter.delay() > 0.9  # and the window drains before it goes on
 
 
+def test_a_ramp_refused_before_it_found_anything_holds_and_ramps_again() -> None:
+    # Refused in a run before `_RAMP_FOUND` answers were accepted, a ramp met a window
+    # others fill (or a storm): no reading (it was 1/s), a hold, then a ramp from the start.
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    clock.now = 1.0
+    refuse(limiter, clock, _RUN)
+    clock.now += 1.0
+    assert run(lambda _: limiter.acquire(max_wait=0.0))
+    accept(limiter, clock, 1, spacing=0.001)  # the probe (not the ramp's): a ramp starts
+    accept(limiter, clock, _RAMP_FOUND - 1, spacing=0.01)
+    assert limiter._ramp is not None and limiter._ramp.accepted == _RAMP_FOUND - 1
+    refuse(limiter, clock, _RAMP_RUN, retry_after=1.0)
+    assert limiter._ramp is None and limiter._hold is not None
+    assert not limiter._reading and limiter.engaged
+    assert limiter.delay() > 0.9  # the window's Retry-After, then a probe
+    clock.now += 1.0
+    assert run(lambda _: limiter.acquire(max_wait=0.0))
+    accept(limiter, clock, 1, spacing=0.001)
+    assert limiter._ramp is not None and limiter._hold is None  # ramping again
+    accept(limiter, clock, _RAMP_FOUND, spacing=0.01)
+    refuse(limiter, clock, _RAMP_RUN, retry_after=1.0)  # now it found its part
+    assert limiter._reading and limiter.rate is not None
+
+
 def test_cubic_curve() -> None:
     cubic = _Cubic(1.0, math.inf)
     cubic.decrease(0.0, 100.0)
@@ -706,6 +741,19 @@ def test_two_clients_without_retry_after_share_fairly(limit: int, seed: int) -> 
     for share in shares:
         assert abs(share / sum(shares) * 2 - 1) <= 0.2, shares
     assert all(set(client.results) == {"ok"} for client in clients)
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_a_joiner_whose_ramp_meets_the_others_probe_ramps_again(seed: int) -> None:
+    # At 1,000/s a process joining 5 s after another ramped into the other's probe filling
+    # the window: refused from its first requests, it read 1.4-1.7/s as its part, and
+    # 58-72 of its calls failed RATE_LIMITED queued behind that rate (joiner 0.05-0.39).
+    server = steady(1000)
+    clients = [Client(until=20.0), Client(start=5.0, until=20.0)]
+    simulate(server, clients, seed=seed)
+    assert all(set(client.results) == {"ok"} for client in clients), clients[1].results
+    assert server.accepted(None, 8.0, 20.0) / 12.0 / 1000 >= 0.9
+    assert server.accepted(1, 15.0, 20.0) / server.accepted(None, 15.0, 20.0) >= 0.3
 
 
 @pytest.mark.parametrize("seed", [1, 2])
