@@ -384,14 +384,21 @@ def test_a_decrease_that_makes_429s_rarer_stands() -> None:
     assert limiter.engaged and limiter.rate is not None and limiter.rate >= rate
 
 
-def test_the_ramp_ends_on_a_throttle_with_a_reading_and_a_hold() -> None:
+def ramping() -> tuple[RateLimiter, FakeClock]:
+    """A limiter whose first full window held it, and whose probe started a ramp."""
     clock = FakeClock()
     limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
     clock.now = 1.0
     refuse(limiter, clock, _RUN)
     clock.now += 1.0
     assert run(lambda _: limiter.acquire(max_wait=0.0))
-    accept(limiter, clock, 1, spacing=0.001)  # the probe: a ramp from min_rate
+    accept(limiter, clock, 1, spacing=0.001)  # the probe (not the ramp's): a ramp starts
+    assert limiter._ramp is not None and limiter._ramp.accepted == 0
+    return limiter, clock
+
+
+def test_the_ramp_ends_on_a_throttle_with_a_reading_and_a_hold() -> None:
+    limiter, clock = ramping()
     assert limiter.rate is not None and limiter.rate < 2.0
     accept(limiter, clock, 60, spacing=0.005)
     accept(limiter, clock, 1, spacing=0.005)
@@ -406,13 +413,7 @@ def test_the_ramp_ends_on_a_throttle_with_a_reading_and_a_hold() -> None:
 def test_a_ramp_refused_before_it_found_anything_holds_and_ramps_again() -> None:
     # Refused in a run before `_RAMP_FOUND` answers were accepted, a ramp met a window
     # others fill (or a storm): no reading (it was 1/s), a hold, then a ramp from the start.
-    clock = FakeClock()
-    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
-    clock.now = 1.0
-    refuse(limiter, clock, _RUN)
-    clock.now += 1.0
-    assert run(lambda _: limiter.acquire(max_wait=0.0))
-    accept(limiter, clock, 1, spacing=0.001)  # the probe (not the ramp's): a ramp starts
+    limiter, clock = ramping()
     accept(limiter, clock, _RAMP_FOUND - 1, spacing=0.01)
     assert limiter._ramp is not None and limiter._ramp.accepted == _RAMP_FOUND - 1
     refuse(limiter, clock, _RAMP_RUN, retry_after=1.0)
