@@ -346,7 +346,7 @@ class RateLimiter(_Queue):
                 cap = min(cap, self._cubic.w_max)
             self._cubic.grow(now, cap)
         elif self._ramp is not None:
-            self._ramp.accepted += fresh
+            self._ramp.accepted += fresh  # an answer to a request sent on the ramp
             self._end_ramp_unless_needed(self._ramp, now)
 
     def _release(self, hold: _Hold, now: float) -> None:

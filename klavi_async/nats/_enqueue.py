@@ -168,7 +168,7 @@ async def _publish(
     is logged once per enqueue (*said* holds what was), not once per request.
     """
     loop = asyncio.get_running_loop()
-    deadline, pause = loop.time() + patience, 0.1
+    deadline, pause, asked = loop.time() + patience, 0.1, False
     while True:
         try:
             return await js.publish(REQUESTS_SUBJECT, body, headers=headers or None)
@@ -177,9 +177,12 @@ async def _publish(
             if MSG_ID not in headers or loop.time() + pause > deadline:
                 raise
             # "No response from stream" is also what a stream that is gone answers
-            # (deleted mid-enqueue): no election will bring it back.
-            if isinstance(exc, nats.js.errors.NoStreamResponseError) and await _gone(js):
-                raise
+            # (deleted mid-enqueue): no election will bring it back.  Asked once per
+            # request, not at every retry of a whole window through an election.
+            if isinstance(exc, nats.js.errors.NoStreamResponseError) and not asked:
+                asked = True
+                if await _gone(js):
+                    raise
             reason = type(exc).__name__
             if reason not in said:
                 said.add(reason)

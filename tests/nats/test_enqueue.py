@@ -86,6 +86,13 @@ async def test_a_stream_that_is_gone_fails_the_enqueue_at_once(
     assert "sending again" not in caplog.text
 
 
+async def test_a_stream_electing_its_leader_is_asked_about_once_per_request() -> None:
+    electing = {f"pay-{i:03}": [nats.js.errors.NoStreamResponseError()] * 3 for i in range(4)}
+    js = FlakyStream(electing)
+    assert await enqueue(js, requests(6)) == 6  # type: ignore[arg-type]
+    assert js.asked == 4 and js.sent == 6 + 4 * 3
+
+
 async def test_why_a_publish_is_sent_again_is_said_once_per_enqueue(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
