@@ -50,7 +50,10 @@ _RAMP_FOUND = 4
 Refused before that, from its first requests (measured: a joiner at 1,000/s whose ramp
 met the other process's probe filling the window read 1.4-1.7/s, and 58-72 of its
 calls failed `RATE_LIMITED`), it found the window full of others' requests (or a
-storm), which says nothing of its part: it holds and ramps again."""
+storm), which says nothing of its part: it holds and ramps again, once.  A second such
+ramp in a row is read: where a process's part is under about 5/s (a tiny limit, or many
+processes sharing a small one) no ramp gets four answers in, and ramping again every
+time held goodput at 2/3 of the limit (found by an attack)."""
 _RAMP_MAX_DOUBLINGS = 60.0
 """The ramp's exponent is clipped here (2**60 times `min_rate`): no overflow after an idle hour."""
 
@@ -108,13 +111,15 @@ class _Ramp:
     two processes with the same origin have the same rate at every moment, however their
     event loops are scheduled.  `accepted` counts the answers accepted to requests sent
     on it: a ramp refused before it has `_RAMP_FOUND` found a window others fill.
+    `again`: it follows such a ramp, and is the last try (its reading stands).
     """
 
-    __slots__ = ("accepted", "cap", "origin", "start")
+    __slots__ = ("accepted", "again", "cap", "origin", "start")
 
-    def __init__(self, origin: float, start: float, cap: float) -> None:
+    def __init__(self, origin: float, start: float, cap: float, *, again: bool = False) -> None:
         self.origin, self.start, self.cap = origin, start, cap
         self.accepted = 0
+        self.again = again
 
     def _doublings(self, at: float) -> float:
         return min(max(at - self.origin, 0.0) / _DOUBLING, _RAMP_MAX_DOUBLINGS)

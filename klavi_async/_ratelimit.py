@@ -216,9 +216,9 @@ class RateLimiter(_Queue):
         if ramp is not None:  # the ramp found the limit: read this process's part
             # A full window refuses whatever is sent: only a run ends the ramp (not noise,
             # nor the refusals from before it, which the meter still holds).
-            if self._run >= _RAMP_RUN and ramp.accepted < _RAMP_FOUND:
-                self._ramp = None  # the window is others' (or a storm): again, later
-                self._start_hold(now, wait, origin=now)
+            if self._run >= _RAMP_RUN and ramp.accepted < _RAMP_FOUND and not ramp.again:
+                self._ramp = None  # the window is others' (or a storm): once more, later
+                self._start_hold(now, wait, origin=now).again = True
             elif self._run >= _RAMP_RUN:
                 self._ramp, self._reading = None, True
                 self._cubic.decrease(now, self._meter.rate(now))
@@ -350,12 +350,12 @@ class RateLimiter(_Queue):
             self._end_ramp_unless_needed(self._ramp, now)
 
     def _release(self, hold: _Hold, now: float) -> None:
-        # A probe was accepted.  After a storm the rate is what it was before.  After a
-        # full window the rate is lowered from the reading taken when it filled, or, with
-        # none (unthrottled before), a ramp finds this process's part.
+        # A probe was accepted.  After a storm the rate is what it was before (a ramp's
+        # retry: its last try).  After a full window the rate is lowered from the reading
+        # taken when it filled, or, with none (unthrottled before), a ramp finds its part.
         self._hold, self._last_change = None, now
         self._pause_until = -math.inf
-        if hold.storm or not self._adaptive:
+        if (hold.storm and not hold.again) or not self._adaptive:
             if hold.saved is not None:
                 self._restore(hold.saved)
             else:
@@ -369,7 +369,7 @@ class RateLimiter(_Queue):
             # From the first probe (all refused by one window ramp in step), unless later.
             start = hold.origin if now - hold.origin < _WINDOW else now
             cubic = self._cubic
-            self._ramp = _Ramp(start, cubic.min_rate, cubic.max_rate)
+            self._ramp = _Ramp(start, cubic.min_rate, cubic.max_rate, again=hold.again)
             self._reading = False
         self._wake()
 

@@ -54,14 +54,15 @@ class _Hold:
     `since` is the run's first refusal; `reading` the accepted rate then, if the cubic
     rule had one (a full window then lowers the rate from it, not from a ramp); `saved`
     the state a storm's end restores, if not the current one (a decrease the run cut
-    short); `drain` marks the pause after a ramp, which keeps the rate the ramp read.
+    short); `drain` marks the pause after a ramp, which keeps the rate the ramp read;
+    `again` the pause after a ramp refused before it found anything (`_Ramp.again`).
     """
 
-    __slots__ = ("drain", "interval", "origin", "reading", "saved", "since", "storm")
+    __slots__ = ("again", "drain", "interval", "origin", "reading", "saved", "since", "storm")
 
     def __init__(self, since: float, origin: float, interval: float) -> None:
         self.since, self.origin, self.interval = since, origin, interval
-        self.storm = self.drain = False
+        self.storm = self.drain = self.again = False
         self.reading: float | None = None
         self.saved: _Saved | None = None
 

@@ -429,6 +429,25 @@ def test_a_ramp_refused_before_it_found_anything_holds_and_ramps_again() -> None
     assert limiter._reading and limiter.rate is not None
 
 
+def test_a_ramp_retried_through_a_storm_ramps_once_more_then_reads() -> None:
+    # The retry's hold became a storm (a tiny limit refuses its probes for over a second):
+    # it ends in the ramp's last try, not unthrottled (two processes at 2/s went free, burst
+    # and held again every 6 s: 77-87 calls failed against 19-21).
+    limiter, clock = ramping()
+    refuse(limiter, clock, _RAMP_RUN, retry_after=1.0)  # refused before it found anything
+    assert limiter._hold is not None and limiter._hold.again
+    clock.now += 1.0
+    assert run(lambda _: limiter.acquire(max_wait=0.0))
+    refuse(limiter, clock, 1, retry_after=1.0)  # the probe refused past the window: a storm
+    assert limiter._hold is not None and limiter._hold.storm
+    clock.now += 1.0
+    assert run(lambda _: limiter.acquire(max_wait=0.0))
+    accept(limiter, clock, 1, spacing=0.001)
+    assert limiter.engaged and limiter._ramp is not None and limiter._ramp.again
+    refuse(limiter, clock, _RAMP_RUN, retry_after=1.0)  # the last try is read, found or not
+    assert limiter._ramp is None and limiter._reading and limiter.rate is not None
+
+
 def test_cubic_curve() -> None:
     cubic = _Cubic(1.0, math.inf)
     cubic.decrease(0.0, 100.0)
