@@ -205,7 +205,7 @@ class _Queue:
         cubic.hold(now, part)
         hold = self._hold
         if hold is not None:  # its release goes on at the part, as after a ramp's pause
-            hold.reading, hold.saved = part, None
+            hold.reading, hold.saved, hold.again = part, None, False  # no ramp's retry
             hold.storm = hold.drain = True
             return
         self._last_change = now

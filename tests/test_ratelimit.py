@@ -1020,3 +1020,14 @@ def test_a_lower_part_tells_the_queued_calls_it_makes_late_at_once() -> None:
     told, results = run(main)
     assert 0 < results.count(True) < 15
     assert told and max(told) == pytest.approx(0.05)  # told when the part came, not later
+
+
+def test_a_part_given_during_a_ramps_retry_is_the_rate_it_ends_at() -> None:
+    # A ramp's retry ends in a second ramp; a part given meanwhile ends it at the part.
+    limiter, clock = ramping()
+    refuse(limiter, clock, _RAMP_RUN)  # refused before it found anything: a retry's hold
+    assert limiter._hold is not None and limiter._hold.again
+    limiter.share(40.0, 2)
+    clock.now += 1.0
+    limiter.on_success(clock.now - 0.005)  # the probe, accepted
+    assert limiter._ramp is None and limiter.rate == 40.0
