@@ -151,9 +151,11 @@ async def stream(
     try:
         while True:
             if pool.finished:
-                result = pool.finished.popleft()
+                # Its slot is given back when the consumer asks for the next result, not
+                # when this one is handed over: at concurrency 1, a loop that awaits
+                # something, then breaks, has sent nothing more.
+                yield pool.finished.popleft()
                 pool.slots.release()
-                yield result
                 continue
             pool.reap()
             if not pool.workers:
@@ -192,8 +194,8 @@ class _Pool:
         self._loop = asyncio.get_running_loop()
         self.finished: deque[CancelResult] = deque()
         self._ended: deque[asyncio.Task[None]] = deque()
-        # One at a time means one: the next cancel goes only once the result is taken, so
-        # a consumer that stops on a result stops before anything more is sent.
+        # One at a time means one: the next cancel goes only once the consumer asks for the
+        # next result, so a consumer that stops on a result stops before anything more.
         slots = 1 if concurrency == 1 else _SLOTS_PER_WORKER * concurrency
         self.slots = asyncio.Semaphore(slots)
         self._waiter: asyncio.Future[None] | None = None

@@ -1031,3 +1031,13 @@ def test_a_part_given_during_a_ramps_retry_is_the_rate_it_ends_at() -> None:
     clock.now += 1.0
     limiter.on_success(clock.now - 0.005)  # the probe, accepted
     assert limiter._ramp is None and limiter.rate == 40.0
+
+
+def test_a_ramp_that_found_enough_is_read_and_answers_from_before_it_are_not_counted() -> None:
+    limiter, clock = ramping()
+    origin = limiter._ramp.origin  # type: ignore[union-attr]
+    limiter.on_success(origin - 0.01)  # an answer to a request sent before the ramp
+    assert limiter._ramp is not None and limiter._ramp.accepted == 0
+    accept(limiter, clock, _RAMP_FOUND, spacing=0.01)
+    refuse(limiter, clock, _RAMP_RUN)  # exactly enough found: the run ends it with a reading
+    assert limiter._ramp is None and limiter._reading

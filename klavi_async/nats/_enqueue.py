@@ -181,7 +181,7 @@ async def _publish(
             # request, not at every retry of a whole window through an election.
             if isinstance(exc, nats.js.errors.NoStreamResponseError) and not asked:
                 asked = True
-                if await _gone(js):
+                if await _gone(js) or loop.time() + pause > deadline:  # the question took time
                     raise
             reason = type(exc).__name__
             if reason not in said:
