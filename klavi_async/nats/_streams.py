@@ -43,8 +43,12 @@ MSG_ID: Final = "Nats-Msg-Id"
 PING_INTERVAL: Final = 5.0  # seconds between the client's pings to its server
 MAX_PINGS: Final = 3  # unanswered pings before the client drops the connection
 _STREAM_NAME_IN_USE: Final = 10058  # JetStream: a stream of that name, another config
+# "No suitable peers for placement": the meta leader has not yet heard from enough
+# nodes for the replicas asked, as on a cluster that has just formed or a node restarting.
+_NO_PEERS: Final = 10005
 # A cluster that has just formed, or is electing a leader, or a busy node, may leave a
-# stream request unanswered for seconds: ensure_streams asks again, a few times.
+# stream request unanswered for seconds, or refuse replicas until it hears its peers:
+# ensure_streams asks again, a few times.
 API_ATTEMPTS: Final = 5
 API_PAUSE: Final = 0.5  # seconds before the second attempt; the pause grows by this much
 
@@ -197,8 +201,9 @@ async def ensure_streams(
     `ValueError` for a bad setting (a duplicate window longer than `max_age`
     included).  Raises `LegacyStreamError` for a results stream from before one record
     per request.  A request that goes unanswered (a timeout, or a 503 while a cluster
-    elects a leader) is asked again, up to `API_ATTEMPTS` times.  Returns each
-    stream's config as the server now has it, by name.
+    elects a leader) or is refused for want of nodes heard is asked again, up to
+    `API_ATTEMPTS` times.  Returns each stream's config as the server now has it, by
+    name.
     """
     changes = stream_changes(
         replicas=replicas,
@@ -246,8 +251,10 @@ def _default_configs() -> tuple[StreamConfig, StreamConfig]:
 
 async def _api(call: Callable[[], Awaitable[_T]]) -> _T:
     """
-    A JetStream API request, asked again when it went unanswered (a timeout) or no
-    leader could answer it (503: a cluster electing one).  Safe because every request
+    A JetStream API request, asked again when it went unanswered (a timeout), no
+    leader could answer it (503: a cluster electing one) or too few nodes were heard
+    for its replicas (10005: a cluster forming, a node restarting; one really down is
+    still refused after the last attempt, about 5 s on).  Safe because every request
     here may be repeated: reading a stream, creating one with a config identical to
     what a first, unanswered attempt may have created, or updating to the same config.
     """
@@ -255,7 +262,11 @@ async def _api(call: Callable[[], Awaitable[_T]]) -> _T:
         try:
             return await call()
         except (nats.errors.TimeoutError, ServiceUnavailableError):
-            await asyncio.sleep(API_PAUSE * attempt)
+            pass
+        except BadRequestError as exc:
+            if exc.err_code != _NO_PEERS:
+                raise
+        await asyncio.sleep(API_PAUSE * attempt)
     return await call()  # the last attempt's error is the caller's
 
 

@@ -40,6 +40,33 @@ class NatsCluster:
             self._launch(name)
         for name in self.nodes:
             self.wait_ready(name)
+        self.wait_formed()
+
+    def wait_formed(self, timeout: float = 30.0) -> None:
+        """
+        Wait until the meta leader hears every running node: before that it may refuse
+        replicas ("no suitable peers for placement, peer offline").  Only the leader's
+        `/jsz` lists its peers as current; a follower lists the other followers as not.
+        """
+        deadline = time.monotonic() + timeout
+        while not any(self._hears_all(name) for name in self.processes):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the cluster's leader did not hear every node in {timeout:g} s")
+            time.sleep(0.05)
+
+    def _hears_all(self, name: str) -> bool:
+        url = f"http://127.0.0.1:{self.nodes[name].monitor}/jsz"
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                meta = json.load(response).get("meta_cluster") or {}
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+        peers = {
+            peer.get("name")
+            for peer in meta.get("replicas") or []
+            if peer.get("current") and not peer.get("offline")
+        }
+        return peers >= set(self.processes) - {name}
 
     def _launch(self, name: str) -> None:
         node = self.nodes[name]
@@ -82,6 +109,7 @@ class NatsCluster:
         assert name not in self.processes, f"{name} is running"
         self._launch(name)
         self.wait_ready(name)
+        self.wait_formed()
 
     def signal(self, name: str, number: int) -> None:
         """Send *number* (e.g. SIGSTOP, SIGCONT) to node *name*."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
@@ -314,6 +315,10 @@ class Unanswered:
         async def call(*args: Any, **kwargs: Any) -> Any:
             self.calls.append(name)
             how = self.lost.pop(0) if self.lost else None
+            if how == "refused":  # as a meta leader that has not yet heard its peers
+                raise nats.js.errors.BadRequestError(
+                    code=400, err_code=10005, description="no suitable peers for placement"
+                )
             if how == "after":
                 await real(*args, **kwargs)
             if how is not None:
@@ -323,7 +328,7 @@ class Unanswered:
         return call
 
 
-@pytest.mark.parametrize("how", ["before", "after"])
+@pytest.mark.parametrize("how", ["before", "after", "refused"])
 async def test_ensure_streams_asks_again_when_a_request_goes_unanswered(
     js: JetStreamContext, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
@@ -350,3 +355,26 @@ async def test_ensure_streams_gives_up_after_its_attempts(
     with pytest.raises(nats.errors.TimeoutError):
         await ensure_streams(cast(JetStreamContext, silent))
     assert silent.calls == ["stream_info"] * _streams.API_ATTEMPTS
+    # A change refused for want of peers, as with a node really down: refused in the end.
+    refused = Unanswered(js, [None, None] + ["refused"] * 100)
+    with pytest.raises(nats.js.errors.BadRequestError, match="no suitable peers"):
+        await ensure_streams(cast(JetStreamContext, refused), max_msgs=7)
+    assert refused.calls == ["stream_info"] * 2 + ["update_stream"] * _streams.API_ATTEMPTS
+
+
+async def test_ensure_streams_does_not_ask_again_what_was_refused_for_good(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_streams, "API_PAUSE", 0.0)
+    asked: list[str] = []
+
+    async def refuse(config: Any) -> Any:
+        asked.append(config.name)
+        raise nats.js.errors.BadRequestError(
+            code=400, err_code=10074, description="replicas > 1 not supported in non-clustered mode"
+        )
+
+    monkeypatch.setattr(js, "update_stream", refuse)
+    with pytest.raises(nats.js.errors.BadRequestError, match="non-clustered"):
+        await ensure_streams(js, replicas=3)
+    assert len(asked) == 1
