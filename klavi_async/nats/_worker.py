@@ -258,8 +258,9 @@ class CancelWorker:
         self._lanes.run(self._conclude_now(entry, outcome))
 
     async def _conclude_now(self, entry: Failed, outcome: CancelResult) -> None:
-        try:
-            await self._conclude(entry, outcome)
+        try:  # its record, then ack, nak (a retry later) or term
+            decision = self._decide(outcome, entry.delivery, entry.ref, entry.stored)
+            await self._settle(entry.msg, decision, entry.delivery, entry.ref)
         except Exception:
             self.stats.unsettled += 1
             logger.exception("a delivery could not be handled; it will be redelivered")
@@ -320,20 +321,14 @@ class CancelWorker:
                 outage.probe_failed(loop.time(), told=told)
 
     def _after_cancel(
-        self,
-        msg: Msg,
-        outcome: CancelResult,
-        delivery: int,
-        ref: str,
-        stored: float,
-        *,
+        self, msg: Msg, outcome: CancelResult, delivery: int, ref: str, stored: float, *,
         retry: bool,
-    ) -> Decision | None:
+    ) -> Decision | None:  # fmt: skip
         """
         What a cancel's result means for the outage watch, then for its message: held
         (Klavi is down), waiting (Klavi's fault or its own? what follows tells), or
         settled now.  Returns what to settle it with, or None: it is kept for later.
-        """  # fmt: skip
+        """
         outage = self._outage
         loop = asyncio.get_running_loop()
         failed = not is_final(outcome)
@@ -375,11 +370,6 @@ class CancelWorker:
                 self._outage_began()
             return None
         return self._decide(outcome, delivery, ref, stored)
-
-    async def _conclude(self, entry: Failed, outcome: CancelResult) -> None:
-        """Settle a cancel's outcome: its record, then ack, nak (a retry later) or term."""
-        decision = self._decide(outcome, entry.delivery, entry.ref, entry.stored)
-        await self._settle(entry.msg, decision, entry.delivery, entry.ref)
 
     def _decide(
         self, outcome: CancelResult | Poison | Decision, delivery: int, ref: str, stored: float
