@@ -14,8 +14,15 @@ from typing import Any
 import pytest
 from nats.aio.msg import Msg
 
+from klavi_async import CancelRequest
+from klavi_async.nats import CancelWorker
 from klavi_async.nats._request import delivery_of
 from klavi_async.nats._settle import Settler, WorkerStats, encode_record
+
+from ..conftest import CPF
+from ..fakes import json_response, mock_client
+from ..ratesim import VirtualLoop, run
+from .fakejs import FakeJetStream, _Stored
 
 REPLIES = [
     # v1: $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>
@@ -140,3 +147,35 @@ async def test_closing_stops_the_timer() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def requests(n: int) -> list[CancelRequest]:
+    return [CancelRequest(f"pay-{i:04d}", CPF) for i in range(n)]
+
+
+def test_a_poison_message_is_dead_lettered_whatever_the_retry_delay() -> None:
+    # A poison message's decision takes the worker's own schedule: before, decide()'s
+    # default max_retry_delay (300 s) refused a retry_delay above it, and the message
+    # was left unsettled, to come back for ever.
+    seen: dict[str, Any] = {}
+
+    async def main(loop: VirtualLoop) -> None:
+        js = FakeJetStream(loop)
+        js.enqueue(requests(1))
+        js.stored[2] = _Stored(b"not json", js.stored[1].stored_at)
+        client, _ = mock_client(lambda sent: json_response(200, {}))
+        worker = CancelWorker(client, js, retry_delay=400.0, max_retry_delay=600.0)  # type: ignore[arg-type]
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        while len(js.settled) < 2 and loop.time() < 60.0:
+            await asyncio.sleep(1.0)
+        stop.set()
+        await task
+        await client.aclose()
+        seen.update(js=js, stats=worker.stats)
+
+    run(main)
+    js, stats = seen["js"], seen["stats"]
+    assert js.settled == {1: "ack", 2: "term"}
+    assert stats.dead == 1 and stats.unsettled == 0
+    assert [record["reason"] for subject, record in js.records if "dead" in subject] == ["bad_json"]
