@@ -13,10 +13,11 @@ message with a minimal dead letter instead: it never will fit, and the server re
 without limit.
 
 A record's first publish is the cheap one (`_first`): a plain publish whose answer comes
-to one inbox for all of them, read with one `json.loads`; nats-py's `js.publish` costs
-a request inbox, a timer task and a parsed `PubAck` per record.  Anything but a clean
-"stored" (an error, no answer, no stream) goes to the careful `publish`, which starts
-over with the same id: the server drops the repeat or tells what stands.
+to one inbox for all of them, read with the C JSON scanner; nats-py's `js.publish` costs
+a request inbox, a timer task and a parsed `PubAck` per record.  One timer (`_expire`)
+watches every first publish's answer, not one each.  Anything but a clean "stored" (an
+error, no answer, no stream) goes to the careful `publish`, which starts over with the
+same id: the server drops the repeat or tells what stands.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any, Final, Literal
 
 import nats.errors
@@ -33,6 +35,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
+from .._speedups import parse_json
 from ._consumer import unsubscribe
 from ._decide import (
     DEAD_SUBJECT,
@@ -52,8 +55,26 @@ logger = logging.getLogger("klavi_async.nats")
 _TOO_LARGE_CODE: Final = 10054  # JetStream: "message size exceeds maximum allowed"
 _WRONG_LAST_CODE: Final = 10071  # JetStream: "wrong last sequence" (the subject holds one)
 EXPECTED_LAST: Final = "Nats-Expected-Last-Subject-Sequence"
-_compact: Final = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps makes one a call
 _FIRST_ANSWER: Final = 5.0  # seconds a first publish waits for its answer (nats-py's own)
+
+
+def _make_encoder() -> Callable[[dict[str, Any]], bytes]:
+    """
+    `json.dumps(record, separators=(",", ":")).encode()`, for a record (a flat dict of
+    JSON values, never circular).  `JSONEncoder.encode` builds its C encoder again on
+    every call; this one is built once (without the circular check, which a flat dict
+    does not need).  The plain encoder where the C one is missing.
+    """
+    plain = json.JSONEncoder(separators=(",", ":"))
+    make = getattr(json.encoder, "c_make_encoder", None)  # typeshed leaves it out
+    if make is None:  # pragma: no cover - CPython has it
+        return lambda record: plain.encode(record).encode()
+    ascii_ = json.encoder.encode_basestring_ascii
+    chunks = make(None, plain.default, ascii_, None, ":", ",", False, False, True)
+    return lambda record: "".join(chunks(record, 0)).encode()
+
+
+encode_record: Final = _make_encoder()
 
 _Published = Literal["stored", "failed", "too_large"]
 
@@ -94,17 +115,12 @@ class WorkerStats:
         )
 
 
-def _no_answer(waiter: asyncio.Future[bytes]) -> None:
-    if not waiter.done():
-        waiter.set_result(b"")  # not JSON: no answer
-
-
 class Settler:
     """A worker's settling of deliveries: its stream context, counters and timings."""
 
     __slots__ = (
         "_ack_wait", "_answers", "_box", "_js", "_remaking", "_retry_delay", "_sent",
-        "_waiting", "stats",
+        "_waiting", "_watch", "stats",
     )  # fmt: skip
 
     def __init__(
@@ -116,7 +132,9 @@ class Settler:
         self._box: Subscription | None = None  # the first publishes' answers, once open
         self._answers = ""  # their inbox prefix
         self._sent = 0  # first publishes so far: each answer's token
-        self._waiting: dict[str, asyncio.Future[bytes]] = {}  # by token
+        # By token, oldest first, each with when it stops waiting for its answer.
+        self._waiting: dict[str, tuple[asyncio.Future[bytes], float]] = {}
+        self._watch: asyncio.TimerHandle | None = None  # `_expire`, while any wait
 
     async def open(self) -> None:
         """Subscribe the inbox of the first publishes' answers (else every one is careful)."""
@@ -126,30 +144,51 @@ class Settler:
 
     async def close(self) -> None:
         box, self._box = self._box, None
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         await unsubscribe(box)
 
     async def _answer(self, msg: Msg) -> None:
-        waiter = self._waiting.pop(msg.subject[len(self._answers) + 1 :], None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(msg.data)
+        entry = self._waiting.pop(msg.subject[len(self._answers) + 1 :], None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_result(msg.data)
+
+    def _expire(self) -> None:
+        # The one timer of the first publishes: every answer not come by its time is
+        # none (b"", not JSON).  They wait alike, so the oldest first: it stops at the
+        # first one still in time, and comes back for it.
+        self._watch = None
+        waiting, now = self._waiting, asyncio.get_running_loop().time()
+        while waiting:
+            token = next(iter(waiting))
+            waiter, until = waiting[token]
+            if until > now:
+                self._watch = asyncio.get_running_loop().call_at(until, self._expire)
+                return
+            del waiting[token]
+            if not waiter.done():
+                waiter.set_result(b"")
 
     async def _first(self, subject: str, msg_id: str, body: bytes) -> bool:
         """Publish *body* once onto an empty *subject*; whether it is stored now."""
         self._sent += 1
         token = str(self._sent)
         loop = asyncio.get_running_loop()
-        self._waiting[token] = waiter = loop.create_future()
-        timer = loop.call_later(min(_FIRST_ANSWER, self._ack_wait / 3), _no_answer, waiter)
+        waiter: asyncio.Future[bytes] = loop.create_future()
+        until = loop.time() + min(_FIRST_ANSWER, self._ack_wait / 3)
+        self._waiting[token] = (waiter, until)
+        if self._watch is None:
+            self._watch = loop.call_at(until, self._expire)
         headers = {MSG_ID: msg_id, EXPECTED_LAST: "0"}
         try:
             await self._js._nc.publish(
                 subject, body, reply=f"{self._answers}.{token}", headers=headers
             )
-            answer = json.loads(await waiter)
-        except (nats.errors.Error, ValueError):
-            return False  # refused, too large, no answer in time: the careful publish tells
+            answer = parse_json(await waiter)  # None: not JSON (or no answer in time)
+        except nats.errors.Error:
+            return False  # refused, too large: the careful publish tells
         finally:
-            timer.cancel()
             self._waiting.pop(token, None)
         if not isinstance(answer, dict) or "error" in answer or "seq" not in answer:
             return False  # e.g. a 503 without a body (no stream): the careful publish tells
@@ -162,7 +201,7 @@ class Settler:
         stats = self.stats
         record, subject, msg_id = decision.record, decision.subject, decision.msg_id
         if record is not None and subject and msg_id:
-            body = _compact(record).encode()
+            body = encode_record(record)
             first = self._box is not None and await self._first(subject, msg_id, body)
             published = "stored" if first else await self.publish(subject, msg_id, record)
             if published == "too_large":
@@ -196,7 +235,7 @@ class Settler:
         within ack_wait.  A record already there stands ("stored": nothing to add),
         unless it is not final and this one is: then this one replaces it.
         """
-        body = _compact(record).encode()
+        body = encode_record(record)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._ack_wait
         pause, expected = 0.1, 0  # the subject's last sequence we accept: 0, none

@@ -36,7 +36,7 @@ from ._consumer import FETCH_TIMEOUT, Bell, Consumer, InProgress, hand_back
 from ._decide import LONGEST, Decision, Poison, check_schedule, check_settings, decide, is_final
 from ._lanes import Lanes
 from ._outage import FIRST_PROBE, LONGEST_PROBE, THRESHOLD, Outage
-from ._request import Failed, cancel_message
+from ._request import Failed, cancel_message, delivery_of
 from ._settle import Settler, WorkerStats
 from ._sharedlimit import SharedLimit
 from ._streams import REQUESTS_STREAM
@@ -258,8 +258,9 @@ class CancelWorker:
         self._lanes.run(self._conclude_now(entry, outcome))
 
     async def _conclude_now(self, entry: Failed, outcome: CancelResult) -> None:
-        try:
-            await self._conclude(entry, outcome)
+        try:  # its record, then ack, nak (a retry later) or term
+            decision = self._decide(outcome, entry.delivery, entry.ref, entry.stored)
+            await self._settle(entry.msg, decision, entry.delivery, entry.ref)
         except Exception:
             self.stats.unsettled += 1
             logger.exception("a delivery could not be handled; it will be redelivered")
@@ -294,21 +295,18 @@ class CancelWorker:
         self._in_progress.add(msg, loop.time())
         keep, told, ref = False, False, ""
         try:
-            meta = msg.metadata
-            delivery = meta.num_delivered
+            delivery, ref, stored = delivery_of(msg)
             if delivery > 1 and not held:
                 stats.redelivered += 1
-            stored = meta.timestamp.timestamp()
-            # The message, stably across redeliveries and apart from a message with the
-            # same sequence in a stream deleted and made again: its dead letter's subject.
-            ref = f"{meta.stream}:{meta.sequence.stream}:{round(stored * 1e6)}"
             outcome = await cancel_message(self._client, msg.data, delivery, ref)
             if isinstance(outcome, CancelResult):
                 told = True
-                entry = Failed(msg, outcome, delivery, ref, stored)
-                keep = await self._after_cancel(entry, outcome, retry=retry)
+                decision = self._after_cancel(msg, outcome, delivery, ref, stored, retry=retry)
+                keep = decision is None
             else:
-                await self._settle(msg, outcome, delivery, ref)
+                decision = self._decide(outcome, delivery, ref, stored)
+            if decision is not None:
+                await self._settle(msg, decision, delivery, ref)
         except Exception:
             # A broker failure (or the client closed under us): leave the message; it
             # comes back after ack_wait.
@@ -322,22 +320,25 @@ class CancelWorker:
             if probe and outage.probing:  # the probe failed, or could not tell
                 outage.probe_failed(loop.time(), told=told)
 
-    async def _after_cancel(self, entry: Failed, outcome: CancelResult, *, retry: bool) -> bool:
+    def _after_cancel(
+        self, msg: Msg, outcome: CancelResult, delivery: int, ref: str, stored: float, *,
+        retry: bool,
+    ) -> Decision | None:  # fmt: skip
         """
         What a cancel's result means for the outage watch, then for its message: held
         (Klavi is down), waiting (Klavi's fault or its own? what follows tells), or
-        settled now.  Returns whether the message is kept for later.
+        settled now.  Returns what to settle it with, or None: it is kept for later.
         """
         outage = self._outage
         loop = asyncio.get_running_loop()
         failed = not is_final(outcome)
         # A message held through an outage that fails again says nothing of
         # Klavi (it may be why the outage was seen): it never makes one.
-        tainted = failed and entry.ref in self._tainted
+        tainted = failed and ref in self._tainted
         # A retry of a waiting message says nothing of Klavi's health: timed by
         # its own schedule, it would sample a Klavi that lets one cancel a
         # second through as one that answers half.
-        change = None if tainted or retry else outage.record(failed, loop.time(), entry.ref)
+        change = None if tainted or retry else outage.record(failed, loop.time(), ref)
         if retry:  # the next retry at once after an answer, later after a failure
             self._retry_interval = (
                 min(2 * self._retry_interval, LONGEST_PROBE) if failed else FIRST_PROBE
@@ -351,9 +352,9 @@ class CancelWorker:
         if not failed:
             if self._pending and not retry and outage.healthy(loop.time()):
                 self._charge_pending()
-        elif outage.down and self._age(entry.stored) < self._max_age:
-            self._hold(entry)  # held: retried when Klavi answers again
-            return True
+        elif outage.down and self._age(stored) < self._max_age:
+            self._hold(Failed(msg, outcome, delivery, ref, stored))  # retried when Klavi answers
+            return None
         elif not (outage.down or outage.healthy(loop.time(), shown=tainted)):
             # Klavi fails as many as it answers (just after an outage, too; for
             # a message held through it, it must have answered one since): its
@@ -363,29 +364,29 @@ class CancelWorker:
             if not self._pending and not retry:  # the first waiting: retried soon
                 self._retry_at = loop.time() + FIRST_PROBE
                 self._retry_interval = FIRST_PROBE
-            self._pending.append(entry)
+            self._pending.append(Failed(msg, outcome, delivery, ref, stored))
             if sum(e.ref not in self._tainted for e in self._pending) >= THRESHOLD:
                 outage.begin(loop.time())
                 self._outage_began()
-            return True
-        await self._conclude(entry, outcome)
-        return False
+            return None
+        return self._decide(outcome, delivery, ref, stored)
 
-    async def _conclude(self, entry: Failed, outcome: CancelResult) -> None:
-        """Settle a cancel's outcome: its record, then ack, nak (a retry later) or term."""
-        decision = decide(
-            entry.delivery, self._max_deliver, outcome, self._retry_delay, ref=entry.ref,
-            max_retry_delay=self._max_retry_delay, age=self._age(entry.stored),
+    def _decide(
+        self, outcome: CancelResult | Poison | Decision, delivery: int, ref: str, stored: float
+    ) -> Decision:
+        """`decide()` with this worker's settings (a `Decision` already made stands)."""
+        if isinstance(outcome, Decision):
+            return outcome
+        return decide(
+            delivery, self._max_deliver, outcome, self._retry_delay, ref=ref,
+            max_retry_delay=self._max_retry_delay, age=self._age(stored),
             max_age=self._max_age,
         )  # fmt: skip
-        await self._settle(entry.msg, decision, entry.delivery, entry.ref)
 
-    async def _settle(self, msg: Msg, outcome: Poison | Decision, delivery: int, ref: str) -> None:
-        if not isinstance(outcome, Decision):
-            outcome = decide(delivery, self._max_deliver, outcome, self._retry_delay, ref=ref)
-        if outcome.halt:
+    async def _settle(self, msg: Msg, decision: Decision, delivery: int, ref: str) -> None:
+        if decision.halt:
             self._halt_on()
-        await self._settler.settle(msg, outcome, delivery, ref)
+        await self._settler.settle(msg, decision, delivery, ref)
 
     def _age(self, enqueued: float) -> float:
         """Seconds since the request was stored in the stream (wall clocks: a guess)."""
