@@ -21,6 +21,10 @@ in the test.
    not two coroutines (0.5 µs per pull).
 6. `request_headers`: the headers a request sends: the caller's dict as it is when nothing
    is added, one copy otherwise, so no dict the caller keeps ever holds the token.
+7. `PathURLs`: `base.with_path(path, encoded=True)` as yarl's own parser builds a URL (its
+   slots set, its cache filled), with what depends only on the base (host, port, ...)
+   worked out once per client instead of once per request by aiohttp's first look at it
+   (and no `lru_cache` miss in yarl's `from_parts`: every cancel's path is new).
 """
 
 from __future__ import annotations
@@ -34,10 +38,12 @@ from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 import attrs
+from yarl import URL
 
 from ._results import Attempt, Cancelled
 
 __all__ = [
+    "PathURLs",
     "Turns",
     "cancel_body",
     "fast_constructor",
@@ -235,3 +241,73 @@ def request_headers(
     if user_agent is not None:
         sent["User-Agent"] = user_agent
     return sent
+
+
+# -- 7. request URLs -----------------------------------------------------------------
+
+_URL_SLOTS: Final = ("_cache", "_scheme", "_netloc", "_path", "_query", "_fragment")
+_BASE_KEYS: Final = (
+    "absolute",
+    "scheme",
+    "raw_authority",
+    "authority",
+    "raw_user",
+    "user",
+    "raw_password",
+    "password",
+    "raw_host",
+    "host",
+    "host_subcomponent",
+    "host_port_subcomponent",
+    "port",
+    "explicit_port",
+    "raw_query_string",
+    "query_string",
+    "raw_fragment",
+    "fragment",
+)
+"""yarl's cached properties that depend on the scheme and netloc alone (or on the empty
+query and fragment every URL built here has): the same for every path on one base."""
+
+
+class PathURLs:
+    """
+    `base.with_path(path, encoded=True)` for many encoded absolute paths on one base.
+
+    yarl builds a URL from parts with an empty cache, so aiohttp's first look at each
+    request's URL parses the netloc again and fills host, port and user one property at a
+    time, and `from_parts` goes through an `lru_cache` that a new payment id always misses.
+    Here the URL is made as yarl's own parser makes one (`object.__new__`, its six slots,
+    a filled cache), the base's part of the cache copied from one URL worked out once.
+    Used only when yarl's URL still has the slots this relies on; `with_path` otherwise.
+    """
+
+    __slots__ = ("_base", "_known", "_netloc", "_scheme")
+
+    def __init__(self, base: URL) -> None:
+        self._base = base
+        sample = base.with_path("/", encoded=True)
+        cache = getattr(sample, "_cache", None)
+        self._known: dict[str, Any] | None = None
+        self._scheme = self._netloc = ""
+        if getattr(URL, "__slots__", None) == _URL_SLOTS and isinstance(cache, dict):
+            for name in _BASE_KEYS:
+                getattr(sample, name)  # cached by yarl as it is read
+            self._known = {key: cache[key] for key in _BASE_KEYS if key in cache}
+            self._scheme, self._netloc = sample._scheme, sample._netloc
+
+    def __call__(self, path: str) -> URL:
+        """The base with *path* (encoded, starting with '/'), query and fragment dropped."""
+        known = self._known
+        if known is None:
+            return self._base.with_path(path, encoded=True)
+        url: Any = object.__new__(URL)
+        url._scheme = self._scheme
+        url._netloc = self._netloc
+        url._path = path
+        url._query = url._fragment = ""
+        cache = known.copy()
+        cache["raw_path"] = cache["raw_path_qs"] = path
+        url._cache = cache
+        built: URL = url  # no `cast()`: a call at run time
+        return built

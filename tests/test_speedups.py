@@ -17,10 +17,12 @@ from typing import Any
 import attrs
 import pytest
 from hypothesis import given, strategies as st
+from yarl import URL
 
 from klavi_async import Attempt, Cancelled, ErrorKind
 from klavi_async._documents import validate_document
 from klavi_async._speedups import (
+    PathURLs,
     Turns,
     cancel_body,
     fast_constructor,
@@ -353,3 +355,59 @@ def test_request_headers_equal_the_plain_merge_and_never_touch_the_callers_dict(
         plain["User-Agent"] = user_agent
     assert request_headers(headers, authorization, user_agent) == plain
     assert headers == before
+
+
+# -- 7. request URLs -------------------------------------------------------------------
+
+_BASES = [
+    "https://api.klavi.ai",
+    "https://api-sandbox.klavi.ai/",
+    "https://user:pass@h.example:8443/base/",
+    "http://[::1]:9000/prefix",
+    "http://127.0.0.1:45567",
+    "https://EXAMPLE.com.",
+    "https://h.example:443/x?q=1#f",
+]
+
+
+def _url_values(url: URL) -> dict[str, object]:
+    """Every public property of *url*: what aiohttp, or anyone, may read from it."""
+    names = [n for n in dir(URL) if not n.startswith("_")]
+    return {n: getattr(url, n) for n in names if not callable(getattr(url, n))}
+
+
+@given(
+    base=st.sampled_from(_BASES),
+    segments=st.lists(
+        st.text("abcXYZ019-._~%2F", min_size=1, max_size=12), min_size=1, max_size=4
+    ),
+)
+def test_path_urls_equal_with_path_in_every_property(base: str, segments: list[str]) -> None:
+    parsed = URL(base, encoded=True)
+    path = "/" + "/".join(segments)
+    fast, plain = PathURLs(parsed)(path), parsed.with_path(path, encoded=True)
+    assert type(fast) is URL
+    assert fast == plain and hash(fast) == hash(plain) and str(fast) == str(plain)
+    assert _url_values(fast) == _url_values(plain)
+    # Read in the other order too: nothing one filled in differs from the other's.
+    again = PathURLs(parsed)(path)
+    assert _url_values(plain) == _url_values(again)
+
+
+def test_path_urls_share_nothing_mutable_between_urls() -> None:
+    urls = PathURLs(URL("https://api.klavi.ai", encoded=True))
+    first, second = urls("/a/1"), urls("/a/2")
+    assert first.raw_path_qs == "/a/1" and second.raw_path_qs == "/a/2"
+    assert first.path == "/a/1" and second.path == "/a/2"
+    assert first.parent != second
+
+
+def test_path_urls_fall_back_to_with_path_on_a_yarl_it_does_not_know(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import klavi_async._speedups as speedups
+
+    monkeypatch.setattr(speedups, "_URL_SLOTS", ("_val", "_cache"))
+    urls = PathURLs(URL("https://api.klavi.ai/v1", encoded=True))
+    assert urls._known is None
+    assert urls("/a/1") == URL("https://api.klavi.ai/a/1")
