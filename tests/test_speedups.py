@@ -98,10 +98,14 @@ def test_fast_constructor_of_another_class() -> None:
 )
 def test_new_attempt_equals_the_attrs_constructor(**values: Any) -> None:
     fast = new_attempt(delay=None, **values)
-    assert type(fast) is Attempt
+    assert type(fast) is Attempt  # the twin it was built as is gone
     assert fast == Attempt(**values)
     assert repr(fast) == repr(Attempt(**values))
+    assert hash(fast) == hash(Attempt(**values))
     assert fast.delay is None
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        fast.number = 2  # type: ignore[misc]
+    assert attrs.evolve(fast, delay=1.0).delay == 1.0
 
 
 @given(
