@@ -27,6 +27,10 @@ in the test.
    slots set, its cache filled), with what depends only on the base (host, port, ...)
    worked out once per client instead of once per request by aiohttp's first look at it
    (and no `lru_cache` miss in yarl's `from_parts`: every cancel's path is new).
+8. `slot_builder`: a plain slotted class (`Outcome`, `RetryLoop`) made with
+   `object.__new__` and one store per slot, not by calling the class: a call of a class
+   whose `__init__` is Python goes through `type_call`, `slot_tp_init` and, with
+   keywords, a dict each way (CPython 3.11), about 2,500 instructions more per object.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ __all__ = [
     "new_cancelled",
     "parse_json",
     "request_headers",
+    "slot_builder",
     "uuid4",
     "uuid4_pair",
 ]
@@ -323,3 +328,37 @@ class PathURLs:
         url._cache = cache
         built: URL = url  # no `cast()`: a call at run time
         return built
+
+
+# -- 8. plain slotted objects without the class call ---------------------------------
+
+
+def slot_builder(cls: type[T], /, **fixed: object) -> Callable[..., T]:
+    """
+    A keyword-only builder of *cls*, a plain slotted class: every slot is set, to the
+    keyword of its name or to its value in *fixed*; `__init__` is not run.
+
+    For the hot path's own objects, whose `__init__` only stores what it is given: the
+    module that owns the class says which values are fixed, and a test holds the result
+    next to what the class call makes, slot by slot.  A value in *fixed* is shared by
+    every object built, so it must be immutable (None, a bool, a string, a function).
+    """
+    slots = [
+        name
+        for klass in reversed(cls.__mro__)
+        for name in klass.__dict__.get("__slots__", ())
+        if name != "__weakref__"
+    ]
+    unknown = set(fixed) - set(slots)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no slot {sorted(unknown)}")
+    given = [name for name in slots if name not in fixed]
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    namespace.update({f"_fixed{name}": value for name, value in fixed.items()})
+    lines = [f"def build(*, {', '.join(given)}):", "    obj = _new(_cls)"]
+    lines += [f"    obj.{n} = {'_fixed' + n if n in fixed else n}" for n in slots]
+    lines.append("    return obj")
+    exec("\n".join(lines), namespace)  # noqa: S102  # nosec B102 - slot names, as attrs does
+    build: Callable[..., T] = namespace["build"]
+    build.__qualname__ = build.__name__ = f"build_{cls.__name__.lower()}"
+    return build

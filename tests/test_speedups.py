@@ -30,6 +30,7 @@ from klavi_async._speedups import (
     new_cancelled,
     parse_json,
     request_headers,
+    slot_builder,
     uuid4,
     uuid4_pair,
 )
@@ -382,9 +383,7 @@ def _url_values(url: URL) -> dict[str, object]:
 
 @given(
     base=st.sampled_from(_BASES),
-    segments=st.lists(
-        st.text("abcXYZ019-._~%2F", min_size=1, max_size=12), min_size=1, max_size=4
-    ),
+    segments=st.lists(st.text("abcXYZ019-._~%2F", min_size=1, max_size=12), min_size=1, max_size=4),
 )
 def test_path_urls_equal_with_path_in_every_property(base: str, segments: list[str]) -> None:
     parsed = URL(base, encoded=True)
@@ -415,3 +414,61 @@ def test_path_urls_fall_back_to_with_path_on_a_yarl_it_does_not_know(
     urls = PathURLs(URL("https://api.klavi.ai/v1", encoded=True))
     assert urls._known is None
     assert urls("/a/1") == URL("https://api.klavi.ai/a/1")
+
+
+# -- 8. plain slotted objects without the class call -----------------------------------
+
+
+def _slots(obj: object) -> dict[str, object]:
+    names = [n for k in type(obj).__mro__ for n in k.__dict__.get("__slots__", ())]
+    return {n: getattr(obj, n) for n in names if n != "__weakref__"}
+
+
+def test_slot_builder_sets_every_slot_and_refuses_what_is_no_slot() -> None:
+    class Point:
+        __slots__ = ("x", "y")
+
+        def __init__(self, x: int, y: int = 0) -> None:
+            self.x, self.y = x, y
+
+    build = slot_builder(Point, y=0)
+    assert _slots(build(x=1)) == _slots(Point(1))
+    with pytest.raises(TypeError):
+        build(1)  # keyword-only
+    with pytest.raises(TypeError, match="no slot"):
+        slot_builder(Point, z=1)
+
+
+@given(
+    status=st.integers(200, 299),
+    body=st.none() | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    request_id=st.none() | st.text(max_size=8),
+)
+def test_a_success_outcome_equals_the_class_call(
+    status: int, body: object, request_id: str | None
+) -> None:
+    from klavi_async._outcome import Outcome, _new_success
+
+    fast = _new_success(http_status=status, body=body, request_id=request_id)
+    assert type(fast) is Outcome
+    assert _slots(fast) == _slots(Outcome(None, status, body=body, request_id=request_id))
+
+
+@pytest.mark.parametrize("start", [None, 5.0])
+@pytest.mark.parametrize(("safe", "counted"), [(False, True), (True, False)])
+def test_new_retry_loop_equals_the_class_call(
+    start: float | None, safe: bool, counted: bool
+) -> None:
+    from klavi_async import RetryBudget, RetryPolicy
+    from klavi_async._retry import RetryLoop, new_retry_loop
+
+    policy, budget, observer = RetryPolicy(), RetryBudget(), object()
+
+    async def sleep(_: float) -> None: ...
+
+    kwargs: dict[str, Any] = {"clock": lambda: 3.0, "sleep": sleep, "observer": observer}
+    kwargs.update(start=start, safe=safe, counted=counted)
+    fast, plain = new_retry_loop(policy, budget, **kwargs), RetryLoop(policy, budget, **kwargs)
+    assert type(fast) is RetryLoop
+    assert _slots(fast) == _slots(plain)
+    assert fast.history is not new_retry_loop(policy, budget, **kwargs).history  # fresh
