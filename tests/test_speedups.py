@@ -23,6 +23,7 @@ from klavi_async import Attempt, Cancelled, ErrorKind
 from klavi_async._documents import validate_document
 from klavi_async._speedups import (
     PathURLs,
+    Slots,
     Turns,
     cancel_body,
     fast_constructor,
@@ -472,3 +473,79 @@ def test_new_retry_loop_equals_the_class_call(
     assert type(fast) is RetryLoop
     assert _slots(fast) == _slots(plain)
     assert fast.history is not new_retry_loop(policy, budget, **kwargs).history  # fresh
+
+
+# -- 5b. slots ---------------------------------------------------------------------------
+
+
+async def _semaphore_story(take: Any, give: Any) -> list[str]:
+    """Six pullers over two slots, one cancelled while it queues: who got a slot, in order."""
+    order: list[str] = []
+
+    async def pull(n: int) -> None:
+        await take()
+        order.append(f"in {n}")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        order.append(f"out {n}")
+        give()
+
+    tasks = [asyncio.create_task(pull(n)) for n in range(6)]
+    await asyncio.sleep(0)
+    tasks[3].cancel()  # queued: it must not take a slot, nor lose one
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await take()
+    await take()  # both slots are back
+    order.append("end")
+    return order
+
+
+async def test_slots_give_what_asyncio_semaphore_gives() -> None:
+    slots = Slots(2)
+
+    async def take() -> None:
+        if not slots.take_now():
+            await slots.take()
+
+    semaphore = asyncio.Semaphore(2)
+    assert await _semaphore_story(take, slots.give) == await _semaphore_story(
+        semaphore.acquire, semaphore.release
+    )
+
+
+async def test_slots_pass_on_a_slot_handed_to_a_cancelled_waiter() -> None:
+    slots = Slots(1)
+    assert slots.take_now()
+    assert not slots.take_now()
+    first = asyncio.create_task(slots.take())
+    second = asyncio.create_task(slots.take())
+    await asyncio.sleep(0)
+    slots.give()  # hands the slot to `first` ...
+    first.cancel()  # ... which is cancelled before it runs
+    await asyncio.wait_for(second, 1.0)  # so `second` gets it, as with asyncio.Semaphore
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    slots.give()
+    assert slots.take_now()
+
+
+async def test_slots_take_a_free_slot_past_waiters_that_were_all_cancelled() -> None:
+    slots = Slots(1)
+    assert slots.take_now()
+    queued = asyncio.create_task(slots.take())
+    await asyncio.sleep(0)
+    queued.cancel()  # still in the queue until it runs
+    slots.give()
+    assert not slots.take_now()  # someone queues: the inline path does not decide
+    await asyncio.wait_for(slots.take(), 1.0)  # Semaphore.acquire(): the slot is free
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+
+
+def test_turns_try_take_is_free_then_take_now() -> None:
+    turns = Turns()
+    assert turns.try_take()
+    assert not turns.free
+    assert not turns.try_take()
+    turns.give()
+    assert turns.free
