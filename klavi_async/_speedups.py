@@ -28,7 +28,8 @@ in the test.
 7. `PathURLs`: `base.with_path(path, encoded=True)` as yarl's own parser builds a URL (its
    slots set, its cache filled), with what depends only on the base (host, port, ...)
    worked out once per client instead of once per request by aiohttp's first look at it
-   (and no `lru_cache` miss in yarl's `from_parts`: every cancel's path is new).
+   (and no `lru_cache` miss in yarl's `from_parts`: every cancel's path is new): about
+   13,500 instructions per call end to end.
 8. `slot_builder`: a plain slotted class (`Outcome`, `RetryLoop`) made with
    `object.__new__` and one store per slot, not by calling the class: a call of a class
    whose `__init__` is Python goes through `type_call`, `slot_tp_init` and, with
