@@ -40,7 +40,7 @@ from ._events import (
 from ._kinds import ErrorKind, result_retryable
 from ._outcome import Outcome, classify_response, cut_outcome, transport_outcome
 from ._ratelimit import RateLimit, RateLimiter
-from ._retry import RetryLoop, RetryPolicy
+from ._retry import RetryLoop, RetryPolicy, new_retry_loop
 from ._speedups import new_attempt, uuid4
 from ._tokens import Bearer, ClientCredentials, TokenCache, TokenProvider
 from ._transport import HTTPTransport, Response, TransportFailure
@@ -143,7 +143,7 @@ class Shared:
         policy = self.policy
         if deadline is not None and policy.deadline != deadline:
             policy = attrs.evolve(policy, deadline=deadline)
-        return RetryLoop(
+        return new_retry_loop(
             policy,
             self.budget,
             clock=self.clock,
@@ -254,10 +254,13 @@ class Call:
             else:
                 outcome = self._classify(response, token)
                 if limiter is not None:  # a 429/529 throttles it, any other answer counts
-                    self._tell(limiter, response.status, outcome.retry_after, started)
+                    if outcome.retry_after is None:  # nothing to cap: `_tell`'s work, inline
+                        limiter.on_response(response.status, None, started)
+                    else:
+                        self._tell(limiter, response.status, outcome.retry_after, started)
             self._record(loop, method, outcome, c.clock() - started, refreshed)
-            if not replays(token, outcome, self._replayed):
-                return outcome
+            if outcome.kind is None or not replays(token, outcome, self._replayed):
+                return outcome  # (a success never replays: no need to ask)
             # 401: drop this token if it is still the cached one, get another, replay once.
             self._replayed = True
             self._tokens.invalidate(token)  # type: ignore[arg-type]  # replays() checked it
@@ -340,7 +343,7 @@ class Call:
             request_id=outcome.request_id,
             token_refreshed=refreshed,
         )
-        loop.record(attempt)
+        loop.history.append(attempt)  # `loop.record(attempt)`, one call less
         events = self._shared.events
         if events.wants(DEBUG):
             events.emit(

@@ -24,11 +24,11 @@ from collections.abc import (
     Iterable,
     Iterator,
 )
-from typing import Any, cast
+from typing import Any
 
 from ._errors import CancelResult, ClientClosedError
 from ._results import CancelRequest
-from ._speedups import Turns
+from ._speedups import Slots, Turns
 
 __all__ = ["stream"]
 
@@ -65,14 +65,13 @@ class _Input:
                 item = next(self._sync)
             else:
                 turns = self._turns
-                if turns.free:
-                    turns.take_now()
-                else:
+                if not turns.try_take():
                     await turns.take()
                 try:
                     if self.exhausted:
                         return None
-                    item = await anext(cast("AsyncIterator[Any]", self._async))
+                    source: AsyncIterator[Any] = self._async  # type: ignore[assignment]
+                    item = await anext(source)
                 finally:
                     turns.give()
         except (StopIteration, StopAsyncIteration):
@@ -155,7 +154,7 @@ async def stream(
                 # when this one is handed over: at concurrency 1, a loop that awaits
                 # something, then breaks, has sent nothing more.
                 yield pool.finished.popleft()
-                pool.slots.release()
+                pool.slots.give()
                 continue
             pool.reap()
             if not pool.workers:
@@ -197,7 +196,7 @@ class _Pool:
         # One at a time means one: the next cancel goes only once the consumer asks for the
         # next result, so a consumer that stops on a result stops before anything more.
         slots = 1 if concurrency == 1 else _SLOTS_PER_WORKER * concurrency
-        self.slots = asyncio.Semaphore(slots)
+        self.slots = Slots(slots)  # `asyncio.Semaphore(slots)`, its free path inline
         self._waiter: asyncio.Future[None] | None = None
         self.workers: Workers = set()
         self._started = 0
@@ -239,10 +238,11 @@ class _Pool:
         source = self.source
         slots = self.slots
         while True:
-            await slots.acquire()
+            if not slots.take_now():
+                await slots.take()
             request = await source.next()
             if request is None:
-                slots.release()
+                slots.give()
                 return
             if self._started < self._concurrency and not source.exhausted:
                 self.start()  # input is arriving: one more worker, until there are enough
@@ -250,7 +250,9 @@ class _Pool:
                 call = self._run(request)
             except TypeError as exc:  # a CancelRequest whose fields are not strings
                 source.fail(exc)
-                slots.release()
+                slots.give()
                 return
             self.finished.append(await call)
-            self._wake()
+            waiter = self._waiter  # `_wake()`, inline: once per item
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)

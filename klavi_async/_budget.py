@@ -86,8 +86,10 @@ class _Window:
         self.first_sum = self.retry_sum = 0
         self.total_first = self.total_retries = self.total_rejected = 0
 
-    def advance(self) -> None:
-        bucket = int(self.clock() / self.width)
+    def advance(self, bucket: int | None = None) -> None:
+        """Move the window on to *bucket* (None: the clock's bucket now)."""
+        if bucket is None:
+            bucket = int(self.clock() / self.width)
         steps = bucket - self.bucket
         if steps <= 0:
             return
@@ -142,7 +144,9 @@ class RetryBudget:
     def record_attempt(self) -> None:
         """Count a call's first attempt; each one earns `ratio` of a retry."""
         state = self._state
-        state.advance()
+        bucket = int(state.clock() / state.width)
+        if bucket != state.bucket:  # most calls land in the bucket of the one before
+            state.advance(bucket)
         state.firsts[state.bucket % _BUCKETS] += 1
         state.first_sum += 1
         state.total_first += 1

@@ -28,9 +28,10 @@ from ._budget import RetryBudget
 from ._kinds import DEFAULT_RETRY_STATUSES, attempt_retryable
 from ._outcome import Outcome
 from ._results import Attempt
+from ._speedups import slot_builder
 from ._values import non_negative
 
-__all__ = ["RetryLoop", "RetryObserver", "RetryPolicy", "StopReason"]
+__all__ = ["RetryLoop", "RetryObserver", "RetryPolicy", "StopReason", "new_retry_loop"]
 
 StopReason = Literal["attempts", "deadline", "budget"]
 
@@ -272,6 +273,38 @@ class RetryLoop:
 
     def _give_up(self, state: _t.RetryCallState) -> Outcome:
         return _last(state)
+
+
+_build_loop = slot_builder(RetryLoop, _rng=random.random, stop_reason=None, refused_wait=None)
+
+
+def new_retry_loop(
+    policy: RetryPolicy,
+    budget: RetryBudget,
+    *,
+    clock: Callable[[], float],
+    sleep: Callable[[float], Awaitable[None]],
+    observer: RetryObserver,
+    start: float | None,
+    safe: bool,
+    counted: bool,
+) -> RetryLoop:
+    """
+    `RetryLoop(policy, budget, clock=..., ...)` without the class call (one per call on
+    the hot path: `_speedups.slot_builder`); tests hold the two side by side.
+    """
+    loop: RetryLoop = _build_loop(
+        _policy=policy,
+        _budget=budget,
+        _clock=clock,
+        _sleep=sleep,
+        _observer=observer,
+        _safe=safe,
+        _counted=counted,
+        start=clock() if start is None else start,
+        history=[],
+    )
+    return loop
 
 
 def _last(state: _t.RetryCallState) -> Outcome:

@@ -206,7 +206,9 @@ class Transport:
         `Authorization` header is added here, in a dict no caller's frame holds; a
         cancellation is re-raised fresh from here, with no frame that saw the header.
         """
-        session = self.get_session()
+        session = self._session
+        if session is None or not self._owns_session:
+            session = self.get_session()  # made on first use; a borrowed one checked
         sent_headers = request_headers(
             headers,
             None if auth is None else auth.header,
@@ -220,7 +222,7 @@ class Transport:
                 url,
                 data=body,
                 headers=sent_headers,
-                timeout=self._timeout(timeout),
+                timeout=self._timeouts.get(timeout) or self._timeout(timeout),
                 allow_redirects=False,
                 ssl=self._request_ssl,
             ) as resp:

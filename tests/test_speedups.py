@@ -17,10 +17,13 @@ from typing import Any
 import attrs
 import pytest
 from hypothesis import given, strategies as st
+from yarl import URL
 
 from klavi_async import Attempt, Cancelled, ErrorKind
 from klavi_async._documents import validate_document
 from klavi_async._speedups import (
+    PathURLs,
+    Slots,
     Turns,
     cancel_body,
     fast_constructor,
@@ -28,6 +31,7 @@ from klavi_async._speedups import (
     new_cancelled,
     parse_json,
     request_headers,
+    slot_builder,
     uuid4,
     uuid4_pair,
 )
@@ -96,10 +100,14 @@ def test_fast_constructor_of_another_class() -> None:
 )
 def test_new_attempt_equals_the_attrs_constructor(**values: Any) -> None:
     fast = new_attempt(delay=None, **values)
-    assert type(fast) is Attempt
+    assert type(fast) is Attempt  # the twin it was built as is gone
     assert fast == Attempt(**values)
     assert repr(fast) == repr(Attempt(**values))
+    assert hash(fast) == hash(Attempt(**values))
     assert fast.delay is None
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        fast.number = 2  # type: ignore[misc]
+    assert attrs.evolve(fast, delay=1.0).delay == 1.0
 
 
 @given(
@@ -353,3 +361,191 @@ def test_request_headers_equal_the_plain_merge_and_never_touch_the_callers_dict(
         plain["User-Agent"] = user_agent
     assert request_headers(headers, authorization, user_agent) == plain
     assert headers == before
+
+
+# -- 7. request URLs -------------------------------------------------------------------
+
+_BASES = [
+    "https://api.klavi.ai",
+    "https://api-sandbox.klavi.ai/",
+    "https://user:pass@h.example:8443/base/",
+    "http://[::1]:9000/prefix",
+    "http://127.0.0.1:45567",
+    "https://EXAMPLE.com.",
+    "https://h.example:443/x?q=1#f",
+]
+
+
+def _url_values(url: URL) -> dict[str, object]:
+    """Every public property of *url*: what aiohttp, or anyone, may read from it."""
+    names = [n for n in dir(URL) if not n.startswith("_")]
+    return {n: getattr(url, n) for n in names if not callable(getattr(url, n))}
+
+
+@given(
+    base=st.sampled_from(_BASES),
+    segments=st.lists(st.text("abcXYZ019-._~%2F", min_size=1, max_size=12), min_size=1, max_size=4),
+)
+def test_path_urls_equal_with_path_in_every_property(base: str, segments: list[str]) -> None:
+    parsed = URL(base, encoded=True)
+    path = "/" + "/".join(segments)
+    fast, plain = PathURLs(parsed)(path), parsed.with_path(path, encoded=True)
+    assert type(fast) is URL
+    assert fast == plain and hash(fast) == hash(plain) and str(fast) == str(plain)
+    assert _url_values(fast) == _url_values(plain)
+    # Read in the other order too: nothing one filled in differs from the other's.
+    again = PathURLs(parsed)(path)
+    assert _url_values(plain) == _url_values(again)
+
+
+def test_path_urls_share_nothing_mutable_between_urls() -> None:
+    urls = PathURLs(URL("https://api.klavi.ai", encoded=True))
+    first, second = urls("/a/1"), urls("/a/2")
+    assert first.raw_path_qs == "/a/1" and second.raw_path_qs == "/a/2"
+    assert first.path == "/a/1" and second.path == "/a/2"
+    assert first.parent != second
+
+
+def test_path_urls_fall_back_to_with_path_on_a_yarl_it_does_not_know(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import klavi_async._speedups as speedups
+
+    monkeypatch.setattr(speedups, "_URL_SLOTS", ("_val", "_cache"))
+    urls = PathURLs(URL("https://api.klavi.ai/v1", encoded=True))
+    assert urls._known is None
+    assert urls("/a/1") == URL("https://api.klavi.ai/a/1")
+
+
+# -- 8. plain slotted objects without the class call -----------------------------------
+
+
+def _slots(obj: object) -> dict[str, object]:
+    names = [n for k in type(obj).__mro__ for n in k.__dict__.get("__slots__", ())]
+    return {n: getattr(obj, n) for n in names if n != "__weakref__"}
+
+
+def test_slot_builder_sets_every_slot_and_refuses_what_is_no_slot() -> None:
+    class Point:
+        __slots__ = ("x", "y")
+
+        def __init__(self, x: int, y: int = 0) -> None:
+            self.x, self.y = x, y
+
+    build = slot_builder(Point, y=0)
+    assert _slots(build(x=1)) == _slots(Point(1))
+    with pytest.raises(TypeError):
+        build(1)  # keyword-only
+    with pytest.raises(TypeError, match="no slot"):
+        slot_builder(Point, z=1)
+
+
+@given(
+    status=st.integers(200, 299),
+    body=st.none() | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    request_id=st.none() | st.text(max_size=8),
+)
+def test_a_success_outcome_equals_the_class_call(
+    status: int, body: object, request_id: str | None
+) -> None:
+    from klavi_async._outcome import Outcome, _new_success
+
+    fast = _new_success(http_status=status, body=body, request_id=request_id)
+    assert type(fast) is Outcome
+    assert _slots(fast) == _slots(Outcome(None, status, body=body, request_id=request_id))
+
+
+@pytest.mark.parametrize("start", [None, 5.0])
+@pytest.mark.parametrize(("safe", "counted"), [(False, True), (True, False)])
+def test_new_retry_loop_equals_the_class_call(
+    start: float | None, safe: bool, counted: bool
+) -> None:
+    from klavi_async import RetryBudget, RetryPolicy
+    from klavi_async._retry import RetryLoop, new_retry_loop
+
+    policy, budget, observer = RetryPolicy(), RetryBudget(), object()
+
+    async def sleep(_: float) -> None: ...
+
+    kwargs: dict[str, Any] = {"clock": lambda: 3.0, "sleep": sleep, "observer": observer}
+    kwargs.update(start=start, safe=safe, counted=counted)
+    fast, plain = new_retry_loop(policy, budget, **kwargs), RetryLoop(policy, budget, **kwargs)
+    assert type(fast) is RetryLoop
+    assert _slots(fast) == _slots(plain)
+    assert fast.history is not new_retry_loop(policy, budget, **kwargs).history  # fresh
+
+
+# -- 5b. slots ---------------------------------------------------------------------------
+
+
+async def _semaphore_story(take: Any, give: Any) -> list[str]:
+    """Six pullers over two slots, one cancelled while it queues: who got a slot, in order."""
+    order: list[str] = []
+
+    async def pull(n: int) -> None:
+        await take()
+        order.append(f"in {n}")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        order.append(f"out {n}")
+        give()
+
+    tasks = [asyncio.create_task(pull(n)) for n in range(6)]
+    await asyncio.sleep(0)
+    tasks[3].cancel()  # queued: it must not take a slot, nor lose one
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await take()
+    await take()  # both slots are back
+    order.append("end")
+    return order
+
+
+async def test_slots_give_what_asyncio_semaphore_gives() -> None:
+    slots = Slots(2)
+
+    async def take() -> None:
+        if not slots.take_now():
+            await slots.take()
+
+    semaphore = asyncio.Semaphore(2)
+    assert await _semaphore_story(take, slots.give) == await _semaphore_story(
+        semaphore.acquire, semaphore.release
+    )
+
+
+async def test_slots_pass_on_a_slot_handed_to_a_cancelled_waiter() -> None:
+    slots = Slots(1)
+    assert slots.take_now()
+    assert not slots.take_now()
+    first = asyncio.create_task(slots.take())
+    second = asyncio.create_task(slots.take())
+    await asyncio.sleep(0)
+    slots.give()  # hands the slot to `first` ...
+    first.cancel()  # ... which is cancelled before it runs
+    await asyncio.wait_for(second, 1.0)  # so `second` gets it, as with asyncio.Semaphore
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    slots.give()
+    assert slots.take_now()
+
+
+async def test_slots_take_a_free_slot_past_waiters_that_were_all_cancelled() -> None:
+    slots = Slots(1)
+    assert slots.take_now()
+    queued = asyncio.create_task(slots.take())
+    await asyncio.sleep(0)
+    queued.cancel()  # still in the queue until it runs
+    slots.give()
+    assert not slots.take_now()  # someone queues: the inline path does not decide
+    await asyncio.wait_for(slots.take(), 1.0)  # Semaphore.acquire(): the slot is free
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+
+
+def test_turns_try_take_is_free_then_take_now() -> None:
+    turns = Turns()
+    assert turns.try_take()
+    assert not turns.free
+    assert not turns.try_take()
+    turns.give()
+    assert turns.free
