@@ -240,6 +240,8 @@ _BASE_KEYS: Final = (
 )
 """yarl's cached properties that depend on the scheme and netloc alone (or on the empty
 query and fragment every URL built here has): the same for every path on one base."""
+_CHECKED: Final = (*_BASE_KEYS, "raw_path", "path", "raw_path_qs", "path_qs", "raw_parts", "name")
+"""What a new client compares between a URL made here and one from `with_path`."""
 
 
 class PathURLs:
@@ -251,7 +253,8 @@ class PathURLs:
     time, and `from_parts` goes through an `lru_cache` that a new payment id always misses.
     Here the URL is made as yarl's own parser makes one (`object.__new__`, its six slots,
     a filled cache), the base's part of the cache copied from one URL worked out once.
-    Used only when yarl's URL still has the slots this relies on; `with_path` otherwise.
+    Used only when yarl's URL still has the slots this relies on and one URL made both
+    ways reads alike (checked once per client); `with_path` otherwise.
     """
 
     __slots__ = ("_base", "_known", "_netloc", "_scheme")
@@ -267,6 +270,18 @@ class PathURLs:
                 getattr(sample, name)  # cached by yarl as it is read
             self._known = {key: cache[key] for key in _BASE_KEYS if key in cache}
             self._scheme, self._netloc = sample._scheme, sample._netloc
+            if not self._agrees(base):  # a yarl whose slots or cache mean something else
+                self._known = None
+
+    def _agrees(self, base: URL) -> bool:
+        # Once per client: one URL made both ways must read alike wherever aiohttp reads.
+        path = "/klavi-check/a%2Fb-1"
+        fast, plain = self(path), base.with_path(path, encoded=True)
+        return (
+            fast == plain
+            and str(fast) == str(plain)
+            and all(getattr(fast, name) == getattr(plain, name) for name in _CHECKED)
+        )
 
     def __call__(self, path: str) -> URL:
         """The base with *path* (encoded, starting with '/'), query and fragment dropped."""

@@ -417,6 +417,20 @@ def test_path_urls_fall_back_to_with_path_on_a_yarl_it_does_not_know(
     assert urls("/a/1") == URL("https://api.klavi.ai/a/1")
 
 
+def test_path_urls_fall_back_when_a_url_made_both_ways_reads_differently(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As a yarl whose cache keeps something that depends on the path under a base key.
+    import klavi_async._speedups as speedups
+
+    monkeypatch.setattr(speedups, "_BASE_KEYS", (*speedups._BASE_KEYS, "path"))
+    urls = PathURLs(URL("https://api.klavi.ai/v1", encoded=True))
+    assert urls._known is None
+    assert urls("/a/1").path == "/a/1"
+    monkeypatch.undo()
+    assert PathURLs(URL("https://api.klavi.ai/v1", encoded=True))._known is not None
+
+
 # -- 8. plain slotted objects without the class call -----------------------------------
 
 

@@ -147,6 +147,12 @@ class Settler:
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
+        # Its timer is gone: a first publish still waiting has its answer now (none), so
+        # it goes on to the careful publish, as it would have at its own deadline.
+        waiting, self._waiting = self._waiting, {}
+        for waiter, _ in waiting.values():
+            if not waiter.done():
+                waiter.set_result(b"")
         await unsubscribe(box)
 
     async def _answer(self, msg: Msg) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import json
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 import pytest
 from nats.aio.msg import Msg
@@ -144,9 +145,9 @@ async def test_closing_stops_the_timer() -> None:
     settler._box = None
     await settler.close()
     assert watch.cancelled() and settler._watch is None
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    # The first publish still waiting is told "no answer", not left waiting for ever.
+    assert await asyncio.wait_for(task, timeout=5.0) is False
+    assert settler._waiting == {}
 
 
 def requests(n: int) -> list[CancelRequest]:
@@ -179,3 +180,46 @@ def test_a_poison_message_is_dead_lettered_whatever_the_retry_delay() -> None:
     assert js.settled == {1: "ack", 2: "term"}
     assert stats.dead == 1 and stats.unsettled == 0
     assert [record["reason"] for subject, record in js.records if "dead" in subject] == ["bad_json"]
+
+
+@pytest.mark.parametrize("where", ["class", "instance"])
+def test_a_client_whose_cancel_methods_are_replaced_has_them_called(where: str) -> None:
+    # The worker's short cut (the coroutine cancel_many runs) is for KlaviClient's own
+    # methods: a subclass that audits or refuses, or a test's stub, is called as before.
+    calls: list[tuple[Any, ...]] = []
+    sent: list[Any] = []
+    seen: dict[str, Any] = {}
+
+    async def stub(*args: Any, **kwargs: Any) -> Any:
+        calls.append((*args[-1:], kwargs["idempotency_key"]))
+        raise RuntimeError("refused by the subclass")
+
+    async def main(loop: VirtualLoop) -> None:
+        js = FakeJetStream(loop)
+        automatic = CancelRequest("pay-0002", CPF, consent_id="c-1")
+        js.enqueue([CancelRequest("pay-0001", CPF), automatic])
+
+        def answer(request: Any) -> Any:
+            sent.append(request)
+            return json_response(200, {})
+
+        client, _ = mock_client(answer)
+        target: Any = type(client) if where == "class" else client
+        with (
+            mock.patch.object(target, "cancel_payment", stub),
+            mock.patch.object(target, "cancel_automatic_payment", stub),
+        ):
+            worker = CancelWorker(client, js)  # type: ignore[arg-type]
+            stop = asyncio.Event()
+            task = asyncio.create_task(worker.run(stop))
+            while len(js.settled) < 2 and loop.time() < 60.0:
+                await asyncio.sleep(1.0)
+            stop.set()
+            await task
+        await client.aclose()
+        seen.update(js=js)
+
+    run(main)
+    assert len(calls) == 2 and all(key for _, key in calls)  # with the deterministic key
+    assert sent == []  # nothing reached Klavi past the stub
+    assert seen["js"].settled == {1: "term", 2: "term"}  # dead-lettered: the worker failed on it
