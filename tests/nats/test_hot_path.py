@@ -154,6 +154,18 @@ def requests(n: int) -> list[CancelRequest]:
     return [CancelRequest(f"pay-{i:04d}", CPF) for i in range(n)]
 
 
+async def work_until_settled(
+    worker: CancelWorker, js: FakeJetStream, loop: VirtualLoop, settled: int
+) -> None:
+    """Run *worker* until *settled* messages are (a minute of virtual time at most)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    while len(js.settled) < settled and loop.time() < 60.0:
+        await asyncio.sleep(1.0)
+    stop.set()
+    await task
+
+
 def test_a_poison_message_is_dead_lettered_whatever_the_retry_delay() -> None:
     # A poison message's decision takes the worker's own schedule: before, decide()'s
     # default max_retry_delay (300 s) refused a retry_delay above it, and the message
@@ -166,12 +178,7 @@ def test_a_poison_message_is_dead_lettered_whatever_the_retry_delay() -> None:
         js.stored[2] = _Stored(b"not json", js.stored[1].stored_at)
         client, _ = mock_client(lambda sent: json_response(200, {}))
         worker = CancelWorker(client, js, retry_delay=400.0, max_retry_delay=600.0)  # type: ignore[arg-type]
-        stop = asyncio.Event()
-        task = asyncio.create_task(worker.run(stop))
-        while len(js.settled) < 2 and loop.time() < 60.0:
-            await asyncio.sleep(1.0)
-        stop.set()
-        await task
+        await work_until_settled(worker, js, loop, 2)
         await client.aclose()
         seen.update(js=js, stats=worker.stats)
 
@@ -209,13 +216,7 @@ def test_a_client_whose_cancel_methods_are_replaced_has_them_called(where: str) 
             mock.patch.object(target, "cancel_payment", stub),
             mock.patch.object(target, "cancel_automatic_payment", stub),
         ):
-            worker = CancelWorker(client, js)  # type: ignore[arg-type]
-            stop = asyncio.Event()
-            task = asyncio.create_task(worker.run(stop))
-            while len(js.settled) < 2 and loop.time() < 60.0:
-                await asyncio.sleep(1.0)
-            stop.set()
-            await task
+            await work_until_settled(CancelWorker(client, js), js, loop, 2)  # type: ignore[arg-type]
         await client.aclose()
         seen.update(js=js)
 
