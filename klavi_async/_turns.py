@@ -45,7 +45,10 @@ class Turns:
         return True
 
     async def take(self) -> None:
-        """Queue behind the holder; return holding the turn."""
+        """Queue behind the holder; return holding the turn (at once if it is free)."""
+        if not self._held and all(waiter.cancelled() for waiter in self._waiters):
+            self._held = True  # `asyncio.Lock.acquire()`'s own first test
+            return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:

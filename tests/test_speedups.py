@@ -563,3 +563,11 @@ def test_turns_try_take_is_free_then_take_now() -> None:
     assert not turns.try_take()
     turns.give()
     assert turns.free
+
+
+async def test_turns_take_a_free_turn_at_once_as_asyncio_lock_does() -> None:
+    turns = Turns()
+    await asyncio.wait_for(turns.take(), 1.0)  # nobody holds it: no queue, no hang
+    assert not turns.free
+    turns.give()
+    assert turns.free

@@ -143,6 +143,8 @@ def _cancel(client: KlaviClient, request: CancelRequest) -> Coroutine[Any, Any, 
     )
 
 
+# Taken when this module is imported, as the worker is: a stub patched onto the class
+# before then (not after) would be taken for the class's own.
 _PLAIN: Final = (KlaviClient.cancel_payment, KlaviClient.cancel_automatic_payment)
 
 

@@ -56,6 +56,9 @@ _TOO_LARGE_CODE: Final = 10054  # JetStream: "message size exceeds maximum allow
 _WRONG_LAST_CODE: Final = 10071  # JetStream: "wrong last sequence" (the subject holds one)
 EXPECTED_LAST: Final = "Nats-Expected-Last-Subject-Sequence"
 _FIRST_ANSWER: Final = 5.0  # seconds a first publish waits for its answer (nats-py's own)
+# asyncio runs a timer up to one clock tick before its time (15.6 ms on Windows): a wait
+# due within this is over, else `_expire` would set itself again for the same instant.
+_EARLY: Final = 0.02
 
 
 def _make_encoder() -> Callable[[dict[str, Any]], bytes]:
@@ -70,6 +73,8 @@ def _make_encoder() -> Callable[[dict[str, Any]], bytes]:
     if make is None:  # pragma: no cover - CPython has it
         return lambda record: plain.encode(record).encode()
     ascii_ = json.encoder.encode_basestring_ascii
+    # markers (no circular check), default, encoder, indent, key separator, item
+    # separator, sort_keys, skipkeys, allow_nan: what `plain` would pass it.
     chunks = make(None, plain.default, ascii_, None, ":", ",", False, False, True)
     return lambda record: "".join(chunks(record, 0)).encode()
 
@@ -169,7 +174,7 @@ class Settler:
         while waiting:
             token = next(iter(waiting))
             waiter, until = waiting[token]
-            if until > now:
+            if until > now + _EARLY:
                 self._watch = asyncio.get_running_loop().call_at(until, self._expire)
                 return
             del waiting[token]
