@@ -84,8 +84,8 @@ _SHARE = 0.075
 """The share of the last second's answers refused that is rate evidence (unless 1.5 times
 the noise measured is higher; at most `_FULL`).  Measured (simulated): at 3 %, or 3 % only
 while the cubic rule probes past the last good rate, the steady 429s fall from 3.7-4.9 %
-to 1.7-2.6 % of requests, but a process joining another at 1,000/s gets 0.11-0.61 of it in 12 seeds,
-where at 7.5 % it gets 0.36-0.54."""
+to 1.7-2.6 % of requests, but a process joining another at 1,000/s gets 0.11-0.61 of it
+in 12 seeds, where at 7.5 % it gets 0.36-0.54."""
 _TRIAL = 50
 """Answers to requests sent after a decrease that judge it (noise or rate)."""
 _TRIAL_REFUSED = 5
