@@ -10,11 +10,34 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 __all__ = ["Slots", "Turns"]
 
 
-class Turns:
+class _Queue:
+    """The queue `Turns` and `Slots` share: waiters first come first served."""
+
+    __slots__ = ("_waiters",)
+
+    def __init__(self) -> None:
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def _wait(self, cancelled: Callable[[asyncio.Future[None]], None]) -> None:
+        """Queue until woken; if cancelled meanwhile, `cancelled(waiter)` then re-raise."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            try:
+                await waiter
+            finally:
+                self._waiters.remove(waiter)
+        except asyncio.CancelledError:
+            cancelled(waiter)
+            raise
+
+
+class Turns(_Queue):
     """
     One holder at a time, first come first served: `asyncio.Lock`'s rules, inline.
 
@@ -22,11 +45,11 @@ class Turns:
     (nobody else pulling) is a flag.  Pair every `take()` with `give()`, in `finally`.
     """
 
-    __slots__ = ("_held", "_waiters")
+    __slots__ = ("_held",)
 
     def __init__(self) -> None:
+        super().__init__()
         self._held = False
-        self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
     def free(self) -> bool:
@@ -49,18 +72,12 @@ class Turns:
         if not self._held and all(waiter.cancelled() for waiter in self._waiters):
             self._held = True  # `asyncio.Lock.acquire()`'s own first test
             return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            try:
-                await waiter
-            finally:
-                self._waiters.remove(waiter)
-        except asyncio.CancelledError:
-            if not self._held:
-                self._wake_first()  # we were handed the turn: pass it on
-            raise
+        await self._wait(self._pass_on)
         self._held = True
+
+    def _pass_on(self, waiter: asyncio.Future[None]) -> None:
+        if not self._held:
+            self._wake_first()  # we were handed the turn: pass it on
 
     def give(self) -> None:
         """Give the turn back; the longest-waiting one gets it (one, not all: no herd)."""
@@ -73,7 +90,7 @@ class Turns:
             self._waiters[0].set_result(None)
 
 
-class Slots:
+class Slots(_Queue):
     """
     `asyncio.Semaphore(count)` as Python 3.11 has it, with its free path inline.
 
@@ -83,11 +100,11 @@ class Slots:
     served.  `give()` is `release()`: the slot goes to the first waiter not done, if any.
     """
 
-    __slots__ = ("_free", "_waiters")
+    __slots__ = ("_free",)
 
     def __init__(self, count: int) -> None:
+        super().__init__()
         self._free = count
-        self._waiters: deque[asyncio.Future[None]] = deque()
 
     def take_now(self) -> bool:
         """Take a slot without awaiting if one is free and nobody queues; False otherwise."""
@@ -101,19 +118,13 @@ class Slots:
         if self._free > 0 and all(waiter.cancelled() for waiter in self._waiters):
             self._free -= 1
             return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            try:
-                await waiter
-            finally:
-                self._waiters.remove(waiter)
-        except asyncio.CancelledError:
-            if not waiter.cancelled():  # handed a slot, then cancelled: pass it on
-                self._free += 1
-                self._wake_next()
-            raise
+        await self._wait(self._pass_on)
         if self._free > 0:
+            self._wake_next()
+
+    def _pass_on(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.cancelled():  # handed a slot, then cancelled: pass it on
+            self._free += 1
             self._wake_next()
 
     def give(self) -> None:

@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,11 +55,15 @@ class NatsCluster:
                 pytest.fail(f"the cluster's leader did not hear every node in {timeout:g} s")
             time.sleep(0.05)
 
-    def _hears_all(self, name: str) -> bool:
+    def _jsz(self, name: str) -> Any:
+        """Node *name*'s `/jsz` (raises `URLError`, `OSError` or `ValueError`)."""
         url = f"http://127.0.0.1:{self.nodes[name].monitor}/jsz"
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return json.load(response)
+
+    def _hears_all(self, name: str) -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=1.0) as response:
-                meta = json.load(response).get("meta_cluster") or {}
+            meta = self._jsz(name).get("meta_cluster") or {}
         except (urllib.error.URLError, OSError, ValueError):
             return False
         peers = {
@@ -90,9 +95,8 @@ class NatsCluster:
                 health = f"{base}/healthz?js-enabled-only=true"
                 with urllib.request.urlopen(health, timeout=1):  # noqa: S310 - http on loopback
                     pass  # 200: an error status raises
-                with urllib.request.urlopen(f"{base}/jsz", timeout=1.0) as response:  # noqa: S310
-                    if ready(json.load(response), clustered=True):
-                        return
+                if ready(self._jsz(name), clustered=True):
+                    return
             if time.monotonic() > deadline:
                 pytest.fail(f"{name} did not become ready in {timeout:g} s")
             time.sleep(0.05)
