@@ -237,7 +237,7 @@ class Call:
         refreshed = False
         while True:
             if limiter is not None and limiter.engaged:
-                refusal = await self._take_slot(limiter, loop, method == "GET")
+                refusal = await self._take_slot(limiter, loop, method)
                 if refusal is not None:
                     return refusal
             timeout, left = c.timeout, loop.remaining()
@@ -291,12 +291,15 @@ class Call:
         limiter.on_response(status, retry_after, sent_at)
 
     async def _take_slot(
-        self, limiter: RateLimiter, loop: RetryLoop, priority: bool
+        self, limiter: RateLimiter, loop: RetryLoop, method: str
     ) -> Outcome | None:
         """
         Wait for this send's slot; None once taken, or (nothing sent) the attempt's outcome
-        when the slot would come past the call's deadline.  A status read (`priority`)
-        queues ahead of the cancels: it settles the outcome of one already sent.
+        when the slot would come past the call's deadline.  A status read (a GET)
+        queues ahead of the cancels: it settles the outcome of one already sent; so does
+        a retry, whose call has waited its turn and its backoff already (at the back of the
+        queue, a call whose turns fell in step with the rate's probes was refused at every
+        one of them and failed `RATE_LIMITED` after four attempts).
 
         The refusal is `RATE_LIMITED` with `retry_after` = the wait it would need, and the
         loop stops on the deadline rule: no later attempt could be sooner.  It is not
@@ -304,6 +307,7 @@ class Call:
         """
         c = self._shared
         since = c.clock()
+        priority = method == "GET" or bool(loop.history)
         if await limiter.acquire(loop.remaining(), priority=priority):
             waited = c.clock() - since
             if waited > 0 and c.events.wants(DEBUG):

@@ -176,6 +176,15 @@ class _Cubic:
         self.rate = self.w_max = rate
         self.t0, self.c = now - _K, 0.0
 
+    def resume(self, now: float) -> None:
+        """
+        A trial held the rate at `w_max` past `_K`: the probe past it starts now, from
+        nothing.  (Left on the old clock it jumped at once to where it would have grown,
+        +15 % after a one-second trial: a burst of 429s every cycle.)
+        """
+        if now - self.t0 > _K:
+            self.t0, self.c = now - _K, 0.0
+
     def save(self) -> tuple[float, float, float, float]:
         return self.rate, self.w_max, self.t0, self.c
 

@@ -50,8 +50,9 @@ from __future__ import annotations
 import math
 
 from ._ratecurve import _BUCKET, _MARGIN, _RAMP_FOUND, _Cubic, _Ramp
-from ._ratequeue import _Hold, _Queue, _Trial
+from ._ratequeue import _Hold, _Queue
 from ._ratesettings import MAX_RATE, MIN_RATE, RateLimit, RateLimitStats, rate_value
+from ._ratetrial import _EVIDENCE, _TRIAL_DELAY, _Trial
 
 __all__ = [
     "MAX_RATE",
@@ -70,8 +71,6 @@ a fifth of the requests does that once in 390,000 answers; a full window in mill
 _RUN_CHANCE = 1e-5
 """How rarely noise may make a run that holds: among answers refused at random at a share
 p, a run must be `log(_RUN_CHANCE) / log(p)` long (p = 0.4: 13; 0.2 and under: `_RUN`)."""
-_EVIDENCE = 3
-"""Throttles within the last second below which no share is rate evidence."""
 _RAMP_RUN = 4
 """Refusals in a row that end a ramp: it has filled the window (noise refusing a fifth of
 the requests does that once in 600 answers, a ramp's first second about 70)."""
@@ -86,23 +85,6 @@ the noise measured is higher; at most `_FULL`).  Measured (simulated): at 3 %, o
 while the cubic rule probes past the last good rate, the steady 429s fall from 3.7-4.9 %
 to 1.7-2.6 % of requests, but a process joining another at 1,000/s gets 0.11-0.61 of it
 in 12 seeds, where at 7.5 % it gets 0.36-0.54."""
-_TRIAL = 50
-"""Answers to requests sent after a decrease that judge it (noise or rate)."""
-_TRIAL_REFUSED = 5
-"""Refusals among them below which a decrease is never judged noise (a handful of 429s
-from other processes' probes must not undo it)."""
-_TRIAL_MORE = 4
-"""Fewer refusals than `_TRIAL_REFUSED` are waited for over up to this many `_TRIAL`s."""
-_TRIAL_WAIT = 3.0
-"""Seconds after a decrease by which it is judged on what answers there are (a low rate)."""
-_TRIAL_FEWEST = 20
-"""Fewer answers than this by then judge nothing: the decrease stands."""
-_TRIAL_DELAY = 1.0
-"""A decrease is judged on requests sent this long after it: a window filled before it (a
-second's, as Klavi's TPS limit is counted) refuses for that long whatever is sent."""
-_TRIAL_SAME = 0.85
-"""A decrease after which the share refused stays above this part of what it was did not
-help: the 429s were noise."""
 _NOISE_HALF_LIFE = 10.0
 """Seconds over which the noise remembered halves: a limit that appears later is seen, and
 steady noise is judged again about this often (other processes' probes past a shared
@@ -230,6 +212,7 @@ class RateLimiter(_Queue):
                 hold.storm = hold.drain = True  # a release goes on at the reading
                 self._measured_at = now
             return
+        self._end_probe(now, counts)
         if refused < _EVIDENCE or accepted < 1.0:  # nothing accepted says nothing
             return
         if share >= _FULL and refused >= 2 * _RUN and self._run >= 2:  # most refused: a run
@@ -245,6 +228,23 @@ class RateLimiter(_Queue):
             return
         self._decrease(now, counts, run=False)
 
+    def _end_probe(self, now: float, counts: tuple[float, float]) -> None:
+        # The first refusal after a clean second, with the cubic rule probing past the
+        # last good rate and no noise known: the probe has found the limit.  Back to just
+        # under what the last second accepted, the probe starting again from there.  Not a
+        # decrease: one 429 is not rate evidence, and a lone one (noise) costs a probe.
+        cubic, (accepted, refused) = self._cubic, counts
+        if (
+            refused <= 1.0
+            and accepted >= _FEWEST
+            and self._reading
+            and self._trial is None
+            and cubic.rate > cubic.w_max
+            and self._threshold(now) <= _SHARE
+        ):
+            found = min(cubic.rate, self._meter.rate(now)) * (1 - _MARGIN)
+            cubic.hold(now, max(cubic.w_max, found))
+
     def _decrease(self, now: float, counts: tuple[float, float], *, run: bool) -> None:
         # Rate evidence: to `_BETA` of the accepted rate, on trial.
         # The share judged against is at most the threshold it crossed: noise that crossed
@@ -252,7 +252,7 @@ class RateLimiter(_Queue):
         # less than that.
         accepted, refused = counts
         share = min(refused / max(accepted + refused, 1.0), self._threshold(now))
-        trial = _Trial(now, share, self, run=run)
+        trial = _Trial(now, share, self._save(), run=run)
         current = self._accepted(now)
         self._reading = self.engaged = True
         self._cubic.decrease(now, current)
@@ -284,30 +284,12 @@ class RateLimiter(_Queue):
 
     def _judge(self, trial: _Trial, now: float) -> None:
         # Enough answers to requests sent after the decrease: did it make 429s rarer?
-        # Refusals rarer than `_TRIAL_REFUSED` in `_TRIAL` answers (but some) are waited
-        # for up to `_TRIAL_MORE` times as many (noise just over `_SHARE` must be judged
-        # too); none at all: it helped.
-        # At a low rate, what came within `_TRIAL_WAIT` (if anything was refused at all).
-        answers = trial.ok + trial.bad
-        least = _TRIAL_REFUSED
-        more = 0 < trial.bad < _TRIAL_REFUSED and answers < _TRIAL_MORE * _TRIAL
-        if answers < _TRIAL or more:
-            if now - trial.at <= _TRIAL_WAIT:
-                return
-            if answers < _TRIAL_FEWEST:  # too few to judge: the decrease stands
-                self._trial = self._suspect = None
-                return
-            least = _EVIDENCE
+        same = trial.verdict(now)
+        if same is None:
+            return
         self._trial = None
-        share = trial.bad / answers
-        # Noise refuses as often whatever the rate, and at random: a refusal follows a
-        # refusal about as often as the share.  A window that others keep full refuses
-        # in runs.
-        same = (
-            trial.bad >= least
-            and share >= _TRIAL_SAME * trial.share
-            and trial.repeats <= 2 * share * trial.bad + 1
-        )
+        if not trial.bad:  # it helped: the probe the trial held back starts from nothing
+            self._cubic.resume(now)
         # Noise is steady: only two decreases in a row that changed nothing undo the
         # second (other processes' probes past a shared limit make one now and then).
         suspect = self._suspect
@@ -315,7 +297,7 @@ class RateLimiter(_Queue):
         if same and suspect is not None:  # back to before the first of the two
             self._suspect = None
             self._restore(suspect.saved)
-            answers += suspect.ok + suspect.bad  # the noise measured over both
+            answers = trial.ok + trial.bad + suspect.ok + suspect.bad  # noise over both
             self._noise, self._noise_at = (trial.bad + suspect.bad) / answers, now
             self._wake()
 

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from ._ratecurve import _Cubic, _Meter, _Ramp
 from ._ratesettings import RateLimit, RateLimitStats
+from ._ratetrial import _Saved, _Trial
 
 _CATCH_UP = 0.02
 """How far back (s) a late-waking queued call may take its slot (else -1/3 of 500/s).  Under
@@ -43,10 +44,6 @@ class _Waiter:
         self.priority = priority
 
 
-_Saved = tuple[tuple[float, float, float, float], bool, bool]
-"""The rate's state (`_Cubic.save()`, whether it has a reading, whether engaged)."""
-
-
 class _Hold:
     """
     Sending held after a run of refusals: one probe at a time until one is accepted.
@@ -65,30 +62,6 @@ class _Hold:
         self.storm = self.drain = self.again = False
         self.reading: float | None = None
         self.saved: _Saved | None = None
-
-
-class _Trial:
-    """
-    A decrease on trial: the answers to requests sent after it, and what was before it.
-    `run`: the decrease was made on a run of refusals (which a storm also starts with).
-    """
-
-    __slots__ = ("at", "bad", "last_bad", "ok", "repeats", "run", "saved", "share")
-
-    def __init__(self, at: float, share: float, limiter: _Queue, *, run: bool) -> None:
-        self.at, self.share, self.run = at, share, run
-        self.ok = self.bad = self.repeats = 0
-        self.last_bad = False
-        self.saved = limiter._save()
-
-    def record(self, refused: bool) -> None:
-        """Count one answer; a refusal right after a refusal is a repeat."""
-        if refused:
-            self.bad += 1
-            self.repeats += self.last_bad
-        else:
-            self.ok += 1
-        self.last_bad = refused
 
 
 class _Queue:

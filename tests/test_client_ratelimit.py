@@ -320,14 +320,19 @@ def test_a_lone_429_changes_nothing_but_its_own_call() -> None:
 
 
 def test_no_request_bypasses_the_limiter(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Retries, the 401 replay, reconciliation reads and status reads all take slots."""
+    """
+    Retries, the 401 replay, reconciliation reads and status reads all take slots; every
+    one but a cancel's first request queues ahead of the first requests.
+    """
     acquired: list[float] = []
+    priorities: list[bool] = []
     original = RateLimiter.acquire
 
     async def counted(
         self: RateLimiter, max_wait: float = math.inf, *, priority: bool = False
     ) -> bool:
         acquired.append(asyncio.get_running_loop().time())
+        priorities.append(priority)
         return await original(self, max_wait, priority=priority)
 
     monkeypatch.setattr(RateLimiter, "acquire", counted)
@@ -366,6 +371,7 @@ def test_no_request_bypasses_the_limiter(monkeypatch: pytest.MonkeyPatch) -> Non
         times = [t for t, _ in sends]
         assert len(acquired) == len(times)  # every send asked for its slot ...
         assert all(a <= t for a, t in zip(acquired, times, strict=True))  # ... before it went
+        assert priorities == [False, True] * 3 + [True]
         assert [round(b - a, 9) for a, b in itertools.pairwise(times)] == [0.05] * 6
 
     run_virtual(main)

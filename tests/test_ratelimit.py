@@ -28,13 +28,12 @@ from klavi_async._ratelimit import (
     _PROBE_MAX,
     _RAMP_RUN,
     _RUN,
-    _TRIAL,
-    _TRIAL_DELAY,
     RateLimit,
     RateLimiter,
     RateLimitStats,
 )
 from klavi_async._ratequeue import _CATCH_UP
+from klavi_async._ratetrial import _TRIAL, _TRIAL_DELAY
 
 from .ratesim import Client, Server, VirtualLoop, late_sleep, run, simulate
 
@@ -290,9 +289,10 @@ def test_a_few_refusals_among_few_answers_are_no_full_window() -> None:
 
 
 def test_a_run_in_the_cubic_phase_decreases_before_it_holds() -> None:
-    # At a high rate the cubic rule's overshoot comes back as a run: a decrease, not a
-    # hold.  A run of requests sent after the decrease holds; when the window has
-    # drained the rate goes on from the reading, not from a ramp at min_rate.
+    # At a high rate the cubic rule's overshoot comes back as a run: its first refusal
+    # ends the probe, the rest is a decrease, not a hold.  A run of requests sent after
+    # the decrease holds; when the window has drained the rate goes on from the reading,
+    # not from a ramp at min_rate.
     clock = FakeClock()
     limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
     accept(limiter, clock, 2000, spacing=0.001)
@@ -301,16 +301,81 @@ def test_a_run_in_the_cubic_phase_decreases_before_it_holds() -> None:
     assert limiter._trial is None and limiter._reading
     before = limiter.rate
     assert before is not None
-    refuse(limiter, clock, _RUN)
+    refuse(limiter, clock, 1)
+    found = limiter.rate
+    assert found is not None and found < before
+    refuse(limiter, clock, _RUN - 1)
     assert limiter._hold is None and limiter._trial is not None  # a decrease
-    assert limiter.rate == pytest.approx(_BETA * before)
+    assert limiter.rate == pytest.approx(_BETA * found)
     refuse(limiter, clock, _RUN)  # sent after it: a hold
     assert limiter._hold is not None
     clock.now += 1.0
     assert run(lambda _: limiter.acquire(max_wait=0.0))
     limiter.on_success(clock.now)  # the window was full: on from the reading
     assert limiter._ramp is None and limiter.rate is not None
-    assert limiter.rate >= _BETA * _BETA * before
+    assert limiter.rate >= _BETA * _BETA * found
+
+
+def probing(accepted: int = 1500) -> tuple[RateLimiter, FakeClock]:
+    """A limiter whose decrease was judged a help, probing past its last good rate."""
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    accept(limiter, clock, 200)
+    lowered(limiter, clock)
+    accept(limiter, clock, accepted)
+    assert limiter._trial is None and limiter.rate is not None
+    assert limiter.rate > limiter._cubic.w_max
+    return limiter, clock
+
+
+def test_a_trial_that_helped_starts_the_probe_from_nothing() -> None:
+    # While a decrease is on trial the rate stays at `w_max`; the probe past it starts
+    # when the trial ends.  On the cubic rule's own clock it jumped at once to where it
+    # would have grown (+15 % after a one-second trial): a burst of 429s every cycle.
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    accept(limiter, clock, 200)
+    lowered(limiter, clock)
+    cubic = limiter._cubic
+    while limiter._trial is not None:
+        accept(limiter, clock, 1)
+        assert limiter.rate is not None and limiter.rate <= cubic.w_max
+    accept(limiter, clock, 50)  # half a second after the trial
+    assert limiter.rate is not None
+    assert cubic.w_max < limiter.rate <= 1.02 * cubic.w_max
+
+
+def test_a_refusal_past_the_last_good_rate_ends_the_probe() -> None:
+    # The first 429 after a clean second, the rate probing past `w_max`: back to just
+    # under what the last second accepted, no decrease, no trial, the probe again.
+    limiter, clock = probing()
+    cubic = limiter._cubic
+    accepted = limiter._meter.rate(clock.now)
+    last_good = cubic.w_max
+    refuse(limiter, clock, 1)
+    assert limiter._trial is None and limiter._hold is None
+    assert limiter.rate == cubic.w_max
+    assert last_good <= cubic.w_max <= accepted * (1 - _MARGIN)
+    refuse(limiter, clock, 1)  # a second refusal within the second changes nothing more
+    assert limiter.rate == cubic.w_max and limiter._trial is None
+
+
+@pytest.mark.parametrize("case", ["noise known", "refused already", "few answers"])
+def test_a_refusal_is_no_limit_found_where_a_429_is_common_or_answers_few(case: str) -> None:
+    limiter, clock = probing(accepted=1500 if case != "few answers" else 700)
+    if case == "few answers":  # a second of 10 answers since
+        accept(limiter, clock, 10, spacing=0.1)
+    elif case == "noise known":
+        limiter._noise, limiter._noise_at = 0.2, clock.now
+    else:
+        refuse(limiter, clock, 1)
+        limiter._cubic.hold(clock.now, limiter._cubic.w_max * 0.9)
+        limiter._cubic.t0 -= 2.0  # probing again, past `w_max`
+        accept(limiter, clock, 5)
+    before = limiter.rate
+    assert before is not None and before > limiter._cubic.w_max
+    refuse(limiter, clock, 1)
+    assert limiter.rate == before
 
 
 def test_a_hold_forgets_a_suspect_decrease() -> None:
@@ -826,11 +891,13 @@ def noise_on_and_off(payments: int, every: int, retry_after: float | None) -> tu
 
 @pytest.mark.parametrize(
     ("share", "limit", "floor"),
-    [(0.08, None, 0.75), (0.08, 500, 0.75), (0.15, None, 0.75)],
+    [(0.08, None, 0.75), (0.08, 500, 0.7), (0.15, None, 0.75)],
 )
 def test_steady_random_429s_cost_little(share: float, limit: int | None, floor: float) -> None:
     # Random 429s on a share of all requests, for 40 s: the noise is learnt, the rate
-    # does not spiral down (it did: 0.22 of the limiter-off throughput at 8 %).
+    # does not spiral down (it did: 0.22 of the limiter-off throughput at 8 %).  8 % under
+    # 500/s, seeds 1-8: 0.74-0.87 (this seed 0.72 since retries queue ahead of new calls,
+    # 0.82 before; the eight seeds' spread is the same).
     results = []
     for rate_limit in (RateLimit(), None):
         draw = random.Random(7).random
