@@ -295,11 +295,9 @@ class Call:
     ) -> Outcome | None:
         """
         Wait for this send's slot; None once taken, or (nothing sent) the attempt's outcome
-        when the slot would come past the call's deadline.  A status read (a GET)
-        queues ahead of the cancels: it settles the outcome of one already sent; so does
-        a retry, whose call has waited its turn and its backoff already (at the back of the
-        queue, a call whose turns fell in step with the rate's probes was refused at every
-        one of them and failed `RATE_LIMITED` after four attempts).
+        when the slot would come past the call's deadline.  A status read (a GET) queues
+        ahead of first requests: it settles a cancel already sent; so does a retry (at the
+        back, a call whose turns fell in step with the probes failed after four 429s).
 
         The refusal is `RATE_LIMITED` with `retry_after` = the wait it would need, and the
         loop stops on the deadline rule: no later attempt could be sooner.  It is not
