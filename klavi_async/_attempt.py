@@ -295,9 +295,9 @@ class Call:
     ) -> Outcome | None:
         """
         Wait for this send's slot; None once taken, or (nothing sent) the attempt's outcome
-        when the slot would come past the call's deadline.  A status read (a GET) queues
-        ahead of first requests: it settles a cancel already sent; so does a retry (at the
-        back, a call whose turns fell in step with the probes failed after four 429s).
+        when the slot would come past the call's deadline.  A status read (a GET) settles
+        a cancel already sent: it queues first; then retries (at the back, a call whose
+        turns fell in step with the probes failed after four 429s); then first requests.
 
         The refusal is `RATE_LIMITED` with `retry_after` = the wait it would need, and the
         loop stops on the deadline rule: no later attempt could be sooner.  It is not
@@ -305,7 +305,7 @@ class Call:
         """
         c = self._shared
         since = c.clock()
-        priority = method == "GET" or bool(loop.history)
+        priority = 2 if method == "GET" else 1 if loop.history else 0
         if await limiter.acquire(loop.remaining(), priority=priority):
             waited = c.clock() - since
             if waited > 0 and c.events.wants(DEBUG):

@@ -38,7 +38,7 @@ class _Waiter:
     __slots__ = ("deadline", "future", "priority", "since")
 
     def __init__(
-        self, since: float, deadline: float, future: asyncio.Future[bool] | None, priority: bool
+        self, since: float, deadline: float, future: asyncio.Future[bool] | None, priority: int
     ) -> None:
         self.since, self.deadline, self.future = since, deadline, future
         self.priority = priority
@@ -219,13 +219,14 @@ class _Queue:
         slot = self._slot(now)
         return (self._after(slot, ahead) if self.engaged else slot) - now
 
-    async def acquire(self, max_wait: float = math.inf, *, priority: bool = False) -> bool:
+    async def acquire(self, max_wait: float = math.inf, *, priority: int = 0) -> bool:
         """
         Wait for a slot and take it; False, at once and taking nothing, if it would come
         more than `max_wait` seconds from now (or, for a queued call, past that deadline).
 
-        A `priority` call queues behind the head and the other priority calls only.  A
-        cancelled call leaves the queue and passes its turn on; its slot goes to the next.
+        A call of `priority` over 0 (`_attempt`: 2 a status read, 1 a retry) queues behind
+        the head and the calls of its priority or higher only.  A cancelled call leaves
+        the queue and passes its turn on; its slot goes to the next.
         """
         if not self.engaged:
             return True
@@ -237,7 +238,7 @@ class _Queue:
         place = len(waiters)
         if priority and waiters:
             place = 1
-            while place < len(waiters) and waiters[place].priority:
+            while place < len(waiters) and waiters[place].priority >= priority:
                 place += 1
         if self._delay(place) > max_wait:
             return False

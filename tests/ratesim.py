@@ -201,7 +201,7 @@ def simulate(server: Server, clients: list[Client], *, seed: int = 1, shared: bo
         for attempt in range(1, policy.max_attempts + 1):
             if limiter is not None and limiter.engaged:
                 remaining = policy.deadline - (loop.time() - started)
-                if not await limiter.acquire(remaining, priority=attempt > 1):
+                if not await limiter.acquire(remaining, priority=int(attempt > 1)):
                     return "rate_limited (limiter)"
             sent = loop.time()
             await asyncio.sleep(0.001 + rng.random() * 0.003)

@@ -321,16 +321,14 @@ def test_a_lone_429_changes_nothing_but_its_own_call() -> None:
 
 def test_no_request_bypasses_the_limiter(monkeypatch: pytest.MonkeyPatch) -> None:
     """
-    Retries, the 401 replay, reconciliation reads and status reads all take slots; every
-    one but a cancel's first request queues ahead of the first requests.
+    Retries, the 401 replay, reconciliation reads and status reads all take slots; status
+    reads queue first, then retries and replays, then first requests.
     """
     acquired: list[float] = []
-    priorities: list[bool] = []
+    priorities: list[int] = []
     original = RateLimiter.acquire
 
-    async def counted(
-        self: RateLimiter, max_wait: float = math.inf, *, priority: bool = False
-    ) -> bool:
+    async def counted(self: RateLimiter, max_wait: float = math.inf, *, priority: int = 0) -> bool:
         acquired.append(asyncio.get_running_loop().time())
         priorities.append(priority)
         return await original(self, max_wait, priority=priority)
@@ -371,7 +369,7 @@ def test_no_request_bypasses_the_limiter(monkeypatch: pytest.MonkeyPatch) -> Non
         times = [t for t, _ in sends]
         assert len(acquired) == len(times)  # every send asked for its slot ...
         assert all(a <= t for a, t in zip(acquired, times, strict=True))  # ... before it went
-        assert priorities == [False, True] * 3 + [True]
+        assert priorities == [0, 1, 0, 1, 0, 2, 2]  # first, retry or replay, status read
         assert [round(b - a, 9) for a, b in itertools.pairwise(times)] == [0.05] * 6
 
     run_virtual(main)

@@ -289,10 +289,11 @@ def test_a_few_refusals_among_few_answers_are_no_full_window() -> None:
 
 
 def test_a_run_in_the_cubic_phase_decreases_before_it_holds() -> None:
-    # At a high rate the cubic rule's overshoot comes back as a run: its first refusal
-    # ends the probe, the rest is a decrease, not a hold.  A run of requests sent after
-    # the decrease holds; when the window has drained the rate goes on from the reading,
-    # not from a ramp at min_rate.
+    # At a high rate the cubic rule's overshoot comes back as a run: a decrease, not a
+    # hold.  (Its first refusal does not end the probe: a second accepted at 1,000/s is far
+    # past the last good rate, the limit has risen.)  A run of requests sent after the
+    # decrease holds; when the window has drained the rate goes on from the reading, not
+    # from a ramp at min_rate.
     clock = FakeClock()
     limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
     accept(limiter, clock, 2000, spacing=0.001)
@@ -301,28 +302,29 @@ def test_a_run_in_the_cubic_phase_decreases_before_it_holds() -> None:
     assert limiter._trial is None and limiter._reading
     before = limiter.rate
     assert before is not None
-    refuse(limiter, clock, 1)
-    found = limiter.rate
-    assert found is not None and found < before
-    refuse(limiter, clock, _RUN - 1)
+    refuse(limiter, clock, _RUN)
     assert limiter._hold is None and limiter._trial is not None  # a decrease
-    assert limiter.rate == pytest.approx(_BETA * found)
+    assert limiter.rate == pytest.approx(_BETA * before)
     refuse(limiter, clock, _RUN)  # sent after it: a hold
     assert limiter._hold is not None
     clock.now += 1.0
     assert run(lambda _: limiter.acquire(max_wait=0.0))
     limiter.on_success(clock.now)  # the window was full: on from the reading
     assert limiter._ramp is None and limiter.rate is not None
-    assert limiter.rate >= _BETA * _BETA * found
+    assert limiter.rate >= _BETA * _BETA * before
 
 
-def probing(accepted: int = 1500) -> tuple[RateLimiter, FakeClock]:
-    """A limiter whose decrease was judged a help, probing past its last good rate."""
+def probing(accepted: float = 15.0) -> tuple[RateLimiter, FakeClock]:
+    """
+    A limiter whose decrease was judged a help, probing past its last good rate with
+    *accepted* seconds of answers at that limit (the rate it was throttled at).
+    """
     clock = FakeClock()
     limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
     accept(limiter, clock, 200)
     lowered(limiter, clock)
-    accept(limiter, clock, accepted)
+    limit = limiter._cubic.w_max / (1 - _MARGIN)
+    accept(limiter, clock, int(accepted * limit), spacing=1 / limit)
     assert limiter._trial is None and limiter.rate is not None
     assert limiter.rate > limiter._cubic.w_max
     return limiter, clock
@@ -360,13 +362,15 @@ def test_a_refusal_past_the_last_good_rate_ends_the_probe() -> None:
     assert limiter.rate == cubic.w_max and limiter._trial is None
 
 
-@pytest.mark.parametrize("case", ["noise known", "refused already", "few answers"])
+@pytest.mark.parametrize("case", ["noise known", "refused already", "few answers", "risen"])
 def test_a_refusal_is_no_limit_found_where_a_429_is_common_or_answers_few(case: str) -> None:
-    limiter, clock = probing(accepted=1500 if case != "few answers" else 700)
+    limiter, clock = probing(accepted=15.0 if case != "few answers" else 7.0)
     if case == "few answers":  # a second of 10 answers since
         accept(limiter, clock, 10, spacing=0.1)
     elif case == "noise known":
         limiter._noise, limiter._noise_at = 0.2, clock.now
+    elif case == "risen":  # the last second accepted well past the last good rate
+        limiter._cubic.w_max = limiter._meter.rate(clock.now) * 0.8
     else:
         refuse(limiter, clock, 1)
         limiter._cubic.hold(clock.now, limiter._cubic.w_max * 0.9)
@@ -579,13 +583,13 @@ def test_a_status_read_queues_ahead_of_the_cancels() -> None:
         limiter = RateLimiter(RateLimit(10, adaptive=False), clock=loop.time)
         order: list[str] = []
 
-        async def one(name: str, priority: bool) -> None:
+        async def one(name: str, priority: int) -> None:
             assert await limiter.acquire(priority=priority)
             order.append(name)
 
-        tasks = [asyncio.ensure_future(one(f"cancel-{i}", False)) for i in range(5)]
+        tasks = [asyncio.ensure_future(one(f"cancel-{i}", 0)) for i in range(5)]
         await asyncio.sleep(0.01)
-        tasks += [asyncio.ensure_future(one(f"read-{i}", True)) for i in range(2)]
+        tasks += [asyncio.ensure_future(one(f"read-{i}", 2)) for i in range(2)]
         await asyncio.gather(*tasks)
         return order
 
@@ -594,6 +598,28 @@ def test_a_status_read_queues_ahead_of_the_cancels() -> None:
     assert run(main) == ["cancel-0", "cancel-1", "read-0", "read-1"] + [
         f"cancel-{i}" for i in range(2, 5)
     ]
+
+
+def test_status_reads_queue_ahead_of_retries_and_retries_ahead_of_first_requests() -> None:
+    async def main(loop: VirtualLoop) -> list[str]:
+        limiter = RateLimiter(RateLimit(10, adaptive=False), clock=loop.time)
+        order: list[str] = []
+
+        async def one(name: str, priority: int) -> None:
+            assert await limiter.acquire(priority=priority)
+            order.append(name)
+
+        tasks = [asyncio.ensure_future(one(f"first-{i}", 0)) for i in range(3)]
+        await asyncio.sleep(0.01)
+        tasks += [asyncio.ensure_future(one(f"retry-{i}", 1)) for i in range(2)]
+        await asyncio.sleep(0.01)
+        tasks += [asyncio.ensure_future(one("read", 2))]
+        await asyncio.gather(*tasks)
+        return order
+
+    # first-0 went at once, first-1 was the head; a read goes before the retries queued
+    # earlier (a reconciliation read among many retries must not wait for all of them).
+    assert run(main) == ["first-0", "first-1", "read", "retry-0", "retry-1", "first-2"]
 
 
 @settings(max_examples=60, deadline=None)
@@ -850,6 +876,24 @@ def test_three_clients_share_a_limit(seed: int) -> None:
     assert server.share_refused(20.0, 60.0) <= 0.08
     for share in shares:
         assert abs(share / sum(shares) * 3 - 1) <= 0.25, shares
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_limit_that_rises_among_lone_429s_is_found(seed: int) -> None:
+    # One request in 220 refused at random, the limit from 100/s to 1,000/s at 10 s: when
+    # each lone 429 ended the probe, 800/s took 9-12 s to reach (3-4 s before that rule).
+    count = [seed * 13]
+
+    def noise(_payment: int, _attempt: int) -> bool:
+        count[0] += 1
+        return count[0] % 220 == 0
+
+    server = Server(limit=lambda t: 100 if t < 10 else 1000, noise=noise)
+    client = Client(until=20.0)
+    simulate(server, [client], seed=seed)
+    per_second = [server.accepted(None, t, t + 1) for t in range(10, 20)]
+    assert max(per_second[:5]) >= 800, per_second
+    assert set(client.results) == {"ok"}
 
 
 @pytest.mark.parametrize("retry_after", [1.0, None], ids=["retry-after", "none"])
