@@ -314,15 +314,21 @@ def test_a_run_in_the_cubic_phase_decreases_before_it_holds() -> None:
     assert limiter.rate >= _BETA * _BETA * before
 
 
+def after_a_decrease() -> tuple[RateLimiter, FakeClock]:
+    """A default limiter two seconds in, its rate just lowered (on trial)."""
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
+    accept(limiter, clock, 200)
+    lowered(limiter, clock)
+    return limiter, clock
+
+
 def probing(accepted: float = 15.0) -> tuple[RateLimiter, FakeClock]:
     """
     A limiter whose decrease was judged a help, probing past its last good rate with
     *accepted* seconds of answers at that limit (the rate it was throttled at).
     """
-    clock = FakeClock()
-    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
-    accept(limiter, clock, 200)
-    lowered(limiter, clock)
+    limiter, clock = after_a_decrease()
     limit = limiter._cubic.w_max / (1 - _MARGIN)
     accept(limiter, clock, int(accepted * limit), spacing=1 / limit)
     assert limiter._trial is None and limiter.rate is not None
@@ -334,10 +340,7 @@ def test_a_trial_that_helped_starts_the_probe_from_nothing() -> None:
     # While a decrease is on trial the rate stays at `w_max`; the probe past it starts
     # when the trial ends.  On the cubic rule's own clock it jumped at once to where it
     # would have grown (+15 % after a one-second trial): a burst of 429s every cycle.
-    clock = FakeClock()
-    limiter = RateLimiter(RateLimit(), clock=clock, sleep=no_sleep)
-    accept(limiter, clock, 200)
-    lowered(limiter, clock)
+    limiter, clock = after_a_decrease()
     cubic = limiter._cubic
     while limiter._trial is not None:
         accept(limiter, clock, 1)
@@ -578,7 +581,9 @@ def test_fixed_cap_holds_but_keeps_its_rate() -> None:
     assert limiter.rate == 20.0 and limiter.delay() <= 0.05
 
 
-def test_a_status_read_queues_ahead_of_the_cancels() -> None:
+def served_order(*waves: list[tuple[str, int]]) -> list[str]:
+    """The order a 10/s limiter serves calls (name, priority), each wave 10 ms after the last."""
+
     async def main(loop: VirtualLoop) -> list[str]:
         limiter = RateLimiter(RateLimit(10, adaptive=False), clock=loop.time)
         order: list[str] = []
@@ -587,39 +592,41 @@ def test_a_status_read_queues_ahead_of_the_cancels() -> None:
             assert await limiter.acquire(priority=priority)
             order.append(name)
 
-        tasks = [asyncio.ensure_future(one(f"cancel-{i}", 0)) for i in range(5)]
-        await asyncio.sleep(0.01)
-        tasks += [asyncio.ensure_future(one(f"read-{i}", 2)) for i in range(2)]
+        tasks: list[asyncio.Future[None]] = []
+        for wave in waves:
+            tasks += [asyncio.ensure_future(one(name, priority)) for name, priority in wave]
+            await asyncio.sleep(0.01)
         await asyncio.gather(*tasks)
         return order
 
+    return run(main)
+
+
+def test_a_status_read_queues_ahead_of_the_cancels() -> None:
     # cancel-0 went at once and cancel-1 was the head, asleep to its slot; the reads
     # go right after it, before the other cancels, in their own order.
-    assert run(main) == ["cancel-0", "cancel-1", "read-0", "read-1"] + [
-        f"cancel-{i}" for i in range(2, 5)
-    ]
+    cancels = [(f"cancel-{i}", 0) for i in range(5)]
+    assert served_order(cancels, [("read-0", 2), ("read-1", 2)]) == [
+        "cancel-0",
+        "cancel-1",
+        "read-0",
+        "read-1",
+    ] + [f"cancel-{i}" for i in range(2, 5)]
 
 
 def test_status_reads_queue_ahead_of_retries_and_retries_ahead_of_first_requests() -> None:
-    async def main(loop: VirtualLoop) -> list[str]:
-        limiter = RateLimiter(RateLimit(10, adaptive=False), clock=loop.time)
-        order: list[str] = []
-
-        async def one(name: str, priority: int) -> None:
-            assert await limiter.acquire(priority=priority)
-            order.append(name)
-
-        tasks = [asyncio.ensure_future(one(f"first-{i}", 0)) for i in range(3)]
-        await asyncio.sleep(0.01)
-        tasks += [asyncio.ensure_future(one(f"retry-{i}", 1)) for i in range(2)]
-        await asyncio.sleep(0.01)
-        tasks += [asyncio.ensure_future(one("read", 2))]
-        await asyncio.gather(*tasks)
-        return order
-
     # first-0 went at once, first-1 was the head; a read goes before the retries queued
     # earlier (a reconciliation read among many retries must not wait for all of them).
-    assert run(main) == ["first-0", "first-1", "read", "retry-0", "retry-1", "first-2"]
+    first = [(f"first-{i}", 0) for i in range(3)]
+    retries = [("retry-0", 1), ("retry-1", 1)]
+    assert served_order(first, retries, [("read", 2)]) == [
+        "first-0",
+        "first-1",
+        "read",
+        "retry-0",
+        "retry-1",
+        "first-2",
+    ]
 
 
 @settings(max_examples=60, deadline=None)
