@@ -10,7 +10,8 @@ interval.
 What a 429 (or 529) means is decided from the answers around it, never from one alone:
 
 - a lone one, or a few among accepted answers, is noise: the call's own retry waits out
-  its Retry-After and nothing else changes;
+  its Retry-After and nothing else changes (but a lone one after a clean second ends the
+  cubic rule's probe past the last good rate, where the limit was: `_end_probe`);
 - a share of the last second's answers (`_SHARE`, or more than the noise measured) is
   rate evidence: the rate drops to `_BETA` of the accepted rate (cubic rule).  The drop is
   on trial: if the answers to requests sent a second later are refused about as often as
@@ -37,8 +38,8 @@ Waiters queue FIFO and only the head sleeps, to its own slot; taking it passes t
 to the next one.  So there is one timer however many wait (no thundering herd), and a
 rate change or a pause reaches every queued call at once, since each head computes its
 slot when it gets the turn (a change that lets calls go sooner wakes the head).  A
-`priority` call (a reconciliation read, which settles a money outcome) queues ahead of
-every other call but the head.
+`priority` call queues ahead of every call of a lower one but the head: a status read
+(a reconciliation read, which settles a money outcome), then a retry.
 
 The client (`_attempt`) takes a slot before every request it sends for cancels and status
 reads when the limiter is `engaged` (a slot past the deadline fails the attempt as
