@@ -12,6 +12,7 @@ import inspect
 import json
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -292,18 +293,25 @@ async def test_turns_serve_one_holder_at_a_time_in_arrival_order() -> None:
     assert turns.free
 
 
+async def _hand_to_a_cancelled_waiter(
+    take: Callable[[], Awaitable[None]], give: Callable[[], None]
+) -> None:
+    """Two waiters; the one handed the turn (or slot) is cancelled before it runs."""
+    first = asyncio.create_task(take())
+    second = asyncio.create_task(take())
+    await asyncio.sleep(0)
+    give()  # hands it to `first` ...
+    first.cancel()  # ... which is cancelled before it runs
+    await asyncio.wait_for(second, 1.0)  # so `second` gets it, as with asyncio's own
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    give()
+
+
 async def test_turns_pass_on_a_turn_handed_to_a_cancelled_waiter() -> None:
     turns = Turns()
     turns.take_now()
-    first = asyncio.create_task(turns.take())
-    second = asyncio.create_task(turns.take())
-    await asyncio.sleep(0)
-    turns.give()  # hands the turn to `first` ...
-    first.cancel()  # ... which is cancelled before it runs
-    await asyncio.wait_for(second, 1.0)  # so `second` gets it, as with asyncio.Lock
-    with pytest.raises(asyncio.CancelledError):
-        await first
-    turns.give()
+    await _hand_to_a_cancelled_waiter(turns.take, turns.give)
     assert turns.free
 
 
@@ -531,15 +539,7 @@ async def test_slots_pass_on_a_slot_handed_to_a_cancelled_waiter() -> None:
     slots = Slots(1)
     assert slots.take_now()
     assert not slots.take_now()
-    first = asyncio.create_task(slots.take())
-    second = asyncio.create_task(slots.take())
-    await asyncio.sleep(0)
-    slots.give()  # hands the slot to `first` ...
-    first.cancel()  # ... which is cancelled before it runs
-    await asyncio.wait_for(second, 1.0)  # so `second` gets it, as with asyncio.Semaphore
-    with pytest.raises(asyncio.CancelledError):
-        await first
-    slots.give()
+    await _hand_to_a_cancelled_waiter(slots.take, slots.give)
     assert slots.take_now()
 
 
