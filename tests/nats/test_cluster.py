@@ -18,9 +18,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
 from klavi_async import CancelRequest
 from klavi_async.nats import (
@@ -58,8 +60,9 @@ async def cluster_js(cluster: NatsCluster) -> AsyncIterator[JetStreamContext]:
     try:
         js = nc.jetstream(timeout=2.0)
         await ensure_streams(js, replicas=3)
-        # An R3 stream just made may have no leader yet: a test's own js.publish would be
-        # answered "no response from stream" (enqueue sends such a publish again).
+        # An R3 stream just made may have no leader yet, and once it has one the node
+        # this client talks to may not have heard: a publish is then answered "no
+        # response from stream" (enqueue sends it again, as the tests' `store` does).
         async with asyncio.timeout(30):
             for stream in (REQUESTS_STREAM, RESULTS_STREAM):
                 await leader(js, stream)
@@ -74,6 +77,19 @@ async def patiently(call: Callable[[], Awaitable[int]]) -> int:
         try:
             return await call()
         except (nats.errors.Error, TimeoutError):
+            await asyncio.sleep(0.1)
+
+
+async def store(js: JetStreamContext, subject: str, data: bytes) -> PubAck:
+    """
+    *data* published, again while the node this client talks to has not heard of the
+    stream's leader: a stream's leader may be elected before its interest reaches every
+    node, and the publish is then answered "no responders" (nothing stored).
+    """
+    async with asyncio.timeout(30):
+        while True:
+            with contextlib.suppress(nats.js.errors.NoStreamResponseError):
+                return await js.publish(subject, data)
             await asyncio.sleep(0.1)
 
 
@@ -192,7 +208,7 @@ async def test_records_are_read_whole_while_the_results_leader_is_elected(
     js = cluster_js
     stored = 2000
     acks = [
-        await js.publish(f"{RESULTS_SUBJECT}.kc-{n}", json.dumps({"n": n}).encode())
+        await store(js, f"{RESULTS_SUBJECT}.kc-{n}", json.dumps({"n": n}).encode())
         for n in range(stored)
     ]
     assert [ack.seq for ack in acks] == list(range(1, stored + 1))
