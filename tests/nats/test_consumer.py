@@ -66,8 +66,10 @@ async def opened(js: JetStreamContext, **kwargs: Any) -> Consumer:
 
 
 async def test_a_pull_asks_only_for_the_free_slots_it_has_not_asked_for(
-    js: JetStreamContext,
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Pulls that outlive a busy machine's enqueue: one expired meanwhile is asked again.
+    monkeypatch.setattr("klavi_async.nats._consumer.FETCH_TIMEOUT", 5.0)
     consumer = await opened(js)
     try:
         await consumer.pull(8)
@@ -76,8 +78,11 @@ async def test_a_pull_asks_only_for_the_free_slots_it_has_not_asked_for(
         await waiting(js, 2)
         await enqueue(js, [CancelRequest(f"pay-{n}", CPF) for n in range(20)])
         taken: list[Any] = []
-        while len(taken) < 10:
-            taken += await consumer.fetch(20)
+        while len(taken) < 10:  # ten slots, those taken busy: as the worker asks
+            # (The messages may still be on their way to the consumer's inbox: a fetch
+            # of more than the free slots would rightly ask for more.)
+            taken += await consumer.fetch(10 - len(taken))
+        await asyncio.sleep(0.1)  # one more delivery would show by now
         assert len(taken) == 10  # never more than asked for
         assert consumer.ready == 0
     finally:
@@ -110,8 +115,10 @@ async def test_the_end_of_a_pull_is_counted_from_what_the_server_says(
 
 
 async def test_pulls_lost_unheard_of_are_written_off_once_the_server_has_seen_them(
-    js: JetStreamContext,
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A pull that ends on its own (its 408) before the checks below would end it: long.
+    monkeypatch.setattr("klavi_async.nats._consumer.FETCH_TIMEOUT", 5.0)
     consumer = await opened(js)
     try:
         await consumer.pull(5)

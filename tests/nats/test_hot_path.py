@@ -99,7 +99,7 @@ class _Broker:
 async def test_one_timer_ends_every_first_publish_left_unanswered_each_in_its_time() -> None:
     broker = _Broker()
     js = SimpleNamespace(_nc=broker)
-    settler = Settler(js, WorkerStats(), ack_wait=0.6, retry_delay=0.1)  # type: ignore[arg-type]
+    settler = Settler(js, WorkerStats(), ack_wait=1.5, retry_delay=0.1)  # type: ignore[arg-type]
     settler._box, settler._answers = object(), "_INBOX.test"  # type: ignore[assignment]
     loop = asyncio.get_running_loop()
     ended: dict[str, float] = {}
@@ -123,11 +123,11 @@ async def test_one_timer_ends_every_first_publish_left_unanswered_each_in_its_ti
     await settler._answer(SimpleNamespace(subject=broker.replies[2], data=answer))  # type: ignore[arg-type]
     assert await three is True
     assert "one" not in ended  # the timer has not come yet
-    # The others get no answer: each ends ack_wait / 3 (0.2 s) after its own publish,
+    # The others get no answer: each ends ack_wait / 3 (0.5 s) after its own publish,
     # not when the first one's time is up.
     assert await one is False and await two is False
-    assert ended["one"] - start >= 0.2
-    assert ended["two"] - start >= 0.3
+    assert ended["one"] - start >= 0.5
+    assert ended["two"] - start >= 0.6
     assert settler._waiting == {} and settler._watch is None
     # An answer after the end is dropped: nobody waits for it any more.
     await settler._answer(SimpleNamespace(subject=broker.replies[0], data=answer))  # type: ignore[arg-type]

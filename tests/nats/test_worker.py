@@ -248,13 +248,13 @@ async def test_a_long_cancel_sends_in_progress_and_is_not_redelivered(
 ) -> None:
     async with KlaviEmulator() as emu:
         payment_id = emu.add_payment()
-        emu.script("cancel", [Fault.latency(2.2)])
+        emu.script("cancel", [Fault.latency(3.5)])  # over two ack_waits
         await enqueue(js, [CancelRequest(payment_id, CPF)])
         async with emulator_client(emu) as client:
-            worker = CancelWorker(client, js, ack_wait=0.9, concurrency=4)
+            worker = CancelWorker(client, js, ack_wait=1.5, concurrency=4)
             async with running(worker):
                 await wait_for_records(js, 1)
-                await asyncio.sleep(1.0)  # past ack_wait again: nothing may come back
+                await asyncio.sleep(1.6)  # past ack_wait again: nothing may come back
         [(record, _)] = await records(js, RESULTS_SUBJECT)
         assert record["deliveries"] == 1
         assert worker.stats.redelivered == 0
