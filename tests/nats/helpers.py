@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
 
 from klavi_async import ClientCredentials, KlaviClient, RetryPolicy
-from klavi_async.nats import REQUESTS_STREAM, RESULTS_STREAM
+from klavi_async.nats import REQUESTS_STREAM, RESULTS_STREAM, read_results
 from klavi_async.testing import KlaviEmulator
 
 FAST = RetryPolicy(initial_backoff=0, jitter=False)
@@ -41,26 +40,18 @@ async def wait_for_records(js: JetStreamContext, count: int, timeout: float = 30
 
 
 async def records(js: JetStreamContext, subject: str) -> list[tuple[dict[str, Any], bytes]]:
-    """Every record under *subject* (a root: `klavi.cancel.results.>`), parsed and raw."""
-    subject = subject if subject.endswith(">") else f"{subject}.>"
-    total = await stored(js)
+    """
+    Every record under *subject* (a root: `klavi.cancel.results.>`), parsed and raw, read
+    as `klavi-async results` reads them: to the last message stored when it started, a
+    slow pull waited for (a fetch with a short timeout once stopped early on a busy
+    machine, and returned a short list).
+    """
+    root = subject.removesuffix(".>")
     found: list[tuple[dict[str, Any], bytes]] = []
-    if total == 0:
-        return found
-    sub = await js.pull_subscribe(
-        subject,
-        stream=RESULTS_STREAM,
-        config=ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=10.0),
-    )
-    try:
-        while True:
-            try:
-                batch = await sub.fetch(500, timeout=0.3)
-            except TimeoutError:
-                break
-            found.extend((json.loads(msg.data), msg.data) for msg in batch)
-    finally:
-        await sub.unsubscribe()
+    async with contextlib.aclosing(read_results(js)) as reading:
+        async for message in reading:
+            if message.subject.startswith(f"{root}."):
+                found.append((json.loads(message.data), message.data))
     return found
 
 
