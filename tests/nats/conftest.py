@@ -9,8 +9,10 @@ the same port and store to prove that messages survive.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -22,8 +24,30 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from klavi_async._cli._fleetprocs import free_port, nats_server_binary
+from klavi_async._cli._fleetprocs import nats_server_binary
 from klavi_async.nats import connect, ensure_streams
+
+_PORTS = itertools.count()
+
+
+def quiet_port() -> int:
+    """
+    A free port for a server a test may stop and start again on it: below the kernel's
+    ephemeral range (32768 and up on Linux), in a block of its own for each xdist worker,
+    so no port-0 bind elsewhere (another test's emulator or server) takes it while the
+    server is down.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    block = 20_000 + 1_000 * (int(worker or 0) % 12)
+    for _ in range(1_000):
+        port = block + next(_PORTS) % 1_000
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # in use (or lingering): the next one
+                continue
+        return port
+    pytest.fail(f"no free port in {block}-{block + 999}")
 
 
 def _binary() -> str:
@@ -48,8 +72,8 @@ class NatsServer:
         self.store = store
         self.jetstream = jetstream
         self.options = options
-        self.port = free_port()
-        self.monitor_port = free_port()
+        self.port = quiet_port()
+        self.monitor_port = quiet_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.log = store / "nats-server.log"

@@ -16,12 +16,11 @@ import nats.errors
 import pytest
 from nats.js.errors import ServiceUnavailableError
 
-from klavi_async._cli._fleetprocs import free_port
 from klavi_async._cli._natsconnect import jetstream_errors, mask_url
 from klavi_async.nats import WorkerStats, connect
 
 from ..conftest import CPF
-from .conftest import NatsServer
+from .conftest import NatsServer, quiet_port
 from .test_cli import CLI, run
 
 SECRET = "s3cret-pw"
@@ -65,7 +64,7 @@ def test_a_server_without_jetstream_says_so(plain_server: NatsServer, tmp_path: 
 
 
 def test_a_refused_connection_names_the_url(tmp_path: Path) -> None:
-    port = free_port()
+    port = quiet_port()
     url = f"nats://operator:{SECRET}@127.0.0.1:{port}"
     for command in commands(tmp_path):
         result = run(*command, "--nats-url", url, env=env())
@@ -78,7 +77,7 @@ def test_a_refused_connection_names_the_url(tmp_path: Path) -> None:
 
 
 async def test_a_refused_connection_fails_at_once() -> None:
-    url = f"nats://127.0.0.1:{free_port()}"
+    url = f"nats://127.0.0.1:{quiet_port()}"
     started = time.monotonic()
     with pytest.raises(ConnectionRefusedError):
         await connect(url, first_timeout=60)  # before: TimeoutError after its first_timeout
@@ -176,7 +175,7 @@ def test_mask_url(url: str, shown: str) -> None:
 
 
 async def test_a_server_list_connects_to_whichever_node_answers(nats_server: NatsServer) -> None:
-    dead = [f"nats://127.0.0.1:{free_port()}" for _ in range(2)]
+    dead = [f"nats://127.0.0.1:{quiet_port()}" for _ in range(2)]
     for url in (
         f"{dead[0]},{nats_server.url},{dead[1]}",
         f" {dead[0]} , {nats_server.url}",  # spaces around each, as people type them
@@ -230,7 +229,7 @@ def test_a_server_list_with_a_hole_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_a_refused_server_list_names_every_url_masked(tmp_path: Path) -> None:
-    ports = [free_port(), free_port()]
+    ports = [quiet_port(), quiet_port()]
     url = f"nats://operator:{SECRET}@127.0.0.1:{ports[0]},nats://127.0.0.1:{ports[1]}"
     result = run("streams", "--nats-url", url, env=env())
     assert result.returncode == 1, result.stderr

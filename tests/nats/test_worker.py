@@ -328,11 +328,11 @@ def test_worker_arguments_are_checked() -> None:
 
 
 async def test_connect_to_nothing_fails_fast_and_leaves_nothing() -> None:
-    from .conftest import free_port
+    from .conftest import quiet_port  # nothing listens there
 
     # Refused: at once (not after first_timeout).
     with pytest.raises(ConnectionRefusedError):
-        await connect(f"nats://127.0.0.1:{free_port()}", first_timeout=30)
+        await connect(f"nats://127.0.0.1:{quiet_port()}", first_timeout=30)
     await asyncio.sleep(0)
     assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
     # Accepted, then silence (not a NATS server): after first_timeout.
