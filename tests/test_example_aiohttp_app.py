@@ -114,7 +114,7 @@ async def test_cleanup_closes_the_client_and_its_session(klavi_emulator: KlaviEm
 
 @pytest.mark.slow
 async def test_sigterm_under_load_answers_every_request_in_flight() -> None:
-    # Every cancel waits 1 s at the emulator, so all of them are in flight at SIGTERM.
+    # Every cancel waits 3 s at the emulator, so all of them are in flight at SIGTERM.
     async with KlaviEmulator(fault_rates={"latency": 1.0}, latency=3.0) as emulator:
         run = await sigterm_under_load("examples.aiohttp_app", emulator, requests=20)
     # run_app turns SIGTERM into GracefulExit and returns: exit 0.

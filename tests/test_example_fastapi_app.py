@@ -161,7 +161,7 @@ async def test_a_request_after_close_is_a_503_not_a_500(klavi_emulator: KlaviEmu
 
 @pytest.mark.slow
 async def test_sigterm_under_load_answers_every_request_in_flight() -> None:
-    # Every cancel waits 1 s at the emulator, so all of them are in flight at SIGTERM.
+    # Every cancel waits 3 s at the emulator, so all of them are in flight at SIGTERM.
     async with KlaviEmulator(fault_rates={"latency": 1.0}, latency=3.0) as emulator:
         run = await sigterm_under_load("examples.fastapi_app", emulator, requests=20)
     # uvicorn finishes, then re-raises the signal it caught: killed by SIGTERM, cleanly.
