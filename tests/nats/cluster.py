@@ -1,5 +1,5 @@
 """
-A three-node JetStream cluster on loopback for the cluster tests: free ports, a store per
+A three-node JetStream cluster on loopback for the cluster tests: quiet ports, a store per
 node, started together, ready once the cluster has a JetStream meta leader; a node is
 SIGKILLed, SIGSTOPped or restarted (same ports, same store) by name.
 """

