@@ -39,7 +39,7 @@ from ._events import (
 )
 from ._kinds import ErrorKind, result_retryable
 from ._outcome import Outcome, classify_response, cut_outcome, transport_outcome
-from ._ratelimit import RateLimit, RateLimiter
+from ._ratelimit import PRIORITY_FIRST, PRIORITY_READ, PRIORITY_RETRY, RateLimit, RateLimiter
 from ._retry import RetryLoop, RetryPolicy, new_retry_loop
 from ._speedups import new_attempt, uuid4
 from ._tokens import Bearer, ClientCredentials, TokenCache, TokenProvider
@@ -295,9 +295,8 @@ class Call:
     ) -> Outcome | None:
         """
         Wait for this send's slot; None once taken, or (nothing sent) the attempt's outcome
-        when the slot would come past the call's deadline.  A status read (a GET) settles
-        a cancel already sent: it queues first; then retries (at the back, a call whose
-        turns fell in step with the probes failed after four 429s); then first requests.
+        when the slot would come past the call's deadline.  A status read queues first, then
+        retries (at the back, one in step with the probes failed after four 429s).
 
         The refusal is `RATE_LIMITED` with `retry_after` = the wait it would need, and the
         loop stops on the deadline rule: no later attempt could be sooner.  It is not
@@ -305,7 +304,8 @@ class Call:
         """
         c = self._shared
         since = c.clock()
-        priority = 2 if method == "GET" else 1 if loop.history else 0
+        retry = PRIORITY_RETRY if loop.history else PRIORITY_FIRST
+        priority = PRIORITY_READ if method == "GET" else retry
         if await limiter.acquire(loop.remaining(), priority=priority):
             waited = c.clock() - since
             if waited > 0 and c.events.wants(DEBUG):

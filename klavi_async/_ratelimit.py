@@ -51,13 +51,16 @@ from __future__ import annotations
 import math
 
 from ._ratecurve import _BUCKET, _MARGIN, _RAMP_FOUND, _Cubic, _Ramp
-from ._ratequeue import _Hold, _Queue
+from ._ratequeue import PRIORITY_FIRST, PRIORITY_READ, PRIORITY_RETRY, _Hold, _Queue
 from ._ratesettings import MAX_RATE, MIN_RATE, RateLimit, RateLimitStats, rate_value
 from ._ratetrial import _EVIDENCE, _TRIAL_DELAY, _Trial
 
 __all__ = [
     "MAX_RATE",
     "MIN_RATE",
+    "PRIORITY_FIRST",
+    "PRIORITY_READ",
+    "PRIORITY_RETRY",
     "RateLimit",
     "RateLimitStats",
     "RateLimiter",

@@ -30,6 +30,10 @@ the margin below the throttled rate (`_MARGIN` of one second's worth): the burst
 event loop catches up with fits under the limit."""
 
 
+PRIORITY_FIRST, PRIORITY_RETRY, PRIORITY_READ = 0, 1, 2
+"""A call's place in the queue (`acquire`): a status read (it settles a cancel already
+sent) ahead of a retry or 401 replay, ahead of a first request."""
+
 _PAUSE_FLOOR = 0.01
 """Probes are at least this far apart (one at a time) whatever `max_pause` says."""
 
@@ -219,14 +223,14 @@ class _Queue:
         slot = self._slot(now)
         return (self._after(slot, ahead) if self.engaged else slot) - now
 
-    async def acquire(self, max_wait: float = math.inf, *, priority: int = 0) -> bool:
+    async def acquire(self, max_wait: float = math.inf, *, priority: int = PRIORITY_FIRST) -> bool:
         """
         Wait for a slot and take it; False, at once and taking nothing, if it would come
         more than `max_wait` seconds from now (or, for a queued call, past that deadline).
 
-        A call of `priority` over 0 (`_attempt`: 2 a status read, 1 a retry) queues behind
-        the head and the calls of its priority or higher only.  A cancelled call leaves
-        the queue and passes its turn on; its slot goes to the next.
+        A call of a `priority` over `PRIORITY_FIRST` queues behind the head and the calls
+        of its priority or higher only.  A cancelled call leaves the queue and passes its
+        turn on; its slot goes to the next.
         """
         if not self.engaged:
             return True

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from klavi_async import RetryBudget, RetryPolicy
-from klavi_async._ratelimit import RateLimit, RateLimiter
+from klavi_async._ratelimit import PRIORITY_FIRST, PRIORITY_RETRY, RateLimit, RateLimiter
 from klavi_async.nats._division import BEAT, Division, Report
 from klavi_async.nats._sharedlimit import Reporter
 
@@ -201,7 +201,8 @@ def simulate(server: Server, clients: list[Client], *, seed: int = 1, shared: bo
         for attempt in range(1, policy.max_attempts + 1):
             if limiter is not None and limiter.engaged:
                 remaining = policy.deadline - (loop.time() - started)
-                if not await limiter.acquire(remaining, priority=int(attempt > 1)):
+                priority = PRIORITY_RETRY if attempt > 1 else PRIORITY_FIRST
+                if not await limiter.acquire(remaining, priority=priority):
                     return "rate_limited (limiter)"
             sent = loop.time()
             await asyncio.sleep(0.001 + rng.random() * 0.003)
