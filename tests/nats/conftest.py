@@ -50,6 +50,13 @@ def quiet_port() -> int:
     pytest.fail(f"no free port in {block}-{block + 999}")
 
 
+@pytest.fixture
+def quiet_fleet_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library's nats nodes (a cluster, `demo-fleet`) on quiet ports: a node killed
+    and restarted on its ports finds them free (alone on a machine, any free port does)."""
+    monkeypatch.setattr("klavi_async._cli._fleetprocs.free_port", quiet_port)
+
+
 def _binary() -> str:
     found = nats_server_binary()
     if found is None:

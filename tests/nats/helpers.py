@@ -96,7 +96,11 @@ CLI = str(Path(sys.executable).parent / "klavi-async")
 async def start_logged_worker(
     url: str, emu: KlaviEmulator, log: Path, *, ack_wait: float
 ) -> asyncio.subprocess.Process:
-    """A `klavi-async worker` against *emu* (access keys), its stderr written to *log*."""
+    """
+    A `klavi-async worker` against *emu* (access keys), its stderr written to *log*, once
+    it says it consumes: on a busy machine one still starting when a test ended was
+    SIGTERMed before its handlers (exit -15), having done nothing.
+    """
     env = {
         **os.environ,
         "KLAVI_BASE_URL": emu.url,
@@ -105,7 +109,7 @@ async def start_logged_worker(
     }
     env.pop("KLAVI_TOKEN", None)
     with open(log, "wb") as handle:  # noqa: ASYNC230 - a log file, opened once
-        return await asyncio.create_subprocess_exec(
+        process = await asyncio.create_subprocess_exec(
             CLI, "worker",
             "--nats-url", url,
             "--concurrency", "32",
@@ -116,6 +120,15 @@ async def start_logged_worker(
             stdout=asyncio.subprocess.DEVNULL,
             stderr=handle,
         )  # fmt: skip
+    async with asyncio.timeout(120):
+        while "worker: consuming" not in _said(log):
+            assert process.returncode is None, _said(log)[-2000:]
+            await asyncio.sleep(0.05)
+    return process
+
+
+def _said(log: Path) -> str:
+    return log.read_text(errors="replace")
 
 
 async def stranded(js: JetStreamContext, within: float = 8.0) -> int:

@@ -20,8 +20,6 @@ import pytest
 from klavi_async._cli import _demofleet as _demo, main
 from klavi_async._cli._demofleet import FleetRun, check_fleet, run_fleet_demo
 
-from .conftest import quiet_port
-
 REQUESTS = 300
 
 
@@ -77,11 +75,8 @@ def test_demo_fleet_cancels_each_payment_once_with_a_worker_killed(
 
 @pytest.mark.slow
 def test_demo_fleet_on_a_cluster_outlives_its_stream_leader_killed(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], quiet_fleet_ports: None
 ) -> None:
-    # The killed node comes back on its ports: ones no other test's server can take
-    # meanwhile (the demo alone on a machine picks any free port).
-    monkeypatch.setattr("klavi_async._cli._fleetprocs.free_port", quiet_port)
     with pytest.raises(SystemExit) as exit_info:
         main(["demo-fleet", "--cluster", "--requests", str(REQUESTS)])
     out = capsys.readouterr().out
